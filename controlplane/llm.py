@@ -12,29 +12,45 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 
-from litellm import ModelResponse, ModelResponseStream  # noqa: E402
-from litellm.completion_extras.litellm_responses_transformation.transformation import (  # noqa: E402
+from litellm import ModelResponse, ModelResponseStream
+from litellm.completion_extras.litellm_responses_transformation.transformation import (
     LiteLLMResponsesTransformationHandler,
     OpenAiResponsesToChatCompletionStreamIterator,
 )
-from litellm.llms.anthropic.chat.handler import (  # noqa: E402
+from litellm.llms.anthropic.chat.handler import (
     ModelResponseIterator as AnthropicStreamParser,
 )
-from litellm.llms.anthropic.chat.transformation import AnthropicConfig  # noqa: E402
-from litellm.llms.anthropic.pass_through.adapters.transformation import (  # noqa: E402
+from litellm.llms.anthropic.chat.transformation import AnthropicConfig
+from litellm.llms.anthropic.pass_through.adapters.transformation import (
     LiteLLMAnthropicMessagesAdapter,
 )
-from litellm.responses.litellm_completion_transformation.transformation import (  # noqa: E402
+from litellm.responses.litellm_completion_transformation.transformation import (
     LiteLLMCompletionResponsesConfig,
+)
+from litellm.types.utils import (
+    ChatCompletionDeltaToolCall,
+    Choices,
+    Delta,
+    Function,
+    Message,
+    StreamingChoices,
+    Usage,
 )
 
 __all__ = [
     "AnthropicConfig",
     "AnthropicStreamParser",
+    "ChatCompletionDeltaToolCall",
+    "Choices",
+    "Delta",
+    "Function",
     "LiteLLMAnthropicMessagesAdapter",
     "LiteLLMCompletionResponsesConfig",
     "LiteLLMResponsesTransformationHandler",
+    "Message",
     "ModelResponse",
     "ModelResponseStream",
     "OpenAiResponsesToChatCompletionStreamIterator",
+    "StreamingChoices",
+    "Usage",
 ]

@@ -1,0 +1,61 @@
+"""What every provider wire format provides to the pipeline."""
+
+from typing import Any, Protocol
+
+from addon.sse import SSEEvent
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.models import NormalizedRequest, WireFormat
+
+JSON = dict[str, Any]
+
+
+class FormatError(ValueError):
+    """A body that does not fit the wire format, or a change that cannot be expressed in it."""
+
+
+class StreamTranscoder(Protocol):
+    """Per-stream codec between provider SSE events and normalised chunks.
+
+    It tracks what the client has seen (events passed verbatim and events it synthesised) so
+    that, once a policy changes the stream, it can continue it validly from that point.
+    """
+
+    def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
+        """The content an upstream event carries; [] for purely structural events."""
+        ...
+
+    def is_error(self, event: SSEEvent) -> bool:
+        """An upstream error event: always forwarded as is."""
+        ...
+
+    def observe_emitted(self, event: SSEEvent) -> None:
+        """The client received this upstream event verbatim."""
+        ...
+
+    def encode(self, chunk: ModelResponseStream) -> bytes:
+        """Wire events for a chunk, continuing from what the client has seen."""
+        ...
+
+    def finish(self) -> bytes:
+        """Whatever closing events the client still needs for a valid, complete stream."""
+        ...
+
+
+class WireFormatCodec(Protocol):
+    wire_format: WireFormat
+
+    def normalize_request(self, body: JSON) -> NormalizedRequest: ...
+
+    def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON: ...
+
+    def model_of(self, body: JSON) -> str | None: ...
+
+    def is_stream_request(self, body: JSON) -> bool: ...
+
+    def parse_response(self, body: JSON) -> ModelResponse: ...
+
+    def render_response(self, original: JSON, response: ModelResponse) -> JSON: ...
+
+    def error_body(self, status: int, message: str) -> JSON: ...
+
+    def stream_transcoder(self) -> StreamTranscoder: ...

@@ -1,0 +1,75 @@
+"""Assembles and runs the data plane: mitmproxy, the interceptor and the relay server."""
+
+import asyncio
+import logging
+import re
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mitmproxy.options import Options
+from mitmproxy.tools.dump import DumpMaster
+
+from addon.interceptor import ProviderInterceptor
+from addon.pipeline import Pipeline
+from addon.relay_server import RelayServer
+from addon.upstream import Upstream
+from controlplane.interface import ControlPlaneService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    listen_host: str
+    listen_port: int
+    mitmproxy_confdir: Path
+    provider_hosts: frozenset[str] = frozenset(DEFAULT_PROVIDER_HOSTS)
+    upstreams: dict[str, str] = field(default_factory=dict)
+
+
+def allow_hosts_pattern(hosts: frozenset[str]) -> str:
+    """Only these hosts are decrypted; mitmproxy tunnels every other connection untouched."""
+    return "^(" + "|".join(re.escape(h) for h in sorted(hosts)) + r"):\d+$"
+
+
+class _Ready:
+    """Calls back once mitmproxy is listening."""
+
+    def __init__(self, on_ready: Callable[[], None]) -> None:
+        self._on_ready = on_ready
+
+    def running(self) -> None:
+        self._on_ready()
+
+
+async def run_proxy(
+    config: ProxyConfig, control_plane: ControlPlaneService, on_ready: Callable[[], None]
+) -> None:
+    upstream = Upstream(config.upstreams)
+    relay = RelayServer(Pipeline(control_plane, upstream))
+    await relay.start()
+    options = Options(
+        listen_host=config.listen_host,
+        listen_port=config.listen_port,
+        confdir=str(config.mitmproxy_confdir),
+    )
+    master = DumpMaster(options, with_termlog=False, with_dumper=False)
+    master.addons.add(ProviderInterceptor(config.provider_hosts, relay.port, relay.token), _Ready(on_ready))
+    options.update(
+        allow_hosts=[allow_hosts_pattern(config.provider_hosts)],
+        # lazy: a CONNECT does not dial the destination; provider flows go to the relay anyway.
+        connection_strategy="lazy",
+        upstream_cert=False,
+    )
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, master.shutdown)
+    try:
+        await master.run()
+    finally:
+        await relay.stop()
+        await upstream.aclose()

@@ -1,0 +1,146 @@
+"""Runs one upstream SSE stream through the stream policy and yields what the client receives.
+
+While the policy gives back exactly the chunks an upstream event produced, that event's original
+bytes are forwarded (a no-op policy is invisible). Events the policy holds back wait, in order,
+together with the structural events behind them. At the first chunk the policy changes, drops
+or injects, the stream "diverges": from then on the format's transcoder writes the events,
+continuing from what the client has already seen, and closes the stream validly at the end.
+"""
+
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from addon.formats.base import StreamTranscoder
+from addon.sse import SSEEvent, SSEParser
+from controlplane.interface import ControlPlaneService
+from controlplane.llm import ModelResponseStream
+from controlplane.models import ChunkResult, StreamingContext
+
+
+def fingerprint(chunk: ModelResponseStream) -> dict[str, Any]:
+    return chunk.model_dump(mode="json")
+
+
+@dataclass
+class _PendingEvent:
+    event: SSEEvent
+    expected: deque[dict[str, Any]] = field(default_factory=deque)
+
+
+@dataclass
+class StreamOutcome:
+    """What happened to a stream, for recording."""
+
+    chunks_in: int = 0
+    chunks_out: int = 0
+    diverged: bool = False
+    ended_by_policy: bool = False
+    upstream_error: bool = False
+    decisions: list[ChunkResult] = field(default_factory=list)
+
+
+class StreamRelay:
+    def __init__(
+        self, transcoder: StreamTranscoder, control_plane: ControlPlaneService, context: StreamingContext
+    ) -> None:
+        self._transcoder = transcoder
+        self._control_plane = control_plane
+        self._context = context
+        self._parser = SSEParser()
+        self._pending: deque[_PendingEvent] = deque()
+        self._deferred_errors: list[bytes] = []
+        self.outcome = StreamOutcome()
+
+    @property
+    def ended(self) -> bool:
+        """The policy ended the stream: stop reading upstream."""
+        return self.outcome.ended_by_policy
+
+    async def feed(self, data: bytes) -> AsyncIterator[bytes]:
+        for event in self._parser.feed(data):
+            async for out in self._on_event(event):
+                yield out
+            if self.ended:
+                return
+
+    async def close(self) -> AsyncIterator[bytes]:
+        """The upstream stream is over (or abandoned): flush and end validly."""
+        leftover = self._parser.flush()
+        results = [r async for r in self._control_plane.close_streaming_context(self._context)]
+        if self.ended:
+            return
+        for result in results:
+            if out := self._apply(result):
+                yield out
+            if self.ended:
+                return
+        if leftover and not self.outcome.diverged and not self._pending:
+            yield leftover  # a stream cut mid-event is forwarded as cut
+        if self._pending:  # held back and never released: dropped
+            self._diverge()
+        errors = b"".join(self._deferred_errors)
+        if errors:
+            yield errors
+        elif self.outcome.diverged and not self.outcome.upstream_error:
+            yield self._transcoder.finish()
+
+    async def _on_event(self, event: SSEEvent) -> AsyncIterator[bytes]:
+        is_error = self._transcoder.is_error(event)
+        self.outcome.upstream_error |= is_error
+        chunks = self._transcoder.decode(event)
+        self.outcome.chunks_in += len(chunks)
+        if not self.outcome.diverged:
+            self._pending.append(_PendingEvent(event, deque(fingerprint(c) for c in chunks)))
+            if out := self._drain():
+                yield out
+        elif is_error:
+            yield event.raw
+        for chunk in chunks:
+            async for result in self._control_plane.process_streaming_chunk(chunk, self._context):
+                if out := self._apply(result):
+                    yield out
+                if self.ended:
+                    return
+
+    def _apply(self, result: ChunkResult) -> bytes:
+        if result.reason is not None or not result.allowed:
+            self.outcome.decisions.append(result)
+        out = b""
+        if result.value is not None:
+            self.outcome.chunks_out += 1
+            out += self._emit_chunk(result.value)
+        if not result.allowed:
+            out += self._end_by_policy()
+        return out
+
+    def _emit_chunk(self, chunk: ModelResponseStream) -> bytes:
+        if not self.outcome.diverged and self._pending:
+            head = self._pending[0]
+            if head.expected and head.expected[0] == fingerprint(chunk):
+                head.expected.popleft()
+                return self._drain()
+        self._diverge()
+        return self._transcoder.encode(chunk)
+
+    def _drain(self) -> bytes:
+        """Forwards, verbatim, every leading event whose chunks have all come back unchanged."""
+        out = []
+        while self._pending and not self._pending[0].expected:
+            event = self._pending.popleft().event
+            self._transcoder.observe_emitted(event)
+            out.append(event.raw)
+        return b"".join(out)
+
+    def _diverge(self) -> None:
+        if self.outcome.diverged:
+            return
+        self.outcome.diverged = True
+        self._deferred_errors = [p.event.raw for p in self._pending if self._transcoder.is_error(p.event)]
+        self._pending.clear()
+
+    def _end_by_policy(self) -> bytes:
+        self._diverge()
+        self.outcome.ended_by_policy = True
+        return self._transcoder.finish()

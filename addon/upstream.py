@@ -1,0 +1,70 @@
+"""Where provider traffic really goes, and the one HTTP client that sends it there."""
+
+import ssl
+from collections.abc import Iterable
+
+import httpx
+
+# Hop-by-hop headers and the ones the HTTP client sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+INTERNAL_HEADER_PREFIX = "x-luthien-"
+
+
+def parse_upstreams(specs: Iterable[str]) -> dict[str, str]:
+    """``HOST=URL`` pairs, e.g. ``api.openai.com=http://127.0.0.1:9000``."""
+    upstreams = {}
+    for spec in specs:
+        host, sep, url = spec.partition("=")
+        if not sep or not host or not url.startswith(("http://", "https://")):
+            raise ValueError(f"invalid upstream {spec!r}: expected HOST=http(s)://ADDRESS[/PREFIX]")
+        upstreams[host.strip().lower()] = url.strip().rstrip("/")
+    return upstreams
+
+
+def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [
+        (name, value)
+        for name, value in headers
+        if name.lower() not in _NOT_FORWARDED and not name.lower().startswith(INTERNAL_HEADER_PREFIX)
+    ]
+
+
+class Upstream:
+    """Sends requests to the provider (or to the base URL configured for its host)."""
+
+    def __init__(self, overrides: dict[str, str]) -> None:
+        self._overrides = overrides
+        # trust_env=False: the proxy must never send its own traffic through HTTPS_PROXY (itself).
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=15.0),
+            verify=ssl.create_default_context(),
+            trust_env=False,
+            follow_redirects=False,
+        )
+
+    def url_for(self, host: str, path: str) -> str:
+        return self._overrides.get(host.lower(), f"https://{host}") + path
+
+    async def send(
+        self, method: str, host: str, path: str, headers: list[tuple[str, str]], content: bytes
+    ) -> httpx.Response:
+        request = self._client.build_request(
+            method, self.url_for(host, path), headers=forwardable(headers), content=content
+        )
+        return await self._client.send(request, stream=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,57 @@
+"""The ControlPlaneService Protocol: the only door from the data plane into the control plane.
+
+Implementations: ``ControlPlaneLocal`` (same process). A network client implements the same
+Protocol; the data plane cannot tell them apart.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.models import (
+    ActivityEvent,
+    NormalizedRequest,
+    PolicyResult,
+    RequestMetadata,
+    StreamingContext,
+)
+
+
+class ControlPlaneService(Protocol):
+    async def apply_request_policies(
+        self, request_data: NormalizedRequest, metadata: RequestMetadata
+    ) -> PolicyResult[NormalizedRequest]:
+        """Validate or rewrite a request before it reaches the provider."""
+        ...
+
+    async def apply_response_policy(
+        self, response: ModelResponse, metadata: RequestMetadata
+    ) -> PolicyResult[ModelResponse]:
+        """Validate or rewrite a complete (non-streaming) response."""
+        ...
+
+    async def create_streaming_context(
+        self, request_data: NormalizedRequest, metadata: RequestMetadata
+    ) -> StreamingContext:
+        """Start policing a stream; the returned context names it in later calls."""
+        ...
+
+    def process_streaming_chunk(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[PolicyResult[ModelResponseStream]]:
+        """Feed one upstream chunk; yields the chunks to send to the client now (zero or more)."""
+        ...
+
+    def close_streaming_context(
+        self, context: StreamingContext
+    ) -> AsyncIterator[PolicyResult[ModelResponseStream]]:
+        """The upstream stream ended: yields whatever the policy still holds back, then forgets it."""
+        ...
+
+    async def publish_activity(self, event: ActivityEvent) -> None:
+        """Publish an activity event for live views."""
+        ...
+
+    async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
+        """Record a debug event."""
+        ...

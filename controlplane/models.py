@@ -1,0 +1,108 @@
+"""Plain data that crosses the ControlPlaneService boundary.
+
+Everything here is a Pydantic model that serialises to JSON, so a network implementation of the
+interface can carry it unchanged. Live objects (policy instances, held chunks) never cross.
+"""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controlplane.llm import ModelResponse, ModelResponseStream
+
+#: The normalised request every policy sees: an OpenAI Chat Completions request body.
+NormalizedRequest = dict[str, Any]
+
+
+class WireFormat(StrEnum):
+    OPENAI_CHAT = "openai_chat"
+    OPENAI_RESPONSES = "openai_responses"
+    ANTHROPIC_MESSAGES = "anthropic_messages"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RequestMetadata(BaseModel):
+    """Who made a call and where it goes. Credentials appear only as a hash."""
+
+    call_id: str
+    trace_id: str | None = None
+    user_id: str | None = None
+    api_key_hash: str = ""
+    timestamp: datetime = Field(default_factory=utcnow)
+    host: str
+    path: str
+    wire_format: WireFormat | None = None
+    model: str | None = None
+    stream: bool = False
+    user_agent: str | None = None
+
+
+class PolicyResult[T](BaseModel):
+    """What a policy decided about one value.
+
+    ``allowed=False`` on a request blocks the call; on a stream chunk it ends the stream after
+    ``value`` (if any) has been sent, closing the stream validly.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    value: T | None = None
+    allowed: bool = True
+    reason: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def allow(cls, value: T, reason: str | None = None, **metadata: Any) -> "PolicyResult[T]":
+        return cls(value=value, allowed=True, reason=reason, metadata=metadata)
+
+    @classmethod
+    def block(cls, reason: str, value: T | None = None, **metadata: Any) -> "PolicyResult[T]":
+        return cls(value=value, allowed=False, reason=reason, metadata=metadata)
+
+
+RequestResult = PolicyResult[NormalizedRequest]
+ResponseResult = PolicyResult[ModelResponse]
+ChunkResult = PolicyResult[ModelResponseStream]
+
+
+class StreamingContext(BaseModel):
+    """A handle on one policed stream.
+
+    ``policy_state`` is where a policy keeps per-stream state (held chunks, buffers). It lives with
+    the control plane that runs the policy and is never serialised across the interface.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    stream_id: str
+    call_id: str
+    metadata: RequestMetadata
+    request_data: NormalizedRequest
+    policy_state: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+
+class ActivityType(StrEnum):
+    REQUEST_RECEIVED = "request_received"
+    REQUEST_POLICY = "request_policy"
+    UPSTREAM_SENT = "upstream_sent"
+    FIRST_BYTE = "first_byte"
+    STREAM_CHUNKS = "stream_chunks"
+    RESPONSE_POLICY = "response_policy"
+    COMPLETED = "completed"
+    BLOCKED = "blocked"
+    ERROR = "error"
+    PASSTHROUGH = "passthrough"
+
+
+class ActivityEvent(BaseModel):
+    """One step in the life of a call, for the live activity view."""
+
+    call_id: str
+    type: ActivityType
+    timestamp: datetime = Field(default_factory=utcnow)
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,19 @@
+"""Built-in policies, addressable by class name in a policy file."""
+
+from controlplane.policies.base import NoConfig, PolicyHandler
+from controlplane.policies.noop import NoOpPolicy
+from controlplane.policies.tool_call_blocklist import ToolCallBlocklistPolicy
+from controlplane.policies.uppercase_nth_word import UppercaseNthWordPolicy
+
+BUILTIN_POLICIES: dict[str, type[PolicyHandler]] = {
+    cls.__name__: cls for cls in (NoOpPolicy, UppercaseNthWordPolicy, ToolCallBlocklistPolicy)
+}
+
+__all__ = [
+    "BUILTIN_POLICIES",
+    "NoConfig",
+    "NoOpPolicy",
+    "PolicyHandler",
+    "ToolCallBlocklistPolicy",
+    "UppercaseNthWordPolicy",
+]

@@ -1,0 +1,65 @@
+"""PolicyHandler: what a policy author implements.
+
+Every hook has a pass-through default, so a policy overrides only what it cares about. Hooks are
+async: a policy may await (an LLM judge, a lookup) without stalling any other call.
+"""
+
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.models import (
+    ChunkResult,
+    NormalizedRequest,
+    PolicyResult,
+    RequestMetadata,
+    StreamingContext,
+)
+
+
+class NoConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PolicyHandler:
+    """Base class for policies.
+
+    Subclasses set ``Config`` (a Pydantic model validated from the policy file) and a one-line
+    ``description``, and override any of the hooks below.
+    """
+
+    Config: ClassVar[type[BaseModel]] = NoConfig
+    description: ClassVar[str] = ""
+
+    def __init__(self, config: BaseModel | None = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    async def apply_request_policies(
+        self, request: NormalizedRequest, metadata: RequestMetadata
+    ) -> PolicyResult[NormalizedRequest]:
+        """Before the call: return the (possibly rewritten) request, or block it."""
+        return PolicyResult.allow(request)
+
+    async def apply_response_policy(
+        self, response: ModelResponse, metadata: RequestMetadata
+    ) -> PolicyResult[ModelResponse]:
+        """After a non-streaming call: return the (possibly rewritten) response."""
+        return PolicyResult.allow(response)
+
+    async def apply_streaming_chunk_policy(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[ChunkResult]:
+        """For each upstream chunk, yield what the client gets now.
+
+        Yield the chunk to pass it, a changed copy to modify it, nothing to drop or hold it back
+        (keep it in ``context.policy_state`` and yield it later), extra chunks to inject, and a
+        result with ``allowed=False`` to end the stream.
+        """
+        yield PolicyResult.allow(chunk)
+
+    async def on_stream_end(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
+        """The upstream stream ended: yield whatever is still held back."""
+        return
+        yield

@@ -1,0 +1,3 @@
+from luthien.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""The ``luthien`` command: the one place that composes the data plane and the control plane."""
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from certs import CAFiles, default_data_dir, ensure_ca, shell_exports, trust_env
+
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "127.0.0.1"
+
+
+def _env_list(name: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the CA and state live (env LUTHIEN_DATA_DIR; default ~/.luthien)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LUTHIEN_PORT", DEFAULT_PORT)),
+        help=f"proxy port (env LUTHIEN_PORT; default {DEFAULT_PORT})",
+    )
+
+
+def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("LUTHIEN_HOST", DEFAULT_HOST),
+        help=f"address to listen on (env LUTHIEN_HOST; default {DEFAULT_HOST})",
+    )
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        default=Path(os.environ["LUTHIEN_POLICY"]) if os.environ.get("LUTHIEN_POLICY") else None,
+        help="policy YAML file (env LUTHIEN_POLICY; default: NoOpPolicy)",
+    )
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=_env_list("LUTHIEN_UPSTREAMS"),
+        metavar="HOST=URL",
+        help="send a provider host's traffic to another base URL; repeatable "
+        "(env LUTHIEN_UPSTREAMS, comma-separated)",
+    )
+    parser.add_argument(
+        "--provider-host",
+        action="append",
+        default=None,
+        metavar="HOST",
+        help="a host to intercept and police; repeatable (env LUTHIEN_PROVIDER_HOSTS, comma-separated; "
+        "default api.openai.com and api.anthropic.com)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="luthien",
+        description="See and control what AI coding agents send to and receive from LLM providers.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="run the proxy with an in-process control plane (embedded defaults)")
+    _add_proxy_options(up)
+    proxy = commands.add_parser("proxy", help="run the proxy alone (the sidecar process)")
+    _add_proxy_options(proxy)
+
+    certs = commands.add_parser("certs", help="the local CA that clients must trust")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    env = certs_commands.add_parser("env", help="print shell exports that point a client at the proxy")
+    _add_common(env)
+    path = certs_commands.add_parser("path", help="print the path of the CA certificate")
+    _add_common(path)
+
+    run = commands.add_parser("run", help="run a command with the proxy exports set: luthien run -- CMD ARGS")
+    _add_common(run)
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+    return parser
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return args.data_dir if args.data_dir is not None else default_data_dir()
+
+
+def _client_env(args: argparse.Namespace) -> tuple[dict[str, str], CAFiles]:
+    files = ensure_ca(_data_dir(args))
+    return trust_env(f"http://127.0.0.1:{args.port}", files), files
+
+
+def _serve(args: argparse.Namespace, announce_exports: bool) -> int:
+    # Imported here: loading LiteLLM takes seconds, and `certs`/`run` do not need it.
+    from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig, run_proxy
+    from addon.upstream import parse_upstreams
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policy_file import PolicyFileError, load_policy_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    try:
+        policy = load_policy_file(args.policy)
+        upstreams = parse_upstreams(args.upstream)
+    except (PolicyFileError, ValueError) as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
+    hosts = args.provider_host or _env_list("LUTHIEN_PROVIDER_HOSTS") or list(DEFAULT_PROVIDER_HOSTS)
+    env, files = _client_env(args)
+    config = ProxyConfig(
+        listen_host=args.host,
+        listen_port=args.port,
+        mitmproxy_confdir=files.mitmproxy_confdir,
+        provider_hosts=frozenset(h.lower() for h in hosts),
+        upstreams=upstreams,
+    )
+
+    def ready() -> None:
+        print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
+        print(f"Policy: {type(policy).__name__}; intercepting {', '.join(sorted(config.provider_hosts))}", flush=True)
+        if announce_exports:
+            print("Point your agent at it with:\n" + shell_exports(env), flush=True)
+            print("or run it through Luthien directly: luthien run -- claude", flush=True)
+
+    asyncio.run(run_proxy(config, ControlPlaneLocal(policy), ready))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("luthien run: give a command, e.g. luthien run -- claude", file=sys.stderr)
+        return 2
+    env, _ = _client_env(args)
+    if shutil.which(argv[0]) is None:
+        print(f"luthien run: command not found: {argv[0]}", file=sys.stderr)
+        return 127
+    return subprocess.call(argv, env={**os.environ, **env})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command in ("up", "proxy"):
+        return _serve(args, announce_exports=args.command == "up")
+    if args.command == "certs":
+        env, files = _client_env(args)
+        print(shell_exports(env) if args.certs_command == "env" else files.cert)
+        return 0
+    return _run(args)
