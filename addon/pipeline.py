@@ -94,9 +94,13 @@ class Pipeline:
         return await self._policed(request, codec, metadata)
 
     async def _publish(self, metadata: RequestMetadata, kind: ActivityType, **data: Any) -> None:
-        await self._control_plane.publish_activity(ActivityEvent(call_id=metadata.call_id, type=kind, data=data))
+        await self._control_plane.publish_activity(
+            ActivityEvent(call_id=metadata.call_id, type=kind, data=data)
+        )
 
-    def _error(self, codec: WireFormatCodec, metadata: RequestMetadata, status: int, message: str) -> ProxyResponse:
+    def _error(
+        self, codec: WireFormatCodec, metadata: RequestMetadata, status: int, message: str
+    ) -> ProxyResponse:
         body = json.dumps(codec.error_body(status, message)).encode()
         headers = [("content-type", "application/json"), ("x-luthien-call-id", metadata.call_id)]
         return ProxyResponse(status, headers, _once(body))
@@ -108,7 +112,9 @@ class Pipeline:
                 request.method, request.host, request.path, request.headers, request.body
             )
         except httpx.HTTPError as exc:
-            await self._publish(metadata, ActivityType.ERROR, reason=f"upstream unreachable: {type(exc).__name__}")
+            await self._publish(
+                metadata, ActivityType.ERROR, reason=f"upstream unreachable: {type(exc).__name__}"
+            )
             body = json.dumps({"error": {"message": f"Luthien could not reach {request.host}"}}).encode()
             return ProxyResponse(502, [("content-type", "application/json")], _once(body))
         # Raw bytes, content-encoding kept: nothing here is ours to decode.
@@ -144,7 +150,11 @@ class Pipeline:
         metadata.stream = codec.is_stream_request(body)
         metadata.user_id = _user_id(body)
         await self._publish(
-            metadata, ActivityType.REQUEST_RECEIVED, format=codec.wire_format, model=metadata.model, stream=metadata.stream
+            metadata,
+            ActivityType.REQUEST_RECEIVED,
+            format=codec.wire_format,
+            model=metadata.model,
+            stream=metadata.stream,
         )
 
         result = await self._control_plane.apply_request_policies(copy.deepcopy(normalized), metadata)
@@ -162,7 +172,9 @@ class Pipeline:
                 return self._error(codec, metadata, 500, message)
 
         try:
-            upstream = await self._upstream.send(request.method, request.host, request.path, request.headers, content)
+            upstream = await self._upstream.send(
+                request.method, request.host, request.path, request.headers, content
+            )
         except httpx.HTTPError as exc:
             message = f"Luthien could not reach {request.host}: {type(exc).__name__}"
             await self._publish(metadata, ActivityType.ERROR, reason=message)
@@ -171,14 +183,24 @@ class Pipeline:
 
         if upstream.status_code >= 400:
             # Provider errors reach the client unchanged.
-            return ProxyResponse(upstream.status_code, _response_headers(upstream, metadata.call_id), self._decoded_body(upstream, metadata))
+            return ProxyResponse(
+                upstream.status_code,
+                _response_headers(upstream, metadata.call_id),
+                self._decoded_body(upstream, metadata),
+            )
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             context = await self._control_plane.create_streaming_context(result.value, metadata)
             relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context)
-            return ProxyResponse(upstream.status_code, _response_headers(upstream, metadata.call_id), self._streamed(upstream, relay, metadata))
+            return ProxyResponse(
+                upstream.status_code,
+                _response_headers(upstream, metadata.call_id),
+                self._streamed(upstream, relay, metadata),
+            )
         return await self._whole_response(upstream, codec, metadata)
 
-    async def _decoded_body(self, upstream: httpx.Response, metadata: RequestMetadata) -> AsyncIterator[bytes]:
+    async def _decoded_body(
+        self, upstream: httpx.Response, metadata: RequestMetadata
+    ) -> AsyncIterator[bytes]:
         try:
             async for data in upstream.aiter_bytes():
                 yield data
@@ -201,7 +223,9 @@ class Pipeline:
                     if relay.ended:
                         break
             except httpx.HTTPError as exc:
-                await self._publish(metadata, ActivityType.ERROR, reason=f"upstream stream broke: {type(exc).__name__}")
+                await self._publish(
+                    metadata, ActivityType.ERROR, reason=f"upstream stream broke: {type(exc).__name__}"
+                )
             async for out in relay.close():
                 yield out
         finally:

@@ -74,7 +74,9 @@ async def _read_body(receive: Receive) -> bytes:
 
 
 async def _respond(send: Send, status: int, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -92,7 +94,11 @@ class RelayServer:
         self._socket.bind(("127.0.0.1", 0))
         self.port: int = self._socket.getsockname()[1]
         config = uvicorn.Config(
-            RelayApp(pipeline, self.token), log_level="warning", access_log=False, lifespan="off"
+            RelayApp(pipeline, self.token),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
         )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None

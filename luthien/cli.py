@@ -64,6 +64,12 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         help="a host to intercept and police; repeatable (env LUTHIEN_PROVIDER_HOSTS, comma-separated; "
         "default api.openai.com and api.anthropic.com)",
     )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LUTHIEN_LOG_LEVEL", "INFO").upper(),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (env LUTHIEN_LOG_LEVEL; default INFO); secrets are never logged at any level",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,8 +113,10 @@ def _serve(args: argparse.Namespace, announce_exports: bool) -> int:
     from controlplane.local import ControlPlaneLocal
     from controlplane.policy_file import PolicyFileError, load_policy_file
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # These log request lines and connection details of every call; their warnings are enough.
+    for noisy in ("mitmproxy", "httpx", "httpcore", "LiteLLM", "uvicorn"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         policy = load_policy_file(args.policy)
         upstreams = parse_upstreams(args.upstream)
@@ -127,9 +135,12 @@ def _serve(args: argparse.Namespace, announce_exports: bool) -> int:
 
     def ready() -> None:
         print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
-        print(f"Policy: {type(policy).__name__}; intercepting {', '.join(sorted(config.provider_hosts))}", flush=True)
+        print(
+            f"Policy: {type(policy).__name__}; intercepting {', '.join(sorted(config.provider_hosts))}",
+            flush=True,
+        )
         if announce_exports:
-            print("Point your agent at it with:\n" + shell_exports(env), flush=True)
+            print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
             print("or run it through Luthien directly: luthien run -- claude", flush=True)
 
     asyncio.run(run_proxy(config, ControlPlaneLocal(policy), ready))
@@ -154,6 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args, announce_exports=args.command == "up")
     if args.command == "certs":
         env, files = _client_env(args)
-        print(shell_exports(env) if args.certs_command == "env" else files.cert)
+        print(shell_exports(env).rstrip("\n") if args.certs_command == "env" else files.cert)
         return 0
     return _run(args)

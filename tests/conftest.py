@@ -1,0 +1,152 @@
+"""Shared fixtures: a fake provider and real `luthien proxy` processes routed to it."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs import ensure_ca
+from tests.fake_provider import FakeProvider
+
+ROOT = Path(__file__).resolve().parent.parent
+SDK_CLIENT = Path(__file__).with_name("sdk_client.py")
+STARTUP_TIMEOUT = 120
+
+#: One proxy process per policy file; they start together because LiteLLM's import is slow.
+POLICIES: dict[str, str | None] = {
+    "noop": None,
+    "blocklist": "policy:\n  class: ToolCallBlocklistPolicy\n  config:\n    patterns: ['rm\\s+-rf', 'DROP\\s+TABLE']\n",
+    "block_requests": "policy:\n  class: tests.policies:BlockRequestsContaining\n  config: {word: forbidden-word}\n",
+    "rewrite_request": "policy:\n  class: tests.policies:RewriteUserText\n  config: {old: apple, new: orange}\n",
+    "slow_chunks": "policy:\n  class: tests.policies:SlowFirstChunkPolicy\n",
+    "uppercase": "policy:\n  class: UppercaseNthWordPolicy\n  config: {n: 2}\n",
+    "end_stream": "policy:\n  class: tests.policies:EndStreamAfterWords\n  config: {chunks: 3}\n",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RunningProxy:
+    name: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    _sdk_worker: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bundle(self) -> Path:
+        return self.data_dir / "ca" / "ca-bundle.pem"
+
+    def client_env(self) -> dict[str, str]:
+        """Only the proxy and the trust store: what a user sets for an unmodified agent."""
+        return {"HTTPS_PROXY": self.url, "SSL_CERT_FILE": str(self.bundle), "PATH": os.environ["PATH"]}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def sdk(self, *calls: dict[str, Any]) -> list[dict[str, Any]]:
+        """Runs the calls with the official SDKs in a process configured only by env."""
+        worker = self._worker()
+        assert worker.stdin is not None and worker.stdout is not None
+        worker.stdin.write(json.dumps(list(calls)) + "\n")
+        worker.stdin.flush()
+        line = worker.stdout.readline()
+        assert line, f"SDK client died; proxy log:\n{self.log()[-3000:]}"
+        return json.loads(line)
+
+    def _worker(self) -> subprocess.Popen[str]:
+        if self._sdk_worker is None or self._sdk_worker.poll() is not None:
+            self._sdk_worker = subprocess.Popen(
+                [sys.executable, str(SDK_CLIENT)],
+                env=self.client_env(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd="/",
+            )
+        return self._sdk_worker
+
+    def terminate(self) -> None:
+        if self._sdk_worker is not None:
+            self._sdk_worker.kill()
+        self.process.terminate()
+
+    def wait(self) -> None:
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_proxy(
+    name: str, policy: str | None, fake: FakeProvider, root: Path, data_dir: Path
+) -> RunningProxy:
+    port = free_port()
+    args = [sys.executable, "-m", "luthien", "proxy", "--port", str(port), "--data-dir", str(data_dir)]
+    args += ["--log-level", "DEBUG"]  # the most verbose logging must still never show a secret
+    for host in ("api.openai.com", "api.anthropic.com"):
+        args += ["--upstream", f"{host}={fake.url}"]
+    if policy is not None:
+        (policy_file := root / f"{name}.yaml").write_text(policy)
+        args += ["--policy", str(policy_file)]
+    log_path = root / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return RunningProxy(name, port, data_dir, log_path, process)
+
+
+def wait_until_listening(proxy: RunningProxy) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while "listening on" not in proxy.log():
+        if proxy.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"proxy {proxy.name} did not start:\n{proxy.log()}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def fake() -> Iterator[FakeProvider]:
+    provider = FakeProvider().start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def proxies(
+    fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, RunningProxy]]:
+    root = tmp_path_factory.mktemp("proxies")
+    data_dir = root / "data"
+    ensure_ca(data_dir)
+    running = {name: start_proxy(name, policy, fake, root, data_dir) for name, policy in POLICIES.items()}
+    try:
+        for proxy in running.values():
+            wait_until_listening(proxy)
+        yield running
+    finally:
+        for proxy in running.values():
+            proxy.terminate()
+        for proxy in running.values():
+            proxy.wait()
+
+
+@pytest.fixture(scope="session")
+def noop(proxies: dict[str, RunningProxy]) -> RunningProxy:
+    return proxies["noop"]

@@ -1,0 +1,243 @@
+"""The HTTP server: routing, recording, pacing and gating around the pre-rendered replies."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+
+from . import anthropic_messages, openai_chat, openai_responses
+from .scenarios import (
+    Plan,
+    UnknownScenarioError,
+    anthropic_user_text,
+    chat_user_text,
+    find_scenario,
+    plan_for,
+    responses_user_text,
+)
+from .wire import Context, IdFactory, Reply, json_reply
+
+GATE_TIMEOUT = 30.0
+HOST = "127.0.0.1"
+_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
+
+_MODELS = {
+    "object": "list",
+    "data": [
+        {"id": "gpt-4o", "object": "model", "created": 1715367049, "owned_by": "system"},
+        {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+        {"id": "gpt-4.1", "object": "model", "created": 1744316542, "owned_by": "system"},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    user_text: Callable[[dict[str, Any]], str]
+    render: Callable[[Plan, Context], Reply]
+    invalid_request: Callable[[str, Context], Reply]
+
+
+_DIALECTS = {
+    "/v1/chat/completions": _Dialect(chat_user_text, openai_chat.render, openai_chat.invalid_request),
+    "/v1/responses": _Dialect(responses_user_text, openai_responses.render, openai_responses.invalid_request),
+    "/v1/messages": _Dialect(
+        anthropic_user_text, anthropic_messages.render, anthropic_messages.invalid_request
+    ),
+}
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # including the query string, e.g. "/v1/messages?beta=true"
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    json: Any  # parsed body, or None if it was not JSON
+    scenario: str | None = None  # None for requests outside the three APIs
+    status: int | None = None
+    sent: bytearray = field(default_factory=bytearray, repr=False)
+    _gate: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False, compare=False)
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+class FakeProvider:
+    """A local stand-in for the OpenAI and Anthropic HTTP APIs, for tests.
+
+    Use as ``fake = FakeProvider().start()`` ... ``fake.stop()``, or as a context manager.
+    """
+
+    def __init__(self, delay: float = 0.005) -> None:
+        self.delay = delay
+        self.url = ""
+        self.requests: list[RecordedRequest] = []
+        self._changed = threading.Condition()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.app = self._make_app()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self, port: int = 0) -> FakeProvider:
+        """Serve on 127.0.0.1 from a background thread; port 0 lets the OS pick one."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port))
+        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
+        # log_config=None: do not let uvicorn reconfigure the test process's logging.
+        config = uvicorn.Config(
+            self.app,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(sock, ready),), name="fake-provider", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake provider did not start within 10 s")
+        return self
+
+    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+        assert self._server is not None
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not (self._server.started or task.done()):
+            await asyncio.sleep(0.005)
+        ready.set()
+        await task
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        for index in range(len(self.requests)):
+            self.release(index)  # so gated streams do not hold up the shutdown
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout=5)
+        self._server = self._thread = self._loop = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- test-facing helpers ---------------------------------------------------------
+
+    def sent(self, index: int = -1) -> bytes:
+        """The exact body bytes written for request `index` so far (all of them once it finished)."""
+        return bytes(self.requests[index].sent)
+
+    def release(self, index: int = -1) -> None:
+        """Let a `gated` stream continue past its first event."""
+        record = self.requests[index]
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(record._gate.set)
+
+    def wait_for_requests(self, n: int, timeout: float = 10) -> None:
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.requests) >= n, timeout):
+                raise TimeoutError(f"expected {n} requests, got {len(self.requests)} within {timeout} s")
+
+    def reset(self) -> None:
+        for index in range(len(self.requests)):
+            self.release(index)
+        with self._changed:
+            self.requests.clear()
+
+    # --- serving ---------------------------------------------------------------------
+
+    def _make_app(self) -> FastAPI:
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        app.add_api_route("/{path:path}", self._handle, methods=_ALL_METHODS)
+        return app
+
+    async def _handle(self, request: Request) -> Response:
+        record, index = self._record(request, await request.body())
+        reply, plan = self._reply(record, index)
+        record.status = reply.status
+        gated = plan is not None and plan.gated
+        if reply.streaming:
+            delay = plan.delay if plan is not None and plan.delay is not None else self.delay
+            chunks = self._paced(record, reply.chunks, delay, gated)
+            return StreamingResponse(chunks, reply.status, reply.headers, reply.content_type)
+        if gated:
+            await self._wait_gate(record)
+        record.sent.extend(reply.chunks[0])
+        return Response(reply.chunks[0], reply.status, reply.headers, reply.content_type)
+
+    def _record(self, request: Request, body: bytes) -> tuple[RecordedRequest, int]:
+        scope = request.scope
+        path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
+        if scope.get("query_string"):
+            path += "?" + scope["query_string"].decode("latin-1")
+        record = RecordedRequest(request.method, path, dict(request.headers), body, _parse_json(body))
+        with self._changed:
+            self.requests.append(record)
+            index = len(self.requests) - 1
+            self._changed.notify_all()
+        return record, index
+
+    def _reply(self, record: RecordedRequest, index: int) -> tuple[Reply, Plan | None]:
+        dialect = _DIALECTS.get(_without_query(record.path)) if record.method == "POST" else None
+        if dialect is None:
+            return json_reply(200, _MODELS), None
+        body = record.json if isinstance(record.json, dict) else {}
+        ctx = Context(body, IdFactory(seed=index))
+        scenario = find_scenario(dialect.user_text(body))
+        record.scenario = scenario.name
+        try:
+            plan = plan_for(scenario)
+        except UnknownScenarioError as error:
+            return dialect.invalid_request(str(error), ctx), None
+        return dialect.render(plan, ctx), plan
+
+    async def _paced(
+        self, record: RecordedRequest, chunks: list[bytes], delay: float, gated: bool
+    ) -> AsyncIterator[bytes]:
+        for number, chunk in enumerate(chunks):
+            if number == 1 and gated:
+                await self._wait_gate(record)
+            if number:
+                await asyncio.sleep(delay)
+            # Record before yielding: once a client has seen bytes, sent() has them too.
+            record.sent.extend(chunk)
+            yield chunk
+
+    @staticmethod
+    async def _wait_gate(record: RecordedRequest) -> None:
+        # A forgotten release() should slow a test down, not hang it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(record._gate.wait(), GATE_TIMEOUT)
+
+
+def _without_query(path: str) -> str:
+    return path.partition("?")[0]

@@ -1,0 +1,135 @@
+"""Runs calls with the official, unmodified SDKs and prints a JSON summary of each result.
+
+Run as a separate process whose only proxy configuration is HTTPS_PROXY and SSL_CERT_FILE. It
+reads one JSON list of calls per line on stdin and answers one JSON list of results per line
+(importing the SDKs takes seconds, so a test session keeps one worker per proxy):
+    echo '[{"api": "chat", "stream": true, "prompt": "hi"}]' | python sdk_client.py
+Streaming calls use the SDKs' stream helpers, which reject malformed event sequences.
+"""
+
+import json
+import sys
+from typing import Any
+
+import anthropic
+import openai
+
+BASH_TOOL = {
+    "name": "bash",
+    "description": "Run a shell command",
+    "schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+}
+
+
+def chat(call: dict[str, Any]) -> dict[str, Any]:
+    client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
+    kwargs: dict[str, Any] = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": call["prompt"]}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": BASH_TOOL["name"],
+                    "description": BASH_TOOL["description"],
+                    "parameters": BASH_TOOL["schema"],
+                },
+            }
+        ],
+    }
+    if call["stream"]:
+        with client.chat.completions.stream(**kwargs, stream_options={"include_usage": True}) as stream:
+            completion = stream.get_final_completion()
+    else:
+        completion = client.chat.completions.create(**kwargs)
+    choice = completion.choices[0]
+    return {
+        "text": choice.message.content or "",
+        "tool_calls": [
+            {"name": c.function.name, "arguments": c.function.arguments}
+            for c in choice.message.tool_calls or []
+        ],
+        "stop_reason": choice.finish_reason,
+    }
+
+
+def responses(call: dict[str, Any]) -> dict[str, Any]:
+    client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
+    kwargs: dict[str, Any] = {
+        "model": "gpt-5",
+        "input": call["prompt"],
+        "tools": [
+            {
+                "type": "function",
+                "name": BASH_TOOL["name"],
+                "description": BASH_TOOL["description"],
+                "parameters": BASH_TOOL["schema"],
+                "strict": False,
+            }
+        ],
+    }
+    if call["stream"]:
+        with client.responses.stream(**kwargs) as stream:
+            response = stream.get_final_response()
+    else:
+        response = client.responses.create(**kwargs)
+    calls = [item for item in response.output if item.type == "function_call"]
+    reasoning = [s.text for item in response.output if item.type == "reasoning" for s in item.summary]
+    return {
+        "text": response.output_text,
+        "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in calls],
+        "stop_reason": response.status,
+        "thinking": "".join(reasoning),
+    }
+
+
+def messages(call: dict[str, Any]) -> dict[str, Any]:
+    client = anthropic.Anthropic(api_key=call.get("key", "sk-ant-test-key"), max_retries=0)
+    kwargs: dict[str, Any] = {
+        "model": "claude-sonnet-4-6",
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": call["prompt"]}],
+        "tools": [
+            {
+                "name": BASH_TOOL["name"],
+                "description": BASH_TOOL["description"],
+                "input_schema": BASH_TOOL["schema"],
+            }
+        ],
+    }
+    if call["stream"]:
+        with client.messages.stream(**kwargs) as stream:
+            message = stream.get_final_message()
+    else:
+        message = client.messages.create(**kwargs)
+    return {
+        "text": "".join(b.text for b in message.content if b.type == "text"),
+        "tool_calls": [
+            {"name": b.name, "arguments": json.dumps(b.input)}
+            for b in message.content
+            if b.type == "tool_use"
+        ],
+        "stop_reason": message.stop_reason,
+        "thinking": "".join(b.thinking for b in message.content if b.type == "thinking"),
+        "block_types": [b.type for b in message.content],
+    }
+
+
+APIS = {"chat": chat, "responses": responses, "messages": messages}
+
+
+def run(call: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return {"ok": True, **APIS[call["api"]](call)}
+    except (openai.APIError, anthropic.APIError) as exc:
+        return {
+            "ok": False,
+            "error_type": type(exc).__name__,
+            "status": getattr(exc, "status_code", None),
+            "message": str(exc),
+        }
+
+
+if __name__ == "__main__":
+    for line in sys.stdin:
+        print(json.dumps([run(call) for call in json.loads(line)]), flush=True)
