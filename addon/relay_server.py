@@ -83,7 +83,7 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn inside mitmproxy's loop: signals belong to mitmproxy, not to this server."""
 
-    def capture_signals(self) -> AbstractContextManager[None]:
+    def capture_signals(self) -> AbstractContextManager[None]:  # type: ignore[override]
         return nullcontext()
 
 

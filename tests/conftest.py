@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from certs import ensure_ca
 from tests.fake_provider import FakeProvider
@@ -20,15 +21,21 @@ ROOT = Path(__file__).resolve().parent.parent
 SDK_CLIENT = Path(__file__).with_name("sdk_client.py")
 STARTUP_TIMEOUT = 120
 
-#: One proxy process per policy file; they start together because LiteLLM's import is slow.
-POLICIES: dict[str, str | None] = {
+#: One proxy process per policy; they start together because LiteLLM's import is slow.
+POLICIES: dict[str, dict[str, Any] | None] = {
     "noop": None,
-    "blocklist": "policy:\n  class: ToolCallBlocklistPolicy\n  config:\n    patterns: ['rm\\s+-rf', 'DROP\\s+TABLE']\n",
-    "block_requests": "policy:\n  class: tests.policies:BlockRequestsContaining\n  config: {word: forbidden-word}\n",
-    "rewrite_request": "policy:\n  class: tests.policies:RewriteUserText\n  config: {old: apple, new: orange}\n",
-    "slow_chunks": "policy:\n  class: tests.policies:SlowFirstChunkPolicy\n",
-    "uppercase": "policy:\n  class: UppercaseNthWordPolicy\n  config: {n: 2}\n",
-    "end_stream": "policy:\n  class: tests.policies:EndStreamAfterWords\n  config: {chunks: 3}\n",
+    "blocklist": {"class": "ToolCallBlocklistPolicy", "config": {"patterns": [r"rm\s+-rf", r"DROP\s+TABLE"]}},
+    "block_requests": {
+        "class": "tests.policies:BlockRequestsContaining",
+        "config": {"word": "forbidden-word"},
+    },
+    "rewrite_request": {
+        "class": "tests.policies:RewriteUserText",
+        "config": {"old": "apple", "new": "orange"},
+    },
+    "slow_chunks": {"class": "tests.policies:SlowFirstChunkPolicy"},
+    "uppercase": {"class": "UppercaseNthWordPolicy", "config": {"n": 2}},
+    "end_stream": {"class": "tests.policies:EndStreamAfterWords", "config": {"chunks": 3}},
 }
 
 
@@ -105,7 +112,7 @@ def start_proxy(
     for host in ("api.openai.com", "api.anthropic.com"):
         args += ["--upstream", f"{host}={fake.url}"]
     if policy is not None:
-        (policy_file := root / f"{name}.yaml").write_text(policy)
+        (policy_file := root / f"{name}.yaml").write_text(yaml.safe_dump({"policy": policy}))
         args += ["--policy", str(policy_file)]
     log_path = root / f"{name}.log"
     with log_path.open("wb") as log:

@@ -174,8 +174,8 @@ def test_luthien_run_sends_a_commands_sdk_calls_through_the_proxy(
 ) -> None:
     script = (
         "import openai; c = openai.OpenAI(api_key='sk-x', max_retries=0); "
-        "print(c.chat.completions.create(model='gpt-4o', messages=[{'role': 'user', 'content': 'via luthien run'}])"
-        ".choices[0].message.content)"
+        "m = [{'role': 'user', 'content': 'via luthien run'}]; "
+        "print(c.chat.completions.create(model='gpt-4o', messages=m).choices[0].message.content)"
     )
     clean = {k: v for k, v in os.environ.items() if "PROXY" not in k.upper()}
     done = subprocess.run(

@@ -24,7 +24,7 @@ ENDPOINTS = {
 
 
 def body(api: str, prompt: str, stream: bool) -> dict[str, object]:
-    url, base = ENDPOINTS[api]
+    _, base = ENDPOINTS[api]
     if api == "responses":
         return {**base, "input": prompt, "stream": stream}
     return {**base, "messages": [{"role": "user", "content": prompt}], "stream": stream}

@@ -179,8 +179,10 @@ class OpenAIResponsesTranscoder:
     ``response.completed`` whose ``output`` matches what was streamed."""
 
     def __init__(self) -> None:
+        # Used only for its chunk_parser, fed one event at a time.
         self._parser = OpenAiResponsesToChatCompletionStreamIterator(
-            streaming_response=None, sync_stream=False
+            streaming_response=None,  # type: ignore[arg-type]
+            sync_stream=False,
         )
         self._response: JSON = {}
         self._final: JSON | None = None
@@ -226,7 +228,7 @@ class OpenAIResponsesTranscoder:
             return
         self._sequence = max(self._sequence, data.get("sequence_number", self._sequence))
         kind = data.get("type", "")
-        index = data.get("output_index")
+        index: int = data.get("output_index", -1)
         if kind in ("response.created", "response.in_progress"):
             self._created = True
         elif kind == "response.output_item.added":

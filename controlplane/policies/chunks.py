@@ -28,9 +28,11 @@ def with_text(chunk: ModelResponseStream, text: str) -> ModelResponseStream:
 
 
 def tool_call_deltas(chunk: ModelResponseStream) -> list[ChatCompletionDeltaToolCall]:
+    """The function-call deltas a chunk carries."""
     if not chunk.choices:
         return []
-    return list(chunk.choices[0].delta.tool_calls or [])
+    calls = chunk.choices[0].delta.tool_calls or []
+    return [call for call in calls if isinstance(call, ChatCompletionDeltaToolCall)]
 
 
 def finish_reason(chunk: ModelResponseStream) -> str | None:
@@ -119,7 +121,7 @@ def without_tool_calls(chunk: ModelResponseStream, blocked: set[int]) -> ModelRe
     if len(kept) == len(tool_call_deltas(chunk)):
         return chunk
     copy = chunk.model_copy(deep=True)
-    copy.choices[0].delta.tool_calls = kept or None
+    copy.choices[0].delta.tool_calls = kept or None  # type: ignore[assignment]
     if not kept and not chunk_text(copy) and finish_reason(copy) is None:
         reasoning = getattr(copy.choices[0].delta, "reasoning_content", None)
         if not reasoning and getattr(copy, "usage", None) is None:

@@ -2,6 +2,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -54,6 +55,7 @@ class ToolCallBlocklistPolicy(PolicyHandler):
                     raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
             return patterns
 
+    config: Config
     description = "Removes tool calls whose name or arguments match a regex; explains why."
 
     def __init__(self, config: BaseModel | None = None) -> None:
@@ -80,8 +82,12 @@ class ToolCallBlocklistPolicy(PolicyHandler):
         reasons = []
         for choice in response.choices:
             message = choice.message  # type: ignore[union-attr]
-            kept, notes = [], []
+            kept: list[Any] = []
+            notes: list[str] = []
             for tool_call in message.tool_calls or []:
+                if not hasattr(tool_call, "function"):  # custom (non-function) tools are not judged
+                    kept.append(tool_call)
+                    continue
                 call = ToolCall(
                     index=len(kept),
                     id=tool_call.id or "",

@@ -41,6 +41,7 @@ class UppercaseNthWordPolicy(PolicyHandler):
         model_config = ConfigDict(extra="forbid")
         n: int = Field(default=3, ge=1, description="Uppercase every n-th word.")
 
+    config: Config
     description = "Demo: uppercases every n-th word of the model's text."
 
     async def apply_response_policy(
