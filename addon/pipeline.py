@@ -28,6 +28,10 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )
 
 
+class UpstreamBroken(Exception):
+    """The provider's stream broke off; the client's connection must break off the same way."""
+
+
 @dataclass
 class ProxyRequest:
     method: str
@@ -223,9 +227,10 @@ class Pipeline:
                     if relay.ended:
                         break
             except httpx.HTTPError as exc:
-                await self._publish(
-                    metadata, ActivityType.ERROR, reason=f"upstream stream broke: {type(exc).__name__}"
-                )
+                reason = f"the provider's stream broke off: {type(exc).__name__}"
+                await self._publish(metadata, ActivityType.ERROR, reason=reason)
+                await relay.abandon()
+                raise UpstreamBroken(reason) from exc
             async for out in relay.close():
                 yield out
         finally:

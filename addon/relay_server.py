@@ -7,6 +7,7 @@ await, and the response streams back through mitmproxy as it is produced.
 """
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import socket
@@ -16,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from addon.pipeline import Pipeline, ProxyRequest
+from addon.pipeline import Pipeline, ProxyRequest, ProxyResponse, UpstreamBroken
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +49,44 @@ class RelayApp:
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
         request = ProxyRequest(scope["method"], lookup.get(HOST_HEADER, ""), path, headers, body)
-        response = await self._pipeline.handle(request)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
-            }
-        )
         try:
-            async for data in response.body:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await response.body.aclose()  # type: ignore[attr-defined]
+            response = await self._pipeline.handle(request)
+        except Exception:
+            log.exception("unexpected error handling %s %s", request.method, request.path.split("?")[0])
+            await _respond(send, 502, b"Luthien: unexpected error; see the proxy log")
+            return
+        streaming = asyncio.create_task(_send_response(response, send))
+        disconnected = asyncio.create_task(_client_gone(receive))
+        await asyncio.wait((streaming, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        disconnected.cancel()
+        if not streaming.done():
+            # The client left: stop reading from the provider instead of draining its stream.
+            streaming.cancel()
+        with contextlib.suppress(asyncio.CancelledError, UpstreamBroken):
+            await streaming
+
+
+async def _send_response(response: ProxyResponse, send: Send) -> None:
+    """Streams the response. When the provider broke off, the response is left incomplete so
+    the client sees the failure it would have seen without Luthien."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
+        }
+    )
+    try:
+        async for data in response.body:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    finally:
+        await response.body.aclose()  # type: ignore[attr-defined]
+
+
+async def _client_gone(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -78,6 +103,16 @@ async def _respond(send: Send, status: int, body: bytes) -> None:
         {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class _IncompleteResponseFilter(logging.Filter):
+    """An incomplete response is how a broken-off provider stream is passed on (see above)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
+
+
+logging.getLogger("uvicorn.error").addFilter(_IncompleteResponseFilter())
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -86,6 +86,11 @@ class StreamRelay:
         elif self.outcome.diverged and not self.outcome.upstream_error:
             yield self._transcoder.finish()
 
+    async def abandon(self) -> None:
+        """The upstream broke off: release the policy's state, send nothing more."""
+        async for _ in self._control_plane.close_streaming_context(self._context):
+            pass
+
     async def _on_event(self, event: SSEEvent) -> AsyncIterator[bytes]:
         is_error = self._transcoder.is_error(event)
         self.outcome.upstream_error |= is_error

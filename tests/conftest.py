@@ -20,6 +20,7 @@ from tests.fake_provider import FakeProvider
 ROOT = Path(__file__).resolve().parent.parent
 SDK_CLIENT = Path(__file__).with_name("sdk_client.py")
 STARTUP_TIMEOUT = 120
+DEAD_PROVIDER = "dead.provider.test"
 
 #: One proxy process per policy; they start together because LiteLLM's import is slow.
 POLICIES: dict[str, dict[str, Any] | None] = {
@@ -110,7 +111,14 @@ def start_proxy(
     args = [sys.executable, "-m", "luthien", "proxy", "--port", str(port), "--data-dir", str(data_dir)]
     args += ["--log-level", "DEBUG"]  # the most verbose logging must still never show a secret
     for host in ("api.openai.com", "api.anthropic.com"):
-        args += ["--upstream", f"{host}={fake.url}"]
+        args += ["--provider-host", host, "--upstream", f"{host}={fake.url}"]
+    # A provider host whose upstream is down (nothing listens on that port).
+    args += [
+        "--provider-host",
+        DEAD_PROVIDER,
+        "--upstream",
+        f"{DEAD_PROVIDER}=http://127.0.0.1:{free_port()}",
+    ]
     if policy is not None:
         (policy_file := root / f"{name}.yaml").write_text(yaml.safe_dump({"policy": policy}))
         args += ["--policy", str(policy_file)]

@@ -132,3 +132,21 @@ def test_upstream_errors_reach_the_sdk_unchanged(noop: RunningProxy) -> None:
         assert (result["ok"], result["error_type"], result["status"]) == (False, "RateLimitError", 429)
     for result in noop.sdk(*calls("[scenario:error_500]")):
         assert (result["ok"], result["error_type"], result["status"]) == (False, "InternalServerError", 500)
+
+
+def test_a_rewritten_stream_keeps_tool_calls_and_thinking(proxies: dict[str, RunningProxy]) -> None:
+    """Text is rewritten after thinking and before tool calls were passed through verbatim: the
+    rest of the stream is re-encoded and must still be complete and valid."""
+    uppercase = proxies["uppercase"]
+    for call, result in zip(
+        calls("[scenario:tool_call ls]"), uppercase.sdk(*calls("[scenario:tool_call ls]")), strict=True
+    ):
+        assert result["ok"], result
+        assert result["text"] == "Let ME run THAT."
+        assert [json.loads(c["arguments"]) for c in result["tool_calls"]] == [{"command": "ls"}]
+        assert result["stop_reason"] == TOOL_STOP[call["api"]]
+    thinking_calls = [c for c in calls("[scenario:thinking]") if c["api"] != "chat"]
+    for result in uppercase.sdk(*thinking_calls):
+        assert result["ok"], result
+        assert result["thinking"] == "The user wants a short greeting. I will answer with the usual sentence."
+        assert result["text"] == "Hello FROM the FAKE provider. THE quick BROWN fox JUMPS over THE lazy DOG."

@@ -18,6 +18,8 @@ SECOND_COMMAND = "echo ok"
 SLOW_DELAY = 0.2
 # Words streamed before the error event in `midstream_error`.
 MIDSTREAM_WORDS = 3
+# Events streamed before the connection is dropped in `cut`.
+CUT_AFTER_EVENTS = 4
 
 SCENARIOS = frozenset(
     {
@@ -30,6 +32,7 @@ SCENARIOS = frozenset(
         "midstream_error",
         "gated",
         "slow",
+        "cut",
     }
 )
 
@@ -65,6 +68,7 @@ class Plan:
     midstream_error: bool = False
     gated: bool = False
     delay: float | None = None  # overrides the server's default pacing
+    cut_after: int | None = None  # streaming: drop the connection after this many events
 
 
 def find_scenario(text: str) -> Scenario:
@@ -96,6 +100,8 @@ def plan_for(scenario: Scenario) -> Plan:
         return Plan(scenario, midstream_error=True)
     if name == "gated":
         return Plan(scenario, gated=True)
+    if name == "cut":
+        return Plan(scenario, cut_after=CUT_AFTER_EVENTS)
     if name == "slow":
         return Plan(scenario, delay=_parse_delay(arg))
     return Plan(scenario)

@@ -187,7 +187,8 @@ class FakeProvider:
         gated = plan is not None and plan.gated
         if reply.streaming:
             delay = plan.delay if plan is not None and plan.delay is not None else self.delay
-            chunks = self._paced(record, reply.chunks, delay, gated)
+            cut_after = plan.cut_after if plan is not None else None
+            chunks = self._paced(record, reply.chunks[:cut_after], delay, gated, cut=cut_after is not None)
             return StreamingResponse(chunks, reply.status, reply.headers, reply.content_type)
         if gated:
             await self._wait_gate(record)
@@ -221,7 +222,7 @@ class FakeProvider:
         return dialect.render(plan, ctx), plan
 
     async def _paced(
-        self, record: RecordedRequest, chunks: list[bytes], delay: float, gated: bool
+        self, record: RecordedRequest, chunks: list[bytes], delay: float, gated: bool, cut: bool = False
     ) -> AsyncIterator[bytes]:
         for number, chunk in enumerate(chunks):
             if number == 1 and gated:
@@ -231,6 +232,10 @@ class FakeProvider:
             # Record before yielding: once a client has seen bytes, sent() has them too.
             record.sent.extend(chunk)
             yield chunk
+        if cut:
+            # An exception inside the body makes uvicorn drop the connection mid-response,
+            # as a provider or network failure would.
+            raise ConnectionAbortedError("fake provider: connection cut mid-stream")
 
     @staticmethod
     async def _wait_gate(record: RecordedRequest) -> None:
