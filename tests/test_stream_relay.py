@@ -1,0 +1,143 @@
+"""The relay in-process: real provider streams (rendered by the fake provider's wire code) run
+through real policies, fed in arbitrary byte pieces."""
+
+import json
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from addon.formats import codec_for
+from addon.sse import SSEParser
+from addon.stream_relay import StreamRelay
+from controlplane.llm import ModelResponseStream
+from controlplane.local import ControlPlaneLocal
+from controlplane.models import ChunkResult, PolicyResult, RequestMetadata, StreamingContext
+from controlplane.policies import NoOpPolicy, PolicyHandler, ToolCallBlocklistPolicy
+from tests.fake_provider import anthropic_messages, openai_chat, openai_responses
+from tests.fake_provider.scenarios import find_scenario, plan_for
+from tests.fake_provider.wire import Context, IdFactory
+
+RENDERERS = {
+    "/v1/chat/completions": openai_chat.render,
+    "/v1/responses": openai_responses.render,
+    "/v1/messages": anthropic_messages.render,
+}
+SCENARIOS = ["text", "tool_call rm -rf /", "two_tools", "thinking", "midstream_error"]
+
+
+def provider_stream(path: str, scenario: str) -> bytes:
+    body = {"model": "m", "stream": True, "max_tokens": 10, "stream_options": {"include_usage": True}}
+    plan = plan_for(find_scenario(f"[scenario:{scenario}]"))
+    return b"".join(RENDERERS[path](plan, Context(body, IdFactory(seed=1))).chunks)
+
+
+def pieces(data: bytes, seed: int) -> list[bytes]:
+    """The stream cut at random places, as TCP may deliver it."""
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(data)), k=min(len(data) - 1, 40)))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+async def relay(path: str, policy: PolicyHandler, data: list[bytes]) -> bytes:
+    control_plane = ControlPlaneLocal(policy)
+    metadata = RequestMetadata(call_id="c", host="h", path=path)
+    context = await control_plane.create_streaming_context({"messages": []}, metadata)
+    codec = codec_for("POST", path)
+    assert codec is not None
+    stream = StreamRelay(codec.stream_transcoder(), control_plane, context)
+    out = bytearray()
+    for piece in data:
+        async for emitted in stream.feed(piece):
+            out += emitted
+    async for emitted in stream.close():
+        out += emitted
+    return bytes(out)
+
+
+class HoldEverythingUntilTheEnd(PolicyHandler):
+    """Holds every chunk and releases them all, unchanged, when the stream ends."""
+
+    async def apply_streaming_chunk_policy(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[ChunkResult]:
+        context.policy_state.setdefault("held", []).append(chunk)
+        return
+        yield
+
+    async def on_stream_end(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
+        for chunk in context.policy_state.get("held", []):
+            yield PolicyResult.allow(chunk)
+
+
+class MutateInPlace(PolicyHandler):
+    """Changes the chunk object it was given and passes that same object on."""
+
+    async def apply_streaming_chunk_policy(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[ChunkResult]:
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunk.choices[0].delta.content = chunk.choices[0].delta.content.replace("fox", "cat")
+        yield PolicyResult.allow(chunk)
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_noop_relay_is_byte_identical_however_the_bytes_arrive(path: str, scenario: str) -> None:
+    original = provider_stream(path, scenario)
+    for seed in range(3):
+        assert await relay(path, NoOpPolicy(), pieces(original, seed)) == original
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_held_and_released_unchanged_is_still_byte_identical(path: str, scenario: str) -> None:
+    original = provider_stream(path, scenario)
+    assert await relay(path, HoldEverythingUntilTheEnd(), [original]) == original
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+async def test_a_chunk_changed_in_place_is_noticed(path: str) -> None:
+    out = await relay(path, MutateInPlace(), [provider_stream(path, "text")])
+    text = "".join(_texts(path, out))
+    assert text == "Hello from the fake provider. The quick brown cat jumps over the lazy dog."
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+async def test_safe_tool_calls_pass_the_blocklist_byte_identical(path: str) -> None:
+    original = provider_stream(path, "tool_call ls -la")
+    policy = ToolCallBlocklistPolicy(ToolCallBlocklistPolicy.Config(patterns=[r"rm\s+-rf"]))
+    assert await relay(path, policy, pieces(original, 7)) == original
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+async def test_an_upstream_error_event_survives_a_rewritten_stream(path: str) -> None:
+    out = await relay(path, MutateInPlace(), [provider_stream(path, "midstream_error")])
+    events = SSEParser().feed(out)
+    assert any("error" in (e.event or "") or '"error"' in e.data for e in events)
+    assert events[-1].data != "[DONE]"  # nothing made up after the provider's error
+
+
+def _texts(path: str, out: bytes) -> list[str]:
+    texts = []
+    for event in SSEParser().feed(out):
+        data = event.json()
+        if not isinstance(data, dict):
+            continue
+        if path == "/v1/chat/completions":
+            texts += [c["delta"].get("content") or "" for c in data.get("choices", [])]
+        elif path == "/v1/responses" and data.get("type") == "response.output_text.delta":
+            texts.append(data["delta"])
+        elif path == "/v1/messages" and data.get("type") == "content_block_delta":
+            texts.append(data["delta"].get("text", ""))
+    return texts
+
+
+def test_sse_parser_keeps_exact_bytes_across_any_split() -> None:
+    stream = b'event: a\ndata: {"x": 1}\n\n: comment\r\ndata: two\r\ndata: lines\r\n\r\ndata: [DONE]\n\n'
+    for seed in range(20):
+        parser = SSEParser()
+        events = [e for piece in pieces(stream, seed) for e in parser.feed(piece)]
+        assert b"".join(e.raw for e in events) == stream
+        assert [e.data for e in events] == ['{"x": 1}', "two\nlines", "[DONE]"]
+        assert events[0].event == "a" and json.loads(events[0].data) == {"x": 1}
