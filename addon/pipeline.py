@@ -106,7 +106,11 @@ class Pipeline:
         self, codec: WireFormatCodec, metadata: RequestMetadata, status: int, message: str
     ) -> ProxyResponse:
         body = json.dumps(codec.error_body(status, message)).encode()
-        headers = [("content-type", "application/json"), ("x-luthien-call-id", metadata.call_id)]
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("x-luthien-call-id", metadata.call_id),
+        ]
         return ProxyResponse(status, headers, _once(body))
 
     async def _passthrough(self, request: ProxyRequest, metadata: RequestMetadata) -> ProxyResponse:
@@ -270,4 +274,5 @@ class Pipeline:
         if modified:
             raw = json.dumps(codec.render_response(original, result.value)).encode()
         await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code, modified=modified)
-        return ProxyResponse(upstream.status_code, _response_headers(upstream, metadata.call_id), _once(raw))
+        headers = [*_response_headers(upstream, metadata.call_id), ("content-length", str(len(raw)))]
+        return ProxyResponse(upstream.status_code, headers, _once(raw))

@@ -134,6 +134,9 @@ class RelayServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            # The provider's own Server and Date headers pass through; uvicorn must not add its own.
+            server_header=False,
+            date_header=False,
         )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None

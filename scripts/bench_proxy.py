@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import platform
+import signal
 import socket
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -85,7 +88,7 @@ APIS = (
 def percentile(values: Sequence[float], pct: float) -> float:
     """Nearest-rank percentile: a value that was actually observed."""
     ordered = sorted(values)
-    index = max(0, min(len(ordered) - 1, round(pct / 100 * len(ordered) + 0.5) - 1))
+    index = max(0, math.ceil(pct / 100 * len(ordered)) - 1)
     return ordered[index]
 
 
@@ -124,6 +127,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+class NoDelayFakeProvider(FakeProvider):
+    """FakeProvider whose connections send small writes at once.
+
+    FakeProvider binds its listening socket with proto 0, so asyncio's `_set_nodelay` (which
+    checks for IPPROTO_TCP) skips the accepted sockets. uvicorn writes the response head and
+    body separately, and Nagle holds the body until the client's delayed ACK (~40 ms on Linux)
+    on every reused connection: that would dwarf what we want to measure. Accepted sockets
+    inherit TCP_NODELAY from the listener on Linux, so setting it there is enough.
+    """
+
+    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await super()._serve(sock, ready)
 
 
 @dataclass
@@ -186,7 +204,7 @@ def stop_proxies(proxies: Sequence[ProxyProcess]) -> None:
 @contextmanager
 def running_setup(work: Path) -> Iterator[tuple[FakeProvider, dict[str, ProxyProcess]]]:
     """One fake provider (delay 0: measure the proxy, not pacing) and one proxy per policy."""
-    fake = FakeProvider(delay=0.0).start()
+    fake = NoDelayFakeProvider(delay=0.0).start()
     proxies: dict[str, ProxyProcess] = {}
     try:
         # Created up front so the proxies don't race each other to write it.
@@ -435,7 +453,7 @@ def report(
     usable = len(os.sched_getaffinity(0))
     return "\n".join(
         [
-            "Luthien proxy benchmark (fake provider on 127.0.0.1, stream delay 0)",
+            "Luthien proxy benchmark (fake provider on 127.0.0.1: stream delay 0, TCP_NODELAY)",
             f"cores: {cores} (usable {usable}); Python {platform.python_version()} "
             f"({platform.python_implementation()}); {platform.system()} {platform.machine()}",
             f"{args.requests} requests per cell after {args.warmup} warm-up, sequential, one persistent "
@@ -472,6 +490,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Turn a SIGTERM (e.g. from `timeout`) into SystemExit so the finally blocks stop the proxies.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     began = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="luthien-bench-") as tmp,
