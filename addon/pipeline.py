@@ -19,13 +19,23 @@ from addon.formats import FormatError, WireFormatCodec, codec_for
 from addon.stream_relay import StreamRelay
 from addon.upstream import Upstream
 from controlplane.interface import ControlPlaneService
-from controlplane.models import ActivityEvent, ActivityType, RequestMetadata
+from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
 
 log = logging.getLogger(__name__)
 
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
 )
+
+
+class _Refusal(Exception):
+    """A call Luthien answers itself, in the provider's error format."""
+
+    def __init__(
+        self, status: int, message: str, activity: ActivityType = ActivityType.ERROR, **data: Any
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.activity, self.data = status, message, activity, data
 
 
 class UpstreamBroken(Exception):
@@ -131,11 +141,16 @@ class Pipeline:
             for k, v in upstream.headers.multi_items()
             if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
         ]
-        return ProxyResponse(upstream.status_code, headers, self._raw_body(upstream, metadata))
+        return ProxyResponse(
+            upstream.status_code, headers, self._forwarded(upstream, metadata, decoded=False)
+        )
 
-    async def _raw_body(self, upstream: httpx.Response, metadata: RequestMetadata) -> AsyncIterator[bytes]:
+    async def _forwarded(
+        self, upstream: httpx.Response, metadata: RequestMetadata, *, decoded: bool
+    ) -> AsyncIterator[bytes]:
+        """The provider's body as it comes; ``decoded`` undoes its content-encoding."""
         try:
-            async for data in upstream.aiter_raw():
+            async for data in upstream.aiter_bytes() if decoded else upstream.aiter_raw():
                 yield data
         finally:
             await upstream.aclose()
@@ -145,76 +160,93 @@ class Pipeline:
         self, request: ProxyRequest, codec: WireFormatCodec, metadata: RequestMetadata
     ) -> ProxyResponse:
         try:
+            body, normalized = self._read_request(request, codec, metadata)
+            await self._publish(
+                metadata,
+                ActivityType.REQUEST_RECEIVED,
+                format=codec.wire_format,
+                model=metadata.model,
+                stream=metadata.stream,
+            )
+            policed, content = await self._apply_request_policy(request, codec, metadata, body, normalized)
+            upstream = await self._send(request, content, metadata)
+            return await self._respond(upstream, codec, metadata, policed)
+        except _Refusal as refusal:
+            await self._publish(metadata, refusal.activity, reason=refusal.message, **refusal.data)
+            return self._error(codec, metadata, refusal.status, refusal.message)
+
+    async def _respond(
+        self,
+        upstream: httpx.Response,
+        codec: WireFormatCodec,
+        metadata: RequestMetadata,
+        policed: NormalizedRequest,
+    ) -> ProxyResponse:
+        headers = _response_headers(upstream, metadata.call_id)
+        if upstream.status_code >= 400:
+            # Provider errors reach the client unchanged.
+            return ProxyResponse(
+                upstream.status_code, headers, self._forwarded(upstream, metadata, decoded=True)
+            )
+        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            context = await self._control_plane.create_streaming_context(policed, metadata)
+            relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context)
+            return ProxyResponse(upstream.status_code, headers, self._streamed(upstream, relay, metadata))
+        return await self._whole_response(upstream, codec, metadata)
+
+    @staticmethod
+    def _read_request(
+        request: ProxyRequest, codec: WireFormatCodec, metadata: RequestMetadata
+    ) -> tuple[dict[str, Any], NormalizedRequest]:
+        """Parses and normalises the body, and fills in what the metadata learns from it."""
+        try:
             body = json.loads(request.body)
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
             normalized = codec.normalize_request(body)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            message = f"Luthien could not read this request: {exc}"
-            await self._publish(metadata, ActivityType.ERROR, reason=message)
-            return self._error(codec, metadata, 400, message)
+            raise _Refusal(400, f"Luthien could not read this request: {exc}") from exc
         metadata.wire_format = codec.wire_format
-        metadata.model = codec.model_of(body)
-        metadata.stream = codec.is_stream_request(body)
+        # The three formats name these alike.
+        metadata.model = body.get("model")
+        metadata.stream = bool(body.get("stream"))
         metadata.user_id = _user_id(body)
-        await self._publish(
-            metadata,
-            ActivityType.REQUEST_RECEIVED,
-            format=codec.wire_format,
-            model=metadata.model,
-            stream=metadata.stream,
-        )
+        return body, normalized
 
+    async def _apply_request_policy(
+        self,
+        request: ProxyRequest,
+        codec: WireFormatCodec,
+        metadata: RequestMetadata,
+        body: dict[str, Any],
+        normalized: NormalizedRequest,
+    ) -> tuple[NormalizedRequest, bytes]:
+        """The request the policy let through, and the bytes to send for it (the original bytes
+        when it changed nothing)."""
         result = await self._control_plane.apply_request_policies(copy.deepcopy(normalized), metadata)
         if not result.allowed or result.value is None:
             reason = result.reason or "blocked by policy"
-            await self._publish(metadata, ActivityType.BLOCKED, stage="request", reason=reason)
-            return self._error(codec, metadata, 403, f"Request blocked by Luthien policy: {reason}")
-        content = request.body
-        if result.value != normalized:
-            try:
-                content = json.dumps(codec.render_request(body, normalized, result.value)).encode()
-            except FormatError as exc:
-                message = f"Luthien could not apply the policy's change to this request: {exc}"
-                await self._publish(metadata, ActivityType.ERROR, reason=message)
-                return self._error(codec, metadata, 500, message)
+            raise _Refusal(
+                403, f"Request blocked by Luthien policy: {reason}", ActivityType.BLOCKED, stage="request"
+            )
+        if result.value == normalized:
+            return result.value, request.body
+        try:
+            return result.value, json.dumps(codec.render_request(body, normalized, result.value)).encode()
+        except FormatError as exc:
+            raise _Refusal(
+                500, f"Luthien could not apply the policy's change to this request: {exc}"
+            ) from exc
 
+    async def _send(self, request: ProxyRequest, content: bytes, metadata: RequestMetadata) -> httpx.Response:
         try:
             upstream = await self._upstream.send(
                 request.method, request.host, request.path, request.headers, content
             )
         except httpx.HTTPError as exc:
-            message = f"Luthien could not reach {request.host}: {type(exc).__name__}"
-            await self._publish(metadata, ActivityType.ERROR, reason=message)
-            return self._error(codec, metadata, 502, message)
+            raise _Refusal(502, f"Luthien could not reach {request.host}: {type(exc).__name__}") from exc
         await self._publish(metadata, ActivityType.UPSTREAM_SENT, status=upstream.status_code)
-
-        if upstream.status_code >= 400:
-            # Provider errors reach the client unchanged.
-            return ProxyResponse(
-                upstream.status_code,
-                _response_headers(upstream, metadata.call_id),
-                self._decoded_body(upstream, metadata),
-            )
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            context = await self._control_plane.create_streaming_context(result.value, metadata)
-            relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context)
-            return ProxyResponse(
-                upstream.status_code,
-                _response_headers(upstream, metadata.call_id),
-                self._streamed(upstream, relay, metadata),
-            )
-        return await self._whole_response(upstream, codec, metadata)
-
-    async def _decoded_body(
-        self, upstream: httpx.Response, metadata: RequestMetadata
-    ) -> AsyncIterator[bytes]:
-        try:
-            async for data in upstream.aiter_bytes():
-                yield data
-        finally:
-            await upstream.aclose()
-            await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code)
+        return upstream
 
     async def _streamed(
         self, upstream: httpx.Response, relay: StreamRelay, metadata: RequestMetadata
@@ -261,15 +293,14 @@ class Pipeline:
             original = json.loads(raw)
             response = codec.parse_response(original)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            message = f"Luthien could not read the provider's response: {exc}"
-            await self._publish(metadata, ActivityType.ERROR, reason=message)
-            return self._error(codec, metadata, 502, message)
+            raise _Refusal(502, f"Luthien could not read the provider's response: {exc}") from exc
         before = response.model_dump()
         result = await self._control_plane.apply_response_policy(response, metadata)
         if not result.allowed or result.value is None:
             reason = result.reason or "blocked by policy"
-            await self._publish(metadata, ActivityType.BLOCKED, stage="response", reason=reason)
-            return self._error(codec, metadata, 403, f"Response blocked by Luthien policy: {reason}")
+            raise _Refusal(
+                403, f"Response blocked by Luthien policy: {reason}", ActivityType.BLOCKED, stage="response"
+            )
         modified = result.value.model_dump() != before
         if modified:
             raw = json.dumps(codec.render_response(original, result.value)).encode()

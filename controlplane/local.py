@@ -3,7 +3,7 @@
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from controlplane.llm import ModelResponse, ModelResponseStream
@@ -17,6 +17,7 @@ from controlplane.models import (
     StreamingContext,
 )
 from controlplane.policies.base import PolicyHandler
+from controlplane.policies.chunks import text_chunk
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +39,14 @@ class ControlPlaneLocal:
     async def apply_request_policies(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
     ) -> PolicyResult[NormalizedRequest]:
-        try:
-            result = await self.policy.apply_request_policies(request_data, metadata)
-        except Exception as exc:
-            result = await self._policy_failed(metadata.call_id, "request", exc)
-        await self._record_decision(metadata.call_id, ActivityType.REQUEST_POLICY, result)
-        return result
+        decision = self.policy.apply_request_policies(request_data, metadata)
+        return await self._decide(metadata.call_id, ActivityType.REQUEST_POLICY, decision)
 
     async def apply_response_policy(
         self, response: ModelResponse, metadata: RequestMetadata
     ) -> PolicyResult[ModelResponse]:
-        try:
-            result = await self.policy.apply_response_policy(response, metadata)
-        except Exception as exc:
-            result = await self._policy_failed(metadata.call_id, "response", exc)
-        await self._record_decision(metadata.call_id, ActivityType.RESPONSE_POLICY, result)
-        return result
+        decision = self.policy.apply_response_policy(response, metadata)
+        return await self._decide(metadata.call_id, ActivityType.RESPONSE_POLICY, decision)
 
     async def create_streaming_context(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
@@ -71,14 +64,14 @@ class ControlPlaneLocal:
         self, chunk: ModelResponseStream, context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
         own = self._streams[context.stream_id]
-        async for result in self._guarded(self.policy.apply_streaming_chunk_policy(chunk, own), own):
+        async for result in self._guarded(self.policy.apply_streaming_chunk_policy(chunk, own), own, chunk):
             yield result
 
     async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
         own = self._streams.pop(context.stream_id, None)
         if own is None:
             return
-        async for result in self._guarded(self.policy.on_stream_end(own), own):
+        async for result in self._guarded(self.policy.on_stream_end(own), own, None):
             yield result
 
     async def publish_activity(self, event: ActivityEvent) -> None:
@@ -88,20 +81,37 @@ class ControlPlaneLocal:
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
         log.debug("debug event %s: %s", debug_type, payload)
 
+    async def _decide[T](
+        self, call_id: str, kind: ActivityType, decision: Awaitable[PolicyResult[T]]
+    ) -> PolicyResult[T]:
+        try:
+            result = await decision
+        except Exception as exc:
+            result = await self._policy_failed(call_id, kind, exc)
+        await self._record_decision(call_id, kind, result)
+        return result
+
     async def _guarded(
-        self, results: AsyncIterator[ChunkResult], context: StreamingContext
+        self,
+        results: AsyncIterator[ChunkResult],
+        context: StreamingContext,
+        chunk: ModelResponseStream | None,
     ) -> AsyncIterator[ChunkResult]:
+        """Records the policy's stream decisions; if it raises, ends the stream, saying why."""
         try:
             async for result in results:
                 if result.reason is not None or not result.allowed:
                     await self._record_decision(context.call_id, ActivityType.STREAM_CHUNKS, result)
                 yield result
         except Exception as exc:
-            yield await self._policy_failed(context.call_id, "stream", exc)
+            failure = await self._policy_failed(context.call_id, ActivityType.STREAM_CHUNKS, exc)
+            if chunk is not None:
+                failure.value = text_chunk(chunk, f"\n\n[Luthien] Stream ended: {failure.reason}.")
+            yield failure
 
-    async def _policy_failed(self, call_id: str, stage: str, exc: Exception) -> PolicyResult[Any]:
-        log.exception("policy %s failed during the %s stage", type(self.policy).__name__, stage)
-        reason = f"policy error in {type(self.policy).__name__} ({stage}): {type(exc).__name__}"
+    async def _policy_failed(self, call_id: str, stage: ActivityType, exc: Exception) -> PolicyResult[Any]:
+        log.exception("policy %s failed in %s", type(self.policy).__name__, stage.value)
+        reason = f"policy error in {type(self.policy).__name__} ({stage.value}): {type(exc).__name__}"
         await self.publish_activity(
             ActivityEvent(call_id=call_id, type=ActivityType.ERROR, data={"reason": reason})
         )

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -129,21 +128,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class NoDelayFakeProvider(FakeProvider):
-    """FakeProvider whose connections send small writes at once.
-
-    FakeProvider binds its listening socket with proto 0, so asyncio's `_set_nodelay` (which
-    checks for IPPROTO_TCP) skips the accepted sockets. uvicorn writes the response head and
-    body separately, and Nagle holds the body until the client's delayed ACK (~40 ms on Linux)
-    on every reused connection: that would dwarf what we want to measure. Accepted sockets
-    inherit TCP_NODELAY from the listener on Linux, so setting it there is enough.
-    """
-
-    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await super()._serve(sock, ready)
-
-
 @dataclass
 class ProxyProcess:
     name: str
@@ -204,7 +188,7 @@ def stop_proxies(proxies: Sequence[ProxyProcess]) -> None:
 @contextmanager
 def running_setup(work: Path) -> Iterator[tuple[FakeProvider, dict[str, ProxyProcess]]]:
     """One fake provider (delay 0: measure the proxy, not pacing) and one proxy per policy."""
-    fake = NoDelayFakeProvider(delay=0.0).start()
+    fake = FakeProvider(delay=0.0).start()
     proxies: dict[str, ProxyProcess] = {}
     try:
         # Created up front so the proxies don't race each other to write it.

@@ -67,12 +67,6 @@ class AnthropicMessagesCodec:
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
         return patch_request(original, before, after, _PARAMETERS)
 
-    def model_of(self, body: JSON) -> str | None:
-        return body.get("model")
-
-    def is_stream_request(self, body: JSON) -> bool:
-        return bool(body.get("stream"))
-
     def parse_response(self, body: JSON) -> ModelResponse:
         return AnthropicConfig().transform_parsed_response(
             completion_response=copy.deepcopy(body),

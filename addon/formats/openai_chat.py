@@ -18,12 +18,6 @@ class OpenAIChatCodec:
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
         return after
 
-    def model_of(self, body: JSON) -> str | None:
-        return body.get("model")
-
-    def is_stream_request(self, body: JSON) -> bool:
-        return bool(body.get("stream"))
-
     def parse_response(self, body: JSON) -> ModelResponse:
         return ModelResponse(**body)
 

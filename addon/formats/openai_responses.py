@@ -59,12 +59,6 @@ class OpenAIResponsesCodec:
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
         return patch_request(original, before, after, _PARAMETERS)
 
-    def model_of(self, body: JSON) -> str | None:
-        return body.get("model")
-
-    def is_stream_request(self, body: JSON) -> bool:
-        return bool(body.get("stream"))
-
     def parse_response(self, body: JSON) -> ModelResponse:
         output = body.get("output") or []
         calls = [item for item in output if item.get("type") == "function_call"]

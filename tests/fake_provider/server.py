@@ -97,7 +97,8 @@ class FakeProvider:
 
     def start(self, port: int = 0) -> FakeProvider:
         """Serve on 127.0.0.1 from a background thread; port 0 lets the OS pick one."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((HOST, port))
         self.url = f"http://{HOST}:{sock.getsockname()[1]}"
