@@ -29,6 +29,7 @@ from litellm.responses.litellm_completion_transformation.transformation import (
 )
 from litellm.types.utils import (
     ChatCompletionDeltaToolCall,
+    ChatCompletionMessageToolCall,
     Choices,
     Delta,
     Function,
@@ -41,6 +42,7 @@ __all__ = [
     "AnthropicConfig",
     "AnthropicStreamParser",
     "ChatCompletionDeltaToolCall",
+    "ChatCompletionMessageToolCall",
     "Choices",
     "Delta",
     "Function",

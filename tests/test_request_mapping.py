@@ -86,3 +86,59 @@ def test_chat_requests_are_the_normalised_form() -> None:
     assert codec.normalize_request(body) == body
     assert codec_for("GET", "/v1/chat/completions") is None
     assert codec_for("POST", "/v1/messages?beta=true") is not None
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/messages",
+            {
+                "model": "c",
+                "max_tokens": 10,
+                "messages": [
+                    {"role": "user", "content": "go"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {
+                                "type": "tool_use",
+                                "id": "t1",
+                                "name": "bash",
+                                "input": {"command": "export KEY=SECRET"},
+                            }
+                        ],
+                    },
+                    {
+                        "role": "user",
+                        "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "SECRET set"}],
+                    },
+                ],
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": "g",
+                "input": [
+                    {"role": "user", "content": "go"},
+                    {
+                        "type": "function_call",
+                        "id": "fc_1",
+                        "call_id": "call_1",
+                        "name": "bash",
+                        "arguments": '{"command":"export KEY=SECRET"}',
+                    },
+                    {"type": "function_call_output", "call_id": "call_1", "output": "SECRET set"},
+                ],
+            },
+        ),
+    ],
+)
+def test_secrets_in_earlier_tool_calls_and_results_can_be_rewritten(path: str, body: dict) -> None:
+    codec = codec_for("POST", path)
+    assert codec is not None
+    before = codec.normalize_request(copy.deepcopy(body))
+    rendered = codec.render_request(body, before, redact(before))
+    assert "SECRET" not in repr(rendered)
+    assert repr(rendered).replace("[redacted]", "SECRET") == repr(body)
