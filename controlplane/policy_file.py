@@ -5,7 +5,9 @@
       config:
         patterns: ['rm\\s+-rf']
 
-Every problem is reported as one PolicyFileError naming the file, the key and what is wrong.
+Composite policies (SerialPolicy, SelectPolicy) nest the same ``{class, config}`` specs. Every
+problem is reported as one PolicyFileError naming the file, the path to the key and what is wrong,
+e.g. ``policy.yaml: policy.config.policies[1].config.patterns: Field required``.
 """
 
 import importlib
@@ -15,7 +17,10 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from controlplane.policies import BUILTIN_POLICIES, NoOpPolicy, PolicyHandler
+# Looked up at call time: composite policies import this module to build their children.
+import controlplane.policies as policies
+from controlplane.policies.base import PolicyHandler
+from controlplane.policies.noop import NoOpPolicy
 
 
 class PolicyFileError(ValueError):
@@ -36,44 +41,56 @@ def load_policy_file(path: Path | None) -> PolicyHandler:
 
 
 def policy_from_document(document: Any, source: str) -> PolicyHandler:
-    if not isinstance(document, dict) or not isinstance(document.get("policy"), dict):
+    if not isinstance(document, dict) or "policy" not in document:
         raise PolicyFileError(f"{source}: policy: expected a mapping with a 'policy' key")
-    spec = document["policy"]
+    try:
+        return build_policy(document["policy"], "policy")
+    except PolicyFileError as exc:
+        raise PolicyFileError(f"{source}: {exc}") from exc
+
+
+def build_policy(spec: Any, where: str) -> PolicyHandler:
+    """A policy from a ``{class, config}`` spec; errors are prefixed with ``where``."""
+    if not isinstance(spec, dict):
+        raise PolicyFileError(f"{where}: expected a mapping with 'class' and optional 'config'")
     unknown = set(spec) - {"class", "config"}
     if unknown:
-        raise PolicyFileError(f"{source}: policy: unknown keys {sorted(unknown)}")
-    cls = resolve_policy_class(spec.get("class"), source)
+        raise PolicyFileError(f"{where}: unknown keys {sorted(unknown)}")
+    cls = resolve_policy_class(spec.get("class"), where)
     config = spec.get("config") or {}
     if not isinstance(config, dict):
-        raise PolicyFileError(f"{source}: policy.config: expected a mapping")
+        raise PolicyFileError(f"{where}.config: expected a mapping")
     try:
-        return cls(cls.Config.model_validate(config))
+        validated = cls.Config.model_validate(config)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(["policy", "config", *(_loc(part) for part in first["loc"])])
-        raise PolicyFileError(f"{source}: {where}: {first['msg']}".replace(".[", "[")) from exc
+        path = "".join(_loc(part) for part in first["loc"])
+        raise PolicyFileError(f"{where}.config{path}: {first['msg']}") from exc
+    try:
+        return cls(validated)
+    except PolicyFileError as exc:  # a composite's child, already located relative to it
+        raise PolicyFileError(f"{where}.{exc}") from exc
 
 
-def resolve_policy_class(name: Any, source: str) -> type[PolicyHandler]:
+def resolve_policy_class(name: Any, where: str) -> type[PolicyHandler]:
     if not isinstance(name, str) or not name:
-        raise PolicyFileError(f"{source}: policy.class: expected a policy class name")
-    if name in BUILTIN_POLICIES:
-        return BUILTIN_POLICIES[name]
+        raise PolicyFileError(f"{where}.class: expected a policy class name")
+    if name in policies.BUILTIN_POLICIES:
+        return policies.BUILTIN_POLICIES[name]
     if ":" not in name:
-        known = ", ".join(sorted(BUILTIN_POLICIES))
+        known = ", ".join(sorted(policies.BUILTIN_POLICIES))
         raise PolicyFileError(
-            f"{source}: policy.class: unknown policy {name!r} (built-ins: {known}; "
-            "or give 'module:ClassName')"
+            f"{where}.class: unknown policy {name!r} (built-ins: {known}; or give 'module:ClassName')"
         )
     module_name, _, attribute = name.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
-        raise PolicyFileError(f"{source}: policy.class: cannot import {name!r}: {exc}") from exc
+        raise PolicyFileError(f"{where}.class: cannot import {name!r}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, PolicyHandler)):
-        raise PolicyFileError(f"{source}: policy.class: {name!r} is not a PolicyHandler")
+        raise PolicyFileError(f"{where}.class: {name!r} is not a PolicyHandler")
     return cls
 
 
 def _loc(part: int | str) -> str:
-    return f"[{part}]" if isinstance(part, int) else str(part)
+    return f"[{part}]" if isinstance(part, int) else f".{part}"

@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     path = certs_commands.add_parser("path", help="print the path of the CA certificate")
     _add_common(path)
 
+    policy = commands.add_parser("policy", help="built-in policies; check a policy file")
+    policy_commands = policy.add_subparsers(dest="policy_command", required=True)
+    policy_commands.add_parser("list", help="the built-in policies, a line each")
+    check = policy_commands.add_parser("check", help="validate a policy file (exit status 1 if it is broken)")
+    check.add_argument("file", type=Path)
+    policy_commands.add_parser("schema", help="print the JSON Schema of policy files")
+
     run = commands.add_parser("run", help="run a command with the proxy exports set: luthien run -- CMD ARGS")
     _add_common(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
@@ -159,10 +167,34 @@ def _run(args: argparse.Namespace) -> int:
     return subprocess.call(argv, env={**os.environ, **env})
 
 
+def _policy(args: argparse.Namespace) -> int:
+    from controlplane.policies import BUILTIN_POLICIES
+    from controlplane.policy_file import PolicyFileError, load_policy_file
+    from controlplane.policy_schema import policy_file_schema
+
+    if args.policy_command == "list":
+        width = max(map(len, BUILTIN_POLICIES))
+        for name, cls in sorted(BUILTIN_POLICIES.items()):
+            print(f"{name:<{width}}  {cls.description}")
+        return 0
+    if args.policy_command == "schema":
+        print(json.dumps(policy_file_schema(), indent=2))
+        return 0
+    try:
+        policy = load_policy_file(args.file)
+    except PolicyFileError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: OK ({type(policy).__name__})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("up", "proxy"):
         return _serve(args, announce_exports=args.command == "up")
+    if args.command == "policy":
+        return _policy(args)
     if args.command == "certs":
         env, files = _client_env(args)
         print(shell_exports(env).rstrip("\n") if args.certs_command == "env" else files.cert)

@@ -39,9 +39,11 @@ def pieces(data: bytes, seed: int) -> list[bytes]:
     return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
 
-async def relay(path: str, policy: PolicyHandler, data: list[bytes]) -> bytes:
+async def relay(
+    path: str, policy: PolicyHandler, data: list[bytes], metadata: RequestMetadata | None = None
+) -> bytes:
     control_plane = ControlPlaneLocal(policy)
-    metadata = RequestMetadata(call_id="c", host="h", path=path)
+    metadata = metadata or RequestMetadata(call_id="c", host="h", path=path)
     context = await control_plane.create_streaming_context({"messages": []}, metadata)
     codec = codec_for("POST", path)
     assert codec is not None
