@@ -12,7 +12,14 @@ import os
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_MODE", "PRODUCTION")
 
-from litellm import ModelResponse, ModelResponseStream
+import litellm
+from litellm import (
+    ModelResponse,
+    ModelResponseStream,
+    acompletion,
+    get_llm_provider,
+    openai_compatible_providers,
+)
 from litellm.completion_extras.litellm_responses_transformation.transformation import (
     LiteLLMResponsesTransformationHandler,
     OpenAiResponsesToChatCompletionStreamIterator,
@@ -24,6 +31,8 @@ from litellm.llms.anthropic.chat.transformation import AnthropicConfig
 from litellm.llms.anthropic.pass_through.adapters.transformation import (
     LiteLLMAnthropicMessagesAdapter,
 )
+from litellm.llms.custom_httpx.http_handler import AsyncHTTPHandler
+from litellm.llms.openai_like.json_loader import JSONProviderRegistry
 from litellm.responses.litellm_completion_transformation.transformation import (
     LiteLLMCompletionResponsesConfig,
 )
@@ -38,14 +47,19 @@ from litellm.types.utils import (
     Usage,
 )
 
+# Otherwise LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call.
+litellm.suppress_debug_info = True
+
 __all__ = [
     "AnthropicConfig",
     "AnthropicStreamParser",
+    "AsyncHTTPHandler",
     "ChatCompletionDeltaToolCall",
     "ChatCompletionMessageToolCall",
     "Choices",
     "Delta",
     "Function",
+    "JSONProviderRegistry",
     "LiteLLMAnthropicMessagesAdapter",
     "LiteLLMCompletionResponsesConfig",
     "LiteLLMResponsesTransformationHandler",
@@ -55,4 +69,7 @@ __all__ = [
     "OpenAiResponsesToChatCompletionStreamIterator",
     "StreamingChoices",
     "Usage",
+    "acompletion",
+    "get_llm_provider",
+    "openai_compatible_providers",
 ]

@@ -65,11 +65,14 @@ def build_policy(spec: Any, where: str) -> PolicyHandler:
     except ValidationError as exc:
         first = exc.errors()[0]
         path = "".join(_loc(part) for part in first["loc"])
-        raise PolicyFileError(f"{where}.config{path}: {first['msg']}") from exc
+        message = first["msg"].removeprefix("Value error, ")
+        raise PolicyFileError(f"{where}.config{path}: {message}") from exc
     try:
         return cls(validated)
     except PolicyFileError as exc:  # a composite's child, already located relative to it
         raise PolicyFileError(f"{where}.{exc}") from exc
+    except ValueError as exc:  # the policy refused its (valid-looking) config, e.g. a missing env var
+        raise PolicyFileError(f"{where}.config: {exc}") from exc
 
 
 def resolve_policy_class(name: Any, where: str) -> type[PolicyHandler]:

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from certs import ensure_ca
+from tests.fake_judge import FakeJudge
 from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,54 @@ POLICIES: dict[str, dict[str, Any] | None] = {
     "slow_chunks": {"class": "tests.policies:SlowFirstChunkPolicy"},
     "uppercase": {"class": "UppercaseNthWordPolicy", "config": {"n": 2}},
     "end_stream": {"class": "tests.policies:EndStreamAfterWords", "config": {"chunks": 3}},
+    "catalogue": None,  # see catalogue_policy(): it needs the fake judge's address
 }
+
+
+def catalogue_policy(judge_url: str) -> dict[str, Any]:
+    """One proxy for the whole policy catalogue: SelectPolicy routes each call by the suffix of
+    its model name (e.g. ``gpt-5-caps``), which also tests selection end to end."""
+
+    def route(suffix: str, policy: dict[str, Any]) -> dict[str, Any]:
+        return {"when": {"model": f"*-{suffix}"}, "policy": policy}
+
+    judge = {
+        "model": "openai/fake-judge",
+        "api_base": judge_url,
+        "api_key": "sk-judge-test",
+        "threshold": 0.7,
+    }
+    rules = {
+        "block": [
+            {"id": "no-rm", "name": "^bash$", "arguments": r"rm -rf", "reason": "no recursive deletes here"}
+        ],
+        "allow": [{"arguments": r"rm -rf \./build"}],
+    }
+    serial = [
+        {"class": "SecretRedactionPolicy"},
+        {"class": "UppercaseNthWordPolicy", "config": {"n": 2}},
+        {"class": "DangerousCommandPolicy"},
+    ]
+    return {
+        "class": "SelectPolicy",
+        "config": {
+            "routes": [
+                route("caps", {"class": "AllCapsPolicy"}),
+                route(
+                    "replace",
+                    {
+                        "class": "StringReplacementPolicy",
+                        "config": {"replacements": [{"find": "quick brown", "replace": "slow red"}]},
+                    },
+                ),
+                route("dangerous", {"class": "DangerousCommandPolicy"}),
+                route("secrets", {"class": "SecretRedactionPolicy", "config": {"redact_responses": True}}),
+                route("judge", {"class": "ToolCallJudgePolicy", "config": judge}),
+                route("rules", {"class": "ToolCallBlocklistPolicy", "config": rules}),
+                route("serial", {"class": "SerialPolicy", "config": {"policies": serial}}),
+            ]
+        },
+    }
 
 
 def free_port() -> int:
@@ -144,13 +192,21 @@ def fake() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture(scope="session")
+def judge() -> Iterator[FakeJudge]:
+    fake_judge = FakeJudge().start()
+    yield fake_judge
+    fake_judge.stop()
+
+
+@pytest.fixture(scope="session")
 def proxies(
-    fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+    fake: FakeProvider, judge: FakeJudge, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, RunningProxy]]:
     root = tmp_path_factory.mktemp("proxies")
     data_dir = root / "data"
     ensure_ca(data_dir)
-    running = {name: start_proxy(name, policy, fake, root, data_dir) for name, policy in POLICIES.items()}
+    policies = POLICIES | {"catalogue": catalogue_policy(judge.url)}
+    running = {name: start_proxy(name, policy, fake, root, data_dir) for name, policy in policies.items()}
     try:
         for proxy in running.values():
             wait_until_listening(proxy)

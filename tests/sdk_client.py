@@ -24,7 +24,7 @@ BASH_TOOL = {
 def chat(call: dict[str, Any]) -> dict[str, Any]:
     client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
     kwargs: dict[str, Any] = {
-        "model": "gpt-4o",
+        "model": call.get("model", "gpt-4o"),
         "messages": [{"role": "user", "content": call["prompt"]}],
         "tools": [
             {
@@ -56,7 +56,7 @@ def chat(call: dict[str, Any]) -> dict[str, Any]:
 def responses(call: dict[str, Any]) -> dict[str, Any]:
     client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
     kwargs: dict[str, Any] = {
-        "model": "gpt-5",
+        "model": call.get("model", "gpt-5"),
         "input": call["prompt"],
         "tools": [
             {
@@ -86,7 +86,7 @@ def responses(call: dict[str, Any]) -> dict[str, Any]:
 def messages(call: dict[str, Any]) -> dict[str, Any]:
     client = anthropic.Anthropic(api_key=call.get("key", "sk-ant-test-key"), max_retries=0)
     kwargs: dict[str, Any] = {
-        "model": "claude-sonnet-4-6",
+        "model": call.get("model", "claude-sonnet-4-6"),
         "max_tokens": 1024,
         "messages": [{"role": "user", "content": call["prompt"]}],
         "tools": [

@@ -31,7 +31,10 @@ def test_classes_load_by_module_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("policy: {class: Nope}", "policy.class: unknown policy 'Nope' (built-ins: NoOpPolicy"),
+        (
+            "policy: {class: Nope}",
+            "policy.class: unknown policy 'Nope' (built-ins: AllCapsPolicy, DangerousCommandPolicy, NoOpPolicy",
+        ),
         ("policy: {class: 'no.such.module:X'}", "policy.class: cannot import 'no.such.module:X'"),
         ("policy: {class: 'json:dumps'}", "policy.class: 'json:dumps' is not a PolicyHandler"),
         ("policy: {}", "policy.class: expected a policy class name"),
@@ -45,7 +48,7 @@ def test_classes_load_by_module_path(tmp_path: Path) -> None:
         ("policy: {class: ToolCallBlocklistPolicy, config: {}}", "policy.config.patterns: Field required"),
         (
             "policy: {class: ToolCallBlocklistPolicy, config: {patterns: [ok, '(']}}",
-            "policy.config.patterns: Value error, invalid regular expression '('",
+            "policy.config.patterns: invalid regular expression '('",
         ),
         ("policy: [unclosed", "not valid YAML"),
     ],

@@ -1,170 +1,157 @@
-import json
+"""ToolCallBlocklistPolicy: removes tool calls that match a regex blocklist, unless an allow rule
+lets them through. Holding, releasing and rewriting the response is done by ``ToolCallGate``."""
+
 import re
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
-from controlplane.llm import ModelResponse, ModelResponseStream
-from controlplane.models import (
-    ChunkResult,
-    PolicyResult,
-    RequestMetadata,
-    StreamingContext,
-)
-from controlplane.policies.base import PolicyHandler
-from controlplane.policies.chunks import (
-    ToolCall,
-    ToolCallAccumulator,
-    finish_reason,
-    text_chunk,
-    tool_call_deltas,
-    without_tool_calls,
-)
-
-_ARGUMENTS_SHOWN = 200
+from controlplane.models import RequestMetadata
+from controlplane.policies.chunks import ToolCall
+from controlplane.policies.tool_gate import ToolCallGate, Verdict
 
 
-@dataclass
-class _HeldToolCalls:
-    """Per-stream state: everything from the first tool-call delta on is held until judged."""
+def _check_regex(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+    return pattern
 
-    chunks: list[ModelResponseStream] = field(default_factory=list)
-    calls: ToolCallAccumulator = field(default_factory=ToolCallAccumulator)
+
+class Rule(BaseModel):
+    """Matches a tool call when every regex it gives is found: ``name`` in the tool's name,
+    ``arguments`` in the arguments' JSON text."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(default=None, description="Recorded with the decision.")
+    name: str | None = Field(default=None, description="Regex searched in the tool name.")
+    arguments: str | None = Field(default=None, description="Regex searched in the arguments JSON text.")
+    reason: str | None = Field(default=None, description="Shown to the agent when the rule blocks.")
+
+    @field_validator("name", "arguments")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        return _check_regex(pattern)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> "Rule":
+        if self.name is None and self.arguments is None:
+            raise ValueError("a rule needs `name` or `arguments` (a regular expression), or both")
+        return self
 
 
-class ToolCallBlocklistPolicy(PolicyHandler):
-    """Removes tool calls whose name or arguments match a blocklist pattern."""
+class _NothingToBlock:
+    """Stands in for ``patterns`` when neither it nor ``block`` is given, so the error is
+    reported at ``patterns``."""
+
+    def __init__(self, given: bool) -> None:
+        self.given = given
+
+
+class ToolCallBlocklistPolicy(ToolCallGate):
+    """Removes tool calls whose name or arguments match a blocklist, unless an allow rule matches."""
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
         patterns: list[str] = Field(
-            min_length=1,
-            description="Regular expressions searched in each tool call's name and arguments.",
+            default_factory=list,
+            description="Regexes searched in each tool call's name and arguments JSON text.",
+        )
+        block: list[Rule] = Field(default_factory=list, description="Rules that block a matching call.")
+        allow: list[Rule] = Field(
+            default_factory=list, description="Rules that let a call through whatever would block it."
         )
         ignore_case: bool = True
+
+        @model_validator(mode="before")
+        @classmethod
+        def _something_to_block(cls, data: Any) -> Any:
+            if isinstance(data, dict) and not data.get("patterns") and not data.get("block"):
+                return {**data, "patterns": _NothingToBlock(given="patterns" in data)}
+            return data
+
+        @field_validator("patterns", mode="before")
+        @classmethod
+        def _not_nothing(cls, value: Any) -> Any:
+            if isinstance(value, _NothingToBlock):
+                if value.given:
+                    raise ValueError("give at least one pattern, or some `block` rules")
+                raise PydanticCustomError(
+                    "missing", "Field required: give `patterns`, `block` rules, or both"
+                )
+            return value
 
         @field_validator("patterns")
         @classmethod
         def _compiles(cls, patterns: list[str]) -> list[str]:
             for pattern in patterns:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
+                _check_regex(pattern)
             return patterns
 
     config: Config
-    description = "Removes tool calls whose name or arguments match a regex; explains why."
+    description = "Removes tool calls whose name or arguments match a regex, unless allowed; explains why."
 
     def __init__(self, config: BaseModel | None = None) -> None:
         super().__init__(config)
         flags = re.IGNORECASE if self.config.ignore_case else 0
         self._patterns = [re.compile(p, flags) for p in self.config.patterns]
+        self._block = [(i, rule, *self._compiled(rule, flags)) for i, rule in enumerate(self.config.block)]
+        self._allow = [(i, rule, *self._compiled(rule, flags)) for i, rule in enumerate(self.config.allow)]
+
+    @staticmethod
+    def _compiled(rule: Rule, flags: int) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+        name = re.compile(rule.name, flags) if rule.name is not None else None
+        arguments = re.compile(rule.arguments, flags) if rule.arguments is not None else None
+        return name, arguments
+
+    @staticmethod
+    def _matches(
+        name_re: re.Pattern[str] | None, arguments_re: re.Pattern[str] | None, name: str, arguments: str
+    ) -> bool:
+        return (name_re is None or name_re.search(name) is not None) and (
+            arguments_re is None or arguments_re.search(arguments) is not None
+        )
 
     def matching_pattern(self, name: str, arguments: str) -> str | None:
+        """The first of ``patterns`` found in the name or the arguments (allow rules aside)."""
         for pattern in self._patterns:
             if pattern.search(name) or pattern.search(arguments):
                 return pattern.pattern
         return None
 
-    def explanation(self, call: ToolCall, pattern: str) -> str:
-        arguments = call.arguments[:_ARGUMENTS_SHOWN]
-        return (
-            f"[Luthien] Blocked the tool call `{call.name}` ({arguments}): "
-            f"it matches the blocklist pattern `{pattern}`."
-        )
-
-    async def apply_response_policy(
-        self, response: ModelResponse, metadata: RequestMetadata
-    ) -> PolicyResult[ModelResponse]:
-        reasons = []
-        for choice in response.choices:
-            message = choice.message  # type: ignore[union-attr]
-            kept: list[Any] = []
-            notes: list[str] = []
-            for tool_call in message.tool_calls or []:
-                if not hasattr(tool_call, "function"):  # custom (non-function) tools are not judged
-                    kept.append(tool_call)
-                    continue
-                call = ToolCall(
-                    index=len(kept),
-                    id=tool_call.id or "",
-                    name=tool_call.function.name or "",
-                    arguments=tool_call.function.arguments or "",
+    def match(self, name: str, arguments: str) -> Verdict | None:
+        """A blocking Verdict, an allowing one (an allow rule overrode a block), or None."""
+        blocked = self._blocking(name, arguments)
+        if blocked is None:
+            return None
+        for index, rule, name_re, arguments_re in self._allow:
+            if self._matches(name_re, arguments_re, name, arguments):
+                allow_id = rule.id or f"allow[{index}]"
+                return Verdict(
+                    reason=f"allowed by rule {allow_id} although {blocked.reason}",
+                    rule_id=allow_id,
+                    details={"overridden_rule": blocked.rule_id},
+                    allowed=True,
                 )
-                pattern = self.matching_pattern(call.name, call.arguments)
-                if pattern is None:
-                    kept.append(tool_call)
-                else:
-                    notes.append(self.explanation(call, pattern))
-            if not notes:
-                continue
-            reasons.extend(notes)
-            message.tool_calls = kept or None
-            message.content = "\n\n".join(filter(None, [message.content, *notes]))
-            if not kept and choice.finish_reason == "tool_calls":  # type: ignore[union-attr]
-                choice.finish_reason = "stop"  # type: ignore[union-attr]
-        if not reasons:
-            return PolicyResult.allow(response)
-        return PolicyResult.allow(response, reason=" ".join(reasons), blocked_tool_calls=len(reasons))
+        return blocked
 
-    async def apply_streaming_chunk_policy(
-        self, chunk: ModelResponseStream, context: StreamingContext
-    ) -> AsyncIterator[ChunkResult]:
-        held: _HeldToolCalls = context.policy_state.setdefault("blocklist", _HeldToolCalls())
-        if not held.chunks and not tool_call_deltas(chunk):
-            yield PolicyResult.allow(chunk)
-            return
-        held.chunks.append(chunk)
-        held.calls.add(chunk)
-        # Arguments arrive in fragments: judge once the message is complete.
-        if finish_reason(chunk) is not None:
-            for result in self._release(held):
-                yield result
+    def _blocking(self, name: str, arguments: str) -> Verdict | None:
+        for index, rule, name_re, arguments_re in self._block:
+            if self._matches(name_re, arguments_re, name, arguments):
+                rule_id = rule.id or f"block[{index}]"
+                reason = rule.reason or f"it matches the blocklist rule {rule_id}"
+                return Verdict(reason=reason, rule_id=rule_id)
+        for index, pattern in enumerate(self._patterns):
+            if pattern.search(name) or pattern.search(arguments):
+                return Verdict(
+                    reason=f"it matches the blocklist pattern `{pattern.pattern}`",
+                    rule_id=f"patterns[{index}]",
+                    details={"pattern": pattern.pattern},
+                )
+        return None
 
-    async def on_stream_end(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
-        held: _HeldToolCalls | None = context.policy_state.get("blocklist")
-        if held is not None and held.chunks:
-            for result in self._release(held):
-                yield result
-
-    def _release(self, held: _HeldToolCalls) -> Iterator[ChunkResult]:
-        chunks, calls = held.chunks, held.calls.calls
-        held.chunks, held.calls = [], ToolCallAccumulator()
-        verdicts = {
-            index: pattern
-            for index, call in calls.items()
-            if (pattern := self.matching_pattern(call.name, call.arguments)) is not None
-        }
-        if not verdicts:
-            yield from (PolicyResult.allow(c) for c in chunks)
-            return
-        last = chunks[-1]
-        final = last if finish_reason(last) is not None else None
-        for chunk in chunks if final is None else chunks[:-1]:
-            kept = without_tool_calls(chunk, set(verdicts))
-            if kept is not None:
-                yield PolicyResult.allow(kept)
-        for index, pattern in verdicts.items():
-            note = self.explanation(calls[index], pattern)
-            yield PolicyResult.allow(
-                text_chunk(last, "\n\n" + note),
-                reason=note,
-                blocked_tool=calls[index].name,
-                pattern=pattern,
-                arguments=json.dumps(calls[index].parsed_arguments())[:_ARGUMENTS_SHOWN],
-            )
-        if final is not None:
-            yield PolicyResult.allow(self._finish_without(final, verdicts, calls))
-
-    @staticmethod
-    def _finish_without(
-        final: ModelResponseStream, blocked: dict[int, str], calls: dict[int, ToolCall]
-    ) -> ModelResponseStream:
-        kept = without_tool_calls(final, set(blocked)) or final
-        if set(calls) <= set(blocked) and finish_reason(kept) == "tool_calls":
-            kept = kept.model_copy(deep=True)
-            kept.choices[0].finish_reason = "stop"
-        return kept
+    async def judge(self, call: ToolCall, metadata: RequestMetadata) -> Verdict | None:
+        return self.match(call.name, call.arguments)

@@ -116,16 +116,17 @@ class ToolCallGate(PolicyHandler):
         held.chunks, held.calls = [], ToolCallAccumulator()
         judged = await self._judge_all(calls, metadata)
         verdicts = {i: v for i, v in judged.items() if not v.allowed}
+        for index, verdict in judged.items():
+            if verdict.allowed:
+                # A decision on record that sends nothing: the chunks themselves stay unchanged.
+                yield PolicyResult(
+                    value=None,
+                    reason=verdict.reason,
+                    metadata={"tool": calls[index].name, "rule_id": verdict.rule_id, **verdict.details},
+                )
         if not verdicts:
-            # Released unchanged (so still byte-identical), with any recorded reasons attached.
-            passes = [v for v in judged.values() if v.allowed]
-            for chunk in chunks[:-1]:
+            for chunk in chunks:
                 yield PolicyResult.allow(chunk)
-            if passes:
-                details = {k: val for v in passes for k, val in v.details.items()}
-                yield PolicyResult.allow(chunks[-1], reason="; ".join(v.reason for v in passes), **details)
-            else:
-                yield PolicyResult.allow(chunks[-1])
             return
         last = chunks[-1]
         final = last if finish_reason(last) is not None else None

@@ -1,0 +1,209 @@
+"""A fake LLM judge: a real local HTTP server speaking the OpenAI Chat Completions API.
+
+It scores the tool call it is asked about by looking at the text of the request's last user
+message: the first rule whose substring occurs there gives the score, else ``default_score``.
+Tests switch ``mode`` to make it slow, fail, or answer with something that is not a score, and
+read ``requests`` to see whether the judge was asked at all.
+
+Use as ``judge = FakeJudge().start()`` ... ``judge.stop()``, or as a context manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+HOST = "127.0.0.1"
+GATE_TIMEOUT = 30.0
+
+#: ``score``: a JSON answer; ``fenced``: the same inside a Markdown code fence with chatter
+#: around it; ``slow``: the answer after ``delay`` seconds; ``error``: HTTP 500;
+#: ``garbage``: a 200 answer that holds no score.
+Mode = Literal["score", "fenced", "slow", "error", "garbage"]
+
+DEFAULT_RULES: tuple[tuple[str, float], ...] = (("rm -rf", 0.95), ("DROP TABLE", 0.9))
+
+
+@dataclass
+class JudgeRequest:
+    headers: dict[str, str]  # lower-case names
+    body: dict[str, Any]
+
+    @property
+    def user_text(self) -> str:
+        users = [m for m in self.body.get("messages", []) if m.get("role") == "user"]
+        return _text(users[-1].get("content")) if users else ""
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return ""
+
+
+@dataclass
+class FakeJudge:
+    rules: list[tuple[str, float]] = field(default_factory=lambda: list(DEFAULT_RULES))
+    default_score: float = 0.1
+    mode: Mode = "score"
+    delay: float = 2.0  # for mode "slow"
+    url: str = ""  # the OpenAI-style base URL, ending in /v1, once started
+    requests: list[JudgeRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._gate: asyncio.Event | None = None  # while set, answers wait for it
+        self._lock = threading.Lock()
+        self.app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+        self.app.add_api_route("/v1/chat/completions", self._complete, methods=["POST"])
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> Self:
+        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, 0))
+        self.url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
+        config = uvicorn.Config(
+            self.app,
+            http="h11",
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(sock, ready),), name="fake-judge", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake judge did not start within 10 s")
+        return self
+
+    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
+        assert self._server is not None
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not (self._server.started or task.done()):
+            await asyncio.sleep(0.005)
+        ready.set()
+        await task
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self.release()
+        self._server.should_exit = True
+        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout=5)
+        self._server = self._thread = self._loop = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # --- test-facing helpers ---------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.requests)
+
+    def reset(self, mode: Mode = "score") -> None:
+        self.release()
+        with self._lock:
+            self.requests.clear()
+        self.mode = mode
+
+    def hold(self) -> None:
+        """From now on answers wait (after being recorded) until ``release()``."""
+        self._gate = asyncio.Event()  # not bound to a loop until first awaited
+
+    def release(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(gate.set)
+
+    def wait_for_requests(self, n: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while self.count < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"expected {n} judge requests, got {self.count}")
+            time.sleep(0.005)
+
+    def score_for(self, text: str) -> float:
+        for needle, score in self.rules:
+            if needle in text:
+                return score
+        return self.default_score
+
+    # --- serving ---------------------------------------------------------------------
+
+    async def _complete(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        record = JudgeRequest(dict(request.headers), body)
+        with self._lock:
+            self.requests.append(record)
+        if (gate := self._gate) is not None:
+            # A forgotten release() should slow a test down, not hang it.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gate.wait(), GATE_TIMEOUT)
+        mode = self.mode
+        if mode == "slow":
+            await asyncio.sleep(self.delay)
+        if mode == "error":
+            error = {"error": {"message": "the fake judge failed", "type": "server_error", "code": None}}
+            return Response(json.dumps(error), 500, media_type="application/json")
+        score = self.score_for(record.user_text)
+        verdict = json.dumps({"score": score, "reason": f"fake judge: {_why(score)}"})
+        content = {
+            "score": verdict,
+            "slow": verdict,
+            "fenced": f"Here is my assessment.\n```json\n{verdict}\n```\nHope that helps.",
+            "garbage": "I would rather not say.",
+        }[mode]
+        return Response(json.dumps(_completion(body, content)), 200, media_type="application/json")
+
+
+def _why(score: float) -> str:
+    return "this looks destructive" if score >= 0.5 else "this looks harmless"
+
+
+def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-fakejudge",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model", "fake-judge"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
+    }
