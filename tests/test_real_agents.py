@@ -1,0 +1,127 @@
+"""The real agents, unmodified: Claude Code and Codex CLI (pinned in tests/agents/package.json,
+installed from the npm registry) run through `luthien run` against the fake provider."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, RunningProxy
+from tests.fake_provider import FakeProvider
+
+AGENTS = ROOT / "tests" / "agents"
+FAKE_TEXT = "Hello from the fake provider. The quick brown fox jumps over the lazy dog."
+# Never a real target: even if a policy failed, the agents run without permission to execute it.
+DANGEROUS = "[scenario:tool_call rm -rf /tmp/luthien-canary]"
+
+
+@pytest.fixture(scope="session")
+def agent_bin() -> Path:
+    if shutil.which("npm") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("npm is needed to install the real agents (Debian package npm)")
+        pytest.skip("npm is not installed, so the real agents cannot be installed")
+    bin_dir = AGENTS / "node_modules" / ".bin"
+    if not (bin_dir / "claude").exists() or not (bin_dir / "codex").exists():
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=AGENTS, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, f"npm ci failed:\n{done.stderr[-3000:]}"
+    return bin_dir
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / ".codex").mkdir()
+    yield tmp_path
+
+
+def luthien_run(
+    proxy: RunningProxy, home: Path, argv: list[str], **env: str
+) -> subprocess.CompletedProcess[str]:
+    """`luthien run -- AGENT ...` in an environment holding nothing else of ours."""
+    base = {"PATH": "/usr/bin:/bin", "HOME": str(home), **env}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "luthien",
+            "run",
+            "--port",
+            str(proxy.port),
+            "--data-dir",
+            str(proxy.data_dir),
+            "--",
+            *argv,
+        ],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=home,
+    )
+
+
+def claude(proxy: RunningProxy, home: Path, bin_dir: Path, prompt: str) -> dict[str, object]:
+    done = luthien_run(
+        proxy,
+        home,
+        [str(bin_dir / "claude"), "-p", prompt, "--output-format", "json"],
+        ANTHROPIC_API_KEY="sk-ant-test-key",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        DISABLE_AUTOUPDATER="1",
+    )
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{proxy.log()[-2000:]}"
+    return json.loads(done.stdout)
+
+
+def codex(proxy: RunningProxy, home: Path, bin_dir: Path, prompt: str) -> str:
+    done = luthien_run(
+        proxy,
+        home,
+        [str(bin_dir / "codex"), "exec", "--skip-git-repo-check", prompt],
+        OPENAI_API_KEY="sk-test-key",
+        CODEX_HOME=str(home / ".codex"),
+    )
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{proxy.log()[-2000:]}"
+    return done.stdout
+
+
+def test_claude_code_works_through_the_proxy(
+    noop: RunningProxy, fake: FakeProvider, home: Path, agent_bin: Path
+) -> None:
+    before = len(fake.requests)
+    result = claude(noop, home, agent_bin, "Say hello")
+    assert (result["is_error"], result["result"], result["stop_reason"]) == (False, FAKE_TEXT, "end_turn")
+    assert any(r.path.startswith("/v1/messages") for r in fake.requests[before:])
+
+
+def test_claude_code_never_sees_a_blocked_tool_call(
+    proxies: dict[str, RunningProxy], home: Path, agent_bin: Path
+) -> None:
+    result = claude(proxies["blocklist"], home, agent_bin, DANGEROUS)
+    assert result["is_error"] is False
+    assert "[Luthien] Blocked the tool call `bash`" in str(result["result"])
+    assert result["stop_reason"] == "end_turn"
+
+
+def test_codex_falls_back_from_the_refused_websocket_to_policed_https(
+    noop: RunningProxy, fake: FakeProvider, home: Path, agent_bin: Path
+) -> None:
+    before = len(fake.requests)
+    output = codex(noop, home, agent_bin, "Say hello")
+    assert FAKE_TEXT in output
+    assert any(r.method == "POST" and r.path.startswith("/v1/responses") for r in fake.requests[before:])
+    assert "refused a WebSocket upgrade to api.openai.com/v1/responses" in noop.log()
+
+
+def test_codex_never_sees_a_blocked_tool_call(
+    proxies: dict[str, RunningProxy], home: Path, agent_bin: Path
+) -> None:
+    output = codex(proxies["blocklist"], home, agent_bin, DANGEROUS)
+    assert "[Luthien] Blocked the tool call `bash`" in output
