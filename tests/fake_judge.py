@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
-HOST = "127.0.0.1"
+from tests.background_server import BackgroundServer
+
 GATE_TIMEOUT = 30.0
 
 #: ``score``: a JSON answer; ``fenced``: the same inside a Markdown code fence with chatter
@@ -62,61 +61,21 @@ class FakeJudge:
     requests: list[JudgeRequest] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._gate: asyncio.Event | None = None  # while set, answers wait for it
         self._lock = threading.Lock()
         self.app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
         self.app.add_api_route("/v1/chat/completions", self._complete, methods=["POST"])
+        self._background = BackgroundServer(self.app, "fake-judge")
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> Self:
-        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, 0))
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
-        config = uvicorn.Config(
-            self.app,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(sock, ready),), name="fake-judge", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake judge did not start within 10 s")
+        self.url = self._background.start() + "/v1"
         return self
 
-    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        assert self._server is not None
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not (self._server.started or task.done()):
-            await asyncio.sleep(0.005)
-        ready.set()
-        await task
-
     def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
         self.release()
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout=5)
-        self._server = self._thread = self._loop = None
+        self._background.stop()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -143,8 +102,8 @@ class FakeJudge:
 
     def release(self) -> None:
         gate, self._gate = self._gate, None
-        if gate is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(gate.set)
+        if gate is not None:
+            self._background.call_soon(gate.set)
 
     def wait_for_requests(self, n: int, timeout: float = 10) -> None:
         deadline = time.monotonic() + timeout

@@ -48,7 +48,7 @@ def test_classes_load_by_module_path(tmp_path: Path) -> None:
         ("policy: {class: ToolCallBlocklistPolicy, config: {}}", "policy.config.patterns: Field required"),
         (
             "policy: {class: ToolCallBlocklistPolicy, config: {patterns: [ok, '(']}}",
-            "policy.config.patterns: invalid regular expression '('",
+            "policy.config.patterns[1]: invalid regular expression '('",
         ),
         ("policy: [unclosed", "not valid YAML"),
     ],

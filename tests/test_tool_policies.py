@@ -503,7 +503,7 @@ def test_allow_rules_take_precedence_over_patterns_and_block_rules() -> None:
             {"patterns": []},
             "policy.config.patterns: give at least one pattern, or some `block` rules",
         ),
-        ({"patterns": ["ok", "("]}, "policy.config.patterns: invalid regular expression '('"),
+        ({"patterns": ["ok", "("]}, "policy.config.patterns[1]: invalid regular expression '('"),
         ({"block": [{}]}, "policy.config.block[0]: a rule needs `name` or `arguments`"),
         ({"block": [{"id": "x", "reason": "r"}]}, "policy.config.block[0]: a rule needs `name`"),
         (

@@ -1,7 +1,6 @@
 from collections import Counter
+from collections.abc import Callable
 
-from controlplane.llm import ModelResponse
-from controlplane.models import PolicyResult, RequestMetadata
 from controlplane.policies.text_stream import StreamingTextPolicy, StreamingTextRewriter
 
 
@@ -10,14 +9,8 @@ class AllCapsPolicy(StreamingTextPolicy):
 
     description = "Demo: uppercases all of the model's text."
 
-    async def apply_response_policy(
-        self, response: ModelResponse, metadata: RequestMetadata
-    ) -> PolicyResult[ModelResponse]:
-        for choice in response.choices:
-            message = choice.message  # type: ignore[union-attr]
-            if isinstance(message.content, str) and message.content != message.content.upper():
-                message.content = message.content.upper()
-        return PolicyResult.allow(response)
+    def response_rewriter(self) -> Callable[[str, Counter[str]], str] | None:
+        return lambda text, counts: text.upper()
 
     def stream_rewriter(self, counts: Counter[str]) -> StreamingTextRewriter | None:
         return StreamingTextRewriter(str.upper)

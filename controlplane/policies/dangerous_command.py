@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from controlplane.models import RequestMetadata
 from controlplane.policies.chunks import ToolCall
+from controlplane.policies.config_types import Regex
 from controlplane.policies.tool_gate import ToolCallGate, Verdict
 
 #: Tool names treated as shell tools (searched in the name, case-insensitively): Claude Code's
@@ -298,26 +299,13 @@ RULE_IDS = tuple(rule.id for rule in RULES)
 # --- config -----------------------------------------------------------------------------------
 
 
-def _compiles(pattern: str, what: str = "regular expression") -> str:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid {what} {pattern!r}: {exc}") from exc
-    return pattern
-
-
 class ExtraRule(BaseModel):
     """A site-specific rule, searched in shell commands as written (add ``(?i)`` to ignore case)."""
 
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[\w.-]+$", description="Letters, digits, '_', '.', '-'.")
-    pattern: str = Field(min_length=1)
+    pattern: Regex = Field(min_length=1)
     reason: str = Field(min_length=1, description="Shown to the agent and recorded.")
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern_compiles(cls, pattern: str) -> str:
-        return _compiles(pattern)
 
 
 class DangerousCommandPolicy(ToolCallGate):
@@ -329,10 +317,10 @@ class DangerousCommandPolicy(ToolCallGate):
         protected_branches: list[str] = Field(
             default_factory=lambda: ["main", "master"], description="Glob patterns, e.g. 'release/*'."
         )
-        shell_tools: str | None = Field(
+        shell_tools: Regex | None = Field(
             default=DEFAULT_SHELL_TOOLS, description="Regex searched in tool names; null turns it off."
         )
-        sql_tools: str | None = Field(
+        sql_tools: Regex | None = Field(
             default=DEFAULT_SQL_TOOLS, description="Regex searched in tool names; null turns it off."
         )
         extra_rules: list[ExtraRule] = Field(default_factory=list)
@@ -352,7 +340,7 @@ class DangerousCommandPolicy(ToolCallGate):
                 return None
             if not pattern:
                 raise ValueError("an empty regex matches every tool; use null to turn this off")
-            return _compiles(pattern)
+            return pattern
 
         @model_validator(mode="after")
         def _unique_extra_ids(self) -> "DangerousCommandPolicy.Config":

@@ -13,7 +13,6 @@ from typing import Any
 import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, PolicyResult, RequestMetadata
 from controlplane.policies.text_stream import (
     PatternSet,
@@ -261,21 +260,10 @@ class SecretRedactionPolicy(StreamingTextPolicy):
         )
         if redacted is None:
             return PolicyResult.allow(request)
-        return self._allow(redacted, counts)
+        return self.allow_counted(redacted, counts)
 
-    async def apply_response_policy(
-        self, response: ModelResponse, metadata: RequestMetadata
-    ) -> PolicyResult[ModelResponse]:
-        if not self.config.redact_responses:
-            return PolicyResult.allow(response)
-        counts: Counter[str] = Counter()
-        for choice in response.choices:
-            message = choice.message  # type: ignore[union-attr]
-            if isinstance(message.content, str) and message.content:
-                redacted = self.redact(message.content, counts)
-                if redacted != message.content:
-                    message.content = redacted
-        return self._allow(response, counts)
+    def response_rewriter(self) -> Callable[[str, Counter[str]], str] | None:
+        return self.redact if self.config.redact_responses else None
 
     def stream_rewriter(self, counts: Counter[str]) -> StreamingTextRewriter | None:
         return self.patterns.rewriter(counts) if self.config.redact_responses else None
@@ -285,10 +273,3 @@ class SecretRedactionPolicy(StreamingTextPolicy):
         kinds = ", ".join(sorted(counts))
         reason = f"redacted {total} secret{'' if total == 1 else 's'} ({kinds})"
         return reason, {"redacted": dict(sorted(counts.items()))}
-
-    def _allow[T](self, value: T, counts: Counter[str]) -> PolicyResult[T]:
-        described = self.describe(counts) if counts else None
-        if described is None:
-            return PolicyResult.allow(value)
-        reason, metadata = described
-        return PolicyResult.allow(value, reason, **metadata)

@@ -1,11 +1,11 @@
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import regex
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, PolicyResult, RequestMetadata
 from controlplane.policies.text_stream import (
     PatternSet,
@@ -119,21 +119,10 @@ class StringReplacementPolicy(StreamingTextPolicy):
         rewritten = rewrite_request_texts(request, lambda text: self.rewrite(text, counts))
         if rewritten is None:
             return PolicyResult.allow(request)
-        return self._allow(rewritten, counts)
+        return self.allow_counted(rewritten, counts)
 
-    async def apply_response_policy(
-        self, response: ModelResponse, metadata: RequestMetadata
-    ) -> PolicyResult[ModelResponse]:
-        if not self._responses:
-            return PolicyResult.allow(response)
-        counts: Counter[str] = Counter()
-        for choice in response.choices:
-            message = choice.message  # type: ignore[union-attr]
-            if isinstance(message.content, str) and message.content:
-                rewritten = self.rewrite(message.content, counts)
-                if rewritten != message.content:
-                    message.content = rewritten
-        return self._allow(response, counts)
+    def response_rewriter(self) -> Callable[[str, Counter[str]], str] | None:
+        return self.rewrite if self._responses else None
 
     def stream_rewriter(self, counts: Counter[str]) -> StreamingTextRewriter | None:
         return self.patterns.rewriter(counts) if self._responses else None
@@ -142,10 +131,3 @@ class StringReplacementPolicy(StreamingTextPolicy):
         total = counts.total()
         plural = "" if total == 1 else "s"
         return f"replaced {total} occurrence{plural}", {"replacements": total}
-
-    def _allow[T](self, value: T, counts: Counter[str]) -> PolicyResult[T]:
-        described = self.describe(counts) if counts else None
-        if described is None:
-            return PolicyResult.allow(value)
-        reason, metadata = described
-        return PolicyResult.allow(value, reason, **metadata)

@@ -17,8 +17,14 @@ from typing import Any
 
 import regex
 
-from controlplane.llm import ModelResponseStream
-from controlplane.models import ChunkResult, NormalizedRequest, PolicyResult, StreamingContext
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.models import (
+    ChunkResult,
+    NormalizedRequest,
+    PolicyResult,
+    RequestMetadata,
+    StreamingContext,
+)
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.chunks import chunk_text, finish_reason, text_chunk, with_text
 
@@ -372,6 +378,33 @@ class StreamingTextPolicy(PolicyHandler):
     def describe(self, counts: Counter[str]) -> tuple[str, dict[str, Any]] | None:
         """A reason and metadata for changes counted in ``counts`` (None: record nothing)."""
         return None
+
+    def response_rewriter(self) -> Callable[[str, Counter[str]], str] | None:
+        """How a complete (non-streaming) answer's text is rewritten; None leaves it alone."""
+        return None
+
+    async def apply_response_policy(
+        self, response: ModelResponse, metadata: RequestMetadata
+    ) -> PolicyResult[ModelResponse]:
+        rewrite = self.response_rewriter()
+        if rewrite is None:
+            return PolicyResult.allow(response)
+        counts: Counter[str] = Counter()
+        for choice in response.choices:
+            message = choice.message  # type: ignore[union-attr]
+            if isinstance(message.content, str) and message.content:
+                rewritten = rewrite(message.content, counts)
+                if rewritten != message.content:
+                    message.content = rewritten
+        return self.allow_counted(response, counts)
+
+    def allow_counted[T](self, value: T, counts: Counter[str]) -> PolicyResult[T]:
+        """Allows ``value``, recording what ``counts`` says was changed."""
+        described = self.describe(counts) if counts else None
+        if described is None:
+            return PolicyResult.allow(value)
+        reason, metadata = described
+        return PolicyResult.allow(value, reason, **metadata)
 
     async def apply_streaming_chunk_policy(
         self, chunk: ModelResponseStream, context: StreamingContext

@@ -9,16 +9,8 @@ from pydantic_core import PydanticCustomError
 
 from controlplane.models import RequestMetadata
 from controlplane.policies.chunks import ToolCall
+from controlplane.policies.config_types import Regex
 from controlplane.policies.tool_gate import ToolCallGate, Verdict
-
-
-def _check_regex(pattern: str | None) -> str | None:
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-    return pattern
 
 
 class Rule(BaseModel):
@@ -27,14 +19,9 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     id: str | None = Field(default=None, description="Recorded with the decision.")
-    name: str | None = Field(default=None, description="Regex searched in the tool name.")
-    arguments: str | None = Field(default=None, description="Regex searched in the arguments JSON text.")
+    name: Regex | None = Field(default=None, description="Regex searched in the tool name.")
+    arguments: Regex | None = Field(default=None, description="Regex searched in the arguments JSON text.")
     reason: str | None = Field(default=None, description="Shown to the agent when the rule blocks.")
-
-    @field_validator("name", "arguments")
-    @classmethod
-    def _compiles(cls, pattern: str | None) -> str | None:
-        return _check_regex(pattern)
 
     @model_validator(mode="after")
     def _matches_something(self) -> "Rule":
@@ -56,7 +43,7 @@ class ToolCallBlocklistPolicy(ToolCallGate):
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        patterns: list[str] = Field(
+        patterns: list[Regex] = Field(
             default_factory=list,
             description="Regexes searched in each tool call's name and arguments JSON text.",
         )
@@ -83,13 +70,6 @@ class ToolCallBlocklistPolicy(ToolCallGate):
                     "missing", "Field required: give `patterns`, `block` rules, or both"
                 )
             return value
-
-        @field_validator("patterns")
-        @classmethod
-        def _compiles(cls, patterns: list[str]) -> list[str]:
-            for pattern in patterns:
-                _check_regex(pattern)
-            return patterns
 
     config: Config
     description = "Removes tool calls whose name or arguments match a regex, unless allowed; explains why."

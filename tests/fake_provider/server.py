@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
+
+from tests.background_server import BackgroundServer
 
 from . import anthropic_messages, openai_chat, openai_responses
 from .scenarios import (
@@ -28,7 +28,6 @@ from .scenarios import (
 from .wire import Context, IdFactory, Reply, json_reply
 
 GATE_TIMEOUT = 30.0
-HOST = "127.0.0.1"
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 _MODELS = {
@@ -88,61 +87,20 @@ class FakeProvider:
         self.url = ""
         self.requests: list[RecordedRequest] = []
         self._changed = threading.Condition()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.app = self._make_app()
+        self._background = BackgroundServer(self.app, "fake-provider")
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self, port: int = 0) -> FakeProvider:
         """Serve on 127.0.0.1 from a background thread; port 0 lets the OS pick one."""
-        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((HOST, port))
-        self.url = f"http://{HOST}:{sock.getsockname()[1]}"
-        # log_config=None: do not let uvicorn reconfigure the test process's logging.
-        config = uvicorn.Config(
-            self.app,
-            http="h11",
-            ws="none",
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(self._serve(sock, ready),), name="fake-provider", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake provider did not start within 10 s")
+        self.url = self._background.start(port)
         return self
 
-    async def _serve(self, sock: socket.socket, ready: threading.Event) -> None:
-        assert self._server is not None
-        self._loop = asyncio.get_running_loop()
-        task = asyncio.create_task(self._server.serve(sockets=[sock]))
-        while not (self._server.started or task.done()):
-            await asyncio.sleep(0.005)
-        ready.set()
-        await task
-
     def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
         for index in range(len(self.requests)):
             self.release(index)  # so gated streams do not hold up the shutdown
-        self._server.should_exit = True
-        self._thread.join(timeout=5)
-        if self._thread.is_alive():
-            self._server.force_exit = True
-            self._thread.join(timeout=5)
-        self._server = self._thread = self._loop = None
+        self._background.stop()
 
     def __enter__(self) -> Self:
         self.start()
@@ -160,8 +118,7 @@ class FakeProvider:
     def release(self, index: int = -1) -> None:
         """Let a `gated` stream continue past its first event."""
         record = self.requests[index]
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(record._gate.set)
+        self._background.call_soon(record._gate.set)
 
     def wait_for_requests(self, n: int, timeout: float = 10) -> None:
         with self._changed:
