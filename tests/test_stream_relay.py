@@ -42,7 +42,13 @@ def pieces(data: bytes, seed: int) -> list[bytes]:
 async def relay(
     path: str, policy: PolicyHandler, data: list[bytes], metadata: RequestMetadata | None = None
 ) -> bytes:
-    control_plane = ControlPlaneLocal(policy)
+    return await run_relay(ControlPlaneLocal(policy), path, data, metadata)
+
+
+async def run_relay(
+    control_plane: ControlPlaneLocal, path: str, data: list[bytes], metadata: RequestMetadata | None = None
+) -> bytes:
+    """The bytes a client receives when ``data`` streams through ``control_plane``'s policy."""
     metadata = metadata or RequestMetadata(call_id="c", host="h", path=path)
     context = await control_plane.create_streaming_context({"messages": []}, metadata)
     codec = codec_for("POST", path)
@@ -101,7 +107,7 @@ async def test_held_and_released_unchanged_is_still_byte_identical(path: str, sc
 @pytest.mark.parametrize("path", RENDERERS)
 async def test_a_chunk_changed_in_place_is_noticed(path: str) -> None:
     out = await relay(path, MutateInPlace(), [provider_stream(path, "text")])
-    text = "".join(_texts(path, out))
+    text = client_text(path, out)
     assert text == "Hello from the fake provider. The quick brown cat jumps over the lazy dog."
 
 
@@ -120,7 +126,8 @@ async def test_an_upstream_error_event_survives_a_rewritten_stream(path: str) ->
     assert events[-1].data != "[DONE]"  # nothing made up after the provider's error
 
 
-def _texts(path: str, out: bytes) -> list[str]:
+def client_text(path: str, out: bytes) -> str:
+    """The assistant text a client assembles from the stream's events."""
     texts = []
     for event in SSEParser().feed(out):
         data = event.json()
@@ -132,7 +139,7 @@ def _texts(path: str, out: bytes) -> list[str]:
             texts.append(data["delta"])
         elif path == "/v1/messages" and data.get("type") == "content_block_delta":
             texts.append(data["delta"].get("text", ""))
-    return texts
+    return "".join(texts)
 
 
 def test_sse_parser_keeps_exact_bytes_across_any_split() -> None:

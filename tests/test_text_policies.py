@@ -23,7 +23,7 @@ from controlplane.policies.string_replacement import StringReplacementPolicy, ma
 from controlplane.policies.text_stream import PatternSet, Rule, StreamingTextRewriter, compile_pattern
 from tests.fake_provider.scenarios import DEFAULT_TEXT, Plan, Scenario
 from tests.fake_provider.wire import Context, IdFactory
-from tests.test_stream_relay import RENDERERS, pieces, provider_stream, relay
+from tests.test_stream_relay import RENDERERS, client_text, pieces, provider_stream, relay
 
 PATHS = list(RENDERERS)
 METADATA = RequestMetadata(call_id="c", host="h", path="/v1/chat/completions")
@@ -37,22 +37,6 @@ def stream_saying(path: str, text: str) -> bytes:
     body = {"model": "m", "stream": True, "max_tokens": 10, "stream_options": {"include_usage": True}}
     plan = Plan(Scenario(), text=text)
     return b"".join(RENDERERS[path](plan, Context(body, IdFactory(seed=1))).chunks)
-
-
-def client_text(path: str, out: bytes) -> str:
-    """The assistant text a client assembles from the stream's events."""
-    texts = []
-    for event in SSEParser().feed(out):
-        data = event.json()
-        if not isinstance(data, dict):
-            continue
-        if path == "/v1/chat/completions":
-            texts += [c["delta"].get("content") or "" for c in data.get("choices", [])]
-        elif path == "/v1/responses" and data.get("type") == "response.output_text.delta":
-            texts.append(data["delta"])
-        elif path == "/v1/messages" and data.get("type") == "content_block_delta":
-            texts.append(data["delta"].get("text", ""))
-    return "".join(texts)
 
 
 def assert_closed_validly(path: str, out: bytes) -> None:

@@ -28,7 +28,7 @@ from controlplane.policy_file import policy_from_document
 from tests.fake_judge import FakeJudge
 from tests.fake_provider.scenarios import find_scenario, plan_for
 from tests.fake_provider.wire import Context, IdFactory
-from tests.test_stream_relay import RENDERERS, pieces, provider_stream, relay
+from tests.test_stream_relay import RENDERERS, pieces, provider_stream, relay, run_relay
 
 API_KEY = "sk-judge-SECRET-0123456789"
 DANGEROUS = "tool_call rm -rf /"
@@ -89,17 +89,7 @@ async def run_stream(
 ) -> tuple[bytes, ControlPlaneLocal]:
     """Like ``relay``, also giving back the control plane and its recorded activity."""
     control_plane = ControlPlaneLocal(policy)
-    context = await control_plane.create_streaming_context({"messages": []}, metadata(path))
-    codec = codec_for("POST", path)
-    assert codec is not None
-    stream = StreamRelay(codec.stream_transcoder(), control_plane, context)
-    out = bytearray()
-    for piece in data:
-        async for emitted in stream.feed(piece):
-            out += emitted
-    async for emitted in stream.close():
-        out += emitted
-    return bytes(out), control_plane
+    return await run_relay(control_plane, path, data, metadata(path)), control_plane
 
 
 def decisions(control_plane: ControlPlaneLocal) -> list[dict[str, Any]]:
