@@ -88,6 +88,18 @@ def catalogue_policy(judge_url: str) -> dict[str, Any]:
     }
 
 
+def luthien(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs the `luthien` command as a user would, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "luthien", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import ROOT, RunningProxy
+from tests.conftest import ROOT, RunningProxy, luthien
 from tests.fake_provider import FakeProvider
 
 SECRET_OPENAI = "sk-LEAKCHECK-openai-0123456789abcdef"
@@ -143,17 +143,6 @@ def test_ca_private_key_is_private(noop: RunningProxy) -> None:
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600
     key_body = (noop.data_dir / "ca" / "luthien-ca.key").read_text().splitlines()[1]
     assert key_body not in noop.log()
-
-
-def luthien(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "luthien", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_certs_env_prints_the_exports(noop: RunningProxy) -> None:

@@ -1,9 +1,7 @@
 """`luthien policy list|check|schema` and the committed JSON Schema."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -13,20 +11,13 @@ import yaml
 from controlplane.policies import BUILTIN_POLICIES
 from controlplane.policy_schema import policy_file_schema
 from tests.conftest import ROOT, catalogue_policy
+from tests.conftest import luthien as run_luthien
 
 SCHEMA_FILE = ROOT / "docs" / "policy.schema.json"
 
 
 def luthien(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "docs" / "examples")}
-    return subprocess.run(
-        [sys.executable, "-m", "luthien", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=env,
-    )
+    return run_luthien(*args, env={"PYTHONPATH": str(ROOT / "docs" / "examples")})
 
 
 def test_the_committed_schema_is_current() -> None:

@@ -1,7 +1,7 @@
 """Policies made of policies: SerialPolicy (one after another) and SelectPolicy (one per host or
 model). Children are given as the same ``{class, config}`` specs as a policy file's top level."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -50,26 +50,28 @@ class SerialPolicy(PolicyHandler):
     async def apply_request_policies(
         self, request: NormalizedRequest, metadata: RequestMetadata
     ) -> PolicyResult[NormalizedRequest]:
-        reasons = []
-        for policy in self.policies:
-            result = await policy.apply_request_policies(request, metadata)
-            if not result.allowed or result.value is None:
-                return result
-            request = result.value
-            reasons += [result.reason] if result.reason else []
-        return PolicyResult.allow(request, reason="; ".join(reasons) or None)
+        return await self._in_order([p.apply_request_policies for p in self.policies], request, metadata)
 
     async def apply_response_policy(
         self, response: ModelResponse, metadata: RequestMetadata
     ) -> PolicyResult[ModelResponse]:
+        return await self._in_order([p.apply_response_policy for p in self.policies], response, metadata)
+
+    @staticmethod
+    async def _in_order[T](
+        hooks: list[Callable[[T, RequestMetadata], Awaitable[PolicyResult[T]]]],
+        value: T,
+        metadata: RequestMetadata,
+    ) -> PolicyResult[T]:
+        """Each hook gets the previous one's output; the first block stops the chain."""
         reasons = []
-        for policy in self.policies:
-            result = await policy.apply_response_policy(response, metadata)
+        for hook in hooks:
+            result = await hook(value, metadata)
             if not result.allowed or result.value is None:
                 return result
-            response = result.value
+            value = result.value
             reasons += [result.reason] if result.reason else []
-        return PolicyResult.allow(response, reason="; ".join(reasons) or None)
+        return PolicyResult.allow(value, reason="; ".join(reasons) or None)
 
     async def apply_streaming_chunk_policy(
         self, chunk: ModelResponseStream, context: StreamingContext
