@@ -4,10 +4,12 @@ Framework-free: the relay server hands it a ``ProxyRequest`` and streams the ``P
 back. Every step that can fail answers the client in the provider's own error format.
 """
 
+import asyncio
 import copy
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,17 +17,21 @@ from typing import Any
 
 import httpx
 
+from addon.call_trace import CallTrace, StreamCapture, body_for_record
 from addon.formats import FormatError, WireFormatCodec, codec_for
 from addon.stream_relay import StreamRelay
 from addon.upstream import Upstream
 from controlplane.interface import ControlPlaneService
 from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
+from controlplane.recording.records import CallOutcome, Output, Usage
 
 log = logging.getLogger(__name__)
 
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
 )
+#: Streams publish a progress summary at most this often, not one event per token.
+_CHUNK_SUMMARY_INTERVAL = 0.5
 
 
 class _Refusal(Exception):
@@ -91,6 +97,7 @@ class Pipeline:
     def __init__(self, control_plane: ControlPlaneService, upstream: Upstream) -> None:
         self._control_plane = control_plane
         self._upstream = upstream
+        self._recording: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
         call_id = uuid.uuid4().hex
@@ -103,102 +110,150 @@ class Pipeline:
             path=request.path,
             user_agent=request.header("user-agent"),
         )
+        trace = CallTrace(request.method, request.headers, metadata)
         if codec is None:
-            return await self._passthrough(request, metadata)
-        return await self._policed(request, codec, metadata)
+            response = await self._passthrough(request, trace)
+        else:
+            response = await self._policed(request, codec, trace)
+        response.body = self._recorded(response.body, trace)
+        return response
+
+    async def _recorded(self, body: AsyncIterator[bytes], trace: CallTrace) -> AsyncIterator[bytes]:
+        """The response body; once it has been sent (or abandoned), the call is recorded, in a
+        task of its own so that building the record never delays the client."""
+        try:
+            async for data in body:
+                yield data
+        finally:
+            trace.finish()
+            task = asyncio.create_task(self._record(trace))
+            self._recording.add(task)
+            task.add_done_callback(self._recording.discard)
+
+    async def _record(self, trace: CallTrace) -> None:
+        try:
+            await self._control_plane.record_call(trace.record())
+        except Exception:
+            log.exception("could not record call %s", trace.metadata.call_id)
+
+    async def aclose(self) -> None:
+        """Waits for the calls that finished to be handed to the recorder."""
+        await asyncio.gather(*self._recording)
 
     async def _publish(self, metadata: RequestMetadata, kind: ActivityType, **data: Any) -> None:
         await self._control_plane.publish_activity(
-            ActivityEvent(call_id=metadata.call_id, type=kind, data=data)
+            ActivityEvent(
+                call_id=metadata.call_id, type=kind, host=metadata.host, model=metadata.model, data=data
+            )
         )
 
-    def _error(
-        self, codec: WireFormatCodec, metadata: RequestMetadata, status: int, message: str
-    ) -> ProxyResponse:
-        body = json.dumps(codec.error_body(status, message)).encode()
+    def _error(self, codec: WireFormatCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
+        error = codec.error_body(refusal.status, refusal.message)
+        outcome = CallOutcome.BLOCKED if refusal.activity is ActivityType.BLOCKED else CallOutcome.ERROR
+        trace.fail(outcome, refusal.status, refusal.message)
+        trace.final_response = error
+        body = json.dumps(error).encode()
         headers = [
             ("content-type", "application/json"),
             ("content-length", str(len(body))),
-            ("x-luthien-call-id", metadata.call_id),
+            ("x-luthien-call-id", trace.metadata.call_id),
         ]
-        return ProxyResponse(status, headers, _once(body))
+        return ProxyResponse(refusal.status, headers, _once(body))
 
-    async def _passthrough(self, request: ProxyRequest, metadata: RequestMetadata) -> ProxyResponse:
+    async def _passthrough(self, request: ProxyRequest, trace: CallTrace) -> ProxyResponse:
+        metadata = trace.metadata
+        trace.outcome = CallOutcome.PASSTHROUGH
+        trace.original_request = trace.final_request = body_for_record(request.body) if request.body else None
         await self._publish(metadata, ActivityType.PASSTHROUGH, method=request.method, path=request.path)
         try:
             upstream = await self._upstream.send(
                 request.method, request.host, request.path, request.headers, request.body
             )
         except httpx.HTTPError as exc:
-            await self._publish(
-                metadata, ActivityType.ERROR, reason=f"upstream unreachable: {type(exc).__name__}"
-            )
+            reason = f"upstream unreachable: {type(exc).__name__}"
+            await self._publish(metadata, ActivityType.ERROR, reason=reason)
+            trace.fail(CallOutcome.ERROR, 502, reason)
             body = json.dumps({"error": {"message": f"Luthien could not reach {request.host}"}}).encode()
             return ProxyResponse(502, [("content-type", "application/json")], _once(body))
+        trace.first_byte()
+        trace.status = upstream.status_code
         # Raw bytes, content-encoding kept: nothing here is ours to decode.
         headers = [
             (k, v)
             for k, v in upstream.headers.multi_items()
             if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
         ]
-        return ProxyResponse(
-            upstream.status_code, headers, self._forwarded(upstream, metadata, decoded=False)
-        )
+        return ProxyResponse(upstream.status_code, headers, self._forwarded(upstream, trace, decoded=False))
 
     async def _forwarded(
-        self, upstream: httpx.Response, metadata: RequestMetadata, *, decoded: bool
+        self, upstream: httpx.Response, trace: CallTrace, *, decoded: bool
     ) -> AsyncIterator[bytes]:
-        """The provider's body as it comes; ``decoded`` undoes its content-encoding."""
+        """The provider's body as it comes; ``decoded`` undoes its content-encoding (and then
+        the body is kept for the record: it is a provider's error)."""
+        kept = bytearray()
         try:
             async for data in upstream.aiter_bytes() if decoded else upstream.aiter_raw():
+                if decoded:
+                    kept += data[: max(0, 64 * 1024 - len(kept))]
                 yield data
         finally:
             await upstream.aclose()
-            await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code)
+            if decoded:
+                trace.original_response = trace.final_response = body_for_record(bytes(kept))
+            await self._publish(trace.metadata, ActivityType.COMPLETED, status=upstream.status_code)
 
     async def _policed(
-        self, request: ProxyRequest, codec: WireFormatCodec, metadata: RequestMetadata
+        self, request: ProxyRequest, codec: WireFormatCodec, trace: CallTrace
     ) -> ProxyResponse:
+        metadata = trace.metadata
         try:
-            body, normalized = self._read_request(request, codec, metadata)
+            body, normalized = self._read_request(request, codec, trace)
             await self._publish(
                 metadata,
                 ActivityType.REQUEST_RECEIVED,
                 format=codec.wire_format,
-                model=metadata.model,
                 stream=metadata.stream,
             )
-            policed, content = await self._apply_request_policy(request, codec, metadata, body, normalized)
+            policed, content = await self._apply_request_policy(request, codec, trace, body, normalized)
             upstream = await self._send(request, content, metadata)
-            return await self._respond(upstream, codec, metadata, policed)
+            return await self._respond(upstream, codec, trace, policed)
         except _Refusal as refusal:
             await self._publish(metadata, refusal.activity, reason=refusal.message, **refusal.data)
-            return self._error(codec, metadata, refusal.status, refusal.message)
+            return self._error(codec, trace, refusal)
 
     async def _respond(
         self,
         upstream: httpx.Response,
         codec: WireFormatCodec,
-        metadata: RequestMetadata,
+        trace: CallTrace,
         policed: NormalizedRequest,
     ) -> ProxyResponse:
+        metadata = trace.metadata
+        trace.status = upstream.status_code
         headers = _response_headers(upstream, metadata.call_id)
         if upstream.status_code >= 400:
             # Provider errors reach the client unchanged.
+            trace.first_byte()
+            trace.fail(
+                CallOutcome.PROVIDER_ERROR, upstream.status_code, f"provider answered {upstream.status_code}"
+            )
             return ProxyResponse(
-                upstream.status_code, headers, self._forwarded(upstream, metadata, decoded=True)
+                upstream.status_code, headers, self._forwarded(upstream, trace, decoded=True)
             )
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             context = await self._control_plane.create_streaming_context(policed, metadata)
-            relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context)
-            return ProxyResponse(upstream.status_code, headers, self._streamed(upstream, relay, metadata))
-        return await self._whole_response(upstream, codec, metadata)
+            trace.stream = StreamCapture()
+            relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context, trace.stream)
+            return ProxyResponse(upstream.status_code, headers, self._streamed(upstream, relay, trace))
+        return await self._whole_response(upstream, codec, trace)
 
     @staticmethod
     def _read_request(
-        request: ProxyRequest, codec: WireFormatCodec, metadata: RequestMetadata
+        request: ProxyRequest, codec: WireFormatCodec, trace: CallTrace
     ) -> tuple[dict[str, Any], NormalizedRequest]:
         """Parses and normalises the body, and fills in what the metadata learns from it."""
+        metadata = trace.metadata
+        trace.original_request = body_for_record(request.body)
         try:
             body = json.loads(request.body)
             if not isinstance(body, dict):
@@ -217,26 +272,30 @@ class Pipeline:
         self,
         request: ProxyRequest,
         codec: WireFormatCodec,
-        metadata: RequestMetadata,
+        trace: CallTrace,
         body: dict[str, Any],
         normalized: NormalizedRequest,
     ) -> tuple[NormalizedRequest, bytes]:
         """The request the policy let through, and the bytes to send for it (the original bytes
         when it changed nothing)."""
-        result = await self._control_plane.apply_request_policies(copy.deepcopy(normalized), metadata)
+        result = await self._control_plane.apply_request_policies(copy.deepcopy(normalized), trace.metadata)
+        trace.decide("request", result)
         if not result.allowed or result.value is None:
             reason = result.reason or "blocked by policy"
             raise _Refusal(
                 403, f"Request blocked by Luthien policy: {reason}", ActivityType.BLOCKED, stage="request"
             )
         if result.value == normalized:
+            trace.final_request = trace.original_request
             return result.value, request.body
         try:
-            return result.value, json.dumps(codec.render_request(body, normalized, result.value)).encode()
+            rendered = codec.render_request(body, normalized, result.value)
         except FormatError as exc:
             raise _Refusal(
                 500, f"Luthien could not apply the policy's change to this request: {exc}"
             ) from exc
+        trace.final_request, trace.request_modified = rendered, True
+        return result.value, json.dumps(rendered).encode()
 
     async def _send(self, request: ProxyRequest, content: bytes, metadata: RequestMetadata) -> httpx.Response:
         try:
@@ -249,61 +308,106 @@ class Pipeline:
         return upstream
 
     async def _streamed(
-        self, upstream: httpx.Response, relay: StreamRelay, metadata: RequestMetadata
+        self, upstream: httpx.Response, relay: StreamRelay, trace: CallTrace
     ) -> AsyncIterator[bytes]:
-        first = True
+        metadata, capture = trace.metadata, trace.stream
+        assert capture is not None
+        summarised = time.monotonic()
+        finished = False
         try:
             try:
                 async for data in upstream.aiter_bytes():
-                    if first:
-                        first = False
+                    if trace.ttfb_ms is None:
+                        trace.first_byte()
                         await self._publish(metadata, ActivityType.FIRST_BYTE)
                     async for out in relay.feed(data):
+                        capture.sent(out)
                         yield out
                     if relay.ended:
                         break
+                    if time.monotonic() - summarised >= _CHUNK_SUMMARY_INTERVAL:
+                        summarised = time.monotonic()
+                        progress = relay.outcome
+                        await self._publish(
+                            metadata,
+                            ActivityType.STREAM_CHUNKS,
+                            chunks_in=progress.chunks_in,
+                            chunks_out=progress.chunks_out,
+                        )
             except httpx.HTTPError as exc:
                 reason = f"the provider's stream broke off: {type(exc).__name__}"
+                trace.fail(CallOutcome.ERROR, upstream.status_code, reason)
                 await self._publish(metadata, ActivityType.ERROR, reason=reason)
                 await relay.abandon()
                 raise UpstreamBroken(reason) from exc
             async for out in relay.close():
+                capture.sent(out)
                 yield out
+            finished = True
         finally:
             await upstream.aclose()
-            outcome = relay.outcome
-            await self._publish(
-                metadata,
-                ActivityType.BLOCKED if outcome.ended_by_policy else ActivityType.COMPLETED,
-                status=upstream.status_code,
-                chunks_in=outcome.chunks_in,
-                chunks_out=outcome.chunks_out,
-                modified=outcome.diverged,
-                decisions=[d.reason for d in outcome.decisions if d.reason],
+            await self._stream_ended(relay, trace, finished)
+
+    async def _stream_ended(self, relay: StreamRelay, trace: CallTrace, finished: bool) -> None:
+        outcome = relay.outcome
+        for decision in outcome.decisions:
+            trace.decide("stream", decision)
+        trace.response_modified = outcome.diverged
+        assert trace.stream is not None
+        trace.usage = Usage.from_mapping(trace.stream.original.usage)
+        if outcome.ended_by_policy:
+            trace.fail(
+                CallOutcome.BLOCKED,
+                trace.status,
+                next((d.reason for d in outcome.decisions if not d.allowed), None)
+                or "stream ended by policy",
             )
+        elif outcome.upstream_error:
+            trace.fail(CallOutcome.PROVIDER_ERROR, trace.status, "the provider sent an error event")
+        elif not finished and trace.outcome is CallOutcome.COMPLETED:
+            trace.fail(CallOutcome.ERROR, trace.status, "the client disconnected before the stream ended")
+        await self._publish(
+            trace.metadata,
+            ActivityType.BLOCKED if outcome.ended_by_policy else ActivityType.COMPLETED,
+            status=trace.status,
+            outcome=trace.outcome,
+            chunks_in=outcome.chunks_in,
+            chunks_out=outcome.chunks_out,
+            modified=outcome.diverged,
+            decisions=[d.reason for d in outcome.decisions if d.reason],
+        )
 
     async def _whole_response(
-        self, upstream: httpx.Response, codec: WireFormatCodec, metadata: RequestMetadata
+        self, upstream: httpx.Response, codec: WireFormatCodec, trace: CallTrace
     ) -> ProxyResponse:
+        metadata = trace.metadata
+        trace.first_byte()
         await upstream.aread()
         await upstream.aclose()
         await self._publish(metadata, ActivityType.FIRST_BYTE)
         raw = upstream.content
+        trace.original_response = trace.final_response = body_for_record(raw)
         try:
             original = json.loads(raw)
             response = codec.parse_response(original)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise _Refusal(502, f"Luthien could not read the provider's response: {exc}") from exc
         before = response.model_dump()
+        trace.original_output = Output.from_response(response)
+        trace.usage = Usage.from_mapping(before.get("usage"))
         result = await self._control_plane.apply_response_policy(response, metadata)
+        trace.decide("response", result)
         if not result.allowed or result.value is None:
             reason = result.reason or "blocked by policy"
             raise _Refusal(
                 403, f"Response blocked by Luthien policy: {reason}", ActivityType.BLOCKED, stage="response"
             )
+        trace.final_output = Output.from_response(result.value)
         modified = result.value.model_dump() != before
         if modified:
-            raw = json.dumps(codec.render_response(original, result.value)).encode()
+            rendered = codec.render_response(original, result.value)
+            trace.final_response, trace.response_modified = rendered, True
+            raw = json.dumps(rendered).encode()
         await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code, modified=modified)
         headers = [*_response_headers(upstream, metadata.call_id), ("content-length", str(len(raw)))]
         return ProxyResponse(upstream.status_code, headers, _once(raw))

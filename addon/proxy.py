@@ -50,7 +50,8 @@ async def run_proxy(
     config: ProxyConfig, control_plane: ControlPlaneService, on_ready: Callable[[], None]
 ) -> None:
     upstream = Upstream(config.upstreams)
-    relay = RelayServer(Pipeline(control_plane, upstream))
+    pipeline = Pipeline(control_plane, upstream)
+    relay = RelayServer(pipeline)
     await relay.start()
     options = Options(
         listen_host=config.listen_host,
@@ -72,4 +73,5 @@ async def run_proxy(
         await master.run()
     finally:
         await relay.stop()
+        await pipeline.aclose()
         await upstream.aclose()

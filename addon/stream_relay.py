@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from addon.call_trace import StreamCapture
 from addon.formats.base import StreamTranscoder
 from addon.sse import SSEEvent, SSEParser
 from controlplane.interface import ControlPlaneService
@@ -43,9 +44,14 @@ class StreamOutcome:
 
 class StreamRelay:
     def __init__(
-        self, transcoder: StreamTranscoder, control_plane: ControlPlaneService, context: StreamingContext
+        self,
+        transcoder: StreamTranscoder,
+        control_plane: ControlPlaneService,
+        context: StreamingContext,
+        capture: StreamCapture | None = None,
     ) -> None:
         self._transcoder = transcoder
+        self._capture = capture
         self._control_plane = control_plane
         self._context = context
         self._parser = SSEParser()
@@ -96,6 +102,8 @@ class StreamRelay:
         self.outcome.upstream_error |= is_error
         chunks = self._transcoder.decode(event)
         self.outcome.chunks_in += len(chunks)
+        if self._capture is not None:
+            self._capture.upstream_event(event, chunks)
         if not self.outcome.diverged:
             self._pending.append(_PendingEvent(event, deque(fingerprint(c) for c in chunks)))
             if out := self._drain():
@@ -115,6 +123,8 @@ class StreamRelay:
         out = b""
         if result.value is not None:
             self.outcome.chunks_out += 1
+            if self._capture is not None:
+                self._capture.policy_chunk(result.value)
             out += self._emit_chunk(result.value)
         if not result.allowed:
             out += self._end_by_policy()

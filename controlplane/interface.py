@@ -1,7 +1,7 @@
 """The ControlPlaneService Protocol: the only door from the data plane into the control plane.
 
 Implementations: ``ControlPlaneLocal`` (same process). A network client implements the same
-Protocol; the data plane cannot tell them apart.
+Protocol; the data plane cannot tell them apart. Everything crossing it is a Pydantic model.
 """
 
 from collections.abc import AsyncIterator
@@ -15,6 +15,7 @@ from controlplane.models import (
     RequestMetadata,
     StreamingContext,
 )
+from controlplane.recording.records import CallRecord
 
 
 class ControlPlaneService(Protocol):
@@ -54,4 +55,8 @@ class ControlPlaneService(Protocol):
 
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
         """Record a debug event."""
+        ...
+
+    async def record_call(self, record: CallRecord) -> None:
+        """Store a finished call. Returns at once: recording never waits on the database."""
         ...

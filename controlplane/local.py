@@ -2,10 +2,11 @@
 
 import logging
 import uuid
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
+from controlplane.activity.bus import ActivityBus
+from controlplane.activity.memory import InMemoryBus
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
     ActivityEvent,
@@ -18,35 +19,40 @@ from controlplane.models import (
 )
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.chunks import text_chunk
+from controlplane.recording.records import CallRecord, DebugEvent
+from controlplane.recording.redact import redact_record
+from controlplane.recording.writer import Recorder
 
 log = logging.getLogger(__name__)
 
-_RECENT_EVENTS = 1000
-
 
 class ControlPlaneLocal:
-    """Runs the policy in-process and keeps recent activity in memory.
+    """Runs the policy in-process, publishes activity on ``bus`` and hands finished calls to
+    ``recorder`` (none: calls are not recorded).
 
     A policy that raises fails closed: the request is blocked, or the stream is ended with an
     explanation, and the error is published as activity.
     """
 
-    def __init__(self, policy: PolicyHandler) -> None:
+    def __init__(
+        self, policy: PolicyHandler, bus: ActivityBus | None = None, recorder: Recorder | None = None
+    ) -> None:
         self.policy = policy
-        self.recent_activity: deque[ActivityEvent] = deque(maxlen=_RECENT_EVENTS)
+        self.bus: ActivityBus = bus if bus is not None else InMemoryBus()
+        self._recorder = recorder
         self._streams: dict[str, StreamingContext] = {}
 
     async def apply_request_policies(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
     ) -> PolicyResult[NormalizedRequest]:
         decision = self.policy.apply_request_policies(request_data, metadata)
-        return await self._decide(metadata.call_id, ActivityType.REQUEST_POLICY, decision)
+        return await self._decide(metadata, ActivityType.REQUEST_POLICY, decision)
 
     async def apply_response_policy(
         self, response: ModelResponse, metadata: RequestMetadata
     ) -> PolicyResult[ModelResponse]:
         decision = self.policy.apply_response_policy(response, metadata)
-        return await self._decide(metadata.call_id, ActivityType.RESPONSE_POLICY, decision)
+        return await self._decide(metadata, ActivityType.RESPONSE_POLICY, decision)
 
     async def create_streaming_context(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
@@ -75,20 +81,31 @@ class ControlPlaneLocal:
             yield result
 
     async def publish_activity(self, event: ActivityEvent) -> None:
-        self.recent_activity.append(event)
-        log.debug("activity %s %s", event.call_id, event.type)
+        await self.bus.publish(event)
 
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
-        log.debug("debug event %s: %s", debug_type, payload)
+        call_id = payload.get("call_id")
+        self._record(
+            DebugEvent(
+                call_id=call_id if isinstance(call_id, str) else None, type=debug_type, payload=payload
+            )
+        )
+
+    async def record_call(self, record: CallRecord) -> None:
+        self._record(record)
+
+    def _record(self, record: CallRecord | DebugEvent) -> None:
+        if self._recorder is not None:
+            self._recorder.submit(redact_record(record, self.policy.redact_for_recording))
 
     async def _decide[T](
-        self, call_id: str, kind: ActivityType, decision: Awaitable[PolicyResult[T]]
+        self, metadata: RequestMetadata, kind: ActivityType, decision: Awaitable[PolicyResult[T]]
     ) -> PolicyResult[T]:
         try:
             result = await decision
         except Exception as exc:
-            result = await self._policy_failed(call_id, kind, exc)
-        await self._record_decision(call_id, kind, result)
+            result = await self._policy_failed(metadata, kind, exc)
+        await self._record_decision(metadata, kind, result)
         return result
 
     async def _guarded(
@@ -101,22 +118,31 @@ class ControlPlaneLocal:
         try:
             async for result in results:
                 if result.reason is not None or not result.allowed:
-                    await self._record_decision(context.call_id, ActivityType.STREAM_CHUNKS, result)
+                    await self._record_decision(context.metadata, ActivityType.STREAM_POLICY, result)
                 yield result
         except Exception as exc:
-            failure = await self._policy_failed(context.call_id, ActivityType.STREAM_CHUNKS, exc)
+            failure = await self._policy_failed(context.metadata, ActivityType.STREAM_POLICY, exc)
             if chunk is not None:
                 failure.value = text_chunk(chunk, f"\n\n[Luthien] Stream ended: {failure.reason}.")
             yield failure
 
-    async def _policy_failed(self, call_id: str, stage: ActivityType, exc: Exception) -> PolicyResult[Any]:
+    async def _policy_failed(
+        self, metadata: RequestMetadata, stage: ActivityType, exc: Exception
+    ) -> PolicyResult[Any]:
         log.exception("policy %s failed in %s", type(self.policy).__name__, stage.value)
         reason = f"policy error in {type(self.policy).__name__} ({stage.value}): {type(exc).__name__}"
-        await self.publish_activity(
-            ActivityEvent(call_id=call_id, type=ActivityType.ERROR, data={"reason": reason})
-        )
+        await self._publish(metadata, ActivityType.ERROR, {"reason": reason})
         return PolicyResult.block(reason)
 
-    async def _record_decision(self, call_id: str, kind: ActivityType, result: PolicyResult[Any]) -> None:
-        data = {"allowed": result.allowed, "reason": result.reason, **result.metadata}
-        await self.publish_activity(ActivityEvent(call_id=call_id, type=kind, data=data))
+    async def _record_decision(
+        self, metadata: RequestMetadata, kind: ActivityType, result: PolicyResult[Any]
+    ) -> None:
+        await self._publish(
+            metadata, kind, {"allowed": result.allowed, "reason": result.reason, **result.metadata}
+        )
+
+    async def _publish(self, metadata: RequestMetadata, kind: ActivityType, data: dict[str, Any]) -> None:
+        event = ActivityEvent(
+            call_id=metadata.call_id, type=kind, host=metadata.host, model=metadata.model, data=data
+        )
+        await self.publish_activity(event)

@@ -91,7 +91,8 @@ class ActivityType(StrEnum):
     REQUEST_POLICY = "request_policy"
     UPSTREAM_SENT = "upstream_sent"
     FIRST_BYTE = "first_byte"
-    STREAM_CHUNKS = "stream_chunks"
+    STREAM_CHUNKS = "stream_chunks"  # a rate-limited summary of a stream's progress
+    STREAM_POLICY = "stream_policy"  # a stream decision that said something (a block, a reason)
     RESPONSE_POLICY = "response_policy"
     COMPLETED = "completed"
     BLOCKED = "blocked"
@@ -100,9 +101,12 @@ class ActivityType(StrEnum):
 
 
 class ActivityEvent(BaseModel):
-    """One step in the life of a call, for the live activity view."""
+    """One step in the life of a call, for the live activity view. ``host`` and ``model`` ride on
+    every event so that a view can filter without knowing the call's history."""
 
     call_id: str
     type: ActivityType
     timestamp: datetime = Field(default_factory=utcnow)
+    host: str | None = None
+    model: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)

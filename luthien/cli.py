@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from certs import CAFiles, default_data_dir, ensure_ca, shell_exports, trust_env
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
+DEFAULT_DASHBOARD_PORT = 8000
 
 
 def _env_list(name: str) -> list[str]:
@@ -36,8 +38,43 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="where calls are recorded: postgresql://… or sqlite:///path (env DATABASE_URL; "
+        "default: SQLite in the data dir)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL") or None,
+        help="activity bus shared by processes: redis://… (env REDIS_URL; default: in memory)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LUTHIEN_LOG_LEVEL", "INFO").upper(),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="log verbosity (env LUTHIEN_LOG_LEVEL; default INFO); secrets are never logged at any level",
+    )
+
+
+def _add_dashboard_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dashboard-host",
+        default=os.environ.get("LUTHIEN_DASHBOARD_HOST", DEFAULT_HOST),
+        help=f"dashboard address (env LUTHIEN_DASHBOARD_HOST; default {DEFAULT_HOST})",
+    )
+    parser.add_argument(
+        "--dashboard-port",
+        type=int,
+        default=int(os.environ.get("LUTHIEN_DASHBOARD_PORT", DEFAULT_DASHBOARD_PORT)),
+        help=f"dashboard port (env LUTHIEN_DASHBOARD_PORT; default {DEFAULT_DASHBOARD_PORT})",
+    )
+
+
 def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
+    _add_backend_options(parser)
     parser.add_argument(
         "--host",
         default=os.environ.get("LUTHIEN_HOST", DEFAULT_HOST),
@@ -65,12 +102,6 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         help="a host to intercept and police; repeatable (env LUTHIEN_PROVIDER_HOSTS, comma-separated; "
         "default api.openai.com and api.anthropic.com)",
     )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("LUTHIEN_LOG_LEVEL", "INFO").upper(),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log verbosity (env LUTHIEN_LOG_LEVEL; default INFO); secrets are never logged at any level",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,10 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="run the proxy with an in-process control plane (embedded defaults)")
+    up = commands.add_parser(
+        "up", help="run the proxy, its control plane and the dashboard in one process (embedded defaults)"
+    )
     _add_proxy_options(up)
+    _add_dashboard_options(up)
     proxy = commands.add_parser("proxy", help="run the proxy alone (the sidecar process)")
     _add_proxy_options(proxy)
+    dashboard = commands.add_parser("dashboard", help="run the dashboard alone over the recorded calls")
+    _add_common(dashboard)
+    _add_backend_options(dashboard)
+    _add_dashboard_options(dashboard)
 
     certs = commands.add_parser("certs", help="the local CA that clients must trust")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)
@@ -114,17 +152,38 @@ def _client_env(args: argparse.Namespace) -> tuple[dict[str, str], CAFiles]:
     return trust_env(f"http://127.0.0.1:{args.port}", files), files
 
 
-def _serve(args: argparse.Namespace, announce_exports: bool) -> int:
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # These log request lines and connection details of every call; their warnings are enough.
+    for noisy in ("mitmproxy", "httpx", "httpcore", "LiteLLM", "uvicorn"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _dashboard_token() -> tuple[str, bool]:
+    """The configured token, or a new one (True: generated, so the login link must be shown)."""
+    configured = os.environ.get("LUTHIEN_DASHBOARD_TOKEN")
+    return (configured, False) if configured else (secrets.token_urlsafe(24), True)
+
+
+def _announce_dashboard(host: str, port: int, token: str, generated: bool) -> None:
+    base = f"http://{host}:{port}"
+    if generated:
+        print(f"Luthien dashboard: {base}/login?token={token}", flush=True)
+    else:
+        print(f"Luthien dashboard: {base} (token: LUTHIEN_DASHBOARD_TOKEN)", flush=True)
+
+
+def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     # Imported here: loading LiteLLM takes seconds, and `certs`/`run` do not need it.
     from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig, run_proxy
     from addon.upstream import parse_upstreams
     from controlplane.local import ControlPlaneLocal
     from controlplane.policy_file import PolicyFileError, load_policy_file
+    from dashboard.app import create_app
+    from luthien.backends import open_backends
+    from luthien.embedded import EmbeddedServer
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # These log request lines and connection details of every call; their warnings are enough.
-    for noisy in ("mitmproxy", "httpx", "httpcore", "LiteLLM", "uvicorn"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    _configure_logging(args.log_level)
     try:
         policy = load_policy_file(args.policy)
         upstreams = parse_upstreams(args.upstream)
@@ -141,17 +200,62 @@ def _serve(args: argparse.Namespace, announce_exports: bool) -> int:
         upstreams=upstreams,
     )
 
+    token, generated = _dashboard_token()
+    data_dir = _data_dir(args)
+
     def ready() -> None:
         print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
         print(
             f"Policy: {type(policy).__name__}; intercepting {', '.join(sorted(config.provider_hosts))}",
             flush=True,
         )
-        if announce_exports:
+        if with_dashboard:
             print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
             print("or run it through Luthien directly: luthien run -- claude", flush=True)
 
-    asyncio.run(run_proxy(config, ControlPlaneLocal(policy), ready))
+    async def serve() -> None:
+        async with open_backends(args.database_url, args.redis_url, data_dir, record=True) as backends:
+            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer)
+            if not with_dashboard:
+                await run_proxy(config, control_plane, ready)
+                return
+            app = create_app(backends.storage, backends.bus, token)
+            dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
+            await dashboard.start()
+            _announce_dashboard(args.dashboard_host, dashboard.port, token, generated)
+            try:
+                await run_proxy(config, control_plane, ready)
+            finally:
+                await dashboard.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dashboard.app import create_app
+    from luthien.backends import open_backends
+
+    _configure_logging(args.log_level)
+    token, generated = _dashboard_token()
+
+    async def serve() -> None:
+        async with open_backends(
+            args.database_url, args.redis_url, _data_dir(args), record=False
+        ) as backends:
+            if args.redis_url is None:
+                print("No REDIS_URL: the live monitor shows only this process's events (none).", flush=True)
+            app = create_app(backends.storage, backends.bus, token)
+            config = uvicorn.Config(
+                app, host=args.dashboard_host, port=args.dashboard_port, log_level="warning"
+            )
+            server = uvicorn.Server(config)
+            _announce_dashboard(args.dashboard_host, args.dashboard_port, token, generated)
+            await server.serve()
+
+    asyncio.run(serve())
     return 0
 
 
@@ -192,7 +296,9 @@ def _policy(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("up", "proxy"):
-        return _serve(args, announce_exports=args.command == "up")
+        return _serve(args, with_dashboard=args.command == "up")
+    if args.command == "dashboard":
+        return _dashboard(args)
     if args.command == "policy":
         return _policy(args)
     if args.command == "certs":

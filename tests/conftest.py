@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,7 @@ class RunningProxy:
     name: str
     port: int
     data_dir: Path
+    database_url: str  # where this proxy records calls
     log_path: Path
     process: subprocess.Popen[bytes]
     _sdk_worker: subprocess.Popen[str] | None = None
@@ -165,10 +166,20 @@ class RunningProxy:
 
 
 def start_proxy(
-    name: str, policy: str | None, fake: FakeProvider, root: Path, data_dir: Path
+    name: str,
+    policy: dict[str, Any] | None,
+    fake: FakeProvider,
+    root: Path,
+    data_dir: Path,
+    database_url: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> RunningProxy:
+    """A ``luthien proxy`` process routed to the fake provider; it records into ``database_url``
+    (default: a SQLite file of its own)."""
     port = free_port()
+    database_url = database_url or f"sqlite://{root / f'{name}.db'}"
     args = [sys.executable, "-m", "luthien", "proxy", "--port", str(port), "--data-dir", str(data_dir)]
+    args += ["--database-url", database_url, *extra_args]
     args += ["--log-level", "DEBUG"]  # the most verbose logging must still never show a secret
     for host in ("api.openai.com", "api.anthropic.com"):
         args += ["--provider-host", host, "--upstream", f"{host}={fake.url}"]
@@ -185,7 +196,7 @@ def start_proxy(
     log_path = root / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return RunningProxy(name, port, data_dir, log_path, process)
+    return RunningProxy(name, port, data_dir, database_url, log_path, process)
 
 
 def wait_until_listening(proxy: RunningProxy) -> None:

@@ -14,7 +14,7 @@ from controlplane.models import (
     StreamingContext,
 )
 from controlplane.policies import PolicyHandler
-from tests.test_stream_relay import provider_stream, relay
+from tests.test_stream_relay import activity, provider_stream, relay
 
 METADATA = RequestMetadata(call_id="call-1", host="api.openai.com", path="/v1/chat/completions")
 
@@ -41,7 +41,7 @@ async def test_a_request_policy_that_raises_blocks_the_request() -> None:
     result = await control_plane.apply_request_policies({"model": "m", "messages": []}, METADATA)
     assert not result.allowed
     assert result.reason == "policy error in Broken (request_policy): RuntimeError"
-    kinds = [e.type for e in control_plane.recent_activity]
+    kinds = [e.type for e in await activity(control_plane)]
     assert kinds == [ActivityType.ERROR, ActivityType.REQUEST_POLICY]
 
 
@@ -49,7 +49,7 @@ async def test_a_stream_policy_that_raises_ends_the_stream_validly_and_says_why(
     out = await relay("/v1/messages", Broken(), [provider_stream("/v1/messages", "text")])
     events = [e.json() for e in SSEParser().feed(out)]
     text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
-    assert text.endswith("[Luthien] Stream ended: policy error in Broken (stream_chunks): RuntimeError.")
+    assert text.endswith("[Luthien] Stream ended: policy error in Broken (stream_policy): RuntimeError.")
     assert "lazy dog" not in text  # nothing after the failure reaches the client
     assert [e["type"] for e in events[-3:]] == ["content_block_stop", "message_delta", "message_stop"]
     assert events[-2]["delta"]["stop_reason"] == "end_turn"
@@ -64,6 +64,6 @@ async def test_decisions_with_reasons_are_published() -> None:
 
     control_plane = ControlPlaneLocal(Explains())
     await control_plane.apply_request_policies({"messages": []}, METADATA)
-    (event,) = control_plane.recent_activity
+    (event,) = await activity(control_plane)
     assert event.call_id == "call-1" and event.type == ActivityType.REQUEST_POLICY
     assert event.data == {"allowed": True, "reason": "looked fine", "checked": 3}

@@ -12,7 +12,7 @@ from addon.sse import SSEParser
 from addon.stream_relay import StreamRelay
 from controlplane.llm import ModelResponseStream
 from controlplane.local import ControlPlaneLocal
-from controlplane.models import ChunkResult, PolicyResult, RequestMetadata, StreamingContext
+from controlplane.models import ActivityEvent, ChunkResult, PolicyResult, RequestMetadata, StreamingContext
 from controlplane.policies import NoOpPolicy, PolicyHandler, ToolCallBlocklistPolicy
 from tests.fake_provider import anthropic_messages, openai_chat, openai_responses
 from tests.fake_provider.scenarios import find_scenario, plan_for
@@ -124,6 +124,11 @@ async def test_an_upstream_error_event_survives_a_rewritten_stream(path: str) ->
     events = SSEParser().feed(out)
     assert any("error" in (e.event or "") or '"error"' in e.data for e in events)
     assert events[-1].data != "[DONE]"  # nothing made up after the provider's error
+
+
+async def activity(control_plane: ControlPlaneLocal) -> list[ActivityEvent]:
+    """What the control plane published, oldest first."""
+    return [published.event for published in await control_plane.bus.recent(10_000)]
 
 
 def client_text(path: str, out: bytes) -> str:

@@ -28,7 +28,7 @@ from controlplane.policy_file import policy_from_document
 from tests.fake_judge import FakeJudge
 from tests.fake_provider.scenarios import find_scenario, plan_for
 from tests.fake_provider.wire import Context, IdFactory
-from tests.test_stream_relay import RENDERERS, pieces, provider_stream, relay, run_relay
+from tests.test_stream_relay import RENDERERS, activity, pieces, provider_stream, relay, run_relay
 
 API_KEY = "sk-judge-SECRET-0123456789"
 DANGEROUS = "tool_call rm -rf /"
@@ -92,8 +92,8 @@ async def run_stream(
     return await run_relay(control_plane, path, data, metadata(path)), control_plane
 
 
-def decisions(control_plane: ControlPlaneLocal) -> list[dict[str, Any]]:
-    return [e.data for e in control_plane.recent_activity if e.type == ActivityType.STREAM_CHUNKS]
+async def decisions(control_plane: ControlPlaneLocal) -> list[dict[str, Any]]:
+    return [e.data for e in await activity(control_plane) if e.type == ActivityType.STREAM_POLICY]
 
 
 # --- blocking and passing, streaming -------------------------------------------------------
@@ -117,7 +117,7 @@ async def test_a_safe_call_passes_byte_identical(judge: FakeJudge, path: str) ->
     original = provider_stream(path, SAFE)
     out, control_plane = await run_stream(path, make_policy(judge), pieces(original, 5))
     assert out == original
-    (decision,) = decisions(control_plane)
+    (decision,) = await decisions(control_plane)
     assert decision["allowed"] is True
     assert decision["reason"] == "the judge scored it 0.10 (threshold 0.70): fake judge: this looks harmless"
     assert decision["score"] == 0.1 and decision["cached"] is False
@@ -160,7 +160,7 @@ async def test_a_dangerous_call_is_removed_from_a_whole_response(judge: FakeJudg
     assert content.startswith("Let me run that.")
     assert BLOCKED_NOTE in content and JUDGE_SAYS_BLOCK in content
     # Every judgement is recorded with its details.
-    (event,) = [e for e in control_plane.recent_activity if e.type == ActivityType.RESPONSE_POLICY]
+    (event,) = [e for e in await activity(control_plane) if e.type == ActivityType.RESPONSE_POLICY]
     (judged,) = event.data["judged_calls"]
     assert judged["allowed"] is False and judged["score"] == 0.95 and judged["rule_id"] == "llm-judge"
 
@@ -191,7 +191,7 @@ async def test_a_judge_that_does_not_answer_in_time_blocks(judge: FakeJudge) -> 
     seen = client_view(path, out)
     assert seen.calls == {}
     assert "the judge did not answer in time (0.2s)" in seen.text
-    (decision,) = decisions(control_plane)
+    (decision,) = await decisions(control_plane)
     assert decision["judge_error"] == "TimeoutError" and decision["score"] is None
 
 
@@ -216,7 +216,7 @@ async def test_on_error_allow_lets_the_call_through_and_says_so(judge: FakeJudge
     original = provider_stream(path, DANGEROUS)
     out, control_plane = await run_stream(path, make_policy(judge, on_error="allow"), [original])
     assert out == original
-    (decision,) = decisions(control_plane)
+    (decision,) = await decisions(control_plane)
     assert decision["reason"] == "the judge failed: InternalServerError; allowed (on_error: allow)"
     assert decision["judge_error"] == "InternalServerError" and decision["on_error"] == "allow"
 
@@ -239,7 +239,7 @@ async def test_a_repeated_call_is_judged_once(judge: FakeJudge) -> None:
     second, control_plane = await run_stream(path, policy, [provider_stream(path, DANGEROUS)])
     assert judge.count == 1
     assert first == second
-    (decision,) = decisions(control_plane)
+    (decision,) = await decisions(control_plane)
     assert decision["cached"] is True and decision["score"] == 0.95
 
 
@@ -340,7 +340,7 @@ async def test_the_decision_records_the_judgement_and_never_the_key(
     path = "/v1/chat/completions"
     _, control_plane = await run_stream(path, policy, [provider_stream(path, DANGEROUS)])
     assert judge.requests[0].headers["authorization"] == f"Bearer {API_KEY}"  # the key was used
-    (decision,) = decisions(control_plane)
+    (decision,) = await decisions(control_plane)
     assert decision["allowed"] is True  # the chunk carrying the note; the call itself is blocked
     assert decision["reason"] == JUDGE_SAYS_BLOCK
     assert decision["rule_id"] == "llm-judge" and decision["blocked_tool"] == "bash"
@@ -350,7 +350,7 @@ async def test_the_decision_records_the_judgement_and_never_the_key(
     assert isinstance(decision["latency_ms"], float) and decision["latency_ms"] > 0
     messages = decision["judge_messages"]
     assert [m["role"] for m in messages] == ["system", "user"] and "rm -rf /" in messages[1]["content"]
-    recorded = json.dumps([e.model_dump(mode="json") for e in control_plane.recent_activity])
+    recorded = json.dumps([e.model_dump(mode="json") for e in await activity(control_plane)])
     assert API_KEY not in recorded
 
 

@@ -63,3 +63,9 @@ class PolicyHandler:
         """The upstream stream ended: yield whatever is still held back."""
         return
         yield
+
+    def redact_for_recording(self, text: str) -> str:
+        """``text`` as it may be stored. The recorder applies this to every string of a call's
+        record (the original request included), so a policy that keeps something from the
+        provider can keep it out of the database too."""
+        return text

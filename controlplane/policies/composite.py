@@ -86,6 +86,9 @@ class SerialPolicy(PolicyHandler):
                 async for out in self._after(index, result, contexts):
                     yield out
 
+    def redact_for_recording(self, text: str) -> str:
+        return _redact_all(self.policies, text)
+
     def _contexts(self, context: StreamingContext) -> list[StreamingContext]:
         """Each child keeps its own per-stream state."""
         return context.policy_state.setdefault(
@@ -113,6 +116,12 @@ class SerialPolicy(PolicyHandler):
             yield out
         if not result.allowed:
             yield PolicyResult.block(result.reason or "ended by policy")
+
+
+def _redact_all(policies: list[PolicyHandler], text: str) -> str:
+    for policy in policies:
+        text = policy.redact_for_recording(text)
+    return text
 
 
 class Route(BaseModel):
@@ -176,3 +185,7 @@ class SelectPolicy(PolicyHandler):
     async def on_stream_end(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
         async for result in self.choose(context.metadata).on_stream_end(context):
             yield result
+
+    def redact_for_recording(self, text: str) -> str:
+        # Every route's redaction: a record must not depend on which route a call took.
+        return _redact_all([policy for _, policy in self.routes] + [self.default], text)

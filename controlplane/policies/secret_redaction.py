@@ -190,9 +190,12 @@ class SecretRedactionPolicy(StreamingTextPolicy):
             for d in detectors
             if d.accept is None and "secret" not in (compiled := d.compiled()).groupindex
         ]
-        self.patterns = PatternSet([self._rule(d) for d in detectors])
+        self.patterns = PatternSet([self._rule(d, self._placeholder) for d in detectors])
+        # Records keep the original request too; there a secret becomes a distinct marker, so the
+        # recorded diff still shows where the policy redacted.
+        self._withheld = PatternSet([self._rule(d, "[secret not recorded: {}]".format) for d in detectors])
 
-    def _rule(self, detector: Detector) -> Rule:
+    def _rule(self, detector: Detector, placeholder: Callable[[str], str]) -> Rule:
         compiled = detector.compiled()
         has_group = "secret" in compiled.groupindex
 
@@ -207,7 +210,7 @@ class SecretRedactionPolicy(StreamingTextPolicy):
                 kind = self._classify(match.group("secret")) or kind
             text = match.group()
             before, after = text[: start - match.start()], text[end - match.start() :]
-            return before + self._placeholder(kind) + after, kind
+            return before + placeholder(kind) + after, kind
 
         return Rule(compiled, replace)
 
@@ -220,6 +223,9 @@ class SecretRedactionPolicy(StreamingTextPolicy):
     def redact(self, text: str, counts: Counter[str] | None = None) -> str:
         """``text`` with every secret replaced; counts each redaction under its kind."""
         return self.patterns.sub(text, counts)
+
+    def redact_for_recording(self, text: str) -> str:
+        return self._withheld.sub(text)
 
     def redact_arguments(self, arguments: str, counts: Counter[str] | None = None) -> str:
         """Tool-call arguments with secrets redacted inside their JSON strings; still valid JSON,

@@ -1,0 +1,154 @@
+"""What the pipeline saw of one call, turned into a ``CallRecord`` when the call is over."""
+
+import json
+import time
+from typing import Any
+
+from addon.sse import SSEEvent, SSEParser
+from controlplane.llm import ModelResponseStream
+from controlplane.models import PolicyResult, RequestMetadata, utcnow
+from controlplane.recording.records import (
+    CallOutcome,
+    CallRecord,
+    Decision,
+    Output,
+    OutputAssembler,
+    StoredEvent,
+    Usage,
+)
+
+_SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id")
+#: A provider's error body kept for the record; longer ones are cut (they are not the point).
+_MAX_ERROR_BODY = 64 * 1024
+
+
+def agent_name(user_agent: str | None) -> str | None:
+    """``claude-cli/2.1.3 (external, cli)`` → ``claude-cli``; ``OpenAI/Python 2.5`` → ``OpenAI``."""
+    if not user_agent:
+        return None
+    return user_agent.split("/", 1)[0].split(" ", 1)[0] or None
+
+
+def body_for_record(data: bytes) -> Any:
+    """JSON when the body is JSON, else its text (cut): a record keeps what it can read."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
+
+
+class StreamCapture:
+    """Both sides of a stream: the provider's events and chunks, the policy's chunks and the
+    events the client received."""
+
+    def __init__(self) -> None:
+        self.original_events: list[StoredEvent] = []
+        self.final_events: list[StoredEvent] = []
+        self.original = OutputAssembler()
+        self.final = OutputAssembler()
+        self._sent = SSEParser()
+
+    def upstream_event(self, event: SSEEvent, chunks: list[ModelResponseStream]) -> None:
+        self.original_events.append((event.event, event.data))
+        for chunk in chunks:
+            self.original.add(chunk)
+
+    def policy_chunk(self, chunk: ModelResponseStream) -> None:
+        self.final.add(chunk)
+
+    def sent(self, data: bytes) -> None:
+        self.final_events += [(e.event, e.data) for e in self._sent.feed(data)]
+
+
+class CallTrace:
+    def __init__(self, method: str, headers: list[tuple[str, str]], metadata: RequestMetadata) -> None:
+        self.metadata = metadata
+        self._method = method
+        self._headers = headers
+        self._started_at = utcnow()
+        self._clock = time.monotonic()
+        self._finished_at = self._started_at
+        self._duration_ms = 0.0
+        self.ttfb_ms: float | None = None
+        self.status: int | None = None
+        self.outcome = CallOutcome.COMPLETED
+        self.error: str | None = None
+        self.original_request: Any = None
+        self.final_request: Any = None
+        self.request_modified = False
+        self.original_response: Any = None
+        self.final_response: Any = None
+        self.response_modified = False
+        self.original_output: Output | None = None
+        self.final_output: Output | None = None
+        self.usage: Usage | None = None
+        self.stream: StreamCapture | None = None
+        self.decisions: list[Decision] = []
+
+    def first_byte(self) -> None:
+        if self.ttfb_ms is None:
+            self.ttfb_ms = self._elapsed_ms()
+
+    def decide(self, stage: str, result: PolicyResult[Any]) -> None:
+        """Keeps a decision that said something: a block or a reason."""
+        if result.reason is not None or not result.allowed:
+            self.decisions.append(
+                Decision.model_validate(
+                    {
+                        "stage": stage,
+                        "allowed": result.allowed,
+                        "reason": result.reason,
+                        "metadata": result.metadata,
+                    }
+                )
+            )
+
+    def finish(self) -> None:
+        """The client has its answer (or left): the call's duration ends here."""
+        self._finished_at, self._duration_ms = utcnow(), self._elapsed_ms()
+
+    def fail(self, outcome: CallOutcome, status: int | None, error: str) -> None:
+        self.outcome, self.status, self.error = outcome, status, error
+
+    def record(self) -> CallRecord:
+        lookup = {k.lower(): v for k, v in self._headers}
+        meta = self.metadata
+        stream = self.stream
+        return CallRecord(
+            call_id=meta.call_id,
+            started_at=self._started_at,
+            finished_at=self._finished_at,
+            method=self._method,
+            host=meta.host,
+            path=meta.path,
+            wire_format=meta.wire_format,
+            model=meta.model,
+            stream=meta.stream,
+            agent=agent_name(meta.user_agent),
+            user_agent=meta.user_agent,
+            user_id=meta.user_id,
+            session_id=next((lookup[h] for h in _SESSION_HEADERS if h in lookup), None),
+            api_key_hash=meta.api_key_hash,
+            trace_id=meta.trace_id,
+            status=self.status,
+            outcome=self.outcome,
+            error=self.error,
+            request_modified=self.request_modified,
+            response_modified=self.response_modified,
+            ttfb_ms=self.ttfb_ms,
+            duration_ms=self._duration_ms,
+            usage=self.usage,
+            request_headers=self._headers,
+            original_request=self.original_request,
+            final_request=self.final_request,
+            original_response=self.original_response,
+            final_response=self.final_response,
+            original_events=stream.original_events if stream else None,
+            final_events=stream.final_events if stream else None,
+            original_output=stream.original.output() if stream else self.original_output,
+            final_output=stream.final.output() if stream else self.final_output,
+            decisions=self.decisions,
+        )
+
+    def _elapsed_ms(self) -> float:
+        return (time.monotonic() - self._clock) * 1000

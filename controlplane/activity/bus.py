@@ -1,0 +1,39 @@
+"""The activity bus: live events for dashboards, with resumable subscriptions.
+
+Two implementations: in memory (one process: ``luthien up``) and Redis Streams (``REDIS_URL``:
+proxies and dashboards in separate processes). Event ids are opaque strings, increasing in
+publish order; a subscriber that reconnects passes the last id it saw and misses nothing still
+retained.
+"""
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from controlplane.models import ActivityEvent
+
+
+class PublishedEvent(BaseModel):
+    id: str
+    event: ActivityEvent
+
+
+class ActivityBus(Protocol):
+    async def publish(self, event: ActivityEvent) -> None:
+        """Hands an event to the bus. Never blocks on the network and never raises: it is called
+        on the request path, and a slow or dead bus must not slow or break a call. Events
+        published while the bus is unreachable are buffered (bounded) and sent when it returns."""
+        ...
+
+    def subscribe(self, after: str | None = None) -> AsyncIterator[PublishedEvent]:
+        """Events published after ``after`` (an id this bus returned), then new ones as they come,
+        forever. ``after=None`` starts with the next event published. Survives the bus going away
+        and coming back."""
+        ...
+
+    async def recent(self, limit: int) -> list[PublishedEvent]:
+        """The latest ``limit`` retained events, oldest first."""
+        ...
+
+    async def close(self) -> None: ...

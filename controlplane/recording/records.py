@@ -1,0 +1,203 @@
+"""What is stored about each call: the ``CallRecord`` and the debug events.
+
+Records cross the ControlPlaneService boundary (the data plane builds them, the control plane
+stores them), so they are plain Pydantic models. Header secrets are redacted by the model itself:
+no code path can build a record that holds an API key in a header.
+"""
+
+import re
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.models import WireFormat, utcnow
+
+REDACTED = "[redacted]"
+_SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|session|password|signature", re.IGNORECASE)
+# Headers that match the pattern above but name things, not credentials.
+_PUBLIC_HEADERS = frozenset({"x-claude-code-session-id", "session_id", "session-id", "idempotency-key"})
+
+
+def redact_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers with every credential-like value replaced."""
+    return [
+        (name, REDACTED if _SECRET_HEADER.search(name) and name.lower() not in _PUBLIC_HEADERS else value)
+        for name, value in headers
+    ]
+
+
+class CallOutcome(StrEnum):
+    COMPLETED = "completed"  # the client got the provider's answer (perhaps rewritten by policy)
+    BLOCKED = "blocked"  # a policy refused the request, the response, or ended the stream
+    PROVIDER_ERROR = "provider_error"  # the provider answered with an error status or error event
+    ERROR = "error"  # Luthien could not complete the call (bad request, provider unreachable, cut)
+    PASSTHROUGH = "passthrough"  # an endpoint Luthien does not police: forwarded and recorded
+
+
+class Decision(BaseModel):
+    """A policy decision that said something: a block, a rewrite with a reason, a judgement."""
+
+    stage: Literal["request", "response", "stream"]
+    allowed: bool
+    reason: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(BaseModel):
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Output(BaseModel):
+    """The model's answer reconstructed from the normalised view: comparable across formats and
+    between the stream the provider sent and the stream the client received."""
+
+    text: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    finish_reason: str | None = None
+
+    @classmethod
+    def from_response(cls, response: ModelResponse) -> "Output":
+        output = cls()
+        for choice in response.choices[:1]:
+            message = getattr(choice, "message", None)
+            output.text = getattr(message, "content", None) or ""
+            output.reasoning = getattr(message, "reasoning_content", None) or ""
+            output.finish_reason = getattr(choice, "finish_reason", None)
+            for call in getattr(message, "tool_calls", None) or []:
+                function = call.function
+                output.tool_calls.append(
+                    ToolCall(id=call.id, name=function.name, arguments=function.arguments or "")
+                )
+        return output
+
+
+class OutputAssembler:
+    """Accumulates stream chunks into an ``Output`` (tool calls by their index)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._tools: dict[int, ToolCall] = {}
+        self._finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+
+    def add(self, chunk: ModelResponseStream) -> None:
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            self.usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
+        for choice in chunk.choices[:1]:
+            delta = choice.delta
+            if content := getattr(delta, "content", None):
+                self._text.append(content)
+            if reasoning := getattr(delta, "reasoning_content", None):
+                self._reasoning.append(reasoning)
+            for call in getattr(delta, "tool_calls", None) or []:
+                tool = self._tools.setdefault(call.index or 0, ToolCall())
+                tool.id = tool.id or call.id
+                if call.function is not None:
+                    tool.name = tool.name or call.function.name
+                    tool.arguments += call.function.arguments or ""
+            self._finish_reason = choice.finish_reason or self._finish_reason
+
+    def output(self) -> Output:
+        return Output(
+            text="".join(self._text),
+            reasoning="".join(self._reasoning),
+            tool_calls=[self._tools[i] for i in sorted(self._tools)],
+            finish_reason=self._finish_reason,
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+    @classmethod
+    def from_mapping(cls, usage: dict[str, Any] | None) -> "Usage | None":
+        if not usage:
+            return None
+        return cls(
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            total_tokens=usage.get("total_tokens"),
+        )
+
+
+#: One SSE event as stored: ``[event name or None, data]``, compact and in order.
+StoredEvent = tuple[str | None, str]
+
+
+class CallRecord(BaseModel):
+    """Everything stored about one call through the proxy."""
+
+    call_id: str
+    started_at: datetime
+    finished_at: datetime
+    method: str
+    host: str
+    path: str
+    wire_format: WireFormat | None = None
+    model: str | None = None
+    stream: bool = False
+    # Who called: from headers and the body's user fields when present; credentials only hashed.
+    agent: str | None = None
+    user_agent: str | None = None
+    user_id: str | None = None
+    session_id: str | None = None
+    api_key_hash: str = ""
+    trace_id: str | None = None
+
+    status: int | None = None  # the HTTP status the client received
+    outcome: CallOutcome
+    error: str | None = None
+    request_modified: bool = False
+    response_modified: bool = False
+    ttfb_ms: float | None = None  # request received → first byte from the provider
+    duration_ms: float = 0.0  # request received → last byte to the client
+    usage: Usage | None = None
+
+    request_headers: list[tuple[str, str]] = Field(default_factory=list)
+    original_request: Any = None  # the JSON body the client sent
+    final_request: Any = None  # the JSON body sent to the provider (None: never sent)
+    original_response: Any = None  # non-streaming: the provider's JSON body
+    final_response: Any = None  # non-streaming: the JSON body the client received
+    original_events: list[StoredEvent] | None = None  # streaming: what the provider sent
+    final_events: list[StoredEvent] | None = None  # streaming: what the client received
+    original_output: Output | None = None
+    final_output: Output | None = None
+    decisions: list[Decision] = Field(default_factory=list)
+
+    @field_validator("request_headers")
+    @classmethod
+    def _no_secrets(cls, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return redact_headers(headers)
+
+    @property
+    def blocked(self) -> bool:
+        return self.outcome is CallOutcome.BLOCKED
+
+    @property
+    def modified(self) -> bool:
+        return self.request_modified or self.response_modified
+
+
+class DebugEvent(BaseModel):
+    """A free-form event a policy or the proxy logs for later debugging."""
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    call_id: str | None = None
+    at: datetime = Field(default_factory=utcnow)
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+#: What the recorder queues, spools and writes.
+Record = CallRecord | DebugEvent

@@ -1,0 +1,93 @@
+"""The storage interface: what the recorder writes and the dashboard reads.
+
+Two implementations share one schema and one set of tests: SQLite (the embedded default, a file
+in the data dir) and PostgreSQL (``DATABASE_URL=postgresql://…``).
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+from controlplane.models import WireFormat
+from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Record, Usage
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached or refused the operation; the caller may retry later."""
+
+
+class CallQuery(BaseModel):
+    """Filters for the calls list; every filter is optional and they combine with AND."""
+
+    search: str | None = Field(default=None, description="Case-insensitive text in prompts or answers.")
+    host: str | None = None
+    model: str | None = None
+    outcome: CallOutcome | None = None
+    status: int | None = None
+    blocked: bool | None = None
+    modified: bool | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
+
+
+class CallSummary(BaseModel):
+    """A calls-list row: everything but the bodies."""
+
+    call_id: str
+    started_at: datetime
+    duration_ms: float
+    ttfb_ms: float | None
+    method: str
+    host: str
+    path: str
+    wire_format: WireFormat | None
+    model: str | None
+    stream: bool
+    agent: str | None
+    user_id: str | None
+    status: int | None
+    outcome: CallOutcome
+    blocked: bool
+    request_modified: bool
+    response_modified: bool
+    usage: Usage | None
+    decision_count: int
+    preview: str = Field(description="The start of the last user message, for the list.")
+
+
+class CallPage(BaseModel):
+    calls: list[CallSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Storage(Protocol):
+    async def migrate(self) -> None:
+        """Applies the migrations this database has not seen yet (safe with many processes)."""
+        ...
+
+    async def write(self, records: Sequence[Record]) -> None:
+        """Stores a batch atomically. Idempotent: a record already stored is left as it is, so a
+        replayed batch never duplicates. Raises ``StorageUnavailable`` when it could not."""
+        ...
+
+    async def get_call(self, call_id: str) -> CallRecord | None: ...
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        """Newest first."""
+        ...
+
+    async def debug_events(self, call_id: str) -> list[DebugEvent]:
+        """Oldest first."""
+        ...
+
+    async def ping(self) -> None:
+        """Returns when the database answers; raises ``StorageUnavailable`` otherwise."""
+        ...
+
+    async def close(self) -> None: ...
