@@ -1,6 +1,7 @@
 """A TCP relay the test controls, put between a client and a real service (PostgreSQL, Redis)
 to cut the connection for a while and restore it: an outage without stopping the service."""
 
+import contextlib
 import socket
 import threading
 
@@ -79,8 +80,9 @@ class TcpRelay:
 
 def _reset(sock: socket.socket) -> None:
     """Closes with RST, as a dropped network path or a killed peer would look to the client."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        # shutdown wakes the relay thread blocked in recv on it; close alone would not.
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass

@@ -6,7 +6,7 @@ publish order; a subscriber that reconnects passes the last id it saw and misses
 retained.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -26,10 +26,10 @@ class ActivityBus(Protocol):
         published while the bus is unreachable are buffered (bounded) and sent when it returns."""
         ...
 
-    def subscribe(self, after: str | None = None) -> AsyncIterator[PublishedEvent]:
-        """Events published after ``after`` (an id this bus returned), then new ones as they come,
-        forever. ``after=None`` starts with the next event published. Survives the bus going away
-        and coming back."""
+    def subscribe(self, after: str | None = None) -> AsyncGenerator[PublishedEvent]:
+        """Events published after ``after`` (an id this bus gave out), then new ones as they come,
+        until ``close()``. ``after=None`` starts with the next event published once iteration has
+        begun. Survives the bus going away and coming back. Release it with ``aclose()``."""
         ...
 
     async def recent(self, limit: int) -> list[PublishedEvent]:

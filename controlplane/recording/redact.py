@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from typing import Any
 
-from controlplane.recording.records import CallRecord, DebugEvent
+from controlplane.recording.records import Record
 
 
 def _walk(node: Any, redact: Callable[[str], str]) -> Any:
@@ -16,6 +16,6 @@ def _walk(node: Any, redact: Callable[[str], str]) -> Any:
     return node
 
 
-def redact_record[R: (CallRecord, DebugEvent)](record: R, redact: Callable[[str], str]) -> R:
+def redact_record(record: Record, redact: Callable[[str], str]) -> Record:
     """A copy of ``record`` with ``redact`` applied to every string value it holds."""
     return record.model_validate(_walk(record.model_dump(mode="json"), redact))
