@@ -203,30 +203,29 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     token, generated = _dashboard_token()
     data_dir = _data_dir(args)
 
-    def ready() -> None:
-        print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
-        print(
-            f"Policy: {type(policy).__name__}; intercepting {', '.join(sorted(config.provider_hosts))}",
-            flush=True,
-        )
-        if with_dashboard:
-            print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
-            print("or run it through Luthien directly: luthien run -- claude", flush=True)
-
     async def serve() -> None:
         async with open_backends(args.database_url, args.redis_url, data_dir, record=True) as backends:
             control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer)
-            if not with_dashboard:
-                await run_proxy(config, control_plane, ready)
-                return
-            app = create_app(backends.storage, backends.bus, token)
-            dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
-            await dashboard.start()
-            _announce_dashboard(args.dashboard_host, dashboard.port, token, generated)
+            dashboard = None
+            if with_dashboard:
+                app = create_app(backends.storage, backends.bus, token)
+                dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
+                await dashboard.start()
+
+            def ready() -> None:
+                print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
+                hosts = ", ".join(sorted(config.provider_hosts))
+                print(f"Policy: {type(policy).__name__}; intercepting {hosts}", flush=True)
+                if dashboard is not None:
+                    _announce_dashboard(args.dashboard_host, dashboard.port, token, generated)
+                    print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
+                    print("or run it through Luthien directly: luthien run -- claude", flush=True)
+
             try:
                 await run_proxy(config, control_plane, ready)
             finally:
-                await dashboard.stop()
+                if dashboard is not None:
+                    await dashboard.stop()
 
     asyncio.run(serve())
     return 0

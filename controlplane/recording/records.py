@@ -122,13 +122,12 @@ class Usage(BaseModel):
 
     @classmethod
     def from_mapping(cls, usage: dict[str, Any] | None) -> "Usage | None":
-        if not usage:
-            return None
-        return cls(
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            total_tokens=usage.get("total_tokens"),
+        counts = cls(
+            prompt_tokens=(usage or {}).get("prompt_tokens"),
+            completion_tokens=(usage or {}).get("completion_tokens"),
+            total_tokens=(usage or {}).get("total_tokens"),
         )
+        return counts if counts.model_dump(exclude_none=True) else None
 
 
 #: One SSE event as stored: ``[event name or None, data]``, compact and in order.

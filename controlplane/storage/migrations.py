@@ -1,0 +1,101 @@
+"""The schema: numbered migrations, applied in order and recorded in ``schema_migrations``.
+
+SQLite and PostgreSQL share this one schema, so it sticks to SQL both understand: TEXT, INTEGER,
+BIGINT and DOUBLE PRECISION. JSON is TEXT; times are epoch seconds and booleans 0/1, which both
+databases index and compare the same way. A released migration never changes; a change to the
+schema is a new migration at the end of the list.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+SCHEMA_MIGRATIONS = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "calls, decisions and debug events",
+        (
+            """
+            CREATE TABLE calls (
+                call_id TEXT PRIMARY KEY,
+                started_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION NOT NULL,
+                method TEXT NOT NULL,
+                host TEXT NOT NULL,
+                path TEXT NOT NULL,
+                wire_format TEXT,
+                model TEXT,
+                stream INTEGER NOT NULL,
+                agent TEXT,
+                user_agent TEXT,
+                user_id TEXT,
+                session_id TEXT,
+                api_key_hash TEXT NOT NULL,
+                trace_id TEXT,
+                status INTEGER,
+                outcome TEXT NOT NULL,
+                error TEXT,
+                request_modified INTEGER NOT NULL,
+                response_modified INTEGER NOT NULL,
+                blocked INTEGER NOT NULL,
+                modified INTEGER NOT NULL,
+                ttfb_ms DOUBLE PRECISION,
+                duration_ms DOUBLE PRECISION NOT NULL,
+                prompt_tokens BIGINT,
+                completion_tokens BIGINT,
+                total_tokens BIGINT,
+                preview TEXT NOT NULL,
+                search_text TEXT NOT NULL,
+                request_headers TEXT NOT NULL,
+                original_request TEXT,
+                final_request TEXT,
+                original_response TEXT,
+                final_response TEXT,
+                original_events TEXT,
+                final_events TEXT,
+                original_output TEXT,
+                final_output TEXT
+            )""",
+            "CREATE INDEX calls_started_at ON calls (started_at)",
+            "CREATE INDEX calls_host ON calls (host)",
+            "CREATE INDEX calls_model ON calls (model)",
+            """
+            CREATE TABLE decisions (
+                call_id TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                stage TEXT NOT NULL,
+                allowed INTEGER NOT NULL,
+                reason TEXT,
+                metadata TEXT NOT NULL,
+                PRIMARY KEY (call_id, seq)
+            )""",
+            """
+            CREATE TABLE debug_events (
+                id TEXT PRIMARY KEY,
+                call_id TEXT,
+                at DOUBLE PRECISION NOT NULL,
+                type TEXT NOT NULL,
+                payload TEXT NOT NULL
+            )""",
+            "CREATE INDEX debug_events_call_id ON debug_events (call_id)",
+        ),
+    ),
+)
+
+
+def pending(applied: set[int]) -> list[Migration]:
+    """The migrations a database with these versions applied still needs, in order."""
+    return [migration for migration in MIGRATIONS if migration.version not in applied]

@@ -1,0 +1,119 @@
+"""PostgreSQL (``DATABASE_URL=postgresql://…``) through an asyncpg pool.
+
+The pool is created on first use and connects on demand, so a proxy starts while the database is
+down. Every failure to reach or use the database is raised as ``StorageUnavailable``, for the
+recorder to spool and retry; the pool replaces connections that died in the meantime.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from controlplane.recording.records import CallRecord, DebugEvent, Record
+from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
+from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
+from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, summary_from_row
+
+CONNECT_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # a server that has not acknowledged the goodbye by then is gone
+POOL_SIZE = 4
+# Any constant that every Luthien process shares: it names the advisory lock migrations hold.
+_MIGRATION_LOCK = 0x6C7574686965_6E
+
+# asyncpg reports a dead socket as OSError or InterfaceError, the server's refusals (and lost
+# connections) as PostgresError, and timeouts as TimeoutError.
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_SQL = Sql(numbered)
+
+
+class PostgresStorage:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    async def migrate(self) -> None:
+        async with self._connection() as connection, connection.transaction():
+            # Held until the transaction ends: processes starting together migrate one at a time.
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await connection.execute(SCHEMA_MIGRATIONS)
+            applied = {row["version"] for row in await connection.fetch(_SQL.applied_versions)}
+            for migration in pending(applied):
+                for statement in migration.statements:
+                    await connection.execute(statement)
+                await connection.execute(
+                    _SQL.record_migration, migration.version, migration.name, time.time()
+                )
+
+    async def write(self, records: Sequence[Record]) -> None:
+        statements = _SQL.inserts(records)
+        if not statements:
+            return
+        async with self._connection() as connection, connection.transaction():
+            for sql, rows in statements:
+                await connection.executemany(sql, rows)
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_SQL.get_call, call_id)
+            if row is None:
+                return None
+            decisions = await connection.fetch(_SQL.get_decisions, call_id)
+        return call_from_row(dict(row), [dict(decision) for decision in decisions])
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        (count_sql, count_params), (page_sql, page_params) = _SQL.list_calls(query)
+        # One snapshot, so the total and the page see the same calls.
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            total = await connection.fetchval(count_sql, *count_params)
+            rows = await connection.fetch(page_sql, *page_params)
+        calls = [summary_from_row(dict(row)) for row in rows]
+        return CallPage(calls=calls, total=total, limit=query.limit, offset=query.offset)
+
+    async def debug_events(self, call_id: str) -> list[DebugEvent]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(_SQL.debug_events, call_id)
+        return [debug_event_from_row(dict(row)) for row in rows]
+
+    async def ping(self) -> None:
+        async with self._connection() as connection:
+            await connection.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        try:
+            await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+        except _UNAVAILABLE:
+            pool.terminate()  # a database that is gone cannot be told goodbye
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; any failure to reach or use the database, in here or in the
+        caller's block, comes out as ``StorageUnavailable``."""
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire(timeout=CONNECT_TIMEOUT + COMMAND_TIMEOUT) as connection:
+                yield connection
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        async with self._pool_lock:
+            if self._pool is None:
+                # min_size=0: the pool connects only when a connection is needed, and reconnects
+                # a connection found closed, so an outage never outlives the database's.
+                self._pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=0,
+                    max_size=POOL_SIZE,
+                    timeout=CONNECT_TIMEOUT,
+                    command_timeout=COMMAND_TIMEOUT,
+                )
+            return self._pool

@@ -1,0 +1,280 @@
+"""What both backends share: records as column values, rows back as records, and the SQL.
+
+The statements differ between the backends only in their placeholders (``?`` for sqlite3, ``$1``
+for asyncpg), so each backend builds one ``Sql`` with its own placeholder style.
+"""
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from controlplane.recording.records import CallRecord, DebugEvent, Record, Usage
+from controlplane.storage.base import CallQuery, CallSummary
+
+PREVIEW_CHARS = 200
+
+#: The placeholder for the n-th parameter of a statement (counting from 1).
+Placeholder = Callable[[int], str]
+
+
+def qmark(_: int) -> str:
+    return "?"
+
+
+def numbered(n: int) -> str:
+    return f"${n}"
+
+
+# CallRecord fields kept in a column of the same name, as they are.
+_SCALAR_FIELDS = (
+    "call_id", "method", "host", "path", "wire_format", "model", "stream", "agent", "user_agent",
+    "user_id", "session_id", "api_key_hash", "trace_id", "status", "outcome", "error",
+    "request_modified", "response_modified", "ttfb_ms", "duration_ms",
+)  # fmt: skip
+# CallRecord fields kept as JSON text in a column of the same name.
+_JSON_FIELDS = (
+    "request_headers", "original_request", "final_request", "original_response", "final_response",
+    "original_events", "final_events", "original_output", "final_output",
+)  # fmt: skip
+_USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_CALL_COLUMNS = (
+    *_SCALAR_FIELDS,
+    *("started_at", "finished_at", "blocked", "modified", *_USAGE_COLUMNS, "preview", "search_text"),
+    *_JSON_FIELDS,
+)
+# CallSummary fields read from a column of the same name, as they are.
+_SUMMARY_FIELDS = (
+    "call_id", "duration_ms", "ttfb_ms", "method", "host", "path", "wire_format", "model", "stream",
+    "agent", "user_id", "status", "outcome", "blocked", "request_modified", "response_modified", "preview",
+)  # fmt: skip
+_DECISION_COLUMNS = ("call_id", "seq", "stage", "allowed", "reason", "metadata")
+_DEBUG_EVENT_COLUMNS = ("id", "call_id", "at", "type", "payload")
+
+
+class Sql:
+    """The statements both backends run, written in one placeholder style."""
+
+    def __init__(self, placeholder: Placeholder) -> None:
+        self._placeholder = placeholder
+        self.insert_call = self._insert("calls", _CALL_COLUMNS, "call_id")
+        self.insert_decision = self._insert("decisions", _DECISION_COLUMNS, "call_id, seq")
+        self.insert_debug_event = self._insert("debug_events", _DEBUG_EVENT_COLUMNS, "id")
+        self.get_call = f"SELECT * FROM calls WHERE call_id = {placeholder(1)}"
+        self.get_decisions = f"SELECT * FROM decisions WHERE call_id = {placeholder(1)} ORDER BY seq"
+        self.debug_events = f"SELECT * FROM debug_events WHERE call_id = {placeholder(1)} ORDER BY at, id"
+        self.applied_versions = "SELECT version FROM schema_migrations"
+        self.record_migration = self._insert(
+            "schema_migrations", ("version", "name", "applied_at"), "version"
+        )
+
+    def _insert(self, table: str, columns: Sequence[str], key: str) -> str:
+        # DO NOTHING on a stored key: a replayed batch neither duplicates nor fails.
+        values = ", ".join(self._placeholder(n) for n in range(1, len(columns) + 1))
+        return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values}) ON CONFLICT ({key}) DO NOTHING"
+
+    def inserts(self, records: Sequence[Record]) -> list[tuple[str, list[tuple[Any, ...]]]]:
+        """The statements that store a batch, each with its rows; statements without rows are left out."""
+        calls = [record for record in records if isinstance(record, CallRecord)]
+        events = [record for record in records if isinstance(record, DebugEvent)]
+        statements = [
+            (self.insert_call, [call_values(call) for call in calls]),
+            (self.insert_decision, [row for call in calls for row in decision_values(call)]),
+            (self.insert_debug_event, [debug_event_values(event) for event in events]),
+        ]
+        return [(sql, rows) for sql, rows in statements if rows]
+
+    def list_calls(self, query: CallQuery) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+        """Two statements with their parameters: the count of matching calls, and the page."""
+        where, params = self._where(query)
+        limit, offset = self._placeholder(len(params) + 1), self._placeholder(len(params) + 2)
+        count = f"SELECT COUNT(*) AS total FROM calls{where}"
+        page = (
+            f"SELECT {', '.join((*_SUMMARY_FIELDS, 'started_at', *_USAGE_COLUMNS))}, "
+            "(SELECT COUNT(*) FROM decisions WHERE decisions.call_id = calls.call_id) AS decision_count "
+            f"FROM calls{where} ORDER BY started_at DESC, call_id DESC LIMIT {limit} OFFSET {offset}"
+        )
+        return (count, params), (page, [*params, query.limit, query.offset])
+
+    def _where(self, query: CallQuery) -> tuple[str, list[Any]]:
+        conditions: list[tuple[str, Any]] = []  # (condition with {} for its placeholder, parameter)
+        equal = {
+            "host": query.host,
+            "model": query.model,
+            "outcome": query.outcome,
+            "status": query.status,
+            "blocked": query.blocked,
+            "modified": query.modified,
+        }
+        conditions += [
+            (f"{column} = {{}}", _column(value)) for column, value in equal.items() if value is not None
+        ]
+        if query.since is not None:
+            conditions.append(("started_at >= {}", epoch(query.since)))
+        if query.until is not None:
+            conditions.append(("started_at < {}", epoch(query.until)))
+        if query.search:
+            # search_text is lowercase, so lowering the needle makes the match case-insensitive.
+            needle = _storable(query.search.lower())
+            needle = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(("search_text LIKE {} ESCAPE '\\'", f"%{needle}%"))
+        if not conditions:
+            return "", []
+        clauses = [sql.format(self._placeholder(n)) for n, (sql, _) in enumerate(conditions, 1)]
+        return " WHERE " + " AND ".join(clauses), [param for _, param in conditions]
+
+
+def call_values(record: CallRecord) -> tuple[Any, ...]:
+    dumped = record.model_dump(mode="json", include=set(_JSON_FIELDS))
+    usage = record.usage or Usage()
+    values = {name: _column(getattr(record, name)) for name in _SCALAR_FIELDS}
+    values |= {name: _json(dumped[name]) for name in _JSON_FIELDS}
+    values |= {
+        "started_at": epoch(record.started_at),
+        "finished_at": epoch(record.finished_at),
+        "blocked": int(record.blocked),
+        "modified": int(record.modified),
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "preview": _storable(preview(record.original_request)),
+        "search_text": _storable(search_text(record)),
+    }
+    return tuple(values[column] for column in _CALL_COLUMNS)
+
+
+def decision_values(record: CallRecord) -> list[tuple[Any, ...]]:
+    return [
+        (
+            _column(record.call_id),
+            seq,
+            decision.stage,
+            int(decision.allowed),
+            _column(decision.reason),
+            _json(decision.model_dump(mode="json")["metadata"]),
+        )
+        for seq, decision in enumerate(record.decisions)
+    ]
+
+
+def debug_event_values(event: DebugEvent) -> tuple[Any, ...]:
+    payload = event.model_dump(mode="json")["payload"]
+    return (_column(event.id), _column(event.call_id), epoch(event.at), _column(event.type), _json(payload))
+
+
+def call_from_row(row: Mapping[str, Any], decisions: Iterable[Mapping[str, Any]]) -> CallRecord:
+    return CallRecord.model_validate(
+        {
+            **{name: row[name] for name in _SCALAR_FIELDS},
+            **{name: _load(row[name]) for name in _JSON_FIELDS},
+            "started_at": from_epoch(row["started_at"]),
+            "finished_at": from_epoch(row["finished_at"]),
+            "usage": _usage(row),
+            "decisions": [{**decision, "metadata": _load(decision["metadata"])} for decision in decisions],
+        }
+    )
+
+
+def summary_from_row(row: Mapping[str, Any]) -> CallSummary:
+    return CallSummary.model_validate(
+        {
+            **{name: row[name] for name in _SUMMARY_FIELDS},
+            "started_at": from_epoch(row["started_at"]),
+            "usage": _usage(row),
+            "decision_count": row["decision_count"],
+        }
+    )
+
+
+def debug_event_from_row(row: Mapping[str, Any]) -> DebugEvent:
+    return DebugEvent.model_validate({**row, "at": from_epoch(row["at"]), "payload": _load(row["payload"])})
+
+
+def epoch(moment: datetime) -> float:
+    """Epoch seconds; a naive datetime is taken as UTC, the zone of every time stored here."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def from_epoch(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def preview(body: Any) -> str:
+    """The start of the request's last user message, on one line."""
+    users = [message for message in _messages(body) if message.get("role") == "user"]
+    if not users:
+        return ""
+    return " ".join(" ".join(_message_texts(users[-1])).split())[:PREVIEW_CHARS]
+
+
+def search_text(record: CallRecord) -> str:
+    """What a search looks in, lowercased: the request's system text and messages, and the
+    provider's and the client's answer, with tool-call arguments."""
+    body = record.original_request if isinstance(record.original_request, dict) else {}
+    parts = [*_texts(body.get("system")), *_texts(body.get("instructions"))]
+    for message in _messages(body):
+        parts += _message_texts(message)
+    for output in (record.original_output, record.final_output):
+        if output is not None:
+            parts += [output.text, *(call.arguments for call in output.tool_calls)]
+    # The client's answer usually repeats the provider's: each text is kept once.
+    return "\n".join(dict.fromkeys(part for part in parts if part)).lower()
+
+
+def _messages(body: Any) -> list[dict[str, Any]]:
+    """The conversation: Chat and Anthropic ``messages``, or Responses ``input`` (where a string
+    is one user message)."""
+    if not isinstance(body, dict):
+        return []
+    items = body.get("messages", body.get("input"))
+    if isinstance(items, str):
+        return [{"role": "user", "content": items}]
+    return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+
+
+def _message_texts(message: dict[str, Any]) -> list[str]:
+    # Responses tool results (function_call_output items) carry their text in ``output``.
+    return _texts(message.get("content", message.get("output")))
+
+
+def _texts(content: Any) -> list[str]:
+    """The text in message content: a string, or parts carrying ``text`` (text, input_text,
+    output_text) or nested ``content`` (Anthropic tool results)."""
+    if isinstance(content, str):
+        return [content]
+    texts: list[str] = []
+    for part in content if isinstance(content, list) else []:
+        if isinstance(part, dict):
+            text = part.get("text")
+            texts += [text] if isinstance(text, str) else _texts(part.get("content"))
+    return texts
+
+
+def _usage(row: Mapping[str, Any]) -> Usage | None:
+    # A Usage without any count is stored as no usage at all.
+    counts = {column: row[column] for column in _USAGE_COLUMNS}
+    return Usage(**counts) if any(count is not None for count in counts.values()) else None
+
+
+def _column(value: Any) -> Any:
+    """A scalar as both drivers take it: booleans as 0/1, enums as their text."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        return _storable(str(value))  # str() turns a StrEnum member into its value
+    return value
+
+
+def _storable(text: str) -> str:
+    """Text both databases accept. PostgreSQL refuses NUL in TEXT, and neither takes a lone
+    surrogate (half an emoji in a client's JSON); a refused batch would be retried forever."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _json(value: Any) -> str | None:
+    # ASCII JSON escapes NUL and lone surrogates, so any body is stored, and read back, exactly.
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _load(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

@@ -1,0 +1,143 @@
+"""The embedded default: one SQLite file in the data dir, through the stdlib ``sqlite3``.
+
+sqlite3 blocks, so every call runs on one worker thread that owns the connection; that thread
+also serialises the calls. WAL lets another process (the dashboard) read while the proxy writes.
+"""
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from controlplane.recording.records import CallRecord, DebugEvent, Record
+from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
+from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
+from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, qmark, summary_from_row
+
+BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock before giving up
+
+_SQL = Sql(qmark)
+
+
+class SQLiteStorage:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def migrate(self) -> None:
+        def work(connection: sqlite3.Connection) -> None:
+            with _transaction(connection):
+                connection.execute(SCHEMA_MIGRATIONS)
+                applied = {row["version"] for row in connection.execute(_SQL.applied_versions)}
+                for migration in pending(applied):
+                    for statement in migration.statements:
+                        connection.execute(statement)
+                    connection.execute(
+                        _SQL.record_migration, (migration.version, migration.name, time.time())
+                    )
+
+        await self._run(work)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        statements = _SQL.inserts(records)
+        if not statements:
+            return
+
+        def work(connection: sqlite3.Connection) -> None:
+            with _transaction(connection):
+                for sql, rows in statements:
+                    connection.executemany(sql, rows)
+
+        await self._run(work)
+
+    async def get_call(self, call_id: str) -> CallRecord | None:
+        def work(connection: sqlite3.Connection) -> CallRecord | None:
+            row = connection.execute(_SQL.get_call, (call_id,)).fetchone()
+            if row is None:
+                return None
+            decisions = connection.execute(_SQL.get_decisions, (call_id,)).fetchall()
+            return call_from_row(dict(row), [dict(decision) for decision in decisions])
+
+        return await self._run(work)
+
+    async def list_calls(self, query: CallQuery) -> CallPage:
+        (count_sql, count_params), (page_sql, page_params) = _SQL.list_calls(query)
+
+        def work(connection: sqlite3.Connection) -> CallPage:
+            # One read transaction, so the total and the page see the same calls.
+            with _transaction(connection, "BEGIN"):
+                total = connection.execute(count_sql, count_params).fetchone()["total"]
+                rows = connection.execute(page_sql, page_params).fetchall()
+            calls = [summary_from_row(dict(row)) for row in rows]
+            return CallPage(calls=calls, total=total, limit=query.limit, offset=query.offset)
+
+        return await self._run(work)
+
+    async def debug_events(self, call_id: str) -> list[DebugEvent]:
+        def work(connection: sqlite3.Connection) -> list[DebugEvent]:
+            rows = connection.execute(_SQL.debug_events, (call_id,)).fetchall()
+            return [debug_event_from_row(dict(row)) for row in rows]
+
+        return await self._run(work)
+
+    async def ping(self) -> None:
+        await self._run(lambda connection: connection.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        executor, self._executor = self._executor, None
+        await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        executor.shutdown()
+
+    async def _run[T](self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="luthien-sqlite")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._work, work)
+
+    def _work[T](self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs on the worker thread."""
+        try:
+            if self._connection is None:
+                self._connection = self._connect()
+            return work(self._connection)
+        except (sqlite3.OperationalError, OSError) as exc:  # locked, disk full, unwritable
+            raise StorageUnavailable(f"SQLite database {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path.touch(mode=0o600)  # before SQLite creates it: it holds prompts
+        # Transactions are explicit (BEGIN in _transaction), so sqlite3 must not open its own.
+        connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, autocommit=True)
+        try:
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode=WAL")
+            # With WAL, NORMAL may lose the last commits on power loss but never corrupts.
+            connection.execute("PRAGMA synchronous=NORMAL")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _disconnect(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+@contextmanager
+def _transaction(connection: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """A transaction, committed when the block succeeds. Writers BEGIN IMMEDIATE: taking the write
+    lock up front waits out another writer (busy timeout) instead of failing halfway through."""
+    connection.execute(begin)
+    try:
+        yield
+    except BaseException:
+        if connection.in_transaction:  # some errors (a full disk) have rolled back already
+            connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")

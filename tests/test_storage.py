@@ -1,0 +1,644 @@
+"""The storage layer against real databases: every behaviour runs on SQLite and on PostgreSQL,
+plus the outage behaviour of PostgreSQL through a relay the test cuts."""
+
+import asyncio
+import socket
+import sqlite3
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from controlplane.models import WireFormat
+from controlplane.recording.records import (
+    REDACTED,
+    CallOutcome,
+    CallRecord,
+    DebugEvent,
+    Decision,
+    Output,
+    ToolCall,
+    Usage,
+)
+from controlplane.storage import (
+    CallQuery,
+    PostgresStorage,
+    SQLiteStorage,
+    Storage,
+    StorageUnavailable,
+    open_storage,
+)
+from controlplane.storage.migrations import MIGRATIONS
+from tests.databases import POSTGRES_ADMIN_URL, database_url, fresh_postgres_database, require_service
+from tests.tcp_relay import TcpRelay
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+UNICODE = "Grüße, 日本語 and 👋🏽 <script>alert('x')</script> & \"quotes\""
+CANARY = "sk-canary-4f1d2e9b7c"
+
+
+@dataclass
+class Backend:
+    """One database, with its own ways to open storages on it and to query it raw."""
+
+    connect: Callable[[], Storage]
+    query: Callable[[str], Awaitable[list[tuple[Any, ...]]]]
+    tables_sql: str
+    opened: list[Storage] = field(default_factory=list)
+
+    def open(self) -> Storage:
+        storage = self.connect()
+        self.opened.append(storage)
+        return storage
+
+    async def close(self) -> None:
+        for storage in self.opened:
+            await storage.close()
+
+    async def all_values(self) -> list[Any]:
+        """Every value in every column of every table."""
+        values: list[Any] = []
+        for (table,) in await self.query(self.tables_sql):
+            for row in await self.query(f"SELECT * FROM {table}"):
+                values += row
+        return values
+
+
+# loop_scope="function": the storages live in the loop of the test that uses them.
+@pytest_asyncio.fixture(params=["sqlite", "postgres"], loop_scope="function")
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "data" / "luthien.db"
+
+        async def sqlite_query(sql: str) -> list[tuple[Any, ...]]:
+            with closing(sqlite3.connect(path)) as connection:
+                return connection.execute(sql).fetchall()
+
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        backend = Backend(lambda: SQLiteStorage(path), sqlite_query, tables)
+        yield backend
+        await backend.close()
+    else:
+        async with fresh_postgres_database() as url:
+
+            async def postgres_query(sql: str) -> list[tuple[Any, ...]]:
+                connection = await asyncpg.connect(url)
+                try:
+                    return [tuple(row) for row in await connection.fetch(sql)]
+                finally:
+                    await connection.close()
+
+            tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            backend = Backend(lambda: PostgresStorage(url), postgres_query, tables)
+            yield backend
+            await backend.close()  # before the database is dropped
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def storage(backend: Backend) -> Storage:
+    storage = backend.open()
+    await storage.migrate()
+    return storage
+
+
+def make_call(call_id: str, *, started_at: datetime = T0, prompt: str = "hello", **fields: Any) -> CallRecord:
+    """A small completed Chat call whose user message is ``prompt``."""
+    values: dict[str, Any] = {
+        "call_id": call_id,
+        "started_at": started_at,
+        "finished_at": started_at + timedelta(seconds=1),
+        "method": "POST",
+        "host": "api.openai.com",
+        "path": "/v1/chat/completions",
+        "wire_format": WireFormat.OPENAI_CHAT,
+        "model": "gpt-5",
+        "status": 200,
+        "outcome": CallOutcome.COMPLETED,
+        "original_request": {"model": "gpt-5", "messages": [{"role": "user", "content": prompt}]},
+    }
+    return CallRecord(**(values | fields))
+
+
+def full_call(call_id: str, *, stream: bool) -> CallRecord:
+    """A call with every field set, text that tests the encodings, and bodies in the given mode."""
+    request = {
+        "model": "claude-sonnet-4",
+        "stream": stream,
+        "system": [{"type": "text", "text": "Be terse."}],
+        "messages": [
+            {"role": "user", "content": f"first {UNICODE}"},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+            # NUL and half an emoji: valid JSON strings that neither database takes as text.
+            {"role": "user", "content": [{"type": "text", "text": f"second {UNICODE} nul\x00 half\ud83d"}]},
+        ],
+    }
+    original = Output(
+        text=f"Answer {UNICODE}",
+        reasoning="Thinking… 🤔",
+        tool_calls=[ToolCall(id="toolu_1", name="bash", arguments='{"command":"ls -la ~/"}')],
+        finish_reason="tool_use",
+    )
+    final = original.model_copy(update={"text": f"ANSWER {UNICODE}"})
+    bodies: dict[str, Any]
+    if stream:
+        events = [("message_start", '{"type":"message_start"}'), (None, f'{{"text":"{UNICODE}"}}')]
+        bodies = {"original_events": events, "final_events": [*events, ("ping", "{}")]}
+    else:
+        response = {
+            "id": "msg_1",
+            "content": [{"type": "text", "text": original.text}],
+            "n": [1, 2.5, None, True],
+        }
+        bodies = {"original_response": response, "final_response": response | {"id": "msg_2"}}
+    return CallRecord(
+        call_id=call_id,
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=2, microseconds=654321),
+        method="POST",
+        host="api.anthropic.com",
+        path="/v1/messages?beta=true",
+        wire_format=WireFormat.ANTHROPIC_MESSAGES,
+        model="claude-sonnet-4",
+        stream=stream,
+        agent="claude-code",
+        user_agent="claude-cli/2.0 (external, cli)",
+        user_id="user-42",
+        session_id="session-7",
+        api_key_hash="9f86d081884c7d65",
+        trace_id="trace-abc",
+        status=200,
+        outcome=CallOutcome.BLOCKED,
+        error="ended by policy: 🚫",
+        request_modified=True,
+        response_modified=True,
+        ttfb_ms=123.456,
+        duration_ms=2654.321,
+        usage=Usage(prompt_tokens=1200, completion_tokens=34, total_tokens=1234),
+        request_headers=[("content-type", "application/json"), ("x-claude-code-session-id", "session-7")],
+        original_request=request,
+        final_request=request | {"model": "claude-haiku-4"},
+        original_output=original,
+        final_output=final,
+        decisions=[
+            Decision(stage="request", allowed=True, reason="model swapped", metadata={"from": "sonnet"}),
+            Decision(
+                stage="stream", allowed=False, reason=f"blocked {UNICODE}", metadata={"n": [1, {"x": None}]}
+            ),
+        ],
+        **bodies,
+    )
+
+
+def minimal_call(call_id: str) -> CallRecord:
+    """A call with every optional field left empty, as an unparsed passthrough call is recorded."""
+    return CallRecord(
+        call_id=call_id,
+        started_at=T0,
+        finished_at=T0,
+        method="GET",
+        host="example.test",
+        path="/",
+        outcome=CallOutcome.PASSTHROUGH,
+    )
+
+
+async def ids(storage: Storage, **filters: Any) -> list[str]:
+    page = await storage.list_calls(CallQuery(**filters))
+    assert page.total == len(page.calls), "these tests expect a single page"
+    return [call.call_id for call in page.calls]
+
+
+async def test_migrate_is_idempotent_and_records_each_version(backend: Backend, storage: Storage) -> None:
+    await storage.migrate()
+    await storage.migrate()
+    rows = await backend.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version")
+    assert [(version, name) for version, name, _ in rows] == [(m.version, m.name) for m in MIGRATIONS]
+    assert all(abs(applied_at - datetime.now(UTC).timestamp()) < 60 for _, _, applied_at in rows)
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_storages_migrating_one_database_together_both_succeed(backend: Backend) -> None:
+    first, second = backend.open(), backend.open()
+    await asyncio.gather(first.migrate(), second.migrate())
+    assert await backend.query("SELECT version FROM schema_migrations") == [(m.version,) for m in MIGRATIONS]
+    await first.write([make_call("a")])
+    assert await ids(second) == ["a"]
+
+
+@pytest.mark.parametrize("variant", ["non-streaming", "streaming", "minimal"])
+async def test_a_call_round_trips_field_by_field(storage: Storage, variant: str) -> None:
+    record = minimal_call("c1") if variant == "minimal" else full_call("c1", stream=variant == "streaming")
+    await storage.write([record])
+    stored = await storage.get_call("c1")
+    assert stored is not None
+    for name in CallRecord.model_fields:
+        assert getattr(stored, name) == getattr(record, name), name
+    assert stored == record
+
+
+async def test_an_unknown_call_is_none(storage: Storage) -> None:
+    await storage.write([make_call("known")])
+    assert await storage.get_call("unknown") is None
+
+
+async def test_text_neither_database_accepts_is_stored_cleaned(storage: Storage) -> None:
+    record = make_call("c1", model="gpt\x00-5", error="cut \ud83d here", prompt="nul\x00 half\ud83d")
+    await storage.write([record])
+    stored = await storage.get_call("c1")
+    assert stored is not None
+    assert (stored.model, stored.error) == ("gpt-5", "cut ? here")
+    assert stored.original_request == record.original_request  # JSON bodies are stored exactly
+    assert await ids(storage, search="nul half?") == ["c1"]
+
+
+async def test_headers_are_stored_redacted(backend: Backend, storage: Storage) -> None:
+    headers = [
+        ("Authorization", f"Bearer {CANARY}"),
+        ("x-api-key", CANARY),
+        ("Cookie", f"session={CANARY}"),
+        ("content-type", "application/json"),
+    ]
+    await storage.write([make_call("c1", request_headers=headers)])
+    values = await backend.all_values()
+    assert {table for (table,) in await backend.query(backend.tables_sql)} >= {"calls", "decisions"}
+    assert any("content-type" in str(value) for value in values)
+    assert not [value for value in values if "sk-canary" in str(value)]
+    stored = await storage.get_call("c1")
+    assert stored is not None
+    assert stored.request_headers == [
+        ("Authorization", REDACTED),
+        ("x-api-key", REDACTED),
+        ("Cookie", REDACTED),
+        ("content-type", "application/json"),
+    ]
+
+
+async def test_a_replayed_batch_stores_each_record_once(backend: Backend, storage: Storage) -> None:
+    call = full_call("c1", stream=False)
+    event = DebugEvent(call_id="c1", type="judge", payload={"score": 0.9})
+    await storage.write([call, event])
+    await storage.write([call, event])
+    # A record already stored is left as it is, even when the replay differs.
+    await storage.write([make_call("c1", prompt="changed"), make_call("c2")])
+    assert await ids(storage) == ["c2", "c1"]
+    assert await storage.get_call("c1") == call
+    assert await storage.debug_events("c1") == [event]
+    assert await backend.query("SELECT COUNT(*) FROM decisions") == [(2,)]
+
+
+async def test_calls_are_listed_newest_first_in_pages(storage: Storage) -> None:
+    await storage.write(
+        [make_call(f"c{i}", started_at=T0 + timedelta(minutes=i)) for i in (3, 0, 6, 1, 5, 2, 4)]
+    )
+    pages = [await storage.list_calls(CallQuery(limit=3, offset=offset)) for offset in (0, 3, 6, 9)]
+    assert [[call.call_id for call in page.calls] for page in pages] == [
+        ["c6", "c5", "c4"],
+        ["c3", "c2", "c1"],
+        ["c0"],
+        [],
+    ]
+    assert [(page.total, page.limit, page.offset) for page in pages] == [
+        (7, 3, 0),
+        (7, 3, 3),
+        (7, 3, 6),
+        (7, 3, 9),
+    ]
+
+
+def _filter_calls() -> list[CallRecord]:
+    anthropic = {
+        "host": "api.anthropic.com",
+        "model": "claude-sonnet-4",
+        "wire_format": WireFormat.ANTHROPIC_MESSAGES,
+    }
+    return [
+        make_call("c1", started_at=T0, prompt="Is it 100% SAFE to DEPLOY?"),
+        make_call(
+            "c2",
+            started_at=T0 + timedelta(hours=1),
+            outcome=CallOutcome.BLOCKED,
+            status=403,
+            original_request={
+                "system": "You review an Été release",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "rename file_name"}]}],
+            },
+            **anthropic,
+        ),
+        make_call(
+            "c3",
+            started_at=T0 + timedelta(hours=2),
+            model="gpt-5-mini",
+            outcome=CallOutcome.PROVIDER_ERROR,
+            status=500,
+            prompt="rename fileXname",
+            final_output=Output(text="A Rewritten Answer"),
+        ),
+        make_call(
+            "c4",
+            started_at=T0 + timedelta(hours=3),
+            response_modified=True,
+            prompt="scored 100 out of 100, safe enough",
+            original_output=Output(tool_calls=[ToolCall(name="read", arguments='{"path":"/etc/passwd"}')]),
+            **anthropic,
+        ),
+        make_call(
+            "c5",
+            started_at=T0 + timedelta(hours=4),
+            outcome=CallOutcome.ERROR,
+            status=None,
+            request_modified=True,
+            path="/v1/responses",
+            wire_format=WireFormat.OPENAI_RESPONSES,
+            original_request={"instructions": "Work in C:\\Temp", "input": "list the files"},
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        ({}, ["c5", "c4", "c3", "c2", "c1"]),
+        ({"host": "api.anthropic.com"}, ["c4", "c2"]),
+        ({"model": "gpt-5"}, ["c5", "c1"]),
+        ({"outcome": CallOutcome.PROVIDER_ERROR}, ["c3"]),
+        ({"status": 200}, ["c4", "c1"]),
+        ({"blocked": True}, ["c2"]),
+        ({"blocked": False}, ["c5", "c4", "c3", "c1"]),
+        ({"modified": True}, ["c5", "c4"]),
+        ({"modified": False}, ["c3", "c2", "c1"]),
+        ({"since": T0 + timedelta(hours=2)}, ["c5", "c4", "c3"]),
+        ({"until": T0 + timedelta(hours=2)}, ["c2", "c1"]),
+        ({"since": T0 + timedelta(hours=1), "until": T0 + timedelta(hours=3)}, ["c3", "c2"]),
+        ({"since": (T0 + timedelta(hours=3)).replace(tzinfo=None)}, ["c5", "c4"]),  # naive means UTC
+        ({"host": "api.openai.com", "status": 200}, ["c1"]),
+        ({"search": "deploy"}, ["c1"]),
+        ({"search": "SAFE"}, ["c4", "c1"]),
+        ({"search": "été"}, ["c2"]),  # in the system prompt; non-ASCII case folding
+        ({"search": "ÉTÉ"}, ["c2"]),
+        ({"search": "rewritten answer"}, ["c3"]),  # in the final output
+        ({"search": "/etc/passwd"}, ["c4"]),  # in tool-call arguments
+        ({"search": "c:\\temp"}, ["c5"]),  # in the instructions, with a backslash
+        ({"search": "list the"}, ["c5"]),  # a Responses string input
+        ({"search": "100% safe"}, ["c1"]),  # % is literal, not "anything"
+        ({"search": "%"}, ["c1"]),
+        ({"search": "file_name"}, ["c2"]),  # _ is literal, not "any character"
+        ({"search": "nowhere"}, []),
+        ({"search": "rename", "outcome": CallOutcome.BLOCKED}, ["c2"]),
+    ],
+)
+async def test_each_filter_selects_its_calls(
+    storage: Storage, filters: dict[str, Any], expected: list[str]
+) -> None:
+    await storage.write(_filter_calls())
+    assert await ids(storage, **filters) == expected
+
+
+async def test_a_summary_has_the_fields_of_its_call(storage: Storage) -> None:
+    record = full_call("c1", stream=True)
+    await storage.write([record])
+    (summary,) = (await storage.list_calls(CallQuery())).calls
+    for name in type(summary).model_fields.keys() - {"blocked", "decision_count", "preview"}:
+        assert getattr(summary, name) == getattr(record, name), name
+    assert (summary.blocked, summary.decision_count) == (True, 2)
+    assert summary.preview == f"second {UNICODE} nul half?"
+
+
+@pytest.mark.parametrize(
+    ("body", "preview"),
+    [
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "first"},
+                    {"role": "user", "content": " second\n\n  line "},
+                ]
+            },
+            "second line",
+        ),
+        ({"messages": [{"role": "system", "content": "only system"}]}, ""),
+        ({"input": "a Responses string"}, "a Responses string"),
+        (
+            {
+                "instructions": "ignored",
+                "input": [
+                    {"role": "user", "content": "older"},
+                    {
+                        "type": "message",
+                        "role": "user",
+                        "content": [
+                            {"type": "input_text", "text": "look at"},
+                            {"type": "input_image", "image_url": "x"},
+                            {"type": "input_text", "text": "this"},
+                        ],
+                    },
+                    {"type": "function_call_output", "call_id": "c", "output": "tool said"},
+                ],
+            },
+            "look at this",
+        ),
+        ({"system": "ignored", "messages": [{"role": "user", "content": "to Claude"}]}, "to Claude"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "part one"},
+                            {"type": "image", "source": {}},
+                            {"type": "text", "text": "part two"},
+                        ],
+                    }
+                ]
+            },
+            "part one part two",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "tool_result",
+                                "tool_use_id": "t",
+                                "content": [{"type": "text", "text": "exit 0"}],
+                            }
+                        ],
+                    }
+                ]
+            },
+            "exit 0",
+        ),
+        ({"messages": [{"role": "user", "content": "x" * 500}]}, "x" * 200),
+        (None, ""),
+    ],
+)
+async def test_the_preview_is_the_start_of_the_last_user_message(
+    storage: Storage, body: Any, preview: str
+) -> None:
+    await storage.write([make_call("c1", original_request=body)])
+    (summary,) = (await storage.list_calls(CallQuery())).calls
+    assert summary.preview == preview
+
+
+async def test_debug_events_round_trip_oldest_first(storage: Storage) -> None:
+    def event(call_id: str | None, seconds: float) -> DebugEvent:
+        payload = {"text": UNICODE, "seconds": seconds, "nested": {"list": [1, None]}}
+        return DebugEvent(call_id=call_id, at=T0 + timedelta(seconds=seconds), type="judge", payload=payload)
+
+    later, first, middle = event("c1", 2.5), event("c1", 0.000001), event("c1", 1)
+    await storage.write([later, event("c2", 1), first, event(None, 1)])
+    await storage.write([middle])
+    assert await storage.debug_events("c1") == [first, middle, later]
+    assert await storage.debug_events("unknown") == []
+
+
+async def test_an_empty_batch_is_a_no_op(storage: Storage) -> None:
+    await storage.write([])
+    assert await ids(storage) == []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("target", ["nothing listens", "no such database"])
+async def test_postgres_failures_are_storage_unavailable(target: str) -> None:
+    if target == "nothing listens":
+        url = f"postgresql://postgres@127.0.0.1:{_free_port()}/luthien"
+    else:
+        require_service("PostgreSQL", "127.0.0.1", 5432)
+        url = database_url(POSTGRES_ADMIN_URL, "luthien_test_missing")
+    storage = PostgresStorage(url)
+    operations: list[Callable[[], Awaitable[Any]]] = [
+        storage.ping,
+        storage.migrate,
+        lambda: storage.write([make_call("c1")]),
+        lambda: storage.get_call("c1"),
+        lambda: storage.list_calls(CallQuery()),
+        lambda: storage.debug_events("c1"),
+    ]
+    for operation in operations:
+        with pytest.raises(StorageUnavailable):
+            await operation()
+    await storage.close()
+
+
+async def test_postgres_recovers_after_its_connections_are_cut() -> None:
+    async with fresh_postgres_database() as url:
+        with TcpRelay("127.0.0.1", 5432) as relay:
+            server = urlsplit(url)
+            storage = PostgresStorage(
+                server._replace(netloc=f"{server.username}@127.0.0.1:{relay.port}").geturl()
+            )
+            try:
+                await storage.migrate()
+                await storage.write([make_call("before", started_at=T0)])
+
+                relay.cut()
+                during = make_call("during", started_at=T0 + timedelta(seconds=1))
+                with pytest.raises(StorageUnavailable):
+                    await storage.write([during])
+                with pytest.raises(StorageUnavailable):
+                    await storage.ping()
+
+                relay.restore()
+                await storage.write([during])  # the retry, as the recorder would
+                await storage.write([make_call("after", started_at=T0 + timedelta(seconds=2))])
+                assert await ids(storage) == ["after", "during", "before"]
+
+                # An outage nobody noticed: the first call after it must not get the dead connection.
+                relay.cut()
+                await asyncio.sleep(0.2)
+                relay.restore()
+                await storage.ping()
+                assert relay.connections == 3  # one per outage: the pool reconnected, once each time
+            finally:
+                await storage.close()
+
+
+async def test_sqlite_file_is_private_and_readable_while_written(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "dir" / "luthien.db"
+    storage = SQLiteStorage(path)
+    try:
+        await storage.migrate()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with closing(sqlite3.connect(path, timeout=0.1, autocommit=True)) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            # Another process writing does not stop this one reading, and reading does not stop writing.
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("DELETE FROM calls")
+            assert await ids(storage) == []
+            other.execute("ROLLBACK")
+            other.execute("BEGIN")
+            other.execute("SELECT COUNT(*) FROM calls").fetchone()
+            await storage.write([make_call("c1")])
+            assert other.execute("SELECT COUNT(*) FROM calls").fetchone() == (0,)  # its snapshot
+            other.execute("COMMIT")
+            assert other.execute("SELECT call_id FROM calls").fetchall() == [("c1",)]
+    finally:
+        await storage.close()
+
+
+async def test_sqlite_failures_are_storage_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    storage = SQLiteStorage(tmp_path / "file" / "luthien.db")
+    with pytest.raises(StorageUnavailable):
+        await storage.migrate()
+    with pytest.raises(StorageUnavailable):
+        await storage.write([make_call("c1")])
+    await storage.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "kind", "where"),
+    [
+        (None, SQLiteStorage, "data/luthien.db"),
+        ("", SQLiteStorage, "data/luthien.db"),
+        ("sqlite:///var/lib/luthien/calls.db", SQLiteStorage, "/var/lib/luthien/calls.db"),
+        ("postgresql://u:p@db:5432/luthien", PostgresStorage, None),
+        ("postgres://u:p@db/luthien", PostgresStorage, None),
+    ],
+)
+def test_open_storage_picks_the_backend(url: str | None, kind: type, where: str | None) -> None:
+    storage = open_storage(url, Path("data"))
+    assert isinstance(storage, kind)
+    if where is not None:
+        assert isinstance(storage, SQLiteStorage)
+        assert storage.path == Path(where)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://admin:hunter2@db/x",
+        "sqlite://relative.db",
+        "sqlite:///",
+        "hunter2",
+        "postgresql+asyncpg://u@db/x",
+    ],
+)
+def test_open_storage_rejects_other_urls_without_echoing_them(url: str) -> None:
+    with pytest.raises(ValueError, match=r"postgresql://.*sqlite:///absolute/path\.db") as error:
+        open_storage(url, Path("data"))
+    assert "hunter2" not in str(error.value)
+
+
+@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+def test_a_missing_service_fails_in_ci_and_skips_elsewhere(
+    monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
+) -> None:
+    monkeypatch.setenv("CI", ci)
+    port = _free_port()
+    with pytest.raises(outcome, match=f"PostgreSQL is not reachable at 127.0.0.1:{port}"):
+        require_service("PostgreSQL", "127.0.0.1", port)
