@@ -138,7 +138,7 @@ class CallTrace:
             ttfb_ms=self.ttfb_ms,
             duration_ms=self._duration_ms,
             usage=self.usage,
-            request_headers=self._headers,
+            request_headers=self._client_headers(),
             original_request=self.original_request,
             final_request=self.final_request,
             original_response=self.original_response,
@@ -149,6 +149,13 @@ class CallTrace:
             final_output=stream.final.output() if stream else self.final_output,
             decisions=self.decisions,
         )
+
+    def _client_headers(self) -> list[tuple[str, str]]:
+        """The headers as the client sent them: without the hop from mitmproxy to the relay."""
+        kept = [
+            (k, v) for k, v in self._headers if k.lower() != "host" and not k.lower().startswith("x-luthien-")
+        ]
+        return [("host", self.metadata.host), *kept]
 
     def _elapsed_ms(self) -> float:
         return (time.monotonic() - self._clock) * 1000

@@ -173,12 +173,13 @@ def start_proxy(
     data_dir: Path,
     database_url: str | None = None,
     extra_args: Sequence[str] = (),
+    command: str = "proxy",
 ) -> RunningProxy:
-    """A ``luthien proxy`` process routed to the fake provider; it records into ``database_url``
-    (default: a SQLite file of its own)."""
+    """A ``luthien proxy`` (or ``up``) process routed to the fake provider; it records into
+    ``database_url`` (default: a SQLite file of its own)."""
     port = free_port()
     database_url = database_url or f"sqlite://{root / f'{name}.db'}"
-    args = [sys.executable, "-m", "luthien", "proxy", "--port", str(port), "--data-dir", str(data_dir)]
+    args = [sys.executable, "-m", "luthien", command, "--port", str(port), "--data-dir", str(data_dir)]
     args += ["--database-url", database_url, *extra_args]
     args += ["--log-level", "DEBUG"]  # the most verbose logging must still never show a secret
     for host in ("api.openai.com", "api.anthropic.com"):

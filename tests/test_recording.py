@@ -45,6 +45,8 @@ async def test_calls_are_recorded_with_both_sides_identical_under_a_noop_policy(
         headers = dict((k.lower(), v) for k, v in record.request_headers)
         credential = headers.get("authorization") or headers.get("x-api-key")
         assert credential == REDACTED
+        assert headers["host"] == record.host  # as the client sent them, not the internal hop
+        assert not any(name.startswith("x-luthien-") for name in headers)
         assert record.api_key_hash  # who called, without the key
     assert chat.host == "api.openai.com" and chat.model == "gpt-4o" and chat.agent == "OpenAI"
     assert messages.host == "api.anthropic.com" and messages.agent == "Anthropic"

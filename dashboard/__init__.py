@@ -1,0 +1,1 @@
+"""The dashboard: a web UI and JSON API over recorded calls and live activity."""

@@ -1,0 +1,95 @@
+"""Live activity from the bus: the latest events as JSON, and a resumable Server-Sent Events stream."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from controlplane.activity.bus import ActivityBus, PublishedEvent
+from controlplane.models import ActivityEvent, ActivityType
+
+#: A comment line this often keeps proxies and browsers from closing an idle stream.
+KEEPALIVE_SECONDS = 15.0
+#: How far back ``/api/activity/recent`` looks for events that pass its filters.
+RECENT_WINDOW = 1000
+
+
+class ActivityFilter(BaseModel):
+    """Which events to show; every filter is optional and they combine with AND. Host and model
+    match case-insensitive substrings, as the monitor's filter boxes do."""
+
+    host: str | None = None
+    model: str | None = None
+    type: list[ActivityType] = []
+    # Terminal event types only: a call's outcome is not known before its last event.
+    outcome: list[Literal["completed", "blocked", "error"]] = []
+
+    def matches(self, event: ActivityEvent) -> bool:
+        return (
+            _contains(event.host, self.host)
+            and _contains(event.model, self.model)
+            and (not self.type or event.type in self.type)
+            and (not self.outcome or event.type in self.outcome)
+        )
+
+
+def _contains(value: str | None, wanted: str | None) -> bool:
+    return not wanted or wanted.lower() in (value or "").lower()
+
+
+def router(bus: ActivityBus) -> APIRouter:
+    api = APIRouter()
+
+    @api.get("/api/activity/recent")
+    async def recent(
+        only: Annotated[ActivityFilter, Query()], limit: Annotated[int, Query(ge=1, le=RECENT_WINDOW)] = 100
+    ) -> list[PublishedEvent]:
+        """Oldest first, like the bus."""
+        events = await bus.recent(RECENT_WINDOW)
+        return [published for published in events if only.matches(published.event)][-limit:]
+
+    @api.get("/api/activity/stream")
+    async def stream(
+        only: Annotated[ActivityFilter, Query()],
+        after: str | None = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        # EventSource sends Last-Event-ID when it reconnects; it wins over the ?after= of the URL.
+        return StreamingResponse(
+            sse_frames(bus, last_event_id or after, only),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    return api
+
+
+async def sse_frames(bus: ActivityBus, after: str | None, only: ActivityFilter) -> AsyncIterator[str]:
+    """The stream's text, until the subscription ends or the client leaves.
+
+    When the client disconnects, Starlette cancels this generator; the ``finally`` then cancels
+    the read in progress, which ends the subscription and whatever it holds on the bus.
+    """
+    subscription = bus.subscribe(after)
+    next_event = asyncio.ensure_future(anext(subscription))
+    try:
+        # The browser's reconnect delay; as the first frame, it also tells a client the stream is open.
+        yield "retry: 2000\n\n"
+        while True:
+            # asyncio.wait, not wait_for: a timeout must not cancel the read (and so the subscription).
+            done, _ = await asyncio.wait({next_event}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield ": keepalive\n\n"
+                continue
+            try:
+                published = next_event.result()
+            except StopAsyncIteration:
+                return
+            next_event = asyncio.ensure_future(anext(subscription))
+            if only.matches(published.event):
+                yield f"id: {published.id}\nevent: activity\ndata: {published.event.model_dump_json()}\n\n"
+    finally:
+        next_event.cancel()

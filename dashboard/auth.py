@@ -1,0 +1,85 @@
+"""The dashboard's single shared token: a bearer header for scripts, a cookie for browsers.
+
+Auth is ASGI middleware rather than a route dependency so that it also covers the static
+assets and unknown paths: without the token nothing but ``/healthz`` answers.
+"""
+
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+COOKIE = "luthien_dashboard"
+#: Paths that answer without the token; ``/login`` checks the token it is given itself.
+OPEN_PATHS = frozenset({"/healthz", "/login"})
+
+# Static text only: nothing from the request is ever echoed here. No stylesheet either, as the
+# stylesheet itself needs the token.
+_LOGIN_REQUIRED = """<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Luthien dashboard: log in</title></head>
+<body>
+<h1>Log in to the Luthien dashboard</h1>
+<p>This dashboard needs its access token. Open the login link that <code>luthien up</code>
+(or <code>luthien dashboard</code>) printed when it started:
+<code>http://HOST:PORT/login?token=…</code>.</p>
+<p>If you set <code>LUTHIEN_DASHBOARD_TOKEN</code> yourself, open
+<code>/login?token=</code> followed by that token.</p>
+</body>
+</html>
+"""
+
+
+def token_matches(given: str | None, token: str) -> bool:
+    # Bytes, because compare_digest refuses non-ASCII str, and a request may send anything.
+    return given is not None and secrets.compare_digest(given.encode(), token.encode())
+
+
+def unauthorized(path: str) -> Response:
+    if path.startswith("/api/") or path == "/readyz":
+        return JSONResponse({"error": "missing or wrong dashboard token"}, status_code=401)
+    return HTMLResponse(_LOGIN_REQUIRED, status_code=401)
+
+
+class TokenAuth:
+    """Lets a request through only when it carries the token, as a bearer header or cookie."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Other scopes (lifespan; websockets, for which the app has no routes) pass through.
+        refused = (
+            scope["type"] == "http"
+            and scope["path"] not in OPEN_PATHS
+            and not self._authorized(HTTPConnection(scope))
+        )
+        if refused:
+            await unauthorized(scope["path"])(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _authorized(self, connection: HTTPConnection) -> bool:
+        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and token_matches(credentials, self.token):
+            return True
+        return token_matches(connection.cookies.get(COOKIE), self.token)
+
+
+def login_router(token: str) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/login", include_in_schema=False)
+    async def login(given: Annotated[str | None, Query(alias="token")] = None) -> Response:
+        if not token_matches(given, token):
+            return unauthorized("/login")
+        # 303: the browser follows with a GET to "/", which now carries the cookie.
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        return response
+
+    return router

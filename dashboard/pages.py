@@ -1,0 +1,26 @@
+"""The three pages. They are static HTML: their scripts fetch everything from the JSON API."""
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+STATIC_DIR = Path(__file__).with_name("static")
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def monitor() -> FileResponse:
+    return FileResponse(STATIC_DIR / "monitor.html")
+
+
+@router.get("/calls")
+async def calls() -> FileResponse:
+    return FileResponse(STATIC_DIR / "calls.html")
+
+
+@router.get("/calls/{call_id}")
+async def call_detail(call_id: str) -> FileResponse:
+    """The page reads the call id from its own URL."""
+    return FileResponse(STATIC_DIR / "call.html")

@@ -1,0 +1,214 @@
+// One call: its facts, the conversation, the policy decisions, what policy changed, headers and
+// debug events. Everything comes from /api/calls/{id}, diffs included.
+import { badge, compactJSON, el, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
+
+const content = document.getElementById("content");
+const callId = decodeURIComponent(location.pathname.slice("/calls/".length));
+
+function section(title, ...body) {
+  return el("section", { class: "card" }, el("h2", {}, title), ...body);
+}
+
+function table(headings, rows) {
+  return el(
+    "table",
+    { class: "grid" },
+    el("thead", {}, el("tr", {}, headings.map((heading) => el("th", {}, heading)))),
+    el("tbody", {}, rows),
+  );
+}
+
+function header(call) {
+  const usage = call.usage;
+  const facts = [
+    ["Call id", call.call_id],
+    ["Started", formatDateTime(call.started_at)],
+    ["Host", call.host],
+    ["Endpoint", `${call.method} ${call.path}`],
+    ["Wire format", call.wire_format],
+    ["Streaming", call.stream ? "yes" : "no"],
+    ["Agent", call.agent],
+    ["User agent", call.user_agent],
+    ["User", call.user_id],
+    ["Session", call.session_id],
+    ["HTTP status", call.status],
+    ["Time to first byte", formatMs(call.ttfb_ms)],
+    ["Duration", formatMs(call.duration_ms)],
+    [
+      "Tokens",
+      usage && `${usage.prompt_tokens ?? "?"} in · ${usage.completion_tokens ?? "?"} out · ${usage.total_tokens ?? "?"} total`,
+    ],
+    ["Error", call.error],
+  ].filter(([, value]) => value !== null && value !== undefined && value !== "");
+  return el(
+    "section",
+    { class: "card" },
+    el(
+      "div",
+      { class: "heading" },
+      el("h1", {}, call.model ?? `${call.method} ${call.path}`),
+      badge(call.outcome),
+      call.request_modified && badge("request modified", "warn"),
+      call.response_modified && badge("response modified", "warn"),
+    ),
+    el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
+  );
+}
+
+// Request bodies come in three shapes (Chat Completions, Messages, Responses); each block of a
+// message is shown as its text when it has one, else as JSON (tool use, images, ...).
+function blocksOf(content) {
+  if (typeof content === "string") return [{ text: content }];
+  if (Array.isArray(content)) {
+    return content.map((block) =>
+      typeof block === "string" ? { text: block } : typeof block?.text === "string" ? { text: block.text } : { json: block },
+    );
+  }
+  return [{ json: content }];
+}
+
+function messagesOf(request) {
+  if (!request || typeof request !== "object") return [];
+  const messages = [];
+  const system = request.system ?? request.instructions;
+  if (system) messages.push({ role: "system", blocks: blocksOf(system) });
+  const input = typeof request.input === "string" ? [{ role: "user", content: request.input }] : request.input;
+  for (const message of request.messages ?? input ?? []) {
+    messages.push({ role: message.role ?? message.type ?? "item", blocks: blocksOf(message.content ?? message) });
+  }
+  return messages;
+}
+
+function message(role, blocks, note) {
+  return el(
+    "div",
+    { class: `message role-${role.replace(/[^a-z_]/gi, "")}` },
+    el("div", { class: "role" }, role, note && el("span", { class: "muted" }, ` · ${note}`)),
+    blocks.map((block) =>
+      "json" in block
+        ? el("pre", { class: "block json" }, JSON.stringify(block.json, null, 2))
+        : el("div", { class: "block text" }, block.text),
+    ),
+  );
+}
+
+function outputBlocks(output) {
+  const blocks = [];
+  if (output.reasoning) blocks.push({ json: { reasoning: output.reasoning } });
+  if (output.text) blocks.push({ text: output.text });
+  for (const call of output.tool_calls) blocks.push({ json: { tool_call: call.name, arguments: call.arguments } });
+  return blocks;
+}
+
+function conversation(call) {
+  const items = messagesOf(call.original_request).map((m) => message(m.role, m.blocks));
+  if (call.final_output) {
+    const note = call.response_modified ? "final output, changed by policy" : "final output";
+    items.push(message("assistant", outputBlocks(call.final_output), note));
+  } else if (call.outcome !== "completed") {
+    items.push(el("p", { class: "muted" }, `No answer reached the client (${call.outcome}).`));
+  }
+  return section("Conversation", items.length ? items : el("p", { class: "muted" }, "No messages recorded."));
+}
+
+function decisions(call) {
+  if (!call.decisions.length) return section("Policy decisions", el("p", { class: "muted" }, "No policy decisions recorded."));
+  const rows = call.decisions.map((decision) =>
+    el(
+      "tr",
+      {},
+      el("td", {}, decision.stage),
+      el("td", {}, decision.allowed ? badge("allowed", "ok") : badge("blocked", "bad")),
+      el("td", {}, decision.reason ?? "—"),
+      el("td", { class: "mono" }, Object.keys(decision.metadata).length ? compactJSON(decision.metadata) : ""),
+    ),
+  );
+  return section("Policy decisions", table(["Stage", "Verdict", "Reason", "Details"], rows));
+}
+
+function diffTable(diff, leftLabel, rightLabel) {
+  if (!diff.changed) return el("p", { class: "muted" }, "No changes");
+  const rows = diff.rows.map((row) =>
+    row.op === "skip"
+      ? el("tr", { class: "skip" }, el("td", { colspan: 4 }, `⋯ ${row.count} unchanged lines`))
+      : el(
+          "tr",
+          { class: `op-${row.op}` },
+          el("td", { class: "no" }, row.left_no ?? ""),
+          el("td", { class: "code left" }, row.left ?? ""),
+          el("td", { class: "no" }, row.right_no ?? ""),
+          el("td", { class: "code right" }, row.right ?? ""),
+        ),
+  );
+  return el(
+    "table",
+    { class: "diff" },
+    el("colgroup", {}, el("col", { class: "no" }), el("col"), el("col", { class: "no" }), el("col")),
+    el("thead", {}, el("tr", {}, el("th", { colspan: 2 }, leftLabel), el("th", { colspan: 2 }, rightLabel))),
+    el("tbody", {}, rows),
+  );
+}
+
+function diffs(call, diffs) {
+  const parts = [
+    ["request", "Request body", "Client sent", "Sent to provider"],
+    ["response", call.stream ? "Response events" : "Response body", "Provider sent", "Client received"],
+    ["output_text", "Output text", "Provider's answer", "Client's answer"],
+    ["tool_calls", "Tool calls", "Provider's calls", "Client's calls"],
+  ];
+  return section(
+    "Changes by policy",
+    parts.map(([key, title, left, right]) =>
+      el(
+        "div",
+        { class: "diff-part", "data-diff": key },
+        el("h3", {}, title, " ", diffs[key].changed ? badge("changed", "warn") : badge("no changes")),
+        diffTable(diffs[key], left, right),
+      ),
+    ),
+  );
+}
+
+function headers(call) {
+  const rows = call.request_headers.map(([name, value]) =>
+    el("tr", {}, el("td", { class: "mono nowrap" }, name), el("td", { class: "mono" }, value)),
+  );
+  return section("Request headers", rows.length ? table(["Name", "Value"], rows) : el("p", { class: "muted" }, "None recorded."));
+}
+
+function debugEvents(events) {
+  const rows = events.map((event) =>
+    el(
+      "tr",
+      {},
+      el("td", { class: "mono nowrap" }, formatDateTime(event.at)),
+      el("td", { class: "mono" }, event.type),
+      el("td", {}, el("pre", { class: "block json" }, JSON.stringify(event.payload, null, 2))),
+    ),
+  );
+  return section("Debug events", rows.length ? table(["Time", "Type", "Payload"], rows) : el("p", { class: "muted" }, "None."));
+}
+
+try {
+  const detail = await getJSON(`/api/calls/${encodeURIComponent(callId)}`);
+  const call = detail.call;
+  document.title = `${call.model ?? call.path} · Luthien`;
+  content.replaceChildren(
+    el("a", { href: "/calls", class: "back" }, "← All calls"),
+    header(call),
+    conversation(call),
+    decisions(call),
+    diffs(call, detail.diffs),
+    headers(call),
+    debugEvents(detail.debug_events),
+  );
+} catch (error) {
+  if (error.status === 404) {
+    content.replaceChildren(
+      el("a", { href: "/calls", class: "back" }, "← All calls"),
+      el("p", { class: "problem" }, `No recorded call with id ${callId}. Calls are recorded when they finish.`),
+    );
+  } else {
+    showProblem(content, error);
+  }
+}

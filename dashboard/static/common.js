@@ -1,0 +1,82 @@
+// Shared helpers for the dashboard pages.
+//
+// Prompts, model output, hosts and model names are untrusted: every piece of the page is built
+// with createElement and text nodes, never by parsing HTML.
+
+export function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (name === "class") node.className = value;
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+export class NotLoggedIn extends Error {}
+
+export async function getJSON(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (response.status === 401) throw new NotLoggedIn("Not logged in");
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const error = new Error(body?.error ?? `${response.status} ${response.statusText}`);
+    error.status = response.status;
+    throw error;
+  }
+  return body;
+}
+
+// A message in place of the page's content, e.g. when the API cannot be reached.
+export function showProblem(container, error) {
+  const message =
+    error instanceof NotLoggedIn
+      ? "Your session has no valid dashboard token. Open the login link printed by `luthien up` " +
+        "(or set LUTHIEN_DASHBOARD_TOKEN and open /login?token=…)."
+      : `Could not load data: ${error.message}`;
+  container.replaceChildren(el("div", { class: "problem", role: "alert" }, message));
+}
+
+const pad = (n, width = 2) => String(n).padStart(width, "0");
+
+export function formatTime(iso) {
+  const d = new Date(iso);
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+export function formatDateTime(iso) {
+  const d = new Date(iso);
+  const date = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
+  return `${date} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+export function formatMs(ms) {
+  if (ms === null || ms === undefined) return "—";
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+export function formatTokens(usage) {
+  if (!usage || usage.total_tokens === null || usage.total_tokens === undefined) return "—";
+  return usage.total_tokens.toLocaleString("en-US");
+}
+
+const BADGE_KINDS = {
+  completed: "ok",
+  blocked: "bad",
+  error: "bad",
+  provider_error: "warn",
+  passthrough: "muted",
+};
+
+// A small coloured label for an outcome or an activity type.
+export function badge(text, kind = BADGE_KINDS[text] ?? "muted") {
+  return el("span", { class: `badge ${kind}` }, text);
+}
+
+export function compactJSON(value) {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}

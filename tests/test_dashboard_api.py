@@ -1,0 +1,655 @@
+"""The dashboard's HTTP API, served by uvicorn over a real SQLite storage and an in-memory bus:
+auth, readiness, the calls list and detail with their diffs, and the live activity stream."""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from controlplane.activity import ActivityBus, InMemoryBus
+from controlplane.models import ActivityEvent, ActivityType, WireFormat
+from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Decision, Output, Usage
+from controlplane.storage import SQLiteStorage, Storage
+from dashboard import activity
+from dashboard.app import SECURITY_HEADERS, create_app
+from dashboard.diff import Row, Skip, diff_lines
+from tests.background_server import BackgroundServer
+
+TOKEN = "test-dashboard-token-5f2a9c"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+SYSTEM = "You are a careful coding assistant."
+
+
+# --- Records as the proxy writes them (shared with the browser tests) ---------------------------
+
+
+def anthropic_events(text: str) -> list[tuple[str | None, str]]:
+    """A Messages API stream that answers ``text``, one word per delta."""
+    deltas = [
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+        )
+        for word in text.split(" ")
+    ]
+    events = [
+        ("message_start", {"type": "message_start", "message": {"id": "msg_01", "role": "assistant"}}),
+        (
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        *deltas,
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return [(name, json.dumps(data)) for name, data in events]
+
+
+def call_record(
+    call_id: str,
+    prompt: str,
+    answer: str,
+    *,
+    final_answer: str | None = None,
+    started_at: datetime = T0,
+    host: str = "api.anthropic.com",
+    model: str = "claude-sonnet-4-5",
+    stream: bool = True,
+    outcome: CallOutcome = CallOutcome.COMPLETED,
+    status: int = 200,
+    decisions: tuple[Decision, ...] = (),
+) -> CallRecord:
+    """One recorded call. ``final_answer`` (when it differs) is what policy turned ``answer`` into;
+    a ``blocked`` outcome with a request decision means the provider never saw the request."""
+    final_answer = answer if final_answer is None else final_answer
+    blocked_before_sending = outcome is CallOutcome.BLOCKED and any(d.stage == "request" for d in decisions)
+    if host == "api.openai.com":
+        wire, path, agent = WireFormat.OPENAI_CHAT, "/v1/chat/completions", "codex"
+        request: dict[str, Any] = {
+            "model": model,
+            "stream": stream,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
+        }
+    else:
+        wire, path, agent = WireFormat.ANTHROPIC_MESSAGES, "/v1/messages", "claude-code"
+        request = {
+            "model": model,
+            "max_tokens": 4096,
+            "stream": stream,
+            "system": SYSTEM,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+
+    def response(text: str) -> dict[str, Any]:
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            ],
+        }
+
+    record = CallRecord(
+        call_id=call_id,
+        started_at=started_at,
+        finished_at=started_at + timedelta(milliseconds=1840),
+        method="POST",
+        host=host,
+        path=path,
+        wire_format=wire,
+        model=model,
+        stream=stream,
+        agent=agent,
+        user_agent=f"{agent}/1.0",
+        status=status,
+        outcome=outcome,
+        response_modified=final_answer != answer,
+        ttfb_ms=412.5,
+        duration_ms=1840.0,
+        usage=Usage(prompt_tokens=1200, completion_tokens=85, total_tokens=1285),
+        request_headers=[
+            ("content-type", "application/json"),
+            ("x-api-key", "sk-ant-secret"),
+            ("user-agent", f"{agent}/1.0"),
+        ],
+        original_request=request,
+        final_request=None if blocked_before_sending else request,
+        decisions=list(decisions),
+    )
+    if blocked_before_sending:
+        return record
+    record.original_output = Output(text=answer, finish_reason="stop")
+    record.final_output = Output(text=final_answer, finish_reason="stop")
+    if stream:
+        record.original_events = anthropic_events(answer)
+        record.final_events = anthropic_events(final_answer)
+    else:
+        record.original_response = response(answer)
+        record.final_response = response(final_answer)
+    return record
+
+
+# --- A served dashboard ------------------------------------------------------------------------
+
+
+@dataclass
+class Dashboard:
+    url: str
+    storage: Storage
+    bus: ActivityBus
+    server: BackgroundServer
+
+    def on_server[T](self, work: Coroutine[Any, Any, T]) -> "asyncio.Future[T]":
+        """Runs ``work`` on the server's event loop: the in-memory bus belongs to that loop."""
+        assert self.server.loop is not None
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.server.loop))
+
+    async def publish(self, *events: ActivityEvent) -> None:
+        for event in events:
+            await self.on_server(self.bus.publish(event))
+
+
+@contextmanager
+def serve(storage: Storage, bus: ActivityBus) -> Iterator[Dashboard]:
+    server = BackgroundServer(create_app(storage, bus, TOKEN), "dashboard")
+    url = server.start()
+    try:
+        yield Dashboard(url, storage, bus, server)
+    finally:
+        server.stop()
+
+
+# loop_scope="function": the storage and the clients live in the loop of the test that uses them.
+@pytest_asyncio.fixture(loop_scope="function")
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    storage = SQLiteStorage(tmp_path / "calls.db")
+    await storage.migrate()
+    yield storage
+    await storage.close()
+
+
+@pytest.fixture
+def dashboard(storage: SQLiteStorage) -> Iterator[Dashboard]:
+    with serve(storage, InMemoryBus()) as served:
+        yield served
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def client(dashboard: Dashboard) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=AUTH, timeout=10) as client:
+        yield client
+
+
+# --- Auth --------------------------------------------------------------------------------------
+
+
+async def test_healthz_needs_no_token(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as anonymous:
+        response = await anonymous.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": TOKEN},
+        {"Cookie": "luthien_dashboard=wrong"},
+    ],
+)
+async def test_api_routes_refuse_a_missing_or_wrong_token_with_json(
+    dashboard: Dashboard, credentials: dict[str, str]
+) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=credentials) as anonymous:
+        for path in [
+            "/api/calls",
+            "/api/calls/some-id",
+            "/api/activity/recent",
+            "/api/activity/stream",
+            "/readyz",
+        ]:
+            response = await anonymous.get(path)
+            assert response.status_code == 401, path
+            assert response.json() == {"error": "missing or wrong dashboard token"}
+            assert TOKEN not in response.text
+
+
+async def test_pages_and_assets_refuse_a_missing_token_with_a_login_hint(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as anonymous:
+        for path in ["/", "/calls", "/calls/some-id", "/static/monitor.js", "/no-such-page"]:
+            response = await anonymous.get(path)
+            assert response.status_code == 401, path
+            assert response.headers["content-type"].startswith("text/html")
+            assert "luthien up" in response.text
+            assert "LUTHIEN_DASHBOARD_TOKEN" in response.text
+
+
+async def test_a_bearer_token_opens_the_api_and_the_pages(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/calls")).status_code == 200
+    page = await client.get("/calls")
+    assert page.status_code == 200
+    assert '<script type="module" src="/static/calls.js">' in page.text
+
+
+async def test_the_login_link_sets_a_strict_http_only_cookie(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as browser:
+        response = await browser.get("/login", params={"token": TOKEN})
+        assert response.status_code == 303
+        assert response.headers["location"] == "/"
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith("luthien_dashboard=")
+        assert {"HttpOnly", "SameSite=strict", "Path=/"} <= {part.strip() for part in cookie.split(";")}
+        # The client now holds the cookie: the pages and the API open without a header.
+        assert (await browser.get("/")).status_code == 200
+        assert (await browser.get("/api/activity/recent")).status_code == 200
+
+
+async def test_a_wrong_login_token_sets_nothing(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as browser:
+        for params in [{"token": "wrong"}, {"token": "tëst"}, {}]:
+            response = await browser.get("/login", params=params)
+            assert response.status_code == 401
+            assert "set-cookie" not in response.headers
+            assert "luthien up" in response.text
+        assert (await browser.get("/")).status_code == 401
+
+
+async def test_every_answer_carries_the_security_headers(
+    dashboard: Dashboard, client: httpx.AsyncClient
+) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as anonymous:
+        responses = [
+            await anonymous.get("/healthz"),
+            await anonymous.get("/"),
+            await anonymous.get("/api/calls"),
+        ]
+    responses += [
+        await client.get(path)
+        for path in ["/", "/calls/x", "/static/style.css", "/api/calls", "/api/calls/x"]
+    ]
+    for response in responses:
+        for name, value in SECURITY_HEADERS.items():
+            assert response.headers[name] == value, (response.url, name)
+
+
+async def test_pages_have_no_inline_scripts_or_styles(client: httpx.AsyncClient) -> None:
+    for path in ["/", "/calls", "/calls/some-id"]:
+        html = (await client.get(path)).text
+        assert "<style" not in html and "style=" not in html
+        assert html.count("<script") == html.count('<script type="module" src="/static/')
+
+
+# --- Readiness ---------------------------------------------------------------------------------
+
+
+async def test_readyz_is_ready_when_the_storage_answers(client: httpx.AsyncClient) -> None:
+    response = await client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready"}
+
+
+async def test_readyz_is_unavailable_when_the_database_cannot_be_opened(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    broken = SQLiteStorage(tmp_path / "a-file" / "calls.db")
+    with serve(broken, InMemoryBus()) as served:
+        async with httpx.AsyncClient(base_url=served.url, headers=AUTH) as client:
+            ready = await client.get("/readyz")
+            calls = await client.get("/api/calls")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable"
+    assert "a-file" in ready.json()["reason"]
+    assert calls.status_code == 503
+    assert calls.json()["error"].startswith("storage unavailable")
+
+
+# --- Calls list and detail ---------------------------------------------------------------------
+
+BLOCKED = Decision(stage="request", allowed=False, reason="no recursive deletes here")
+REWRITTEN = Decision(stage="stream", allowed=True, reason="uppercased every 2nd word")
+
+
+def sample_calls() -> list[CallRecord]:
+    """Five calls, one minute apart; the last is the newest."""
+    at = [T0 + timedelta(minutes=n) for n in range(5)]
+    return [
+        call_record("c0", "Write a fibonacci function", "def fib(n): ...", started_at=at[0]),
+        call_record(
+            "c1",
+            "Explain this stack trace",
+            "The error comes from line 3.",
+            started_at=at[1],
+            host="api.openai.com",
+            model="gpt-5",
+            stream=False,
+        ),
+        call_record(
+            "c2",
+            "Clean up: rm -rf /",
+            "",
+            started_at=at[2],
+            outcome=CallOutcome.BLOCKED,
+            status=403,
+            decisions=(BLOCKED,),
+        ),
+        call_record(
+            "c3",
+            "Summarise the README",
+            "The quick brown fox",
+            final_answer="The QUICK brown FOX",
+            started_at=at[3],
+            decisions=(REWRITTEN,),
+        ),
+        call_record(
+            "c4",
+            "Rate limited request",
+            "",
+            started_at=at[4],
+            host="api.openai.com",
+            model="gpt-5",
+            outcome=CallOutcome.PROVIDER_ERROR,
+            status=429,
+        ),
+    ]
+
+
+async def list_ids(client: httpx.AsyncClient, **params: Any) -> list[str]:
+    response = await client.get("/api/calls", params=params)
+    assert response.status_code == 200, response.text
+    return [call["call_id"] for call in response.json()["calls"]]
+
+
+async def test_the_calls_list_filters_and_pages(storage: SQLiteStorage, client: httpx.AsyncClient) -> None:
+    await storage.write(sample_calls())
+
+    page = (await client.get("/api/calls")).json()
+    assert page["total"] == 5 and page["limit"] == 50 and page["offset"] == 0
+    assert [call["call_id"] for call in page["calls"]] == ["c4", "c3", "c2", "c1", "c0"]
+    first = page["calls"][0]
+    assert (
+        first["host"] == "api.openai.com" and first["status"] == 429 and first["outcome"] == "provider_error"
+    )
+    assert page["calls"][1]["preview"] == "Summarise the README"
+
+    assert await list_ids(client, limit=2) == ["c4", "c3"]
+    assert await list_ids(client, limit=2, offset=2) == ["c2", "c1"]
+    assert await list_ids(client, limit=2, offset=4) == ["c0"]
+    assert await list_ids(client, search="FIBONACCI") == ["c0"]
+    assert await list_ids(client, search="quick brown") == ["c3"]
+    assert await list_ids(client, host="api.openai.com") == ["c4", "c1"]
+    assert await list_ids(client, model="claude-sonnet-4-5") == ["c3", "c2", "c0"]
+    assert await list_ids(client, outcome="blocked") == ["c2"]
+    assert await list_ids(client, blocked="true") == ["c2"]
+    assert await list_ids(client, modified="true") == ["c3"]
+    assert await list_ids(client, status=429) == ["c4"]
+    assert await list_ids(
+        client, since=(T0 + timedelta(minutes=1)).isoformat(), until="2026-03-02T09:33:00Z"
+    ) == ["c2", "c1"]
+    assert await list_ids(client, host="api.openai.com", outcome="completed") == ["c1"]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 501},
+        {"offset": -1},
+        {"outcome": "exploded"},
+        {"since": "yesterday"},
+        {"blocked": "maybe"},
+    ],
+)
+async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict[str, Any]) -> None:
+    response = await client.get("/api/calls", params=params)
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("invalid parameters: query.")
+
+
+async def test_the_detail_of_a_rewritten_stream_shows_what_changed(
+    storage: SQLiteStorage, client: httpx.AsyncClient
+) -> None:
+    await storage.write([*sample_calls(), DebugEvent(call_id="c3", type="judge", payload={"score": 0.2})])
+
+    detail = (await client.get("/api/calls/c3")).json()
+    assert detail["call"]["call_id"] == "c3"
+    assert detail["call"]["decisions"] == [REWRITTEN.model_dump()]
+    assert ["x-api-key", "[redacted]"] in detail["call"]["request_headers"]
+    assert [(event["type"], event["payload"]) for event in detail["debug_events"]] == [
+        ("judge", {"score": 0.2})
+    ]
+
+    diffs = detail["diffs"]
+    assert diffs["request"] == {"changed": False, "rows": [{"op": "skip", "count": 12}]}
+    assert diffs["tool_calls"] == {"changed": False, "rows": []}
+    assert diffs["output_text"] == {
+        "changed": True,
+        "rows": [
+            {
+                "op": "replace",
+                "left": "The quick brown fox",
+                "right": "The QUICK brown FOX",
+                "left_no": 1,
+                "right_no": 1,
+            }
+        ],
+    }
+    # Events render one per line as "event: data"; the deltas for "quick" and "fox" changed.
+    response = diffs["response"]
+    assert response["changed"] is True
+    changed = [(row["left"], row["right"]) for row in response["rows"] if row["op"] != "equal"]
+    delta = 'content_block_delta: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "%s"}}'
+    assert changed == [(delta % "quick", delta % "QUICK"), (delta % "fox", delta % "FOX")]
+    assert response["rows"][0]["left"].startswith("message_start: ")
+
+
+async def test_the_detail_of_an_unchanged_call_shows_no_changes(
+    storage: SQLiteStorage, client: httpx.AsyncClient
+) -> None:
+    await storage.write(sample_calls())
+    for call_id in ["c0", "c1"]:
+        diffs = (await client.get(f"/api/calls/{call_id}")).json()["diffs"]
+        assert {name: diff["changed"] for name, diff in diffs.items()} == dict.fromkeys(diffs, False)
+        assert {row["op"] for diff in diffs.values() for row in diff["rows"]} <= {"equal", "skip"}
+
+
+async def test_a_request_blocked_before_sending_diffs_against_nothing(
+    storage: SQLiteStorage, client: httpx.AsyncClient
+) -> None:
+    await storage.write(sample_calls())
+    diffs = (await client.get("/api/calls/c2")).json()["diffs"]
+    request = diffs["request"]
+    assert request["changed"] is True
+    assert {(row["op"], row["right"], row["right_no"]) for row in request["rows"]} == {("delete", None, None)}
+    assert request["rows"][0] == {"op": "delete", "left": "{", "right": None, "left_no": 1, "right_no": None}
+    assert diffs["response"] == {"changed": False, "rows": []}
+
+
+async def test_an_unknown_call_is_404(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/calls/no-such-call")
+    assert response.status_code == 404
+    assert response.json() == {"error": "no call with this id"}
+
+
+def test_long_unchanged_runs_collapse_around_each_change() -> None:
+    left = [f"line {n}" for n in range(1, 31)]
+    right = [*left[:9], "changed", *left[10:28], "added", *left[28:]]
+    rows = diff_lines(left, right).rows
+    assert [row.op for row in rows] == [
+        "skip",
+        *["equal"] * 3,
+        "replace",
+        *["equal"] * 3,
+        "skip",
+        *["equal"] * 3,
+        "insert",
+        *["equal"] * 2,
+    ]
+    assert rows[0] == Skip(count=6)
+    assert rows[4] == Row(op="replace", left="line 10", right="changed", left_no=10, right_no=10)
+    assert rows[8] == Skip(count=12)
+    assert rows[12] == Row(op="insert", left=None, right="added", left_no=None, right_no=29)
+
+
+def test_a_replace_of_unequal_length_pairs_what_it_can() -> None:
+    rows = diff_lines(["a", "b", "c"], ["a", "x", "y", "z", "c"]).rows
+    assert [(row.op, row.left, row.right) for row in rows if isinstance(row, Row)] == [
+        ("equal", "a", "a"),
+        ("replace", "b", "x"),
+        ("insert", None, "y"),
+        ("insert", None, "z"),
+        ("equal", "c", "c"),
+    ]
+
+
+# --- Live activity -----------------------------------------------------------------------------
+
+
+def event(
+    call_id: str,
+    kind: ActivityType,
+    host: str = "api.anthropic.com",
+    model: str = "claude-sonnet-4-5",
+    **data: Any,
+) -> ActivityEvent:
+    return ActivityEvent(call_id=call_id, type=kind, host=host, model=model, data=data)
+
+
+@asynccontextmanager
+async def sse(
+    client: httpx.AsyncClient, headers: dict[str, str] | None = None, **params: Any
+) -> AsyncIterator[AsyncIterator[dict[str, str]]]:
+    """The stream's frames as {field: value}; comments appear under the field "". Returns once
+    the first frame has arrived, which is when the server has subscribed."""
+    async with client.stream("GET", "/api/activity/stream", params=params, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+
+        async def frames() -> AsyncIterator[dict[str, str]]:
+            fields: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                elif fields:
+                    yield fields
+                    fields = {}
+
+        stream = frames()
+        async with asyncio.timeout(5):
+            assert await anext(stream) == {"retry": "2000"}
+        yield stream
+
+
+async def activities(stream: AsyncIterator[dict[str, str]], count: int) -> list[tuple[str, ActivityEvent]]:
+    received: list[tuple[str, ActivityEvent]] = []
+    async with asyncio.timeout(5):
+        while len(received) < count:
+            frame = await anext(stream)
+            if frame.get("event") == "activity":
+                received.append((frame["id"], ActivityEvent.model_validate_json(frame["data"])))
+    return received
+
+
+async def test_published_events_arrive_on_the_stream_with_their_ids(
+    dashboard: Dashboard, client: httpx.AsyncClient
+) -> None:
+    async with sse(client) as stream:
+        sent = [event("c1", ActivityType.REQUEST_RECEIVED), event("c1", ActivityType.COMPLETED, status=200)]
+        await dashboard.publish(*sent)
+        received = await activities(stream, 2)
+    ids = [published.id for published in await dashboard.bus.recent(10)]
+    assert received == list(zip(ids, sent, strict=True))
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+async def test_a_reconnecting_client_gets_exactly_the_events_it_missed(
+    dashboard: Dashboard, client: httpx.AsyncClient, how: str
+) -> None:
+    await dashboard.publish(*[event(f"c{n}", ActivityType.COMPLETED) for n in range(5)])
+    seen = (await dashboard.bus.recent(10))[1].id  # the client saw c0 and c1, then lost the connection
+    resume = {"headers": {"Last-Event-ID": seen}} if how == "header" else {"after": seen}
+    async with sse(client, **resume) as stream:
+        await dashboard.publish(event("live", ActivityType.COMPLETED))
+        received = await activities(stream, 4)
+    assert [e.call_id for _, e in received] == ["c2", "c3", "c4", "live"]
+
+
+async def test_last_event_id_wins_over_after(dashboard: Dashboard, client: httpx.AsyncClient) -> None:
+    await dashboard.publish(*[event(f"c{n}", ActivityType.COMPLETED) for n in range(3)])
+    ids = [published.id for published in await dashboard.bus.recent(10)]
+    async with sse(client, headers={"Last-Event-ID": ids[1]}, after=ids[0]) as stream:
+        assert [e.call_id for _, e in await activities(stream, 1)] == ["c2"]
+
+
+async def test_the_stream_filters_by_host_model_type_and_outcome(
+    dashboard: Dashboard, client: httpx.AsyncClient
+) -> None:
+    mixed = [
+        event("a-done", ActivityType.COMPLETED),
+        event("a-start", ActivityType.REQUEST_RECEIVED),
+        event("o-blocked", ActivityType.BLOCKED, host="api.openai.com", model="gpt-5"),
+        event("a-blocked", ActivityType.BLOCKED),
+        event("a-error", ActivityType.ERROR, model="claude-haiku-4-5"),
+    ]
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"host": "ANTHROPIC"}, ["a-done", "a-start", "a-blocked", "a-error"]),
+        ({"model": "haiku"}, ["a-error"]),
+        ({"type": ["request_received", "error"]}, ["a-start", "a-error"]),
+        ({"outcome": ["blocked", "error"], "host": "anthropic"}, ["a-blocked", "a-error"]),
+    ]
+    for params, expected in cases:
+        async with sse(client, **params) as stream:
+            await dashboard.publish(
+                *mixed,
+                event("end", ActivityType.ERROR, host="api.anthropic.com.end", model="claude-haiku-4-5"),
+            )
+            received = [e.call_id for _, e in await activities(stream, len(expected) + 1)]
+        assert received == [*expected, "end"], params
+
+
+async def test_recent_returns_the_latest_matching_events_oldest_first(
+    dashboard: Dashboard, client: httpx.AsyncClient
+) -> None:
+    await dashboard.publish(
+        *[event(f"c{n}", ActivityType.COMPLETED if n % 2 else ActivityType.BLOCKED) for n in range(6)]
+    )
+    recent = (await client.get("/api/activity/recent", params={"limit": 2, "outcome": "blocked"})).json()
+    assert [published["event"]["call_id"] for published in recent] == ["c2", "c4"]
+    assert all(set(published) == {"id", "event"} for published in recent)
+    everything = (await client.get("/api/activity/recent")).json()
+    assert [published["event"]["call_id"] for published in everything] == [f"c{n}" for n in range(6)]
+    assert (await client.get("/api/activity/recent", params={"type": "nonsense"})).status_code == 422
+
+
+async def test_an_idle_stream_sends_keepalive_comments(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(activity, "KEEPALIVE_SECONDS", 0.1)
+    async with sse(client) as stream, asyncio.timeout(5):
+        assert await anext(stream) == {"": "keepalive"}
+
+
+async def test_the_stream_ends_when_the_client_disconnects(dashboard: Dashboard) -> None:
+    async def task_count() -> int:
+        return len(asyncio.all_tasks())
+
+    idle = await dashboard.on_server(task_count())
+    async with httpx.AsyncClient(base_url=dashboard.url, headers=AUTH) as client, sse(client) as stream:
+        await dashboard.publish(event("c1", ActivityType.COMPLETED))
+        await activities(stream, 1)
+        assert await dashboard.on_server(task_count()) > idle
+    # The request's task and its pending read on the subscription are gone, not parked forever.
+    async with asyncio.timeout(3):
+        while await dashboard.on_server(task_count()) > idle:
+            await asyncio.sleep(0.05)

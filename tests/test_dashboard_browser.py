@@ -1,0 +1,392 @@
+"""The dashboard's pages in a real browser (Debian's Chromium through Playwright), served by
+uvicorn over SQLite and the in-memory bus, with data written through the real storage and bus.
+
+Run with LUTHIEN_UPDATE_SCREENSHOTS=1 to refresh the screenshots in docs/images/.
+"""
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from controlplane.activity import InMemoryBus
+from controlplane.models import ActivityEvent, ActivityType
+from controlplane.recording.records import CallOutcome, CallRecord, Decision, Usage
+from controlplane.storage import SQLiteStorage
+from dashboard.app import create_app
+from tests.background_server import BackgroundServer
+from tests.test_dashboard_api import TOKEN, call_record
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
+XSS_IMG = '<img src=x onerror="window.__xss=1">'
+XSS_SCRIPT = "<script>window.__xss=2</script>"
+
+
+@dataclass
+class Site:
+    url: str
+    storage: SQLiteStorage
+    bus: InMemoryBus
+    server: BackgroundServer
+
+    def run[T](self, work: Coroutine[Any, Any, T]) -> T:
+        """Runs ``work`` on the server's event loop, where the in-memory bus lives."""
+        assert self.server.loop is not None
+        return asyncio.run_coroutine_threadsafe(work, self.server.loop).result(timeout=10)
+
+    def add(self, records: list[CallRecord], events: list[ActivityEvent]) -> None:
+        self.run(self.storage.write(records))
+        for event in events:
+            self.run(self.bus.publish(event))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing (Debian package chromium)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    storage, bus = SQLiteStorage(tmp_path / "calls.db"), InMemoryBus()
+    server = BackgroundServer(create_app(storage, bus, TOKEN), "dashboard")
+    served = Site(server.start(), storage, bus, server)
+    served.run(storage.migrate())
+    yield served
+    served.run(storage.close())
+    server.stop()
+
+
+@pytest.fixture
+def page(browser: Browser, site: Site) -> Iterator[Page]:
+    """A logged-in page. Any console error (a CSP violation, a script error) fails the test."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{site.url}/login?token={TOKEN}")
+    yield page
+    context.close()
+    assert errors == []
+
+
+def screenshot(page: Page, tmp_path: Path, name: str, for_docs: bool = True) -> None:
+    path = tmp_path / f"dashboard-{name}.png"
+    page.screenshot(path=path, full_page=True)
+    if for_docs and os.environ.get("LUTHIEN_UPDATE_SCREENSHOTS") == "1":
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, DOCS_IMAGES / path.name)
+
+
+# --- A realistic session: what the screenshots show --------------------------------------------
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+ANTHROPIC, OPENAI = "api.anthropic.com", "api.openai.com"
+SONNET, HAIKU, GPT = "claude-sonnet-4-5", "claude-haiku-4-5", "gpt-5-codex"
+SECRET_ANSWER = (
+    "Create the client once and reuse it:\n"
+    'stripe.api_key = "sk_live_51Hc8kQ2eZvKYlo2CtestKey"\n'
+    "Then call stripe.Customer.create(email=user.email) when a user signs up.\n"
+    "Keep the key in an environment variable rather than in the code."
+)
+REDACTED_ANSWER = SECRET_ANSWER.replace("sk_live_51Hc8kQ2eZvKYlo2CtestKey", "[REDACTED:stripe_key]")
+
+
+def activity(call: CallRecord, kind: ActivityType, after_ms: float, **data: Any) -> ActivityEvent:
+    at = call.started_at + timedelta(milliseconds=after_ms)
+    return ActivityEvent(
+        call_id=call.call_id, type=kind, timestamp=at, host=call.host, model=call.model, data=data
+    )
+
+
+def session() -> tuple[list[CallRecord], list[ActivityEvent]]:
+    redaction = Decision(
+        stage="stream", allowed=True, reason="redacted 1 secret", metadata={"kinds": ["stripe_key"]}
+    )
+    blocklist = Decision(stage="request", allowed=False, reason="matches blocked command pattern rm\\s+-rf")
+    calls = [
+        call_record(
+            "7f3a9c2e41d04b8e",
+            "Add a retry with exponential backoff to fetch_user() in api/client.py",
+            "I'll wrap the request in a loop that doubles the delay after each failure, up to 5 attempts.",
+            started_at=NOW - timedelta(minutes=9),
+        ),
+        call_record(
+            "a41b77d09e2c4f61",
+            "Why does test_parse_dates fail on Windows?",
+            "The test builds paths with '/' and compares them to os.sep-joined strings.",
+            started_at=NOW - timedelta(minutes=7),
+            host=OPENAI,
+            model=GPT,
+            stream=False,
+        ),
+        call_record(
+            "c90d1e5f3a7b4c22",
+            "Clean the build directory: rm -rf ./build ~/",
+            "",
+            started_at=NOW - timedelta(minutes=5),
+            outcome=CallOutcome.BLOCKED,
+            status=403,
+            decisions=(blocklist,),
+        ),
+        call_record(
+            "e5b2f8a6c1d94e07",
+            "Show me how to configure the Stripe client",
+            SECRET_ANSWER,
+            final_answer=REDACTED_ANSWER,
+            started_at=NOW - timedelta(minutes=3),
+            decisions=(redaction,),
+        ),
+        call_record(
+            "19c4d7e2b8f04a53",
+            "Generate a commit message for the staged changes",
+            "",
+            started_at=NOW - timedelta(minutes=2),
+            host=OPENAI,
+            model=GPT,
+            outcome=CallOutcome.PROVIDER_ERROR,
+            status=429,
+        ),
+        call_record(
+            "2d8e6b1f7c3a4d90",
+            "Write a commit message for: add retry to fetch_user",
+            "fix(api): retry fetch_user with exponential backoff",
+            started_at=NOW - timedelta(minutes=1),
+            model=HAIKU,
+        ),
+    ]
+    # Timings and usage as they vary in real use (the detail test reads the defaults of e5b2…).
+    varied: dict[str, dict[str, Any]] = {
+        "7f3a9c2e41d04b8e": {
+            "duration_ms": 6230.0,
+            "ttfb_ms": 1210.0,
+            "usage": Usage(prompt_tokens=18250, completion_tokens=412, total_tokens=18662),
+        },
+        "a41b77d09e2c4f61": {
+            "duration_ms": 3410.0,
+            "ttfb_ms": 3395.0,
+            "usage": Usage(prompt_tokens=9120, completion_tokens=230, total_tokens=9350),
+        },
+        "c90d1e5f3a7b4c22": {"duration_ms": 3.2, "ttfb_ms": None, "usage": None},
+        "19c4d7e2b8f04a53": {"duration_ms": 421.0, "ttfb_ms": 418.0, "usage": None},
+        "2d8e6b1f7c3a4d90": {
+            "duration_ms": 905.0,
+            "ttfb_ms": 388.0,
+            "usage": Usage(prompt_tokens=640, completion_tokens=18, total_tokens=658),
+        },
+    }
+    calls = [call.model_copy(update=varied.get(call.call_id, {})) for call in calls]
+    events: list[ActivityEvent] = []
+    for call in calls:
+        events.append(
+            activity(
+                call, ActivityType.REQUEST_RECEIVED, 0, method="POST", path=call.path, stream=call.stream
+            )
+        )
+        if call.outcome is CallOutcome.BLOCKED:
+            events.append(
+                activity(call, ActivityType.REQUEST_POLICY, 3, allowed=False, reason=call.decisions[0].reason)
+            )
+            events.append(activity(call, ActivityType.BLOCKED, 4, stage="request"))
+            continue
+        ttfb = call.ttfb_ms or 0
+        events.append(activity(call, ActivityType.UPSTREAM_SENT, ttfb - 30, status=call.status))
+        events.append(activity(call, ActivityType.FIRST_BYTE, ttfb))
+        if call.decisions:
+            events.append(
+                activity(
+                    call,
+                    ActivityType.STREAM_POLICY,
+                    ttfb + 500,
+                    allowed=True,
+                    reason=call.decisions[0].reason,
+                )
+            )
+        if call.outcome is CallOutcome.PROVIDER_ERROR:
+            events.append(
+                activity(
+                    call, ActivityType.ERROR, call.duration_ms, reason=f"provider answered {call.status}"
+                )
+            )
+        else:
+            events.append(
+                activity(
+                    call,
+                    ActivityType.COMPLETED,
+                    call.duration_ms,
+                    status=call.status,
+                    modified=call.response_modified,
+                )
+            )
+    return calls, events
+
+
+# --- The pages ---------------------------------------------------------------------------------
+
+
+def test_the_live_monitor_shows_new_events_and_filters_them(site: Site, page: Page, tmp_path: Path) -> None:
+    site.add(*session())
+    page.goto(site.url)
+    rows = page.locator("#events tbody tr")
+    expect(page.locator("#connection")).to_have_text("Live")
+    expect(rows).to_have_count(len(session()[1]))
+    expect(rows.first).to_contain_text("2d8e6b1f7c3a")  # newest on top
+    options = page.locator("select[name=type] option").all_inner_texts()
+    assert options == ["all events", *ActivityType]
+
+    # An event published now, after the page loaded, arrives through the stream.
+    site.run(
+        site.bus.publish(
+            ActivityEvent(
+                call_id="b7e1c04f9a2d4e6f",
+                type=ActivityType.REQUEST_RECEIVED,
+                host=ANTHROPIC,
+                model=SONNET,
+                data={"path": "/v1/messages"},
+            )
+        )
+    )
+    expect(rows.first).to_contain_text("b7e1c04f9a2d")
+    expect(rows.first).to_contain_text("path=/v1/messages")
+    expect(rows.first.locator("a")).to_have_attribute("href", "/calls/b7e1c04f9a2d4e6f")
+
+    visible = page.locator("#events tbody tr:visible")
+    page.fill("input[name=host]", "openai")
+    expect(visible).to_have_count(8)
+    expect(page.locator("#events tbody tr:visible", has_text=ANTHROPIC)).to_have_count(0)
+    page.fill("input[name=host]", "")
+    page.select_option("select[name=outcome]", "blocked")
+    expect(visible).to_have_count(1)
+    expect(visible).to_contain_text("c90d1e5f3a7b")
+    page.select_option("select[name=outcome]", "")
+    page.select_option("select[name=type]", "completed")
+    page.fill("input[name=model]", "HAIKU")
+    expect(visible).to_have_count(1)
+    expect(visible).to_contain_text("2d8e6b1f7c3a")
+    page.select_option("select[name=type]", "")
+    page.fill("input[name=model]", "")
+    expect(visible).to_have_count(len(session()[1]) + 1)
+    screenshot(page, tmp_path, "monitor")
+
+
+def test_the_calls_list_searches_filters_and_pages(site: Site, page: Page, tmp_path: Path) -> None:
+    site.add(*session())
+    page.goto(f"{site.url}/calls")
+    rows = page.locator("#calls tbody tr")
+    expect(rows).to_have_count(6)
+    expect(page.locator("#range")).to_have_text("1\N{EN DASH}6 of 6 calls")
+    expect(rows.first).to_contain_text("Write a commit message for: add retry")
+    screenshot(page, tmp_path, "calls")
+
+    page.fill("input[name=search]", "stripe")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/calls\?search=stripe$"))
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("response modified")
+
+    page.goto(f"{site.url}/calls")
+    page.check("input[name=blocked]")
+    page.click("button[type=submit]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("rm -rf ./build")
+    expect(page.locator("input[name=blocked]")).to_be_checked()  # the form shows the filters in force
+
+    page.goto(f"{site.url}/calls")
+    page.fill("input[name=host]", OPENAI)
+    page.select_option("select[name=outcome]", "provider_error")
+    page.click("button[type=submit]")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("429")
+
+    page.goto(f"{site.url}/calls")
+    page.check("input[name=modified]")
+    page.click("button[type=submit]")
+    expect(rows).to_have_count(1)
+    rows.first.locator("a").first.click()
+    expect(page).to_have_url(f"{site.url}/calls/e5b2f8a6c1d94e07")
+
+    page.goto(f"{site.url}/calls?limit=4")
+    expect(rows).to_have_count(4)
+    expect(page.locator("#newer")).to_be_hidden()
+    page.click("#older")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#range")).to_have_text("5\N{EN DASH}6 of 6 calls")
+    expect(rows.last).to_contain_text("Add a retry with exponential backoff")
+
+
+def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page, tmp_path: Path) -> None:
+    site.add(*session())
+    page.goto(f"{site.url}/calls/e5b2f8a6c1d94e07")
+    expect(page.locator("h1")).to_have_text(SONNET)
+    facts = page.locator("dl.facts")
+    for fact in ["api.anthropic.com", "claude-code", "413 ms", "1.84 s", "1200 in · 85 out · 1285 total"]:
+        expect(facts).to_contain_text(fact)
+    expect(page.locator(".message.role-user")).to_contain_text("Show me how to configure the Stripe client")
+    expect(page.locator(".message.role-assistant")).to_contain_text("[REDACTED:stripe_key]")
+    expect(page.get_by_role("row", name=re.compile("stream.*allowed.*redacted 1 secret"))).to_be_visible()
+
+    output = page.locator("[data-diff=output_text]")
+    expect(output.locator("h3")).to_contain_text("changed")
+    changed = output.locator("tr.op-replace")
+    expect(changed).to_have_count(1)
+    expect(changed.locator("td.left")).to_have_text('stripe.api_key = "sk_live_51Hc8kQ2eZvKYlo2CtestKey"')
+    expect(changed.locator("td.right")).to_have_text('stripe.api_key = "[REDACTED:stripe_key]"')
+    expect(page.locator("[data-diff=response] tr.op-replace")).to_have_count(1)
+    expect(page.locator("[data-diff=request]")).to_contain_text("No changes")
+    expect(page.locator("[data-diff=tool_calls]")).to_contain_text("No changes")
+    expect(page.get_by_role("row", name="x-api-key [redacted]")).to_be_visible()
+    screenshot(page, tmp_path, "call-detail")
+
+
+def test_payloads_render_as_text_and_never_run(site: Site, page: Page, tmp_path: Path) -> None:
+    evil = f"{XSS_IMG} {XSS_SCRIPT}"
+    call = call_record(
+        "xss0000000000001", f"Summarise {evil}", f"Sure: {evil}", host=f"{XSS_IMG}.example", model=XSS_SCRIPT
+    )
+    site.add(
+        [call],
+        [
+            ActivityEvent(
+                call_id=call.call_id,
+                type=ActivityType.COMPLETED,
+                host=call.host,
+                model=call.model,
+                data={"note": evil},
+            )
+        ],
+    )
+
+    for path, name in [("/", "monitor"), ("/calls", "calls"), (f"/calls/{call.call_id}", "call-detail")]:
+        page.goto(site.url + path)
+        expect(page.locator("main")).to_contain_text(XSS_SCRIPT)
+        expect(page.locator("main")).to_contain_text(XSS_IMG)
+        assert page.locator("main img, main script").count() == 0
+        assert page.evaluate("typeof window.__xss") == "undefined", path
+        screenshot(page, tmp_path, f"xss-{name}", for_docs=False)
+    expect(page.locator(".message.role-user .block")).to_have_text(f"Summarise {evil}")
