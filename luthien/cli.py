@@ -248,7 +248,12 @@ def _dashboard(args: argparse.Namespace) -> int:
                 print("No REDIS_URL: the live monitor shows only this process's events (none).", flush=True)
             app = create_app(backends.storage, backends.bus, token)
             config = uvicorn.Config(
-                app, host=args.dashboard_host, port=args.dashboard_port, log_level="warning"
+                # No access log: the login link carries the token.
+                app,
+                host=args.dashboard_host,
+                port=args.dashboard_port,
+                log_level="warning",
+                access_log=False,
             )
             server = uvicorn.Server(config)
             _announce_dashboard(args.dashboard_host, args.dashboard_port, token, generated)
