@@ -115,7 +115,7 @@ class SQLiteStorage:
         connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, autocommit=True)
         try:
             connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(connection)
             # With WAL, NORMAL may lose the last commits on power loss but never corrupts.
             connection.execute("PRAGMA synchronous=NORMAL")
         except BaseException:
@@ -127,6 +127,20 @@ class SQLiteStorage:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _enable_wal(connection: sqlite3.Connection) -> None:
+    """Switches a new database file to WAL. The switch needs the file to itself and ignores the
+    busy timeout, so when several processes open a fresh file at once it is retried."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 @contextmanager
