@@ -433,6 +433,16 @@ def test_the_secret_of_an_assignment_is_recorded_by_its_own_kind() -> None:
     assert redacted == "export OPENAI_API_KEY=[REDACTED:openai_api_key]\n" and counts == {"openai_api_key": 1}
 
 
+def test_what_is_recorded_keeps_secrets_out_and_marks_where_they_were() -> None:
+    key = SECRETS["openai_api_key"][1]
+    policy = SecretRedactionPolicy()
+    assert policy.redact_for_recording(f"use {key} now") == "use [secret not recorded: openai_api_key] now"
+    # Tool-call arguments: a secret known only by its JSON key is kept out too.
+    arguments = policy.redact_for_recording('{"user": "ada", "password": "hunter2-horse"}')
+    assert "hunter2-horse" not in arguments and json.loads(arguments)["user"] == "ada"
+    assert policy.redact_for_recording("nothing to hide") == "nothing to hide"
+
+
 BENIGN = [
     "The quick brown fox jumps over the lazy dog. Tokens, secrets and passwords are discussed here.",
     "max_tokens = 4096\nMAX_TOKENS=4096\nnum_tokens = len(tokens)",

@@ -225,7 +225,9 @@ class SecretRedactionPolicy(StreamingTextPolicy):
         return self.patterns.sub(text, counts)
 
     def redact_for_recording(self, text: str) -> str:
-        return self._withheld.sub(text)
+        withheld = self._withheld.sub(text)
+        # Tool-call arguments are JSON, where a secret may be known only by its key.
+        return self.redact_arguments(withheld) if withheld[:1] in ("{", "[") else withheld
 
     def redact_arguments(self, arguments: str, counts: Counter[str] | None = None) -> str:
         """Tool-call arguments with secrets redacted inside their JSON strings; still valid JSON,
