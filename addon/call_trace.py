@@ -79,6 +79,8 @@ class CallTrace:
         self.original_response: Any = None
         self.final_response: Any = None
         self.response_modified = False
+        self.policy_version: str | None = None
+        self.unpoliced = False
         self.original_output: Output | None = None
         self.final_output: Output | None = None
         self.usage: Usage | None = None
@@ -135,6 +137,8 @@ class CallTrace:
             error=self.error,
             request_modified=self.request_modified,
             response_modified=self.response_modified,
+            policy_version=self.policy_version,
+            unpoliced=self.unpoliced,
             ttfb_ms=self.ttfb_ms,
             duration_ms=self._duration_ms,
             usage=self.usage,

@@ -21,7 +21,7 @@ from addon.call_trace import CallTrace, StreamCapture, body_for_record
 from addon.formats import FormatError, WireFormatCodec, codec_for
 from addon.stream_relay import StreamRelay
 from addon.upstream import Upstream
-from controlplane.interface import ControlPlaneService
+from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
 from controlplane.recording.records import CallOutcome, Output, Usage
 
@@ -217,6 +217,12 @@ class Pipeline:
             policed, content = await self._apply_request_policy(request, codec, trace, body, normalized)
             upstream = await self._send(request, content, metadata)
             return await self._respond(upstream, codec, trace, policed)
+        except ControlPlaneUnavailable as exc:
+            refusal = _Refusal(
+                503, f"Luthien's control plane is unavailable, so this call was not sent: {exc}"
+            )
+            await self._publish(metadata, refusal.activity, reason=refusal.message)
+            return self._error(codec, trace, refusal)
         except _Refusal as refusal:
             await self._publish(metadata, refusal.activity, reason=refusal.message, **refusal.data)
             return self._error(codec, trace, refusal)
@@ -241,7 +247,13 @@ class Pipeline:
                 upstream.status_code, headers, self._forwarded(upstream, trace, decoded=True)
             )
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            context = await self._control_plane.create_streaming_context(policed, metadata)
+            try:
+                context = await self._control_plane.create_streaming_context(policed, metadata)
+            except ControlPlaneUnavailable:
+                await upstream.aclose()
+                raise
+            trace.policy_version = context.policy_version or trace.policy_version
+            trace.unpoliced |= context.unpoliced
             trace.stream = StreamCapture()
             relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context, trace.stream)
             return ProxyResponse(upstream.status_code, headers, self._streamed(upstream, relay, trace))
@@ -280,6 +292,7 @@ class Pipeline:
         when it changed nothing)."""
         result = await self._control_plane.apply_request_policies(copy.deepcopy(normalized), trace.metadata)
         trace.decide("request", result)
+        trace.policy_version, trace.unpoliced = result.policy_version, result.unpoliced
         if not result.allowed or result.value is None:
             reason = result.reason or "blocked by policy"
             raise _Refusal(
@@ -353,9 +366,12 @@ class Pipeline:
         for decision in outcome.decisions:
             trace.decide("stream", decision)
         trace.response_modified = outcome.diverged
+        trace.unpoliced |= outcome.unpoliced
         assert trace.stream is not None
         trace.usage = Usage.from_mapping(trace.stream.original.usage)
-        if outcome.ended_by_policy:
+        if outcome.control_plane_lost is not None:
+            trace.fail(CallOutcome.ERROR, trace.status, outcome.control_plane_lost)
+        elif outcome.ended_by_policy:
             trace.fail(
                 CallOutcome.BLOCKED,
                 trace.status,
@@ -397,6 +413,7 @@ class Pipeline:
         trace.usage = Usage.from_mapping(before.get("usage"))
         result = await self._control_plane.apply_response_policy(response, metadata)
         trace.decide("response", result)
+        trace.unpoliced |= result.unpoliced
         if not result.allowed or result.value is None:
             reason = result.reason or "blocked by policy"
             raise _Refusal(

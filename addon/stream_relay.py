@@ -7,6 +7,7 @@ or injects, the stream "diverges": from then on the format's transcoder writes t
 continuing from what the client has already seen, and closes the stream validly at the end.
 """
 
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any
 from addon.call_trace import StreamCapture
 from addon.formats.base import StreamTranscoder
 from addon.sse import SSEEvent, SSEParser
-from controlplane.interface import ControlPlaneService
+from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.llm import ModelResponseStream
 from controlplane.models import ChunkResult, StreamingContext
 
@@ -39,6 +40,8 @@ class StreamOutcome:
     diverged: bool = False
     ended_by_policy: bool = False
     upstream_error: bool = False
+    control_plane_lost: str | None = None  # why the stream was ended with an error event
+    unpoliced: bool = False
     decisions: list[ChunkResult] = field(default_factory=list)
 
 
@@ -61,20 +64,29 @@ class StreamRelay:
 
     @property
     def ended(self) -> bool:
-        """The policy ended the stream: stop reading upstream."""
-        return self.outcome.ended_by_policy
+        """The policy ended the stream, or the control plane went away: stop reading upstream."""
+        return self.outcome.ended_by_policy or self.outcome.control_plane_lost is not None
 
     async def feed(self, data: bytes) -> AsyncIterator[bytes]:
         for event in self._parser.feed(data):
-            async for out in self._on_event(event):
-                yield out
+            try:
+                async for out in self._on_event(event):
+                    yield out
+            except ControlPlaneUnavailable as exc:
+                yield self._lose_control_plane(exc)
             if self.ended:
                 return
 
     async def close(self) -> AsyncIterator[bytes]:
         """The upstream stream is over (or abandoned): flush and end validly."""
         leftover = self._parser.flush()
-        results = [r async for r in self._control_plane.close_streaming_context(self._context)]
+        if self.outcome.control_plane_lost is not None:
+            return  # nothing to release: the control plane is gone
+        try:
+            results = [r async for r in self._control_plane.close_streaming_context(self._context)]
+        except ControlPlaneUnavailable as exc:
+            yield self._lose_control_plane(exc)
+            return
         if self.ended:
             return
         for result in results:
@@ -94,8 +106,15 @@ class StreamRelay:
 
     async def abandon(self) -> None:
         """The upstream broke off: release the policy's state, send nothing more."""
-        async for _ in self._control_plane.close_streaming_context(self._context):
-            pass
+        with contextlib.suppress(ControlPlaneUnavailable):
+            async for _ in self._control_plane.close_streaming_context(self._context):
+                pass
+
+    def _lose_control_plane(self, exc: ControlPlaneUnavailable) -> bytes:
+        """Fail closed mid-stream: the client gets the provider's own kind of error event."""
+        self._diverge()
+        self.outcome.control_plane_lost = f"Luthien's control plane became unavailable: {exc}"
+        return self._transcoder.error_event(self.outcome.control_plane_lost)
 
     async def _on_event(self, event: SSEEvent) -> AsyncIterator[bytes]:
         is_error = self._transcoder.is_error(event)
@@ -109,6 +128,7 @@ class StreamRelay:
             if out := self._drain():
                 yield out
         elif is_error:
+            self._transcoder.observe_emitted(event)  # the client has its error: nothing may follow
             yield event.raw
         for chunk in chunks:
             async for result in self._control_plane.process_streaming_chunk(chunk, self._context):
@@ -118,6 +138,7 @@ class StreamRelay:
                     return
 
     def _apply(self, result: ChunkResult) -> bytes:
+        self.outcome.unpoliced |= result.unpoliced
         if result.reason is not None or not result.allowed:
             self.outcome.decisions.append(result)
         out = b""

@@ -18,6 +18,11 @@ from controlplane.models import (
 from controlplane.recording.records import CallRecord
 
 
+class ControlPlaneUnavailable(Exception):
+    """The control plane cannot be reached (a network implementation failing closed). The data
+    plane answers with a provider-format 503, or ends a stream in flight with an error event."""
+
+
 class ControlPlaneService(Protocol):
     async def apply_request_policies(
         self, request_data: NormalizedRequest, metadata: RequestMetadata

@@ -3,6 +3,7 @@
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.activity.bus import ActivityBus
@@ -19,11 +20,17 @@ from controlplane.models import (
 )
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.chunks import text_chunk
-from controlplane.recording.records import CallRecord, DebugEvent
+from controlplane.recording.records import CallRecord, DebugEvent, Record
 from controlplane.recording.redact import redact_record
 from controlplane.recording.writer import Recorder
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Stream:
+    context: StreamingContext
+    policy: PolicyHandler  # the policy the stream started with, even after a reload
 
 
 class ControlPlaneLocal:
@@ -35,24 +42,35 @@ class ControlPlaneLocal:
     """
 
     def __init__(
-        self, policy: PolicyHandler, bus: ActivityBus | None = None, recorder: Recorder | None = None
+        self,
+        policy: PolicyHandler,
+        bus: ActivityBus | None = None,
+        recorder: Recorder | None = None,
+        policy_version: str | None = None,
     ) -> None:
         self.policy = policy
+        self.policy_version = policy_version
         self.bus: ActivityBus = bus if bus is not None else InMemoryBus()
         self._recorder = recorder
-        self._streams: dict[str, StreamingContext] = {}
+        self._streams: dict[str, _Stream] = {}
+
+    def replace_policy(self, policy: PolicyHandler, version: str | None) -> None:
+        """New calls get ``policy``; streams already running keep the one they started with."""
+        self.policy, self.policy_version = policy, version
 
     async def apply_request_policies(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
     ) -> PolicyResult[NormalizedRequest]:
-        decision = self.policy.apply_request_policies(request_data, metadata)
-        return await self._decide(metadata, ActivityType.REQUEST_POLICY, decision)
+        policy, version = self.policy, self.policy_version
+        decision = policy.apply_request_policies(request_data, metadata)
+        return await self._decide(policy, version, metadata, ActivityType.REQUEST_POLICY, decision)
 
     async def apply_response_policy(
         self, response: ModelResponse, metadata: RequestMetadata
     ) -> PolicyResult[ModelResponse]:
-        decision = self.policy.apply_response_policy(response, metadata)
-        return await self._decide(metadata, ActivityType.RESPONSE_POLICY, decision)
+        policy, version = self.policy, self.policy_version
+        decision = policy.apply_response_policy(response, metadata)
+        return await self._decide(policy, version, metadata, ActivityType.RESPONSE_POLICY, decision)
 
     async def create_streaming_context(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
@@ -62,22 +80,24 @@ class ControlPlaneLocal:
             call_id=metadata.call_id,
             metadata=metadata,
             request_data=request_data,
+            policy_version=self.policy_version,
         )
-        self._streams[context.stream_id] = context
+        self._streams[context.stream_id] = _Stream(context, self.policy)
         return context
 
     async def process_streaming_chunk(
         self, chunk: ModelResponseStream, context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
-        own = self._streams[context.stream_id]
-        async for result in self._guarded(self.policy.apply_streaming_chunk_policy(chunk, own), own, chunk):
+        stream = self._streams[context.stream_id]
+        results = stream.policy.apply_streaming_chunk_policy(chunk, stream.context)
+        async for result in self._guarded(results, stream, chunk):
             yield result
 
     async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
-        own = self._streams.pop(context.stream_id, None)
-        if own is None:
+        stream = self._streams.pop(context.stream_id, None)
+        if stream is None:
             return
-        async for result in self._guarded(self.policy.on_stream_end(own), own, None):
+        async for result in self._guarded(stream.policy.on_stream_end(stream.context), stream, None):
             yield result
 
     async def publish_activity(self, event: ActivityEvent) -> None:
@@ -85,52 +105,60 @@ class ControlPlaneLocal:
 
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
         call_id = payload.get("call_id")
-        self._record(
+        self.record(
             DebugEvent(
                 call_id=call_id if isinstance(call_id, str) else None, type=debug_type, payload=payload
             )
         )
 
     async def record_call(self, record: CallRecord) -> None:
-        self._record(record)
+        self.record(record)
 
-    def _record(self, record: CallRecord | DebugEvent) -> None:
+    def record(self, record: Record) -> None:
+        """Redacts as the policy asks and queues for storage (a call or a debug event)."""
         if self._recorder is not None:
             self._recorder.submit(redact_record(record, self.policy.redact_for_recording))
 
     async def _decide[T](
-        self, metadata: RequestMetadata, kind: ActivityType, decision: Awaitable[PolicyResult[T]]
+        self,
+        policy: PolicyHandler,
+        version: str | None,
+        metadata: RequestMetadata,
+        kind: ActivityType,
+        decision: Awaitable[PolicyResult[T]],
     ) -> PolicyResult[T]:
         try:
             result = await decision
         except Exception as exc:
-            result = await self._policy_failed(metadata, kind, exc)
+            result = await self._policy_failed(policy, metadata, kind, exc)
+        result.policy_version = version
         await self._record_decision(metadata, kind, result)
         return result
 
     async def _guarded(
         self,
         results: AsyncIterator[ChunkResult],
-        context: StreamingContext,
+        stream: _Stream,
         chunk: ModelResponseStream | None,
     ) -> AsyncIterator[ChunkResult]:
         """Records the policy's stream decisions; if it raises, ends the stream, saying why."""
+        metadata = stream.context.metadata
         try:
             async for result in results:
                 if result.reason is not None or not result.allowed:
-                    await self._record_decision(context.metadata, ActivityType.STREAM_POLICY, result)
+                    await self._record_decision(metadata, ActivityType.STREAM_POLICY, result)
                 yield result
         except Exception as exc:
-            failure = await self._policy_failed(context.metadata, ActivityType.STREAM_POLICY, exc)
+            failure = await self._policy_failed(stream.policy, metadata, ActivityType.STREAM_POLICY, exc)
             if chunk is not None:
                 failure.value = text_chunk(chunk, f"\n\n[Luthien] Stream ended: {failure.reason}.")
             yield failure
 
     async def _policy_failed(
-        self, metadata: RequestMetadata, stage: ActivityType, exc: Exception
+        self, policy: PolicyHandler, metadata: RequestMetadata, stage: ActivityType, exc: Exception
     ) -> PolicyResult[Any]:
-        log.exception("policy %s failed in %s", type(self.policy).__name__, stage.value)
-        reason = f"policy error in {type(self.policy).__name__} ({stage.value}): {type(exc).__name__}"
+        log.exception("policy %s failed in %s", type(policy).__name__, stage.value)
+        reason = f"policy error in {type(policy).__name__} ({stage.value}): {type(exc).__name__}"
         await self._publish(metadata, ActivityType.ERROR, {"reason": reason})
         return PolicyResult.block(reason)
 

@@ -55,6 +55,9 @@ class PolicyResult[T](BaseModel):
     allowed: bool = True
     reason: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # Set by the control plane, not by policies: which policy decided, and whether none could.
+    policy_version: str | None = None
+    unpoliced: bool = False
 
     @classmethod
     def allow(cls, value: T, reason: str | None = None, **metadata: Any) -> "PolicyResult[T]":
@@ -83,6 +86,8 @@ class StreamingContext(BaseModel):
     call_id: str
     metadata: RequestMetadata
     request_data: NormalizedRequest
+    policy_version: str | None = None  # the policy this stream keeps until it ends
+    unpoliced: bool = False  # no control plane could take the stream; it passes unchanged
     policy_state: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 

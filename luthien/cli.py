@@ -11,12 +11,17 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certs import CAFiles, default_data_dir, ensure_ca, shell_exports, trust_env
+
+if TYPE_CHECKING:
+    from addon.proxy import ProxyConfig
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DASHBOARD_PORT = 8000
+DEFAULT_CONTROL_PLANE_PORT = 8081
 
 
 def _env_list(name: str) -> list[str]:
@@ -118,6 +123,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dashboard_options(up)
     proxy = commands.add_parser("proxy", help="run the proxy alone (the sidecar process)")
     _add_proxy_options(proxy)
+    proxy.add_argument(
+        "--control-plane",
+        default=os.environ.get("LUTHIEN_CONTROL_PLANE_URL") or None,
+        metavar="URL",
+        help="use a control-plane service (luthien controlplane) instead of policing in-process; "
+        "its token comes from LUTHIEN_CONTROL_PLANE_TOKEN (env LUTHIEN_CONTROL_PLANE_URL)",
+    )
+    proxy.add_argument(
+        "--fail-open",
+        action="store_true",
+        default=os.environ.get("LUTHIEN_FAIL_OPEN", "").lower() in ("1", "true", "yes"),
+        help="when the control plane is unreachable, let calls through unpoliced (marked so) instead "
+        "of refusing them with a 503 (env LUTHIEN_FAIL_OPEN)",
+    )
+    control = commands.add_parser(
+        "controlplane", help="serve the policies, recording and activity to proxies over the network"
+    )
+    _add_common(control)
+    _add_backend_options(control)
+    control.add_argument(
+        "--host",
+        default=os.environ.get("LUTHIEN_CONTROL_PLANE_HOST", DEFAULT_HOST),
+        help=f"address to listen on (env LUTHIEN_CONTROL_PLANE_HOST; default {DEFAULT_HOST})",
+    )
+    control.set_defaults(port=int(os.environ.get("LUTHIEN_CONTROL_PLANE_PORT", DEFAULT_CONTROL_PLANE_PORT)))
+    control.add_argument(
+        "--policy",
+        type=Path,
+        default=Path(os.environ["LUTHIEN_POLICY"]) if os.environ.get("LUTHIEN_POLICY") else None,
+        help="policy YAML file, reloaded when it changes (env LUTHIEN_POLICY; default: NoOpPolicy)",
+    )
     dashboard = commands.add_parser("dashboard", help="run the dashboard alone over the recorded calls")
     _add_common(dashboard)
     _add_backend_options(dashboard)
@@ -173,23 +209,10 @@ def _announce_dashboard(host: str, port: int, token: str, generated: bool) -> No
         print(f"Luthien dashboard: {base} (token: LUTHIEN_DASHBOARD_TOKEN)", flush=True)
 
 
-def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
-    # Imported here: loading LiteLLM takes seconds, and `certs`/`run` do not need it.
-    from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig, run_proxy
+def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, str]]:
+    from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig
     from addon.upstream import parse_upstreams
-    from controlplane.local import ControlPlaneLocal
-    from controlplane.policy_file import PolicyFileError, load_policy_file
-    from dashboard.app import create_app
-    from luthien.backends import open_backends
-    from luthien.embedded import EmbeddedServer
 
-    _configure_logging(args.log_level)
-    try:
-        policy = load_policy_file(args.policy)
-        upstreams = parse_upstreams(args.upstream)
-    except (PolicyFileError, ValueError) as exc:
-        print(f"luthien: {exc}", file=sys.stderr)
-        return 2
     hosts = args.provider_host or _env_list("LUTHIEN_PROVIDER_HOSTS") or list(DEFAULT_PROVIDER_HOSTS)
     env, files = _client_env(args)
     config = ProxyConfig(
@@ -197,15 +220,43 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
         listen_port=args.port,
         mitmproxy_confdir=files.mitmproxy_confdir,
         provider_hosts=frozenset(h.lower() for h in hosts),
-        upstreams=upstreams,
+        upstreams=parse_upstreams(args.upstream),
     )
+    return config, env
 
+
+def _proxy_ready(args: argparse.Namespace, config: "ProxyConfig", policing: str) -> None:
+    print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
+    print(f"Policy: {policing}; intercepting {', '.join(sorted(config.provider_hosts))}", flush=True)
+
+
+def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
+    # Imported here: loading LiteLLM takes seconds, and `certs`/`run` do not need it.
+    from addon.proxy import run_proxy
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policy_file import PolicyFileError, load_policy_file
+    from controlplane.policy_reload import file_version, watch_policy_file
+    from dashboard.app import create_app
+    from luthien.backends import open_backends
+    from luthien.embedded import EmbeddedServer
+
+    _configure_logging(args.log_level)
+    if getattr(args, "control_plane", None):
+        return _serve_sidecar(args)
+    try:
+        policy = load_policy_file(args.policy)
+        config, env = _proxy_config(args)
+    except (PolicyFileError, ValueError) as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
     token, generated = _dashboard_token()
-    data_dir = _data_dir(args)
+    version = file_version(args.policy) if args.policy else None
 
     async def serve() -> None:
-        async with open_backends(args.database_url, args.redis_url, data_dir, record=True) as backends:
-            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer)
+        async with open_backends(args.database_url, args.redis_url, _data_dir(args), record=True) as backends:
+            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
+            if args.policy:
+                watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
             dashboard = None
             if with_dashboard:
                 app = create_app(backends.storage, backends.bus, token)
@@ -213,9 +264,7 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
                 await dashboard.start()
 
             def ready() -> None:
-                print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
-                hosts = ", ".join(sorted(config.provider_hosts))
-                print(f"Policy: {type(policy).__name__}; intercepting {hosts}", flush=True)
+                _proxy_ready(args, config, type(policy).__name__)
                 if dashboard is not None:
                     _announce_dashboard(args.dashboard_host, dashboard.port, token, generated)
                     print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
@@ -224,8 +273,87 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
             try:
                 await run_proxy(config, control_plane, ready)
             finally:
+                if args.policy:
+                    watcher.cancel()
                 if dashboard is not None:
                     await dashboard.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _serve_sidecar(args: argparse.Namespace) -> int:
+    """``luthien proxy --control-plane URL``: policies, recording and activity are remote."""
+    from addon.proxy import run_proxy
+    from controlplane.recording.spool import Spool
+    from controlplane.remote.client import ControlPlaneHTTP
+
+    token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
+    if not token:
+        print("luthien: --control-plane needs LUTHIEN_CONTROL_PLANE_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        config, _ = _proxy_config(args)
+    except ValueError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        spool = Spool(_data_dir(args) / "spool")
+        control_plane = ControlPlaneHTTP(args.control_plane, token, spool, fail_open=args.fail_open)
+        control_plane.start()
+        mode = "fail open" if args.fail_open else "fail closed"
+        try:
+            await run_proxy(
+                config,
+                control_plane,
+                lambda: _proxy_ready(args, config, f"from {args.control_plane} ({mode})"),
+            )
+        finally:
+            await control_plane.aclose()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _control_plane(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policy_file import PolicyFileError, load_policy_file
+    from controlplane.policy_reload import file_version, watch_policy_file
+    from controlplane.remote.server import create_control_plane_app
+    from luthien.backends import open_backends
+
+    _configure_logging(args.log_level)
+    token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
+    if not token:
+        print("luthien controlplane: set LUTHIEN_CONTROL_PLANE_TOKEN (proxies present it)", file=sys.stderr)
+        return 2
+    try:
+        policy = load_policy_file(args.policy)
+    except PolicyFileError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        async with open_backends(args.database_url, args.redis_url, _data_dir(args), record=True) as backends:
+            version = file_version(args.policy) if args.policy else None
+            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
+            if args.policy:
+                watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
+            app = create_control_plane_app(control_plane, backends.storage, token)
+            # No access log: request lines say nothing the activity bus does not, at a cost per call.
+            config = uvicorn.Config(
+                app, host=args.host, port=args.port, log_level="warning", access_log=False
+            )
+            print(f"Luthien control plane listening on http://{args.host}:{args.port}", flush=True)
+            print(f"Policy: {type(policy).__name__} (version {version or 'built-in'})", flush=True)
+            try:
+                await uvicorn.Server(config).serve()
+            finally:
+                if args.policy:
+                    watcher.cancel()
 
     asyncio.run(serve())
     return 0
@@ -303,6 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args, with_dashboard=args.command == "up")
     if args.command == "dashboard":
         return _dashboard(args)
+    if args.command == "controlplane":
+        return _control_plane(args)
     if args.command == "policy":
         return _policy(args)
     if args.command == "certs":

@@ -159,6 +159,7 @@ class AnthropicTranscoder:
         self._tool_blocks: dict[int, int] = {}
         self._delta_sent = False
         self._stopped = False
+        self._ended = False  # the client has seen the stream end (message_stop or an error)
 
     def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
         data = event.json()
@@ -195,8 +196,9 @@ class AnthropicTranscoder:
             self._open = None
         elif kind == "message_delta":
             self._delta_sent = True
-        elif kind == "message_stop":
-            self._stopped = True
+        elif kind in ("message_stop", "error"):
+            self._stopped = True  # an error ends the stream as message_stop does: nothing follows
+            self._ended = True
 
     def encode(self, chunk: ModelResponseStream) -> bytes:
         out = [self._ensure_started()]
@@ -216,13 +218,25 @@ class AnthropicTranscoder:
         return b"".join(out)
 
     def finish(self) -> bytes:
+        if self._ended:
+            return b""
         out = [self._ensure_started(), self._close_open()]
         if not self._delta_sent:
             out.append(self._message_delta("stop"))
         if not self._stopped:
             out.append(encode_event({"type": "message_stop"}, "message_stop"))
             self._stopped = True
+        self._ended = True
         return b"".join(out)
+
+    def error_event(self, message: str) -> bytes:
+        """An ``error`` event, as Anthropic sends mid-stream (the stream ends there, blocks left
+        open); the SDK's Stream raises ``anthropic.APIStatusError`` on it."""
+        if self._ended:
+            return b""
+        self._ended = self._stopped = True
+        self._open = None
+        return encode_event({"type": "error", "error": {"type": "api_error", "message": message}}, "error")
 
     def _ensure_started(self) -> bytes:
         if self._started:

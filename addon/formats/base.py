@@ -40,6 +40,12 @@ class StreamTranscoder(Protocol):
         """Whatever closing events the client still needs for a valid, complete stream."""
         ...
 
+    def error_event(self, message: str) -> bytes:
+        """The events that end the stream with an error the official SDKs raise, continuing from what
+        the client has seen. Afterwards the stream is over: ``finish()`` adds nothing, and once the
+        client has seen the stream end (or an error) there is nothing left to send."""
+        ...
+
 
 class WireFormatCodec(Protocol):
     wire_format: WireFormat

@@ -102,6 +102,9 @@ class OpenAIChatTranscoder:
             self._done = True
             return
         data = event.json()
+        if isinstance(data, dict) and "error" in data:
+            self._end()  # the provider's stream ends at its error: no finish_reason, no [DONE]
+            return
         for choice in (data or {}).get("choices") or []:
             for call in (choice.get("delta") or {}).get("tool_calls") or []:
                 self._client_tool_index(call["index"])
@@ -138,6 +141,18 @@ class OpenAIChatTranscoder:
             out += encode_event("[DONE]")
             self._done = True
         return out
+
+    def error_event(self, message: str) -> bytes:
+        """An ``error`` object where a chunk would be, as OpenAI sends mid-stream; the SDK's Stream
+        raises ``openai.APIError`` on it. Nothing follows it, as with the API: no ``[DONE]``."""
+        if self._done:
+            return b""
+        self._end()
+        error = {"message": message, "type": "server_error", "param": None, "code": None}
+        return encode_event({"error": error})
+
+    def _end(self) -> None:
+        self._finished = self._done = True
 
     def _render_streaming_choice(self, choice: Any) -> JSON:
         delta = choice.delta

@@ -239,8 +239,8 @@ class OpenAIResponsesTranscoder:
         elif kind == "response.output_item.done":
             self._place_item(index, copy.deepcopy(data["item"]))
             self._open = None
-        elif kind in _FINAL_EVENTS:
-            self._completed = True
+        elif kind in _FINAL_EVENTS or kind == "error":
+            self._completed = True  # nothing follows a final event or the provider's error
 
     def _place_item(self, index: int, item: JSON) -> None:
         while len(self._items) <= index:
@@ -265,7 +265,23 @@ class OpenAIResponsesTranscoder:
         return b"".join(out)
 
     def finish(self) -> bytes:
-        return self._ensure_created() + (b"" if self._completed else self._complete("stop"))
+        if self._completed:
+            return b""
+        return self._ensure_created() + self._complete("stop")
+
+    def error_event(self, message: str) -> bytes:
+        """An ``error`` event with the next sequence number. It carries the fields both flat, as the
+        API reference documents them (``ResponseErrorEvent``), and nested under ``error``, as the
+        live API sends them: the openai SDK's Stream raises ``openai.APIError`` only on the nested
+        form. Nothing follows it: no ``response.failed``, no open item closed."""
+        if self._completed:
+            return b""
+        self._completed = True
+        self._open = None
+        error = {"type": "server_error", "code": "server_error", "message": message, "param": None}
+        return self._emit(
+            {"type": "error", "code": "server_error", "message": message, "param": None, "error": error}
+        )
 
     def _emit(self, payload: JSON) -> bytes:
         self._sequence += 1

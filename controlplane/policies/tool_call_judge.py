@@ -245,7 +245,12 @@ class ToolCallJudgePolicy(ToolCallGate):
         on_error: Literal["block", "allow"] = Field(
             default="block", description="What to do when the judge times out, fails or gives no score."
         )
-        cache_size: int = Field(default=1024, ge=0, description="Judgements kept in memory (0: no cache).")
+        cache_size: int = Field(
+            default=1024, ge=0, description="Judgements kept in memory (0: none; Redis still caches)."
+        )
+        cache_ttl_seconds: int = Field(
+            default=86400, ge=1, description="How long a judgement stays in Redis (with REDIS_URL set)."
+        )
         prompt: str | None = Field(default=None, description="Replaces the judge's system prompt.")
         temperature: float = Field(default=0, ge=0, le=2)
 
@@ -260,7 +265,9 @@ class ToolCallJudgePolicy(ToolCallGate):
 
     def __init__(self, config: BaseModel | None = None, cache: JudgementCache | None = None) -> None:
         super().__init__(config)
-        self.cache: JudgementCache = cache if cache is not None else LRUJudgementCache(self.config.cache_size)
+        from controlplane.policies.shared_state import judgement_cache  # it imports this module
+
+        self.cache: JudgementCache = cache if cache is not None else judgement_cache(self.config)
         self.system_prompt = self.config.prompt or DEFAULT_PROMPT
         self._api_key = self._configured_key()
         self._transport = _CountingTransport()

@@ -159,6 +159,8 @@ class CallRecord(BaseModel):
     error: str | None = None
     request_modified: bool = False
     response_modified: bool = False
+    policy_version: str | None = None  # which version of the policy file handled the call
+    unpoliced: bool = False  # the control plane was unreachable and the proxy fails open
     ttfb_ms: float | None = None  # request received → first byte from the provider
     duration_ms: float = 0.0  # request received → last byte to the client
     usage: Usage | None = None

@@ -11,19 +11,29 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from controlplane.recording.records import Record
 from controlplane.recording.spool import Spool
-from controlplane.storage.base import Storage, StorageUnavailable
+from controlplane.storage.base import StorageUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class RecordSink(Protocol):
+    """Where the writer stores batches: a database (any ``Storage``), or a remote control plane.
+    Both raise ``StorageUnavailable`` when they cannot take a batch now."""
+
+    async def migrate(self) -> None: ...
+
+    async def write(self, records: Sequence[Record]) -> None: ...
 
 
 class RecordWriter:
     def __init__(
         self,
-        storage: Storage,
+        storage: RecordSink,
         spool: Spool,
         *,
         batch_size: int = 200,

@@ -50,6 +50,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                 error TEXT,
                 request_modified INTEGER NOT NULL,
                 response_modified INTEGER NOT NULL,
+                policy_version TEXT,
+                unpoliced INTEGER NOT NULL,
                 blocked INTEGER NOT NULL,
                 modified INTEGER NOT NULL,
                 ttfb_ms DOUBLE PRECISION,

@@ -30,7 +30,7 @@ def numbered(n: int) -> str:
 _SCALAR_FIELDS = (
     "call_id", "method", "host", "path", "wire_format", "model", "stream", "agent", "user_agent",
     "user_id", "session_id", "api_key_hash", "trace_id", "status", "outcome", "error",
-    "request_modified", "response_modified", "ttfb_ms", "duration_ms",
+    "request_modified", "response_modified", "policy_version", "unpoliced", "ttfb_ms", "duration_ms",
 )  # fmt: skip
 # CallRecord fields kept as JSON text in a column of the same name.
 _JSON_FIELDS = (

@@ -1,0 +1,156 @@
+"""The control-plane service: every ControlPlaneService operation over HTTP, for proxies that run
+as thin sidecars. JSON for the request and response policies and for records and activity; one
+WebSocket per stream, never one request per chunk. A bearer token guards everything but the
+health checks."""
+
+import contextlib
+import json
+import logging
+import secrets
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.local import ControlPlaneLocal
+from controlplane.models import StreamingContext
+from controlplane.policy_file import PolicyFileError, policy_from_document
+from controlplane.policy_reload import document_version
+from controlplane.recording.records import Record
+from controlplane.remote.wire import (
+    API,
+    STREAMS_PATH,
+    ActivityBatch,
+    RecordBatch,
+    RequestPolicyCall,
+    ResponsePolicyCall,
+    StreamDone,
+    StreamOpen,
+    StreamOpened,
+    StreamResult,
+    WireResult,
+)
+from controlplane.storage.base import Storage, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+
+class PolicyInfo(BaseModel):
+    policy: str
+    version: str | None
+
+
+def _authorized(header: str | None, token: str) -> bool:
+    scheme, _, given = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.encode(), token.encode())
+
+
+def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage, token: str) -> FastAPI:
+    if not token:
+        raise ValueError("the control plane needs a non-empty token")
+    app = FastAPI(title="Luthien control plane", version="1")
+
+    def require_token(request: Request) -> None:
+        if not _authorized(request.headers.get("authorization"), token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    guarded = [Depends(require_token)]
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "the database is unreachable"}})
+    async def readyz() -> JSONResponse:
+        try:
+            await storage.ping()
+        except StorageUnavailable as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.post(f"{API}/request-policy", dependencies=guarded)
+    async def request_policy(call: RequestPolicyCall) -> WireResult:
+        return WireResult.of(await control_plane.apply_request_policies(call.request_data, call.metadata))
+
+    @app.post(f"{API}/response-policy", dependencies=guarded)
+    async def response_policy(call: ResponsePolicyCall) -> WireResult:
+        response = ModelResponse(**call.response)
+        return WireResult.of(await control_plane.apply_response_policy(response, call.metadata))
+
+    @app.post(f"{API}/records", status_code=204, dependencies=guarded)
+    async def records(batch: RecordBatch) -> Response:
+        received: list[Record] = [*batch.calls, *batch.debug_events]
+        for record in received:
+            control_plane.record(record)
+        return Response(status_code=204)
+
+    @app.post(f"{API}/activity", status_code=204, dependencies=guarded)
+    async def activity(batch: ActivityBatch) -> Response:
+        for event in batch.events:
+            await control_plane.publish_activity(event)
+        return Response(status_code=204)
+
+    @app.get(f"{API}/policy", dependencies=guarded)
+    async def current_policy() -> PolicyInfo:
+        return PolicyInfo(policy=type(control_plane.policy).__name__, version=control_plane.policy_version)
+
+    @app.put(f"{API}/policy", dependencies=guarded)
+    async def replace_policy(document: dict[str, Any]) -> PolicyInfo:
+        """Replaces the policy for new calls (a policy file's content, as JSON)."""
+        try:
+            policy = policy_from_document(document, "request body")
+        except PolicyFileError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        control_plane.replace_policy(policy, document_version(document))
+        log.info("policy replaced through the API: %s", control_plane.policy_version)
+        return await current_policy()
+
+    @app.websocket(STREAMS_PATH)
+    async def stream(websocket: WebSocket) -> None:
+        if not _authorized(websocket.headers.get("authorization"), token):
+            await websocket.send_denial_response(
+                JSONResponse({"error": "missing or wrong bearer token"}, 401)
+            )
+            return
+        await websocket.accept()
+        with contextlib.suppress(WebSocketDisconnect):
+            await _serve_stream(websocket, control_plane)
+
+    return app
+
+
+async def _serve_stream(websocket: WebSocket, control_plane: ControlPlaneLocal) -> None:
+    opened = StreamOpen.model_validate_json(await websocket.receive_text())
+    context = await control_plane.create_streaming_context(opened.request_data, opened.metadata)
+    answer = StreamOpened(stream_id=context.stream_id, policy_version=context.policy_version)
+    await websocket.send_text(answer.model_dump_json())
+    closed = False
+    try:
+        while not closed:
+            message = json.loads(await websocket.receive_text())
+            closed = message.get("type") == "close"
+            await _answer(websocket, control_plane, context, message)
+    finally:
+        if not closed:  # the proxy went away mid-stream: release what the policy holds
+            async for _ in control_plane.close_streaming_context(context):
+                pass
+    await websocket.close()
+
+
+async def _answer(
+    websocket: WebSocket, control_plane: ControlPlaneLocal, context: StreamingContext, message: dict[str, Any]
+) -> None:
+    if message.get("type") == "chunk":
+        chunk = ModelResponseStream(**message["chunk"])
+        results = control_plane.process_streaming_chunk(chunk, context)
+    else:
+        results = control_plane.close_streaming_context(context)
+    async for result in results:
+        await websocket.send_text(StreamResult(result=WireResult.of(result)).model_dump_json())
+    await websocket.send_text(StreamDone().model_dump_json())

@@ -1,0 +1,112 @@
+"""What crosses the network between ControlPlaneHTTP and the control-plane service.
+
+Policy results carry their value as JSON; each side knows which type a value is (a request is a
+dict, a response a ``ModelResponse``, a chunk a ``ModelResponseStream``) and rebuilds it.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.models import ActivityEvent, NormalizedRequest, PolicyResult, RequestMetadata
+from controlplane.recording.records import CallRecord, DebugEvent
+
+API = "/v1"
+STREAMS_PATH = f"{API}/streams"
+
+
+class RequestPolicyCall(BaseModel):
+    request_data: NormalizedRequest
+    metadata: RequestMetadata
+
+
+class ResponsePolicyCall(BaseModel):
+    response: dict[str, Any]
+    metadata: RequestMetadata
+
+
+class WireResult(BaseModel):
+    """A ``PolicyResult`` with its value as JSON."""
+
+    value: Any = None
+    allowed: bool = True
+    reason: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    policy_version: str | None = None
+
+    @classmethod
+    def of(cls, result: PolicyResult[Any]) -> "WireResult":
+        value = result.value
+        if isinstance(value, ModelResponse | ModelResponseStream):
+            value = value.model_dump(mode="json")
+        return cls(
+            value=value,
+            allowed=result.allowed,
+            reason=result.reason,
+            metadata=result.metadata,
+            policy_version=result.policy_version,
+        )
+
+    def request(self) -> PolicyResult[NormalizedRequest]:
+        return PolicyResult[NormalizedRequest](value=self.value, **self._rest())
+
+    def response(self) -> PolicyResult[ModelResponse]:
+        value = ModelResponse(**self.value) if self.value is not None else None
+        return PolicyResult[ModelResponse](value=value, **self._rest())
+
+    def chunk(self) -> PolicyResult[ModelResponseStream]:
+        value = ModelResponseStream(**self.value) if self.value is not None else None
+        return PolicyResult[ModelResponseStream](value=value, **self._rest())
+
+    def _rest(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"value"})
+
+
+class RecordBatch(BaseModel):
+    calls: list[CallRecord] = Field(default_factory=list)
+    debug_events: list[DebugEvent] = Field(default_factory=list)
+
+
+class ActivityBatch(BaseModel):
+    events: list[ActivityEvent]
+
+
+# --- one WebSocket per stream: the client speaks first, the server answers each message --------
+
+
+class StreamOpen(BaseModel):
+    type: Literal["open"] = "open"
+    request_data: NormalizedRequest
+    metadata: RequestMetadata
+
+
+class StreamChunk(BaseModel):
+    type: Literal["chunk"] = "chunk"
+    chunk: dict[str, Any]
+
+
+class StreamClose(BaseModel):
+    type: Literal["close"] = "close"
+
+
+class StreamOpened(BaseModel):
+    """The answer to ``open``: the stream's context (its id and policy version)."""
+
+    type: Literal["opened"] = "opened"
+    stream_id: str
+    policy_version: str | None = None
+
+
+class StreamResult(BaseModel):
+    """One result the policy yielded for the last ``chunk`` or ``close``, sent as soon as it is
+    yielded (a policy may yield, then await a judge, then yield again)."""
+
+    type: Literal["result"] = "result"
+    result: WireResult
+
+
+class StreamDone(BaseModel):
+    """The policy has finished with the last ``chunk`` or ``close``."""
+
+    type: Literal["done"] = "done"

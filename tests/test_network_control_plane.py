@@ -1,0 +1,225 @@
+"""The split deployment: thin proxies (`luthien proxy --control-plane URL`) sharing one
+control-plane service (`luthien controlplane`) that holds the policy, records every call and
+publishes the activity."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from controlplane.recording.records import CallOutcome
+from tests.conftest import ROOT, RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.fake_provider import FakeProvider
+from tests.fake_provider.scenarios import DEFAULT_TEXT
+from tests.recorded import recorded
+
+pytestmark = pytest.mark.timeout(300)
+TOKEN = "cp-test-token-" + uuid.uuid4().hex[:8]
+UPPERCASE = {"policy": {"class": "UppercaseNthWordPolicy", "config": {"n": 2}}}
+ALL_CAPS = {"policy": {"class": "AllCapsPolicy"}}
+
+
+@dataclass
+class ControlPlane:
+    url: str
+    port: int
+    policy_file: Path
+    database_url: str
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        args = [sys.executable, "-m", "luthien", "controlplane", "--port", str(self.port)]
+        args += ["--data-dir", str(self.root / "cp-data"), "--database-url", self.database_url]
+        args += ["--policy", str(self.policy_file)]
+        log = (self.root / "controlplane.log").open("ab")
+        env = {**os.environ, "LUTHIEN_CONTROL_PLANE_TOKEN": TOKEN}
+        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert self.process.poll() is None and time.monotonic() < deadline, self.log()
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(15)
+
+    def log(self) -> str:
+        return (self.root / "controlplane.log").read_text(errors="replace")
+
+    def set_policy(self, document: dict[str, Any]) -> None:
+        self.policy_file.write_text(yaml.safe_dump(document))
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    root = tmp_path_factory.mktemp("controlplane")
+    port = free_port()
+    plane = ControlPlane(
+        f"http://127.0.0.1:{port}", port, root / "policy.yaml", f"sqlite://{root / 'cp.db'}", root
+    )
+    plane.set_policy(UPPERCASE)
+    plane.start()
+    yield plane
+    plane.stop()
+
+
+@pytest.fixture(scope="module")
+def sidecars(
+    provider: FakeProvider, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[RunningProxy]]:
+    """Three fail-closed proxies and one that fails open, all on the one control plane."""
+    root = tmp_path_factory.mktemp("sidecars")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUTHIEN_CONTROL_PLANE_TOKEN", TOKEN)
+        proxies = [
+            start_proxy(
+                f"sidecar{n}", None, provider, root, root / f"data{n}",
+                extra_args=["--control-plane", control_plane.url, *(["--fail-open"] if n == 3 else [])],
+            )
+            for n in range(4)
+        ]  # fmt: skip
+    try:
+        for proxy in proxies:
+            wait_until_listening(proxy)
+        yield proxies
+    finally:
+        for proxy in proxies:
+            proxy.terminate()
+        for proxy in proxies:
+            proxy.wait()
+
+
+def messages(prompt: str, stream: bool = True) -> dict[str, Any]:
+    return {"api": "messages", "stream": stream, "prompt": prompt}
+
+
+async def test_unauthenticated_calls_get_401(control_plane: ControlPlane) -> None:
+    async with httpx.AsyncClient(base_url=control_plane.url) as client:
+        body = {"request_data": {}, "metadata": {"call_id": "x", "host": "h", "path": "/"}}
+        assert (await client.post("/v1/request-policy", json=body)).status_code == 401
+        wrong = {"authorization": "Bearer not-the-token"}
+        assert (await client.post("/v1/request-policy", json=body, headers=wrong)).status_code == 401
+        assert (await client.get("/v1/policy")).status_code == 401
+        assert (await client.get("/healthz")).status_code == 200
+        right = {"authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/v1/policy", headers=right)).json()["policy"] == "UppercaseNthWordPolicy"
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(control_plane.url.replace("http", "ws") + "/v1/streams"):
+            pass
+    assert refused.value.response.status_code == 401
+
+
+async def test_calls_through_three_proxies_are_policed_and_recorded_by_one_control_plane(
+    sidecars: list[RunningProxy], control_plane: ControlPlane
+) -> None:
+    word = f"three{uuid.uuid4().hex[:8]}"
+    for n, proxy in enumerate(sidecars[:3]):
+        for call in (messages(f"{word} {n}"), {"api": "chat", "stream": False, "prompt": f"{word} {n}"}):
+            (result,) = proxy.sdk(call)
+            assert result["ok"], result
+            assert result["text"] != DEFAULT_TEXT and result["text"].lower() == DEFAULT_TEXT.lower()
+    records = await recorded(control_plane.database_url, word, 6)
+    assert {r.outcome for r in records} == {CallOutcome.COMPLETED}
+    assert all(r.response_modified and r.policy_version and not r.unpoliced for r in records)
+
+
+def in_thread(proxy: RunningProxy, call: dict[str, Any]) -> tuple[threading.Thread, list[dict[str, Any]]]:
+    results: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: results.extend(proxy.sdk(call)), daemon=True)
+    thread.start()
+    return thread, results
+
+
+def wait_for_request(provider: FakeProvider, count: int) -> None:
+    provider.wait_for_requests(count)
+    time.sleep(0.3)  # the first event has reached the proxy and the control plane
+
+
+async def test_a_policy_change_reaches_every_proxy_while_a_running_stream_keeps_its_policy(
+    sidecars: list[RunningProxy], control_plane: ControlPlane, provider: FakeProvider
+) -> None:
+    before = len(provider.requests)
+    thread, in_flight = in_thread(sidecars[0], messages("[scenario:gated]"))
+    wait_for_request(provider, before + 1)
+    control_plane.set_policy(ALL_CAPS)
+    try:
+        deadline = time.monotonic() + 15
+        for proxy in sidecars[1:3]:
+            while (text := proxy.sdk(messages("hello", stream=False))[0]["text"]) != DEFAULT_TEXT.upper():
+                assert time.monotonic() < deadline, text
+                await asyncio.sleep(0.5)
+        provider.release(before)
+        thread.join(30)
+        (result,) = in_flight
+        assert result["ok"] and result["text"] != DEFAULT_TEXT.upper()  # still the old policy
+        assert result["text"].lower() == DEFAULT_TEXT.lower()
+    finally:
+        control_plane.set_policy(UPPERCASE)
+        await asyncio.sleep(2.5)  # the reload is seen before the next test
+
+
+async def test_killing_the_control_plane_mid_stream_fails_closed_and_recovers_by_itself(
+    sidecars: list[RunningProxy], control_plane: ControlPlane, provider: FakeProvider
+) -> None:
+    closed, open_ = sidecars[0], sidecars[3]
+    word = f"killed{uuid.uuid4().hex[:8]}"
+    before = len(provider.requests)
+    closed_thread, closed_result = in_thread(closed, messages(f"{word} closed [scenario:gated]"))
+    wait_for_request(provider, before + 1)
+    open_thread, open_result = in_thread(open_, messages(f"{word} open [scenario:gated]"))
+    wait_for_request(provider, before + 2)
+    control_plane.kill()
+    try:
+        provider.release(before)
+        provider.release(before + 1)
+        closed_thread.join(30)
+        open_thread.join(30)
+        (failed,) = closed_result
+        assert not failed["ok"] and "control plane" in failed["message"]  # a provider-format error event
+        (passed,) = open_result
+        assert passed["ok"] and passed["text"]  # fail-open: the stream completed
+        # New calls while it is down: 503 in the provider's format, or unpoliced when failing open.
+        (refused,) = closed.sdk(messages("while down", stream=False))
+        assert not refused["ok"] and refused["status"] == 503 and "control plane" in refused["message"]
+        (unpoliced,) = open_.sdk(messages(f"{word} unpoliced", stream=False))
+        assert unpoliced["ok"] and unpoliced["text"] == DEFAULT_TEXT
+    finally:
+        control_plane.start()
+    # Back without restarting any proxy: policed again.
+    (policed,) = closed.sdk(messages("after", stream=False))
+    assert policed["ok"] and policed["text"] != DEFAULT_TEXT
+    # What the fail-open proxy let through unpoliced was spooled there and recorded once it returned.
+    records = await recorded(control_plane.database_url, f"{word} unpoliced", 1)
+    assert records[0].unpoliced
