@@ -4,6 +4,8 @@ import json
 import time
 from typing import Any
 
+from opentelemetry.trace import INVALID_SPAN, Span
+
 from addon.sse import SSEEvent, SSEParser
 from controlplane.llm import ModelResponseStream
 from controlplane.models import PolicyResult, RequestMetadata, utcnow
@@ -86,6 +88,8 @@ class CallTrace:
         self.usage: Usage | None = None
         self.stream: StreamCapture | None = None
         self.decisions: list[Decision] = []
+        self.span: Span = INVALID_SPAN  # the call's span, from request to the last byte
+        self.stream_span: Span | None = None
 
     def first_byte(self) -> None:
         if self.ttfb_ms is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry import trace as otel
 
 from addon.call_trace import CallTrace, StreamCapture, body_for_record
 from addon.formats import FormatError, WireFormatCodec, codec_for
@@ -24,6 +25,7 @@ from addon.upstream import Upstream
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
 from controlplane.recording.records import CallOutcome, Output, Usage
+from controlplane.tracing import CALL_ID, context_from, tracer
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +113,18 @@ class Pipeline:
             user_agent=request.header("user-agent"),
         )
         trace = CallTrace(request.method, request.headers, metadata)
-        if codec is None:
-            response = await self._passthrough(request, trace)
-        else:
-            response = await self._policed(request, codec, trace)
+        # The call's span continues a trace the agent started, if it sent a traceparent.
+        trace.span = tracer.start_span(
+            "luthien.call",
+            context=context_from(dict(request.headers)),
+            kind=otel.SpanKind.SERVER,
+            attributes={CALL_ID: call_id, "server.address": request.host, "url.path": request.path},
+        )
+        with otel.use_span(trace.span, end_on_exit=False):
+            if codec is None:
+                response = await self._passthrough(request, trace)
+            else:
+                response = await self._policed(request, codec, trace)
         response.body = self._recorded(response.body, trace)
         return response
 
@@ -126,6 +136,10 @@ class Pipeline:
                 yield data
         finally:
             trace.finish()
+            trace.span.set_attributes(
+                {"luthien.outcome": trace.outcome.value, "http.status": trace.status or 0}
+            )
+            trace.span.end()
             task = asyncio.create_task(self._record(trace))
             self._recording.add(task)
             task.add_done_callback(self._recording.discard)
@@ -247,9 +261,12 @@ class Pipeline:
                 upstream.status_code, headers, self._forwarded(upstream, trace, decoded=True)
             )
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            trace.stream_span = tracer.start_span("luthien.stream", attributes={CALL_ID: metadata.call_id})
             try:
-                context = await self._control_plane.create_streaming_context(policed, metadata)
+                with otel.use_span(trace.stream_span, end_on_exit=False):
+                    context = await self._control_plane.create_streaming_context(policed, metadata)
             except ControlPlaneUnavailable:
+                trace.stream_span.end()
                 await upstream.aclose()
                 raise
             trace.policy_version = context.policy_version or trace.policy_version
@@ -290,7 +307,13 @@ class Pipeline:
     ) -> tuple[NormalizedRequest, bytes]:
         """The request the policy let through, and the bytes to send for it (the original bytes
         when it changed nothing)."""
-        result = await self._control_plane.apply_request_policies(copy.deepcopy(normalized), trace.metadata)
+        trace.span.set_attribute("gen_ai.request.model", trace.metadata.model or "")
+        with tracer.start_as_current_span(
+            "luthien.request_policy", attributes={CALL_ID: trace.metadata.call_id}
+        ):
+            result = await self._control_plane.apply_request_policies(
+                copy.deepcopy(normalized), trace.metadata
+            )
         trace.decide("request", result)
         trace.policy_version, trace.unpoliced = result.policy_version, result.unpoliced
         if not result.allowed or result.value is None:
@@ -312,9 +335,12 @@ class Pipeline:
 
     async def _send(self, request: ProxyRequest, content: bytes, metadata: RequestMetadata) -> httpx.Response:
         try:
-            upstream = await self._upstream.send(
-                request.method, request.host, request.path, request.headers, content
-            )
+            with tracer.start_as_current_span(
+                "luthien.upstream", kind=otel.SpanKind.CLIENT, attributes={CALL_ID: metadata.call_id}
+            ):
+                upstream = await self._upstream.send(
+                    request.method, request.host, request.path, request.headers, content
+                )
         except httpx.HTTPError as exc:
             raise _Refusal(502, f"Luthien could not reach {request.host}: {type(exc).__name__}") from exc
         await self._publish(metadata, ActivityType.UPSTREAM_SENT, status=upstream.status_code)
@@ -363,6 +389,11 @@ class Pipeline:
 
     async def _stream_ended(self, relay: StreamRelay, trace: CallTrace, finished: bool) -> None:
         outcome = relay.outcome
+        if trace.stream_span is not None:
+            trace.stream_span.set_attributes(
+                {"luthien.chunks_in": outcome.chunks_in, "luthien.chunks_out": outcome.chunks_out}
+            )
+            trace.stream_span.end()
         for decision in outcome.decisions:
             trace.decide("stream", decision)
         trace.response_modified = outcome.diverged
@@ -411,7 +442,8 @@ class Pipeline:
         before = response.model_dump()
         trace.original_output = Output.from_response(response)
         trace.usage = Usage.from_mapping(before.get("usage"))
-        result = await self._control_plane.apply_response_policy(response, metadata)
+        with tracer.start_as_current_span("luthien.response_policy", attributes={CALL_ID: metadata.call_id}):
+            result = await self._control_plane.apply_response_policy(response, metadata)
         trace.decide("response", result)
         trace.unpoliced |= result.unpoliced
         if not result.allowed or result.value is None:

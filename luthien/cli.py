@@ -28,13 +28,17 @@ def _env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
         help="where the CA and state live (env LUTHIEN_DATA_DIR; default ~/.luthien)",
     )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_data_dir(parser)
     parser.add_argument(
         "--port",
         type=int,
@@ -140,14 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     control = commands.add_parser(
         "controlplane", help="serve the policies, recording and activity to proxies over the network"
     )
-    _add_common(control)
+    _add_data_dir(control)
     _add_backend_options(control)
     control.add_argument(
         "--host",
         default=os.environ.get("LUTHIEN_CONTROL_PLANE_HOST", DEFAULT_HOST),
         help=f"address to listen on (env LUTHIEN_CONTROL_PLANE_HOST; default {DEFAULT_HOST})",
     )
-    control.set_defaults(port=int(os.environ.get("LUTHIEN_CONTROL_PLANE_PORT", DEFAULT_CONTROL_PLANE_PORT)))
+    control.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LUTHIEN_CONTROL_PLANE_PORT", DEFAULT_CONTROL_PLANE_PORT)),
+        help=f"port (env LUTHIEN_CONTROL_PLANE_PORT; default {DEFAULT_CONTROL_PLANE_PORT})",
+    )
     control.add_argument(
         "--policy",
         type=Path,
@@ -186,6 +195,13 @@ def _data_dir(args: argparse.Namespace) -> Path:
 def _client_env(args: argparse.Namespace) -> tuple[dict[str, str], CAFiles]:
     files = ensure_ca(_data_dir(args))
     return trust_env(f"http://127.0.0.1:{args.port}", files), files
+
+
+def _share_redis_with_policies(redis_url: str | None) -> None:
+    """Policies keep shared state (the judge's verdict cache) in the Redis of ``REDIS_URL``; a
+    ``--redis-url`` flag must mean the same for them."""
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
 
 
 def _configure_logging(level: str) -> None:
@@ -243,6 +259,7 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     _configure_logging(args.log_level)
     if getattr(args, "control_plane", None):
         return _serve_sidecar(args)
+    _share_redis_with_policies(args.redis_url)
     try:
         policy = load_policy_file(args.policy)
         config, env = _proxy_config(args)
@@ -330,6 +347,7 @@ def _control_plane(args: argparse.Namespace) -> int:
     if not token:
         print("luthien controlplane: set LUTHIEN_CONTROL_PLANE_TOKEN (proxies present it)", file=sys.stderr)
         return 2
+    _share_redis_with_policies(args.redis_url)
     try:
         policy = load_policy_file(args.policy)
     except PolicyFileError as exc:

@@ -80,12 +80,14 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
         detail = api.get(f"/api/calls/{summary['call_id']}").json()
     call = detail["call"]
     assert call["response_modified"] and call["stream"]
+    assert re.fullmatch(r"[0-9a-f]{12}", call["policy_version"])  # the policy file's version
     assert call["original_output"]["text"] == DEFAULT_TEXT
     assert call["final_output"]["text"] == result["text"]
     assert detail["diffs"]["output_text"]["changed"] and detail["diffs"]["response"]["changed"]
 
     # The page shows the diff: the original text on the left, what the agent got on the right.
     page.goto(f"{base}/calls/{summary['call_id']}")
+    expect(page.locator("dl.facts")).to_contain_text(call["policy_version"])
     text_diff = page.locator('[data-diff="output_text"]')
     expect(text_diff.locator("td.code.left")).to_contain_text([DEFAULT_TEXT])
     expect(text_diff.locator("td.code.right")).to_contain_text([result["text"]])

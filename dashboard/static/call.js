@@ -32,6 +32,7 @@ function header(call) {
     ["User", call.user_id],
     ["Session", call.session_id],
     ["HTTP status", call.status],
+    ["Policy version", call.policy_version],
     ["Time to first byte", formatMs(call.ttfb_ms)],
     ["Duration", formatMs(call.duration_ms)],
     [
@@ -50,6 +51,7 @@ function header(call) {
       badge(call.outcome),
       call.request_modified && badge("request modified", "warn"),
       call.response_modified && badge("response modified", "warn"),
+      call.unpoliced && badge("unpoliced: control plane unreachable", "warn"),
     ),
     el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
   );
