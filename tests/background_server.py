@@ -1,5 +1,5 @@
 """An ASGI app served by uvicorn on 127.0.0.1 from a daemon thread with its own event loop:
-how the fake provider and the fake judge run inside the test process."""
+how the fake provider, the fake judge and the control-plane service run inside the test process."""
 
 import asyncio
 import socket
@@ -12,9 +12,11 @@ HOST = "127.0.0.1"
 
 
 class BackgroundServer:
-    def __init__(self, app: Any, name: str) -> None:
+    def __init__(self, app: Any, name: str, *, ws: str = "none") -> None:
+        """``ws``: uvicorn's WebSocket implementation ("none": plain HTTP only)."""
         self._app = app
         self._name = name
+        self._ws = ws
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -29,7 +31,7 @@ class BackgroundServer:
         config = uvicorn.Config(
             self._app,
             http="h11",
-            ws="none",
+            ws=self._ws,
             lifespan="off",
             log_config=None,
             log_level="warning",

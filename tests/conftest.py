@@ -1,4 +1,5 @@
-"""Shared fixtures: a fake provider and real `luthien proxy` processes routed to it."""
+"""Shared fixtures: a fake provider, real `luthien proxy` processes routed to it, and the control
+planes (local and over HTTP) the policy and pipeline tests run against."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -17,6 +18,9 @@ import yaml
 from certs import ensure_ca
 from tests.fake_judge import FakeJudge
 from tests.fake_provider import FakeProvider
+
+if TYPE_CHECKING:  # imported late: it imports LiteLLM, slow to import, which many tests do not need
+    from tests.control_planes import Kind
 
 ROOT = Path(__file__).resolve().parent.parent
 SDK_CLIENT = Path(__file__).with_name("sdk_client.py")
@@ -213,6 +217,23 @@ def fake() -> Iterator[FakeProvider]:
     provider = FakeProvider().start()
     yield provider
     provider.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane_service() -> Iterator[None]:
+    """Stops the session's control-plane service (tests/control_planes.py) if a test started it."""
+    yield
+    from tests.control_planes import stop_service_host
+
+    stop_service_host()
+
+
+@pytest.fixture(params=["local", "http"])
+def control_plane_kind(request: pytest.FixtureRequest, control_plane_service: None) -> "Kind":
+    """The ControlPlaneService a policy or pipeline test runs against: a test that takes this runs
+    once with ControlPlaneLocal and once with ControlPlaneHTTP and the control-plane service (see
+    ``control_plane_for``)."""
+    return request.param
 
 
 @pytest.fixture(scope="session")

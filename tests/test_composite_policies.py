@@ -7,6 +7,7 @@ from addon.sse import SSEParser
 from controlplane.models import RequestMetadata
 from controlplane.policies import PolicyHandler
 from controlplane.policy_file import PolicyFileError, policy_from_document
+from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import provider_stream, relay
 
 FAKE_TEXT = "Hello from the fake provider. The quick brown fox jumps over the lazy dog."
@@ -21,7 +22,7 @@ def client_text(out: bytes) -> str:
     return "".join(e["delta"].get("text", "") for e in events if e and e["type"] == "content_block_delta")
 
 
-async def test_serial_policies_each_see_the_previous_output() -> None:
+async def test_serial_policies_each_see_the_previous_output(control_plane_kind: Kind) -> None:
     serial = policy(
         """
 policy:
@@ -33,13 +34,14 @@ policy:
 """
     )
     metadata = RequestMetadata(call_id="c", host="h", path="/v1/chat/completions")
-    result = await serial.apply_request_policies(
-        {"messages": [{"role": "user", "content": "an apple"}]}, metadata
-    )
+    async with control_plane_for(serial, control_plane_kind) as control_plane:
+        result = await control_plane.apply_request_policies(
+            {"messages": [{"role": "user", "content": "an apple"}]}, metadata
+        )
     assert not result.allowed and result.reason == "the prompt mentions forbidden-word"
 
 
-async def test_serial_stream_policies_chain_and_keep_separate_state() -> None:
+async def test_serial_stream_policies_chain_and_keep_separate_state(control_plane_kind: Kind) -> None:
     serial = policy(
         """
 policy:
@@ -50,12 +52,14 @@ policy:
       - {class: UppercaseNthWordPolicy, config: {n: 3}}
 """
     )
-    out = await relay("/v1/messages", serial, [provider_stream("/v1/messages", "text")])
+    out = await relay(
+        "/v1/messages", serial, [provider_stream("/v1/messages", "text")], kind=control_plane_kind
+    )
     # Words 2, 4, 6... then 3, 6, 9...: each child counts words with its own state.
     assert client_text(out) == "Hello FROM THE FAKE provider. THE quick BROWN FOX JUMPS over THE lazy DOG."
 
 
-async def test_serial_tool_gates_hold_independently() -> None:
+async def test_serial_tool_gates_hold_independently(control_plane_kind: Kind) -> None:
     serial = policy(
         r"""
 policy:
@@ -66,7 +70,8 @@ policy:
       - {class: ToolCallBlocklistPolicy, config: {patterns: ['echo ok']}}
 """
     )
-    out = await relay("/v1/messages", serial, [provider_stream("/v1/messages", "two_tools rm -rf /")])
+    data = [provider_stream("/v1/messages", "two_tools rm -rf /")]
+    out = await relay("/v1/messages", serial, data, kind=control_plane_kind)
     events = [e.json() for e in SSEParser().feed(out)]
     assert not [
         e for e in events if e["type"] == "content_block_start" and e["content_block"]["type"] == "tool_use"
@@ -92,7 +97,9 @@ policy:
         ("gateway.internal", "claude-sonnet-4-6", FAKE_TEXT.upper()),
     ],
 )
-async def test_select_picks_the_first_matching_route(host: str, model: str, expected: str) -> None:
+async def test_select_picks_the_first_matching_route(
+    host: str, model: str, expected: str, control_plane_kind: Kind
+) -> None:
     select = policy(
         """
 policy:
@@ -106,7 +113,8 @@ policy:
 """
     )
     metadata = RequestMetadata(call_id="c", host=host, path="/v1/messages", model=model)
-    out = await relay("/v1/messages", select, [provider_stream("/v1/messages", "text")], metadata)
+    data = [provider_stream("/v1/messages", "text")]
+    out = await relay("/v1/messages", select, data, metadata, kind=control_plane_kind)
     assert client_text(out) == expected
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from addon.sse import SSEParser
 from controlplane.llm import ModelResponse
-from controlplane.local import ControlPlaneLocal
 from controlplane.models import RequestMetadata
 from controlplane.policy_file import load_policy_file
+from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import provider_stream, relay
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
@@ -20,23 +20,27 @@ def policy(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     return load_policy_file(EXAMPLES / "team_rules.yaml")
 
 
-async def test_unapproved_models_are_blocked(policy) -> None:  # type: ignore[no-untyped-def]
-    control_plane = ControlPlaneLocal(policy)
+async def test_unapproved_models_are_blocked(policy, control_plane_kind: Kind) -> None:  # type: ignore[no-untyped-def]
     metadata = RequestMetadata(call_id="c", host="api.openai.com", path="/v1/chat/completions")
-    blocked = await control_plane.apply_request_policies({"model": "gpt-4o", "messages": []}, metadata)
-    assert not blocked.allowed and blocked.reason == "model 'gpt-4o' is not approved for this team"
-    allowed = await control_plane.apply_request_policies(
-        {"model": "claude-sonnet-4-6", "messages": []}, metadata
-    )
+    async with control_plane_for(policy, control_plane_kind) as control_plane:
+        blocked = await control_plane.apply_request_policies({"model": "gpt-4o", "messages": []}, metadata)
+        assert not blocked.allowed and blocked.reason == "model 'gpt-4o' is not approved for this team"
+        allowed = await control_plane.apply_request_policies(
+            {"model": "claude-sonnet-4-6", "messages": []}, metadata
+        )
     assert allowed.allowed
 
 
-async def test_the_footer_ends_every_answer(policy) -> None:  # type: ignore[no-untyped-def]
+async def test_the_footer_ends_every_answer(policy, control_plane_kind: Kind) -> None:  # type: ignore[no-untyped-def]
     response = ModelResponse(choices=[{"index": 0, "message": {"role": "assistant", "content": "Hi."}}])
-    result = await policy.apply_response_policy(response, RequestMetadata(call_id="c", host="h", path="p"))
-    assert result.value.choices[0].message.content == "Hi.\n\n(checked by Luthien)"
+    async with control_plane_for(policy, control_plane_kind) as control_plane:
+        metadata = RequestMetadata(call_id="c", host="h", path="p")
+        result = await control_plane.apply_response_policy(response, metadata)
+    assert result.value is not None
+    assert result.value.choices[0].message.content == "Hi.\n\n(checked by Luthien)"  # type: ignore[union-attr]
 
-    out = await relay("/v1/messages", policy, [provider_stream("/v1/messages", "text")])
+    data = [provider_stream("/v1/messages", "text")]
+    out = await relay("/v1/messages", policy, data, kind=control_plane_kind)
     events = [e.json() for e in SSEParser().feed(out)]
     text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
     assert text.endswith("lazy dog.\n\n(checked by Luthien)")

@@ -1,5 +1,6 @@
 """The relay in-process: real provider streams (rendered by the fake provider's wire code) run
-through real policies, fed in arbitrary byte pieces."""
+through real policies, fed in arbitrary byte pieces, with the policy behind either control plane
+(``control_plane_kind``: ControlPlaneLocal, or ControlPlaneHTTP and the control-plane service)."""
 
 import json
 import random
@@ -10,10 +11,11 @@ import pytest
 from addon.formats import codec_for
 from addon.sse import SSEParser
 from addon.stream_relay import StreamRelay
+from controlplane.interface import ControlPlaneService
 from controlplane.llm import ModelResponseStream
-from controlplane.local import ControlPlaneLocal
 from controlplane.models import ActivityEvent, ChunkResult, PolicyResult, RequestMetadata, StreamingContext
 from controlplane.policies import NoOpPolicy, PolicyHandler, ToolCallBlocklistPolicy
+from tests.control_planes import Kind, control_plane_for, published
 from tests.fake_provider import anthropic_messages, openai_chat, openai_responses
 from tests.fake_provider.scenarios import find_scenario, plan_for
 from tests.fake_provider.wire import Context, IdFactory
@@ -40,13 +42,20 @@ def pieces(data: bytes, seed: int) -> list[bytes]:
 
 
 async def relay(
-    path: str, policy: PolicyHandler, data: list[bytes], metadata: RequestMetadata | None = None
+    path: str,
+    policy: PolicyHandler,
+    data: list[bytes],
+    metadata: RequestMetadata | None = None,
+    *,
+    kind: Kind,
 ) -> bytes:
-    return await run_relay(ControlPlaneLocal(policy), path, data, metadata)
+    """The bytes a client receives when ``data`` streams through ``policy`` on a ``kind`` control plane."""
+    async with control_plane_for(policy, kind) as control_plane:
+        return await run_relay(control_plane, path, data, metadata)
 
 
 async def run_relay(
-    control_plane: ControlPlaneLocal, path: str, data: list[bytes], metadata: RequestMetadata | None = None
+    control_plane: ControlPlaneService, path: str, data: list[bytes], metadata: RequestMetadata | None = None
 ) -> bytes:
     """The bytes a client receives when ``data`` streams through ``control_plane``'s policy."""
     metadata = metadata or RequestMetadata(call_id="c", host="h", path=path)
@@ -91,44 +100,52 @@ class MutateInPlace(PolicyHandler):
 
 @pytest.mark.parametrize("path", RENDERERS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-async def test_noop_relay_is_byte_identical_however_the_bytes_arrive(path: str, scenario: str) -> None:
+async def test_noop_relay_is_byte_identical_however_the_bytes_arrive(
+    path: str, scenario: str, control_plane_kind: Kind
+) -> None:
     original = provider_stream(path, scenario)
     for seed in range(3):
-        assert await relay(path, NoOpPolicy(), pieces(original, seed)) == original
+        assert await relay(path, NoOpPolicy(), pieces(original, seed), kind=control_plane_kind) == original
 
 
 @pytest.mark.parametrize("path", RENDERERS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-async def test_held_and_released_unchanged_is_still_byte_identical(path: str, scenario: str) -> None:
+async def test_held_and_released_unchanged_is_still_byte_identical(
+    path: str, scenario: str, control_plane_kind: Kind
+) -> None:
     original = provider_stream(path, scenario)
-    assert await relay(path, HoldEverythingUntilTheEnd(), [original]) == original
+    assert await relay(path, HoldEverythingUntilTheEnd(), [original], kind=control_plane_kind) == original
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_a_chunk_changed_in_place_is_noticed(path: str) -> None:
-    out = await relay(path, MutateInPlace(), [provider_stream(path, "text")])
+async def test_a_chunk_changed_in_place_is_noticed(path: str, control_plane_kind: Kind) -> None:
+    out = await relay(path, MutateInPlace(), [provider_stream(path, "text")], kind=control_plane_kind)
     text = client_text(path, out)
     assert text == "Hello from the fake provider. The quick brown cat jumps over the lazy dog."
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_safe_tool_calls_pass_the_blocklist_byte_identical(path: str) -> None:
+async def test_safe_tool_calls_pass_the_blocklist_byte_identical(path: str, control_plane_kind: Kind) -> None:
     original = provider_stream(path, "tool_call ls -la")
     policy = ToolCallBlocklistPolicy(ToolCallBlocklistPolicy.Config(patterns=[r"rm\s+-rf"]))
-    assert await relay(path, policy, pieces(original, 7)) == original
+    assert await relay(path, policy, pieces(original, 7), kind=control_plane_kind) == original
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_an_upstream_error_event_survives_a_rewritten_stream(path: str) -> None:
-    out = await relay(path, MutateInPlace(), [provider_stream(path, "midstream_error")])
+async def test_an_upstream_error_event_survives_a_rewritten_stream(
+    path: str, control_plane_kind: Kind
+) -> None:
+    out = await relay(
+        path, MutateInPlace(), [provider_stream(path, "midstream_error")], kind=control_plane_kind
+    )
     events = SSEParser().feed(out)
     assert any("error" in (e.event or "") or '"error"' in e.data for e in events)
     assert events[-1].data != "[DONE]"  # nothing made up after the provider's error
 
 
-async def activity(control_plane: ControlPlaneLocal) -> list[ActivityEvent]:
-    """What the control plane published, oldest first."""
-    return [published.event for published in await control_plane.bus.recent(10_000)]
+async def activity(control_plane: ControlPlaneService) -> list[ActivityEvent]:
+    """What the control plane published, oldest first (for ControlPlaneHTTP: the service did)."""
+    return await published(control_plane)
 
 
 def client_text(path: str, out: bytes) -> str:

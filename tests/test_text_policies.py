@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from addon.formats import codec_for
 from addon.sse import SSEParser
+from controlplane.interface import ControlPlaneService
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import ChunkResult, RequestMetadata, StreamingContext
 from controlplane.policies.all_caps import AllCapsPolicy
@@ -21,6 +22,7 @@ from controlplane.policies.chunks import chunk_text, finish_chunk, text_chunk, t
 from controlplane.policies.secret_redaction import DETECTORS, SecretRedactionPolicy
 from controlplane.policies.string_replacement import StringReplacementPolicy, match_case
 from controlplane.policies.text_stream import PatternSet, Rule, StreamingTextRewriter, compile_pattern
+from tests.control_planes import Kind, control_plane_for, request_decision, response_decision
 from tests.fake_provider.scenarios import DEFAULT_TEXT, Plan, Scenario
 from tests.fake_provider.wire import Context, IdFactory
 from tests.test_stream_relay import RENDERERS, client_text, pieces, provider_stream, relay
@@ -78,6 +80,18 @@ async def run_chunks(
     for chunk in chunks:
         results += [r async for r in policy.apply_streaming_chunk_policy(chunk, context)]
     results += [r async for r in policy.on_stream_end(context)]
+    return [r.value for r in results if r.value is not None], results
+
+
+async def stream_chunks(
+    control_plane: ControlPlaneService, chunks: list[ModelResponseStream]
+) -> tuple[list[ModelResponseStream], list[ChunkResult]]:
+    """Like ``run_chunks``, as one stream through a control plane (see ``control_plane_for``)."""
+    context = await control_plane.create_streaming_context({"messages": []}, METADATA)
+    results = []
+    for chunk in chunks:
+        results += [r async for r in control_plane.process_streaming_chunk(chunk, context)]
+    results += [r async for r in control_plane.close_streaming_context(context)]
     return [r.value for r in results if r.value is not None], results
 
 
@@ -143,13 +157,14 @@ def test_a_match_split_anywhere_is_found(make: Callable[[], StreamingTextRewrite
             assert feed_all(make(), [text[:a], text[a:b], text[b:]]) == expected, (a, b)
 
 
-async def test_a_match_split_anywhere_across_chunks_is_found_by_the_policy() -> None:
+async def test_a_match_split_anywhere_across_chunks_is_found_by_the_policy(control_plane_kind: Kind) -> None:
     text = "Hello. The quick brown fox."
-    for cut in range(len(text) + 1):
-        chunks = [*text_chunks(text[:cut], text[cut:]), finish_chunk(LIKE, "stop")]
-        out, _ = await run_chunks(replacement_policy(*QUICK), chunks)
-        assert joined(out) == "Hello. The slow red fox.", cut
-        assert out[-1].choices[0].finish_reason == "stop"
+    async with control_plane_for(replacement_policy(*QUICK), control_plane_kind) as control_plane:
+        for cut in range(len(text) + 1):
+            chunks = [*text_chunks(text[:cut], text[cut:]), finish_chunk(LIKE, "stop")]
+            out, _ = await stream_chunks(control_plane, chunks)
+            assert joined(out) == "Hello. The slow red fox.", cut
+            assert out[-1].choices[0].finish_reason == "stop"
 
 
 def test_regex_partial_matching_holds_back_only_what_it_must() -> None:
@@ -175,7 +190,9 @@ def test_held_text_is_flushed() -> None:
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("scenario", ["text", "thinking", "tool_call ls -la", "two_tools", "midstream_error"])
-async def test_streams_without_a_match_pass_byte_identical(path: str, scenario: str) -> None:
+async def test_streams_without_a_match_pass_byte_identical(
+    path: str, scenario: str, control_plane_kind: Kind
+) -> None:
     original = provider_stream(path, scenario)
     policies: list[PolicyHandler] = [
         # Each of these holds text back on the way ("quick " could start "quick red"; "dog." could
@@ -185,7 +202,8 @@ async def test_streams_without_a_match_pass_byte_identical(path: str, scenario: 
         SecretRedactionPolicy(SecretRedactionPolicy.Config(redact_responses=True)),
     ]
     for policy in policies:
-        assert await relay(path, policy, pieces(original, 3)) == original, type(policy).__name__
+        out = await relay(path, policy, pieces(original, 3), kind=control_plane_kind)
+        assert out == original, type(policy).__name__
 
 
 async def test_held_text_is_flushed_before_the_finishing_chunk() -> None:
@@ -280,35 +298,39 @@ async def test_requests_are_rewritten_in_every_message_text() -> None:
     assert untouched.value is request and untouched.reason is None
 
 
-async def test_non_streaming_responses_are_rewritten() -> None:
+async def test_non_streaming_responses_are_rewritten(control_plane_kind: Kind) -> None:
     policy = replacement_policy(*QUICK)
-    result = await policy.apply_response_policy(response_saying(DEFAULT_TEXT), METADATA)
+    result = await response_decision(policy, response_saying(DEFAULT_TEXT), METADATA, control_plane_kind)
     assert result.value is not None
     assert result.value.choices[0].message.content == DEFAULT_TEXT.replace("quick brown", "slow red")  # type: ignore[union-attr]
     assert result.metadata == {"replacements": 1}
     requests_only = replacement_policy(*QUICK, apply_to="requests")
-    result = await requests_only.apply_response_policy(response_saying(DEFAULT_TEXT), METADATA)
+    result = await response_decision(
+        requests_only, response_saying(DEFAULT_TEXT), METADATA, control_plane_kind
+    )
     assert result.value.choices[0].message.content == DEFAULT_TEXT  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("regex", [False, True])
-async def test_a_match_split_across_two_events_is_replaced_in_every_format(path: str, regex: bool) -> None:
+async def test_a_match_split_across_two_events_is_replaced_in_every_format(
+    path: str, regex: bool, control_plane_kind: Kind
+) -> None:
     original = provider_stream(path, "text")
     assert "quick brown" not in client_text(path, original).split(" quick ")[0]  # arrives as two events
     find = r"quick (b)rown" if regex else "quick brown"
     replace = r"slow \1lack" if regex else "slow black"
     policy = replacement_policy({"find": find, "replace": replace, "regex": regex})
     for seed in range(3):
-        out = await relay(path, policy, pieces(original, seed))
+        out = await relay(path, policy, pieces(original, seed), kind=control_plane_kind)
         assert client_text(path, out) == DEFAULT_TEXT.replace("quick brown", "slow black")
         assert_closed_validly(path, out)
 
 
-async def test_stream_replacements_are_recorded() -> None:
-    _, results = await run_chunks(
-        replacement_policy(*QUICK), [*text_chunks("The quick ", "brown fox"), finish_chunk(LIKE, "stop")]
-    )
+async def test_stream_replacements_are_recorded(control_plane_kind: Kind) -> None:
+    async with control_plane_for(replacement_policy(*QUICK), control_plane_kind) as control_plane:
+        chunks = [*text_chunks("The quick ", "brown fox"), finish_chunk(LIKE, "stop")]
+        _, results = await stream_chunks(control_plane, chunks)
     recorded = [r for r in results if r.reason]
     assert [(r.reason, r.metadata) for r in recorded] == [("replaced 1 occurrence", {"replacements": 1})]
 
@@ -332,15 +354,17 @@ def test_invalid_config_is_rejected_clearly() -> None:
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("scenario", ["text", "thinking", "tool_call ls -la"])
-async def test_all_caps_in_every_format(path: str, scenario: str) -> None:
+async def test_all_caps_in_every_format(path: str, scenario: str, control_plane_kind: Kind) -> None:
     original = provider_stream(path, scenario)
-    out = await relay(path, AllCapsPolicy(), pieces(original, 5))
+    out = await relay(path, AllCapsPolicy(), pieces(original, 5), kind=control_plane_kind)
     expected = client_text(path, original).upper()
     assert client_text(path, out) == expected and expected.isupper()
 
 
-async def test_all_caps_non_streaming() -> None:
-    result = await AllCapsPolicy().apply_response_policy(response_saying("Hello, World"), METADATA)
+async def test_all_caps_non_streaming(control_plane_kind: Kind) -> None:
+    result = await response_decision(
+        AllCapsPolicy(), response_saying("Hello, World"), METADATA, control_plane_kind
+    )
     assert result.value.choices[0].message.content == "HELLO, WORLD"  # type: ignore[union-attr]
 
 
@@ -465,7 +489,7 @@ def test_ordinary_prose_and_code_are_left_alone(text: str) -> None:
     assert SecretRedactionPolicy().redact(text, counts) == text and not counts
 
 
-async def test_no_secret_survives_a_request() -> None:
+async def test_no_secret_survives_a_request(control_plane_kind: Kind) -> None:
     openai = SECRETS["openai_api_key"][1]
     aws_id = SECRETS["aws_access_key_id"][1]
     github = SECRETS["github_token"][1]
@@ -498,7 +522,7 @@ async def test_no_secret_survives_a_request() -> None:
             {"role": "user", "content": "thanks"},
         ],
     }
-    result = await SecretRedactionPolicy().apply_request_policies(request, METADATA)
+    result = await request_decision(SecretRedactionPolicy(), request, METADATA, control_plane_kind)
     assert result.allowed and result.value is not None
     dumped = json.dumps(result.value)
     for secret in (openai, aws_id, github, anthropic, password):
@@ -592,13 +616,16 @@ def _provider_bodies(openai: str, github: str) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("path", PATHS)
-async def test_redactions_reach_the_provider_body_in_every_format(path: str) -> None:
+async def test_redactions_reach_the_provider_body_in_every_format(
+    path: str, control_plane_kind: Kind
+) -> None:
     openai, github = SECRETS["openai_api_key"][1], SECRETS["github_token"][1]
     original = _provider_bodies(openai, github)[path]
     codec = codec_for("POST", path)
     assert codec is not None
     before = codec.normalize_request(original)
-    result = await SecretRedactionPolicy().apply_request_policies(json.loads(json.dumps(before)), METADATA)
+    request = json.loads(json.dumps(before))
+    result = await request_decision(SecretRedactionPolicy(), request, METADATA, control_plane_kind)
     assert result.value is not None
     sent = json.dumps(codec.render_request(original, before, result.value))
     assert openai not in sent and github not in sent
@@ -645,14 +672,19 @@ def test_detector_selection_extra_patterns_and_replacement() -> None:
     }
 
 
-async def test_responses_are_left_alone_unless_asked() -> None:
+async def test_responses_are_left_alone_unless_asked(control_plane_kind: Kind) -> None:
     openai = SECRETS["openai_api_key"][1]
-    result = await SecretRedactionPolicy().apply_response_policy(response_saying(f"key {openai}"), METADATA)
+    response = response_saying(f"key {openai}")
+    result = await response_decision(SecretRedactionPolicy(), response, METADATA, control_plane_kind)
     assert result.value.choices[0].message.content == f"key {openai}"  # type: ignore[union-attr]
     original = stream_saying("/v1/messages", f"key {openai}")
-    assert await relay("/v1/messages", SecretRedactionPolicy(), [original]) == original
+    assert (
+        await relay("/v1/messages", SecretRedactionPolicy(), [original], kind=control_plane_kind) == original
+    )
     redacting = SecretRedactionPolicy(SecretRedactionPolicy.Config(redact_responses=True))
-    result = await redacting.apply_response_policy(response_saying(f"key {openai}"), METADATA)
+    result = await response_decision(
+        redacting, response_saying(f"key {openai}"), METADATA, control_plane_kind
+    )
     assert result.value.choices[0].message.content == "key [REDACTED:openai_api_key]"  # type: ignore[union-attr]
     assert result.metadata == {"redacted": {"openai_api_key": 1}}
 
@@ -675,14 +707,16 @@ async def test_response_secrets_are_redacted_however_the_chunks_split_them(case:
 
 
 @pytest.mark.parametrize("path", PATHS)
-async def test_response_secrets_split_across_events_are_redacted_in_every_format(path: str) -> None:
+async def test_response_secrets_split_across_events_are_redacted_in_every_format(
+    path: str, control_plane_kind: Kind
+) -> None:
     key = _private_key()  # many events: one per line/word
     password = SECRETS["secret_assignment"][1]
     text = f"Set DB_PASSWORD = {password} and keep\n{key}\nsafe."
     original = stream_saying(path, text)
     policy = SecretRedactionPolicy(SecretRedactionPolicy.Config(redact_responses=True))
     for seed in range(2):
-        out = await relay(path, policy, pieces(original, seed))
+        out = await relay(path, policy, pieces(original, seed), kind=control_plane_kind)
         shown = client_text(path, out)
         assert (
             shown == "Set DB_PASSWORD = [REDACTED:secret_assignment] and keep\n[REDACTED:private_key]\nsafe."

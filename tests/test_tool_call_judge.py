@@ -15,8 +15,7 @@ from addon.formats import codec_for
 from addon.sse import SSEParser
 from addon.stream_relay import StreamRelay
 from controlplane.llm import ModelResponse, acompletion
-from controlplane.local import ControlPlaneLocal
-from controlplane.models import ActivityType, RequestMetadata
+from controlplane.models import ActivityEvent, ActivityType, RequestMetadata
 from controlplane.policies.chunks import ToolCall, ToolCallAccumulator, chunk_text, finish_reason
 from controlplane.policies.tool_call_judge import (
     JudgeAnswerError,
@@ -25,6 +24,7 @@ from controlplane.policies.tool_call_judge import (
     parse_judgement,
 )
 from controlplane.policy_file import policy_from_document
+from tests.control_planes import Kind, control_plane_for, response_decision
 from tests.fake_judge import FakeJudge
 from tests.fake_provider.scenarios import find_scenario, plan_for
 from tests.fake_provider.wire import Context, IdFactory
@@ -85,24 +85,27 @@ def client_view(path: str, out: bytes) -> Seen:
 
 
 async def run_stream(
-    path: str, policy: ToolCallJudgePolicy, data: list[bytes]
-) -> tuple[bytes, ControlPlaneLocal]:
-    """Like ``relay``, also giving back the control plane and its recorded activity."""
-    control_plane = ControlPlaneLocal(policy)
-    return await run_relay(control_plane, path, data, metadata(path)), control_plane
+    path: str, policy: ToolCallJudgePolicy, data: list[bytes], kind: Kind
+) -> tuple[bytes, list[ActivityEvent]]:
+    """Like ``relay``, also giving back the activity the control plane published."""
+    async with control_plane_for(policy, kind) as control_plane:
+        out = await run_relay(control_plane, path, data, metadata(path))
+        return out, await activity(control_plane)
 
 
-async def decisions(control_plane: ControlPlaneLocal) -> list[dict[str, Any]]:
-    return [e.data for e in await activity(control_plane) if e.type == ActivityType.STREAM_POLICY]
+def decisions(events: list[ActivityEvent]) -> list[dict[str, Any]]:
+    return [e.data for e in events if e.type == ActivityType.STREAM_POLICY]
 
 
 # --- blocking and passing, streaming -------------------------------------------------------
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_a_dangerous_call_is_replaced_by_the_explanation(judge: FakeJudge, path: str) -> None:
+async def test_a_dangerous_call_is_replaced_by_the_explanation(
+    judge: FakeJudge, path: str, control_plane_kind: Kind
+) -> None:
     original = provider_stream(path, DANGEROUS)
-    out = await relay(path, make_policy(judge), pieces(original, 3))
+    out = await relay(path, make_policy(judge), pieces(original, 3), kind=control_plane_kind)
     seen = client_view(path, out)
     assert seen.calls == {}
     assert seen.text.startswith("Let me run that.")
@@ -113,23 +116,26 @@ async def test_a_dangerous_call_is_replaced_by_the_explanation(judge: FakeJudge,
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_a_safe_call_passes_byte_identical(judge: FakeJudge, path: str) -> None:
+async def test_a_safe_call_passes_byte_identical(
+    judge: FakeJudge, path: str, control_plane_kind: Kind
+) -> None:
     original = provider_stream(path, SAFE)
-    out, control_plane = await run_stream(path, make_policy(judge), pieces(original, 5))
+    out, events = await run_stream(path, make_policy(judge), pieces(original, 5), control_plane_kind)
     assert out == original
-    (decision,) = await decisions(control_plane)
+    (decision,) = decisions(events)
     assert decision["allowed"] is True
     assert decision["reason"] == "the judge scored it 0.10 (threshold 0.70): fake judge: this looks harmless"
     assert decision["score"] == 0.1 and decision["cached"] is False
 
 
-async def test_the_threshold_decides(judge: FakeJudge) -> None:
+async def test_the_threshold_decides(judge: FakeJudge, control_plane_kind: Kind) -> None:
     path = "/v1/chat/completions"
+    data = [provider_stream(path, SAFE)]
     judge.default_score = 0.5
     try:
-        lenient = await relay(path, make_policy(judge, threshold=0.6), [provider_stream(path, SAFE)])
+        lenient = await relay(path, make_policy(judge, threshold=0.6), data, kind=control_plane_kind)
         assert client_view(path, lenient).calls
-        strict = await relay(path, make_policy(judge, threshold=0.5), [provider_stream(path, SAFE)])
+        strict = await relay(path, make_policy(judge, threshold=0.5), data, kind=control_plane_kind)
         assert not client_view(path, strict).calls  # at the threshold counts as above it
     finally:
         judge.default_score = 0.1
@@ -146,12 +152,15 @@ def provider_response(path: str, scenario: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_a_dangerous_call_is_removed_from_a_whole_response(judge: FakeJudge, path: str) -> None:
+async def test_a_dangerous_call_is_removed_from_a_whole_response(
+    judge: FakeJudge, path: str, control_plane_kind: Kind
+) -> None:
     codec = codec_for("POST", path)
     assert codec is not None
     original = provider_response(path, DANGEROUS)
-    control_plane = ControlPlaneLocal(make_policy(judge))
-    result = await control_plane.apply_response_policy(codec.parse_response(original), metadata(path))
+    async with control_plane_for(make_policy(judge), control_plane_kind) as control_plane:
+        result = await control_plane.apply_response_policy(codec.parse_response(original), metadata(path))
+        events = await activity(control_plane)
     assert result.allowed and isinstance(result.value, ModelResponse)
     rendered = codec.render_response(original, result.value)
     message = codec.parse_response(rendered).choices[0].message  # type: ignore[union-attr]
@@ -160,17 +169,19 @@ async def test_a_dangerous_call_is_removed_from_a_whole_response(judge: FakeJudg
     assert content.startswith("Let me run that.")
     assert BLOCKED_NOTE in content and JUDGE_SAYS_BLOCK in content
     # Every judgement is recorded with its details.
-    (event,) = [e for e in await activity(control_plane) if e.type == ActivityType.RESPONSE_POLICY]
+    (event,) = [e for e in events if e.type == ActivityType.RESPONSE_POLICY]
     (judged,) = event.data["judged_calls"]
     assert judged["allowed"] is False and judged["score"] == 0.95 and judged["rule_id"] == "llm-judge"
 
 
-async def test_a_safe_call_in_a_whole_response_is_kept_and_recorded(judge: FakeJudge) -> None:
+async def test_a_safe_call_in_a_whole_response_is_kept_and_recorded(
+    judge: FakeJudge, control_plane_kind: Kind
+) -> None:
     path = "/v1/messages"
     codec = codec_for("POST", path)
     assert codec is not None
     response = codec.parse_response(provider_response(path, SAFE))
-    result = await make_policy(judge).apply_response_policy(response, metadata(path))
+    result = await response_decision(make_policy(judge), response, metadata(path), control_plane_kind)
     assert result.value is not None and result.value.choices[0].message.tool_calls  # type: ignore[union-attr]
     assert result.reason == "the judge scored it 0.10 (threshold 0.70): fake judge: this looks harmless"
     (judged,) = result.metadata["judged_calls"]
@@ -180,18 +191,20 @@ async def test_a_safe_call_in_a_whole_response_is_kept_and_recorded(judge: FakeJ
 # --- failures --------------------------------------------------------------------------------
 
 
-async def test_a_judge_that_does_not_answer_in_time_blocks(judge: FakeJudge) -> None:
+async def test_a_judge_that_does_not_answer_in_time_blocks(
+    judge: FakeJudge, control_plane_kind: Kind
+) -> None:
     path = "/v1/messages"
     judge.mode, judge.delay = "slow", 2.0
     started = time.monotonic()
-    out, control_plane = await run_stream(
-        path, make_policy(judge, timeout_seconds=0.2), [provider_stream(path, SAFE)]
+    out, events = await run_stream(
+        path, make_policy(judge, timeout_seconds=0.2), [provider_stream(path, SAFE)], control_plane_kind
     )
     assert time.monotonic() - started < 1.5
     seen = client_view(path, out)
     assert seen.calls == {}
     assert "the judge did not answer in time (0.2s)" in seen.text
-    (decision,) = await decisions(control_plane)
+    (decision,) = decisions(events)
     assert decision["judge_error"] == "TimeoutError" and decision["score"] is None
 
 
@@ -202,21 +215,25 @@ async def test_a_judge_that_does_not_answer_in_time_blocks(judge: FakeJudge) -> 
         ("garbage", "the judge's answer held no usable score"),
     ],
 )
-async def test_a_failing_judge_blocks_by_default(judge: FakeJudge, mode: Any, reason: str) -> None:
+async def test_a_failing_judge_blocks_by_default(
+    judge: FakeJudge, mode: Any, reason: str, control_plane_kind: Kind
+) -> None:
     path = "/v1/chat/completions"
     judge.mode = mode
-    out = await relay(path, make_policy(judge), [provider_stream(path, SAFE)])
+    out = await relay(path, make_policy(judge), [provider_stream(path, SAFE)], kind=control_plane_kind)
     seen = client_view(path, out)
     assert seen.calls == {} and reason in seen.text
 
 
-async def test_on_error_allow_lets_the_call_through_and_says_so(judge: FakeJudge) -> None:
+async def test_on_error_allow_lets_the_call_through_and_says_so(
+    judge: FakeJudge, control_plane_kind: Kind
+) -> None:
     path = "/v1/responses"
     judge.mode = "error"
     original = provider_stream(path, DANGEROUS)
-    out, control_plane = await run_stream(path, make_policy(judge, on_error="allow"), [original])
+    out, events = await run_stream(path, make_policy(judge, on_error="allow"), [original], control_plane_kind)
     assert out == original
-    (decision,) = await decisions(control_plane)
+    (decision,) = decisions(events)
     assert decision["reason"] == "the judge failed: InternalServerError; allowed (on_error: allow)"
     assert decision["judge_error"] == "InternalServerError" and decision["on_error"] == "allow"
 
@@ -232,14 +249,14 @@ async def test_an_answer_in_a_code_fence_is_read(judge: FakeJudge) -> None:
 # --- caching and concurrency -----------------------------------------------------------------
 
 
-async def test_a_repeated_call_is_judged_once(judge: FakeJudge) -> None:
+async def test_a_repeated_call_is_judged_once(judge: FakeJudge, control_plane_kind: Kind) -> None:
     path = "/v1/messages"
     policy = make_policy(judge)
-    first, _ = await run_stream(path, policy, [provider_stream(path, DANGEROUS)])
-    second, control_plane = await run_stream(path, policy, [provider_stream(path, DANGEROUS)])
+    first, _ = await run_stream(path, policy, [provider_stream(path, DANGEROUS)], control_plane_kind)
+    second, events = await run_stream(path, policy, [provider_stream(path, DANGEROUS)], control_plane_kind)
     assert judge.count == 1
     assert first == second
-    (decision,) = await decisions(control_plane)
+    (decision,) = decisions(events)
     assert decision["cached"] is True and decision["score"] == 0.95
 
 
@@ -294,37 +311,39 @@ async def test_identical_calls_in_flight_share_one_request(judge: FakeJudge) -> 
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_text_reaches_the_client_before_the_verdict(judge: FakeJudge, path: str) -> None:
-    control_plane = ControlPlaneLocal(make_policy(judge))
-    context = await control_plane.create_streaming_context({"messages": []}, metadata(path))
+async def test_text_reaches_the_client_before_the_verdict(
+    judge: FakeJudge, path: str, control_plane_kind: Kind
+) -> None:
     codec = codec_for("POST", path)
     assert codec is not None
-    stream = StreamRelay(codec.stream_transcoder(), control_plane, context)
     events = SSEParser().feed(provider_stream(path, DANGEROUS))
     out = bytearray()
+    async with control_plane_for(make_policy(judge), control_plane_kind) as control_plane:
+        context = await control_plane.create_streaming_context({"messages": []}, metadata(path))
+        stream = StreamRelay(codec.stream_transcoder(), control_plane, context)
 
-    async def drive() -> None:
-        for event in events:  # one upstream event at a time
-            async for emitted in stream.feed(event.raw):
+        async def drive() -> None:
+            for event in events:  # one upstream event at a time
+                async for emitted in stream.feed(event.raw):
+                    out.extend(emitted)
+            async for emitted in stream.close():
                 out.extend(emitted)
-        async for emitted in stream.close():
-            out.extend(emitted)
 
-    judge.hold()
-    task = asyncio.create_task(drive())
-    try:
-        deadline = time.monotonic() + 10
-        while judge.count == 0:
-            assert time.monotonic() < deadline and not task.done()
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
-        assert not task.done()  # the relay waits for the verdict...
-        seen = client_view(path, bytes(out))
-        assert seen.text == "Let me run that."  # ...but the text before the call is out already
-        assert seen.calls == {} and seen.finishes == []
-    finally:
-        judge.release()
-    await asyncio.wait_for(task, 10)
+        judge.hold()
+        task = asyncio.create_task(drive())
+        try:
+            deadline = time.monotonic() + 10
+            while judge.count == 0:
+                assert time.monotonic() < deadline and not task.done()
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)
+            assert not task.done()  # the relay waits for the verdict...
+            seen = client_view(path, bytes(out))
+            assert seen.text == "Let me run that."  # ...but the text before the call is out already
+            assert seen.calls == {} and seen.finishes == []
+        finally:
+            judge.release()
+        await asyncio.wait_for(task, 10)
     seen = client_view(path, bytes(out))
     assert seen.calls == {} and JUDGE_SAYS_BLOCK in seen.text
 
@@ -333,14 +352,14 @@ async def test_text_reaches_the_client_before_the_verdict(judge: FakeJudge, path
 
 
 async def test_the_decision_records_the_judgement_and_never_the_key(
-    judge: FakeJudge, monkeypatch: pytest.MonkeyPatch
+    judge: FakeJudge, monkeypatch: pytest.MonkeyPatch, control_plane_kind: Kind
 ) -> None:
     monkeypatch.setenv("LUTHIEN_TEST_JUDGE_KEY", API_KEY)
     policy = make_policy(judge, api_key=None, api_key_env="LUTHIEN_TEST_JUDGE_KEY")
     path = "/v1/chat/completions"
-    _, control_plane = await run_stream(path, policy, [provider_stream(path, DANGEROUS)])
+    _, events = await run_stream(path, policy, [provider_stream(path, DANGEROUS)], control_plane_kind)
     assert judge.requests[0].headers["authorization"] == f"Bearer {API_KEY}"  # the key was used
-    (decision,) = await decisions(control_plane)
+    (decision,) = decisions(events)
     assert decision["allowed"] is True  # the chunk carrying the note; the call itself is blocked
     assert decision["reason"] == JUDGE_SAYS_BLOCK
     assert decision["rule_id"] == "llm-judge" and decision["blocked_tool"] == "bash"
@@ -350,7 +369,7 @@ async def test_the_decision_records_the_judgement_and_never_the_key(
     assert isinstance(decision["latency_ms"], float) and decision["latency_ms"] > 0
     messages = decision["judge_messages"]
     assert [m["role"] for m in messages] == ["system", "user"] and "rm -rf /" in messages[1]["content"]
-    recorded = json.dumps([e.model_dump(mode="json") for e in await activity(control_plane)])
+    recorded = json.dumps([e.model_dump(mode="json") for e in events])
     assert API_KEY not in recorded
 
 

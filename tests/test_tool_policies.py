@@ -21,6 +21,7 @@ from controlplane.policies.dangerous_command import (
 )
 from controlplane.policies.tool_call_blocklist import ToolCallBlocklistPolicy
 from controlplane.policy_file import PolicyFileError, load_policy_file
+from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import RENDERERS, pieces, provider_stream, relay
 
 DANGEROUS_CLASS = "controlplane.policies.dangerous_command:DangerousCommandPolicy"
@@ -596,9 +597,12 @@ def decode(path: str, out: bytes) -> tuple[str, list[tuple[str, Any]], str | Non
 
 @pytest.mark.parametrize("path", RENDERERS)
 @pytest.mark.parametrize("policy_name", POLICIES)
-async def test_a_dangerous_call_is_removed_and_explained(path: str, policy_name: str) -> None:
+async def test_a_dangerous_call_is_removed_and_explained(
+    path: str, policy_name: str, control_plane_kind: Kind
+) -> None:
     policy, explanation = make(policy_name)
-    out = await relay(path, policy, pieces(provider_stream(path, "tool_call rm -rf /"), 3))
+    data = pieces(provider_stream(path, "tool_call rm -rf /"), 3)
+    out = await relay(path, policy, data, kind=control_plane_kind)
     text, tool_calls, stop = decode(path, out)
     assert tool_calls == []
     assert text.startswith("Let me run that.")
@@ -609,9 +613,12 @@ async def test_a_dangerous_call_is_removed_and_explained(path: str, policy_name:
 
 @pytest.mark.parametrize("path", RENDERERS)
 @pytest.mark.parametrize("policy_name", POLICIES)
-async def test_the_safe_call_next_to_a_dangerous_one_remains(path: str, policy_name: str) -> None:
+async def test_the_safe_call_next_to_a_dangerous_one_remains(
+    path: str, policy_name: str, control_plane_kind: Kind
+) -> None:
     policy, explanation = make(policy_name)
-    out = await relay(path, policy, pieces(provider_stream(path, "two_tools rm -rf ~"), 5))
+    data = pieces(provider_stream(path, "two_tools rm -rf ~"), 5)
+    out = await relay(path, policy, data, kind=control_plane_kind)
     text, tool_calls, stop = decode(path, out)
     assert tool_calls == [("bash", {"command": "echo ok"})]
     assert "Blocked the tool call `bash`" in text and explanation in text
@@ -634,17 +641,21 @@ SAFE_SCENARIOS = {
 @pytest.mark.parametrize(
     ("policy_name", "scenario"), [(name, s) for name, scenarios in SAFE_SCENARIOS.items() for s in scenarios]
 )
-async def test_safe_calls_pass_byte_identical(path: str, policy_name: str, scenario: str) -> None:
+async def test_safe_calls_pass_byte_identical(
+    path: str, policy_name: str, scenario: str, control_plane_kind: Kind
+) -> None:
     policy, _ = make(policy_name)
     original = provider_stream(path, scenario)
-    assert await relay(path, policy, pieces(original, 11)) == original
+    assert await relay(path, policy, pieces(original, 11), kind=control_plane_kind) == original
 
 
 @pytest.mark.parametrize("path", RENDERERS)
-async def test_a_call_an_allow_rule_lets_through_is_byte_identical(path: str) -> None:
+async def test_a_call_an_allow_rule_lets_through_is_byte_identical(
+    path: str, control_plane_kind: Kind
+) -> None:
     policy = blocklist(patterns=[r"rm\s+-rf"], allow=[{"arguments": "/tmp/scratch"}])
     original = provider_stream(path, "tool_call rm -rf /tmp/scratch")
-    assert await relay(path, policy, pieces(original, 2)) == original
+    assert await relay(path, policy, pieces(original, 2), kind=control_plane_kind) == original
 
 
 # --- non-streaming -------------------------------------------------------------------------------
@@ -664,9 +675,12 @@ def response_with(*commands: str) -> ModelResponse:
 
 
 @pytest.mark.parametrize("policy_name", POLICIES)
-async def test_non_streaming_responses_lose_only_the_dangerous_call(policy_name: str) -> None:
+async def test_non_streaming_responses_lose_only_the_dangerous_call(
+    policy_name: str, control_plane_kind: Kind
+) -> None:
     policy, explanation = make(policy_name)
-    result = await policy.apply_response_policy(response_with("rm -rf ~", "echo ok"), METADATA)
+    async with control_plane_for(policy, control_plane_kind) as control_plane:
+        result = await control_plane.apply_response_policy(response_with("rm -rf ~", "echo ok"), METADATA)
     assert result.allowed and result.value is not None
     choice = result.value.choices[0]
     assert [c.id for c in choice.message.tool_calls] == ["call_1"]  # type: ignore[union-attr]
@@ -678,9 +692,12 @@ async def test_non_streaming_responses_lose_only_the_dangerous_call(policy_name:
 
 
 @pytest.mark.parametrize("policy_name", POLICIES)
-async def test_non_streaming_responses_with_every_call_blocked_stop(policy_name: str) -> None:
+async def test_non_streaming_responses_with_every_call_blocked_stop(
+    policy_name: str, control_plane_kind: Kind
+) -> None:
     policy, _ = make(policy_name)
-    result = await policy.apply_response_policy(response_with("sudo rm -rf /"), METADATA)
+    async with control_plane_for(policy, control_plane_kind) as control_plane:
+        result = await control_plane.apply_response_policy(response_with("sudo rm -rf /"), METADATA)
     assert result.value is not None
     choice = result.value.choices[0]
     assert choice.message.tool_calls is None  # type: ignore[union-attr]
@@ -688,10 +705,11 @@ async def test_non_streaming_responses_with_every_call_blocked_stop(policy_name:
 
 
 @pytest.mark.parametrize("policy_name", POLICIES)
-async def test_non_streaming_safe_responses_are_untouched(policy_name: str) -> None:
+async def test_non_streaming_safe_responses_are_untouched(policy_name: str, control_plane_kind: Kind) -> None:
     policy, _ = make(policy_name)
     response = response_with("ls -la", "git push --force origin feature/x")
     before = response.model_dump()
-    result = await policy.apply_response_policy(response, METADATA)
+    async with control_plane_for(policy, control_plane_kind) as control_plane:
+        result = await control_plane.apply_response_policy(response, METADATA)
     assert result.reason is None and result.value is not None
     assert result.value.model_dump() == before

@@ -7,10 +7,13 @@ import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import Span, SpanKind
 from pydantic import BaseModel
 
 from controlplane.llm import ModelResponse, ModelResponseStream
@@ -33,6 +36,7 @@ from controlplane.remote.wire import (
     WireResult,
 )
 from controlplane.storage.base import Storage, StorageUnavailable
+from controlplane.tracing import CALL_ID, context_from, tracer
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +79,17 @@ def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage,
         return JSONResponse({"status": "ready"})
 
     @app.post(f"{API}/request-policy", dependencies=guarded)
-    async def request_policy(call: RequestPolicyCall) -> WireResult:
-        return WireResult.of(await control_plane.apply_request_policies(call.request_data, call.metadata))
+    async def request_policy(call: RequestPolicyCall, request: Request) -> WireResult:
+        with _span("request_policy", request.headers, call.metadata.call_id):
+            result = await control_plane.apply_request_policies(call.request_data, call.metadata)
+        return WireResult.of(result)
 
     @app.post(f"{API}/response-policy", dependencies=guarded)
-    async def response_policy(call: ResponsePolicyCall) -> WireResult:
+    async def response_policy(call: ResponsePolicyCall, request: Request) -> WireResult:
         response = ModelResponse(**call.response)
-        return WireResult.of(await control_plane.apply_response_policy(response, call.metadata))
+        with _span("response_policy", request.headers, call.metadata.call_id):
+            result = await control_plane.apply_response_policy(response, call.metadata)
+        return WireResult.of(result)
 
     @app.post(f"{API}/records", status_code=204, dependencies=guarded)
     async def records(batch: RecordBatch) -> Response:
@@ -125,8 +133,23 @@ def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage,
     return app
 
 
+def _span(operation: str, headers: Mapping[str, str], call_id: str) -> AbstractContextManager[Span]:
+    """A server span for one operation, in the trace the proxy's request carries."""
+    return tracer.start_as_current_span(
+        f"luthien.controlplane.{operation}",
+        context=context_from(headers),
+        kind=SpanKind.SERVER,
+        attributes={CALL_ID: call_id},
+    )
+
+
 async def _serve_stream(websocket: WebSocket, control_plane: ControlPlaneLocal) -> None:
     opened = StreamOpen.model_validate_json(await websocket.receive_text())
+    with _span("stream", websocket.headers, opened.metadata.call_id):
+        await _policed_stream(websocket, control_plane, opened)
+
+
+async def _policed_stream(websocket: WebSocket, control_plane: ControlPlaneLocal, opened: StreamOpen) -> None:
     context = await control_plane.create_streaming_context(opened.request_data, opened.metadata)
     answer = StreamOpened(stream_id=context.stream_id, policy_version=context.policy_version)
     await websocket.send_text(answer.model_dump_json())
