@@ -204,7 +204,14 @@ def _share_redis_with_policies(redis_url: str | None) -> None:
         os.environ["REDIS_URL"] = redis_url
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, service: str) -> None:
+    """Logging, and trace export when the ``OTEL_*`` variables ask for it."""
+    from luthien.telemetry import configure_tracing
+
+    try:
+        configure_tracing(service)
+    except ValueError as exc:
+        sys.exit(f"luthien: {exc}")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # These log request lines and connection details of every call; their warnings are enough.
     for noisy in ("mitmproxy", "httpx", "httpcore", "LiteLLM", "uvicorn"):
@@ -256,7 +263,7 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     from luthien.backends import open_backends
     from luthien.embedded import EmbeddedServer
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, "luthien-proxy")
     if getattr(args, "control_plane", None):
         return _serve_sidecar(args)
     _share_redis_with_policies(args.redis_url)
@@ -342,7 +349,7 @@ def _control_plane(args: argparse.Namespace) -> int:
     from controlplane.remote.server import create_control_plane_app
     from luthien.backends import open_backends
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, "luthien-controlplane")
     token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
     if not token:
         print("luthien controlplane: set LUTHIEN_CONTROL_PLANE_TOKEN (proxies present it)", file=sys.stderr)
@@ -383,7 +390,7 @@ def _dashboard(args: argparse.Namespace) -> int:
     from dashboard.app import create_app
     from luthien.backends import open_backends
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, "luthien-dashboard")
     token, generated = _dashboard_token()
 
     async def serve() -> None:

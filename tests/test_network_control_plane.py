@@ -4,6 +4,7 @@ publishes the activity."""
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from tests.recorded import recorded
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "cp-test-token-" + uuid.uuid4().hex[:8]
+#: Both kinds of process print their spans, soon after they end, for the trace test.
+TRACING = {"OTEL_TRACES_EXPORTER": "console", "OTEL_BSP_SCHEDULE_DELAY": "100"}
 UPPERCASE = {"policy": {"class": "UppercaseNthWordPolicy", "config": {"n": 2}}}
 ALL_CAPS = {"policy": {"class": "AllCapsPolicy"}}
 
@@ -47,7 +50,7 @@ class ControlPlane:
         args += ["--data-dir", str(self.root / "cp-data"), "--database-url", self.database_url]
         args += ["--policy", str(self.policy_file)]
         log = (self.root / "controlplane.log").open("ab")
-        env = {**os.environ, "LUTHIEN_CONTROL_PLANE_TOKEN": TOKEN}
+        env = {**os.environ, "LUTHIEN_CONTROL_PLANE_TOKEN": TOKEN, **TRACING}
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         deadline = time.monotonic() + 120
         while True:
@@ -103,6 +106,8 @@ def sidecars(
     root = tmp_path_factory.mktemp("sidecars")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LUTHIEN_CONTROL_PLANE_TOKEN", TOKEN)
+        for name, value in TRACING.items():
+            patch.setenv(name, value)
         proxies = [
             start_proxy(
                 f"sidecar{n}", None, provider, root, root / f"data{n}",
@@ -223,3 +228,24 @@ async def test_killing_the_control_plane_mid_stream_fails_closed_and_recovers_by
     # What the fail-open proxy let through unpoliced was spooled there and recorded once it returned.
     records = await recorded(control_plane.database_url, f"{word} unpoliced", 1)
     assert records[0].unpoliced
+    (stream,) = await recorded(control_plane.database_url, f"{word} open", 1)
+    assert stream.unpoliced and stream.outcome is CallOutcome.COMPLETED
+
+
+def traces(log: str, span: str) -> set[str]:
+    """The trace ids of the spans named ``span`` that a process printed (console exporter)."""
+    pattern = rf'"name": "{re.escape(span)}",\s*"context": {{\s*"trace_id": "0x([0-9a-f]{{32}})"'
+    return set(re.findall(pattern, log))
+
+
+async def test_the_proxy_and_control_plane_processes_share_one_trace(
+    sidecars: list[RunningProxy], control_plane: ControlPlane
+) -> None:
+    (result,) = sidecars[1].sdk(messages("traced", stream=False))
+    assert result["ok"], result
+    deadline = time.monotonic() + 15
+    while not (shared := traces(sidecars[1].log(), "luthien.request_policy")
+               & traces(control_plane.log(), "luthien.controlplane.request_policy")):  # fmt: skip
+        assert time.monotonic() < deadline, "no control-plane span shares a trace with the proxy's"
+        await asyncio.sleep(0.2)
+    assert shared <= traces(sidecars[1].log(), "luthien.call")  # one trace from the call's root span
