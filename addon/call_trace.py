@@ -113,6 +113,11 @@ class CallTrace:
         """The client has its answer (or left): the call's duration ends here."""
         self._finished_at, self._duration_ms = utcnow(), self._elapsed_ms()
 
+    @property
+    def duration_ms(self) -> float:
+        """The call's duration, once ``finish`` has been called."""
+        return self._duration_ms
+
     def fail(self, outcome: CallOutcome, status: int | None, error: str) -> None:
         self.outcome, self.status, self.error = outcome, status, error
 

@@ -20,6 +20,7 @@ from opentelemetry import trace as otel
 
 from addon.call_trace import CallTrace, StreamCapture, body_for_record
 from addon.formats import FormatError, WireFormatCodec, codec_for
+from addon.metrics import ProxyMetrics
 from addon.stream_relay import StreamRelay
 from addon.upstream import Upstream
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
@@ -96,9 +97,12 @@ def _response_headers(upstream: httpx.Response, call_id: str) -> list[tuple[str,
 
 
 class Pipeline:
-    def __init__(self, control_plane: ControlPlaneService, upstream: Upstream) -> None:
+    def __init__(
+        self, control_plane: ControlPlaneService, upstream: Upstream, metrics: ProxyMetrics | None = None
+    ) -> None:
         self._control_plane = control_plane
         self._upstream = upstream
+        self.metrics = metrics if metrics is not None else ProxyMetrics()
         self._recording: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
@@ -140,6 +144,7 @@ class Pipeline:
                 {"luthien.outcome": trace.outcome.value, "http.status": trace.status or 0}
             )
             trace.span.end()
+            self.metrics.call_finished(trace)
             task = asyncio.create_task(self._record(trace))
             self._recording.add(task)
             task.add_done_callback(self._recording.discard)
@@ -353,6 +358,7 @@ class Pipeline:
         assert capture is not None
         summarised = time.monotonic()
         finished = False
+        self.metrics.stream_opened()
         try:
             try:
                 async for data in upstream.aiter_bytes():
@@ -388,6 +394,7 @@ class Pipeline:
             await self._stream_ended(relay, trace, finished)
 
     async def _stream_ended(self, relay: StreamRelay, trace: CallTrace, finished: bool) -> None:
+        self.metrics.stream_closed()
         outcome = relay.outcome
         if trace.stream_span is not None:
             trace.stream_span.set_attributes(

@@ -12,6 +12,7 @@ from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
 from addon.interceptor import ProviderInterceptor
+from addon.metrics import ProxyMetrics
 from addon.pipeline import Pipeline
 from addon.relay_server import RelayServer
 from addon.upstream import Upstream
@@ -47,10 +48,13 @@ class _Ready:
 
 
 async def run_proxy(
-    config: ProxyConfig, control_plane: ControlPlaneService, on_ready: Callable[[], None]
+    config: ProxyConfig,
+    control_plane: ControlPlaneService,
+    on_ready: Callable[[], None],
+    metrics: ProxyMetrics | None = None,
 ) -> None:
     upstream = Upstream(config.upstreams)
-    pipeline = Pipeline(control_plane, upstream)
+    pipeline = Pipeline(control_plane, upstream, metrics)
     relay = RelayServer(pipeline)
     await relay.start()
     options = Options(

@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # imported late: it imports LiteLLM, slow to import, which ma
     from tests.control_planes import Kind
 
 ROOT = Path(__file__).resolve().parent.parent
+# Many proxies run at once in the tests: none serves metrics on the default port unless asked.
+os.environ.setdefault("LUTHIEN_METRICS_PORT", "0")
 SDK_CLIENT = Path(__file__).with_name("sdk_client.py")
 STARTUP_TIMEOUT = 120
 DEAD_PROVIDER = "dead.provider.test"

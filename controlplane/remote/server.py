@@ -1,7 +1,7 @@
 """The control-plane service: every ControlPlaneService operation over HTTP, for proxies that run
 as thin sidecars. JSON for the request and response policies and for records and activity; one
 WebSocket per stream, never one request per chunk. A bearer token guards everything but the
-health checks."""
+health checks and ``/metrics`` (Prometheus, for scraping inside the cluster)."""
 
 import contextlib
 import json
@@ -14,14 +14,17 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import Span, SpanKind
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.local import ControlPlaneLocal
+from controlplane.metrics import PolicyDecisionMetrics, register_recording_metrics
 from controlplane.models import StreamingContext
 from controlplane.policy_file import PolicyFileError, policy_from_document
 from controlplane.policy_reload import document_version
 from controlplane.recording.records import Record
+from controlplane.recording.writer import RecordWriter
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
@@ -51,10 +54,17 @@ def _authorized(header: str | None, token: str) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(given.encode(), token.encode())
 
 
-def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage, token: str) -> FastAPI:
+def create_control_plane_app(
+    control_plane: ControlPlaneLocal, storage: Storage, token: str, recorder: RecordWriter | None = None
+) -> FastAPI:
+    """``recorder``, the writer behind ``control_plane``, is only read for ``/metrics``."""
     if not token:
         raise ValueError("the control plane needs a non-empty token")
     app = FastAPI(title="Luthien control plane", version="1")
+    registry = CollectorRegistry()
+    decisions = PolicyDecisionMetrics(registry)
+    if recorder is not None:
+        register_recording_metrics(recorder, registry)
 
     def require_token(request: Request) -> None:
         if not _authorized(request.headers.get("authorization"), token):
@@ -78,10 +88,15 @@ def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage,
             return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.post(f"{API}/request-policy", dependencies=guarded)
     async def request_policy(call: RequestPolicyCall, request: Request) -> WireResult:
         with _span("request_policy", request.headers, call.metadata.call_id):
             result = await control_plane.apply_request_policies(call.request_data, call.metadata)
+        decisions.observe("request", result)
         return WireResult.of(result)
 
     @app.post(f"{API}/response-policy", dependencies=guarded)
@@ -89,6 +104,7 @@ def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage,
         response = ModelResponse(**call.response)
         with _span("response_policy", request.headers, call.metadata.call_id):
             result = await control_plane.apply_response_policy(response, call.metadata)
+        decisions.observe("response", result)
         return WireResult.of(result)
 
     @app.post(f"{API}/records", status_code=204, dependencies=guarded)
@@ -128,7 +144,7 @@ def create_control_plane_app(control_plane: ControlPlaneLocal, storage: Storage,
             return
         await websocket.accept()
         with contextlib.suppress(WebSocketDisconnect):
-            await _serve_stream(websocket, control_plane)
+            await _serve_stream(websocket, control_plane, decisions)
 
     return app
 
@@ -143,13 +159,20 @@ def _span(operation: str, headers: Mapping[str, str], call_id: str) -> AbstractC
     )
 
 
-async def _serve_stream(websocket: WebSocket, control_plane: ControlPlaneLocal) -> None:
+async def _serve_stream(
+    websocket: WebSocket, control_plane: ControlPlaneLocal, decisions: PolicyDecisionMetrics
+) -> None:
     opened = StreamOpen.model_validate_json(await websocket.receive_text())
     with _span("stream", websocket.headers, opened.metadata.call_id):
-        await _policed_stream(websocket, control_plane, opened)
+        await _policed_stream(websocket, control_plane, opened, decisions)
 
 
-async def _policed_stream(websocket: WebSocket, control_plane: ControlPlaneLocal, opened: StreamOpen) -> None:
+async def _policed_stream(
+    websocket: WebSocket,
+    control_plane: ControlPlaneLocal,
+    opened: StreamOpen,
+    decisions: PolicyDecisionMetrics,
+) -> None:
     context = await control_plane.create_streaming_context(opened.request_data, opened.metadata)
     answer = StreamOpened(stream_id=context.stream_id, policy_version=context.policy_version)
     await websocket.send_text(answer.model_dump_json())
@@ -158,7 +181,7 @@ async def _policed_stream(websocket: WebSocket, control_plane: ControlPlaneLocal
         while not closed:
             message = json.loads(await websocket.receive_text())
             closed = message.get("type") == "close"
-            await _answer(websocket, control_plane, context, message)
+            await _answer(websocket, control_plane, context, message, decisions)
     finally:
         if not closed:  # the proxy went away mid-stream: release what the policy holds
             async for _ in control_plane.close_streaming_context(context):
@@ -167,7 +190,11 @@ async def _policed_stream(websocket: WebSocket, control_plane: ControlPlaneLocal
 
 
 async def _answer(
-    websocket: WebSocket, control_plane: ControlPlaneLocal, context: StreamingContext, message: dict[str, Any]
+    websocket: WebSocket,
+    control_plane: ControlPlaneLocal,
+    context: StreamingContext,
+    message: dict[str, Any],
+    decisions: PolicyDecisionMetrics,
 ) -> None:
     if message.get("type") == "chunk":
         chunk = ModelResponseStream(**message["chunk"])
@@ -175,5 +202,6 @@ async def _answer(
     else:
         results = control_plane.close_streaming_context(context)
     async for result in results:
+        decisions.observe("stream", result)
         await websocket.send_text(StreamResult(result=WireResult.of(result)).model_dump_json())
     await websocket.send_text(StreamDone().model_dump_json())

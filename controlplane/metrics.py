@@ -1,0 +1,63 @@
+"""Prometheus metrics the control plane owns: the recorder's state (read when scraped) and the
+policy decisions it made. Each holder takes a ``CollectorRegistry`` of its own, never the global
+one, so that several instances (and tests) in one process do not collide."""
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from controlplane.models import PolicyResult
+from controlplane.recording.writer import RecordWriter
+
+
+class RecordingCollector(Collector):
+    """The recorder's queue, spool and database state, read from the writer at scrape time."""
+
+    def __init__(self, writer: RecordWriter) -> None:
+        self._writer = writer
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        writer = self._writer
+        yield GaugeMetricFamily(
+            "luthien_recording_queue_depth", "Records waiting to be written", value=writer.queued
+        )
+        yield GaugeMetricFamily(
+            "luthien_recording_spool_records",
+            "Records in the spool, waiting for the database to come back",
+            value=writer.spooled,
+        )
+        yield GaugeMetricFamily(
+            "luthien_recording_database_up",
+            "1 when the recorder's last write reached the database, else 0",
+            value=1 if writer.database_ok else 0,
+        )
+        yield GaugeMetricFamily(
+            "luthien_recording_stored_records", "Records stored since start", value=writer.stored
+        )
+
+
+def register_recording_metrics(writer: RecordWriter, registry: CollectorRegistry) -> None:
+    registry.register(RecordingCollector(writer))
+
+
+class PolicyDecisionMetrics:
+    """Counts the decisions that said something (a block, or a reason), as a call's record keeps
+    them."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._decisions = Counter(
+            "luthien_policy_decisions",
+            "Policy decisions that blocked or gave a reason, by stage",
+            ["stage", "allowed"],
+            registry=registry,
+        )
+
+    def count(self, stage: str, allowed: bool) -> None:
+        self._decisions.labels(stage, "true" if allowed else "false").inc()
+
+    def observe(self, stage: str, result: PolicyResult[Any]) -> None:
+        if result.reason is not None or not result.allowed:
+            self.count(stage, result.allowed)
