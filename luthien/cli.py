@@ -16,12 +16,16 @@ from typing import TYPE_CHECKING
 from certs import CAFiles, default_data_dir, ensure_ca, shell_exports, trust_env
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from addon.proxy import ProxyConfig
+    from luthien.embedded import EmbeddedServer
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DASHBOARD_PORT = 8000
 DEFAULT_CONTROL_PLANE_PORT = 8081
+DEFAULT_METRICS_PORT = 9464
 
 
 def _env_list(name: str) -> list[str]:
@@ -111,6 +115,13 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         help="a host to intercept and police; repeatable (env LUTHIEN_PROVIDER_HOSTS, comma-separated; "
         "default api.openai.com and api.anthropic.com)",
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("LUTHIEN_METRICS_PORT", DEFAULT_METRICS_PORT)),
+        help="serve Prometheus metrics at /metrics on this port, on --host; 0 disables "
+        f"(env LUTHIEN_METRICS_PORT; default {DEFAULT_METRICS_PORT})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(env)
     path = certs_commands.add_parser("path", help="print the path of the CA certificate")
     _add_common(path)
+    for name, summary in (
+        ("install", "add the CA certificate to the system trust store (or print the manual steps)"),
+        ("uninstall", "remove the CA certificate from the system trust store"),
+    ):
+        trust = certs_commands.add_parser(name, help=summary)
+        _add_data_dir(trust)
+        # For tests: a directory standing in for the filesystem root; commands are then printed, not run.
+        trust.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
 
     policy = commands.add_parser("policy", help="built-in policies; check a policy file")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
@@ -185,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a command with the proxy exports set: luthien run -- CMD ARGS")
     _add_common(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+
+    doctor = commands.add_parser("doctor", help="check the CA, client trust, proxy and backends, a line each")
+    _add_data_dir(doctor)
+    doctor.add_argument(
+        "--proxy",
+        default=None,
+        metavar="URL",
+        help="the proxy to reach (default HTTPS_PROXY or 127.0.0.1:8080)",
+    )
+    doctor.add_argument(
+        "--control-plane",
+        default=None,
+        metavar="URL",
+        help="a control-plane service to check (env LUTHIEN_CONTROL_PLANE_URL)",
+    )
     return parser
 
 
@@ -248,6 +282,17 @@ def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, st
     return config, env
 
 
+def _metrics_server(args: argparse.Namespace, registry: "CollectorRegistry") -> "EmbeddedServer | None":
+    """The proxy's ``/metrics`` (bound now, so a port in use fails startup), or None when disabled."""
+    from prometheus_client import make_asgi_app
+
+    from luthien.embedded import EmbeddedServer
+
+    if not args.metrics_port:
+        return None
+    return EmbeddedServer(make_asgi_app(registry), args.host, args.metrics_port)
+
+
 def _proxy_ready(args: argparse.Namespace, config: "ProxyConfig", policing: str) -> None:
     print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
     print(f"Policy: {policing}; intercepting {', '.join(sorted(config.provider_hosts))}", flush=True)
@@ -255,8 +300,10 @@ def _proxy_ready(args: argparse.Namespace, config: "ProxyConfig", policing: str)
 
 def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     # Imported here: loading LiteLLM takes seconds, and `certs`/`run` do not need it.
+    from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.local import ControlPlaneLocal
+    from controlplane.metrics import register_recording_metrics
     from controlplane.policy_file import PolicyFileError, load_policy_file
     from controlplane.policy_reload import file_version, watch_policy_file
     from dashboard.app import create_app
@@ -281,6 +328,12 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
             control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
             if args.policy:
                 watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
+            metrics = ProxyMetrics()
+            if backends.writer is not None:
+                register_recording_metrics(backends.writer, metrics.registry)
+            metrics_server = _metrics_server(args, metrics.registry)
+            if metrics_server is not None:
+                await metrics_server.start()
             dashboard = None
             if with_dashboard:
                 app = create_app(backends.storage, backends.bus, token)
@@ -295,12 +348,14 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
                     print("or run it through Luthien directly: luthien run -- claude", flush=True)
 
             try:
-                await run_proxy(config, control_plane, ready)
+                await run_proxy(config, control_plane, ready, metrics)
             finally:
                 if args.policy:
                     watcher.cancel()
                 if dashboard is not None:
                     await dashboard.stop()
+                if metrics_server is not None:
+                    await metrics_server.stop()
 
     asyncio.run(serve())
     return 0
@@ -308,6 +363,7 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
 
 def _serve_sidecar(args: argparse.Namespace) -> int:
     """``luthien proxy --control-plane URL``: policies, recording and activity are remote."""
+    from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.recording.spool import Spool
     from controlplane.remote.client import ControlPlaneHTTP
@@ -327,14 +383,21 @@ def _serve_sidecar(args: argparse.Namespace) -> int:
         control_plane = ControlPlaneHTTP(args.control_plane, token, spool, fail_open=args.fail_open)
         control_plane.start()
         mode = "fail open" if args.fail_open else "fail closed"
+        metrics = ProxyMetrics()
+        metrics_server = _metrics_server(args, metrics.registry)
+        if metrics_server is not None:
+            await metrics_server.start()
         try:
             await run_proxy(
                 config,
                 control_plane,
                 lambda: _proxy_ready(args, config, f"from {args.control_plane} ({mode})"),
+                metrics,
             )
         finally:
             await control_plane.aclose()
+            if metrics_server is not None:
+                await metrics_server.stop()
 
     asyncio.run(serve())
     return 0
@@ -367,7 +430,7 @@ def _control_plane(args: argparse.Namespace) -> int:
             control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
             if args.policy:
                 watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
-            app = create_control_plane_app(control_plane, backends.storage, token)
+            app = create_control_plane_app(control_plane, backends.storage, token, backends.writer)
             # No access log: request lines say nothing the activity bus does not, at a cost per call.
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level="warning", access_log=False
@@ -450,6 +513,15 @@ def _policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _certs_trust(args: argparse.Namespace) -> int:
+    """``luthien certs install|uninstall``: the CA certificate (never its key) in the system store."""
+    from certs.install import ROOT_ENV, SYSTEM_ROOT, install, uninstall
+
+    root = args.root or (Path(os.environ[ROOT_ENV]) if os.environ.get(ROOT_ENV) else SYSTEM_ROOT)
+    cert = ensure_ca(_data_dir(args)).cert
+    return (install if args.certs_command == "install" else uninstall)(cert, root=root)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("up", "proxy"):
@@ -460,6 +532,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _control_plane(args)
     if args.command == "policy":
         return _policy(args)
+    if args.command == "doctor":
+        from luthien.doctor import doctor
+
+        return doctor(_data_dir(args), args.proxy, args.control_plane)
+    if args.command == "certs" and args.certs_command in ("install", "uninstall"):
+        return _certs_trust(args)
     if args.command == "certs":
         env, files = _client_env(args)
         print(shell_exports(env).rstrip("\n") if args.certs_command == "env" else files.cert)
