@@ -16,6 +16,7 @@ THINKING_TEXT = "The user wants a short greeting. I will answer with the usual s
 DEFAULT_COMMAND = "ls -la"
 SECOND_COMMAND = "echo ok"
 SLOW_DELAY = 0.2
+LONG_WORDS = 10_000
 # Words streamed before the error event in `midstream_error`.
 MIDSTREAM_WORDS = 3
 # Events streamed before the connection is dropped in `cut`.
@@ -33,6 +34,7 @@ SCENARIOS = frozenset(
         "gated",
         "slow",
         "cut",
+        "long",
     }
 )
 
@@ -104,6 +106,8 @@ def plan_for(scenario: Scenario) -> Plan:
         return Plan(scenario, cut_after=CUT_AFTER_EVENTS)
     if name == "slow":
         return Plan(scenario, delay=_parse_delay(arg))
+    if name == "long":  # one streamed event per word: `[scenario:long 10000]`
+        return Plan(scenario, text="word " * int(arg or LONG_WORDS), delay=0.0)
     return Plan(scenario)
 
 

@@ -1,0 +1,119 @@
+"""The proxy under sustained abuse: a thousand clients walking away mid-stream, a 10,000-event
+stream and a 20 MB request. Resources come back and memory stays bounded; what is measured is
+printed for the notes, and the bounds asserted are generous, not timings."""
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.fake_provider import FakeProvider
+from tests.test_wire_fidelity import ENDPOINTS, body, client_for
+
+pytestmark = pytest.mark.timeout(600)
+MIB = 1024 * 1024
+
+
+METRICS_PORT = free_port()
+
+
+@pytest.fixture(scope="module")
+def proxy(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    root = tmp_path_factory.mktemp("reliability")
+    args = ["--metrics-port", str(METRICS_PORT)]
+    running = start_proxy("reliability", None, fake, root, root / "data", extra_args=args)
+    try:
+        wait_until_listening(running)
+        yield running
+    finally:
+        running.terminate()
+        running.wait()
+
+
+def rss(proxy: RunningProxy) -> int:
+    status = Path(f"/proc/{proxy.process.pid}/status").read_text()
+    match = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert match
+    return int(match.group(1)) * 1024
+
+
+def open_fds(proxy: RunningProxy) -> int:
+    return len(os.listdir(f"/proc/{proxy.process.pid}/fd"))
+
+
+def gauge(name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not exported")
+
+
+def test_a_thousand_clients_leaving_mid_stream_leak_nothing(proxy: RunningProxy, fake: FakeProvider) -> None:
+    with client_for(proxy) as warm:  # the first calls open pools and caches: not leaks
+        for _ in range(3):
+            assert warm.post(ENDPOINTS["chat"][0], json=body("chat", "warm up", False)).status_code == 200
+    fds_before, rss_before = open_fds(proxy), rss(proxy)
+    for n in range(1000):
+        api = ("chat", "messages", "responses")[n % 3]
+        with (
+            client_for(proxy) as client,
+            client.stream(
+                "POST", ENDPOINTS[api][0], json=body(api, "[scenario:slow 0.05]", True)
+            ) as response,
+        ):
+            assert response.status_code == 200
+            next(response.iter_bytes())  # the first bytes arrived; then the client hangs up
+    deadline = time.monotonic() + 10  # the proxy notices each departure on its own schedule
+    while gauge("luthien_open_streams") != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gauge("luthien_open_streams") == 0
+    fds_after, rss_after = open_fds(proxy), rss(proxy)
+    print(
+        f"\n1000 disconnects: fds {fds_before} -> {fds_after}, RSS {rss_before / MIB:.0f} -> {rss_after / MIB:.0f} MiB"
+    )
+    assert fds_after <= fds_before + 10  # sockets to the provider are closed, not pooled forever
+    assert rss_after - rss_before < 100 * MIB
+    with client_for(proxy) as client:
+        assert client.post(ENDPOINTS["chat"][0], json=body("chat", "still there?", False)).status_code == 200
+
+
+def test_a_ten_thousand_event_stream_passes_whole_with_bounded_memory(
+    proxy: RunningProxy, fake: FakeProvider
+) -> None:
+    before = rss(proxy)
+    received = bytearray()
+    with (
+        client_for(proxy) as client,
+        client.stream(
+            "POST", ENDPOINTS["chat"][0], json=body("chat", "[scenario:long 10000]", True), timeout=120
+        ) as response,
+    ):
+        for data in response.iter_bytes():
+            received.extend(data)
+    assert bytes(received) == fake.sent(-1)  # byte for byte, all 10,000 events
+    assert received.count(b'"content":"word "') == 10_000
+    grown = rss(proxy) - before
+    print(f"\n10,000-event stream ({len(received) / MIB:.1f} MiB): RSS +{grown / MIB:.0f} MiB")
+    assert grown < 150 * MIB
+
+
+def test_a_twenty_megabyte_request_passes_with_bounded_memory(
+    proxy: RunningProxy, fake: FakeProvider
+) -> None:
+    before = rss(proxy)
+    prompt = "x" * (20 * MIB)
+    with client_for(proxy) as client:
+        response = client.post(ENDPOINTS["chat"][0], json=body("chat", prompt, False), timeout=120)
+    assert response.status_code == 200
+    assert len(fake.requests[-1].body) > 20 * MIB and prompt.encode() in fake.requests[-1].body
+    grown = rss(proxy) - before
+    print(f"\n20 MiB request: RSS +{grown / MIB:.0f} MiB")
+    assert grown < 600 * MIB
