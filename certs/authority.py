@@ -70,6 +70,10 @@ class CAError(RuntimeError):
     """The on-disk CA is unusable and must not be silently replaced."""
 
 
+class CAKeyPermissionError(CAError):
+    """The CA key is readable by other users: it may have leaked, so it is not used."""
+
+
 @dataclass(frozen=True)
 class CAFiles:
     cert: Path
@@ -130,7 +134,7 @@ def _load_or_create_ca(
         logger.info("Created Luthien CA at %s", files.cert)
         return key, cert
 
-    _tighten_secret_mode(files.key)
+    _refuse_loose_key(files.key)
     key = _load_key(files.key)
     if not files.cert.exists():
         cert = _build_ca_cert(key)
@@ -250,6 +254,19 @@ def _tighten_secret_mode(path: Path) -> None:
             path,
             mode,
             SECRET_MODE,
+        )
+
+
+def _refuse_loose_key(path: Path) -> None:
+    """Anyone who could read the CA key can intercept every client that trusts the CA; quietly
+    tightening the mode would hide that. The derived mitmproxy copy is only tightened: it is
+    rewritten from this key, which is checked here first."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & ~SECRET_MODE:
+        raise CAKeyPermissionError(
+            f"{path} has mode {mode:o}, so other users may have read the CA key; "
+            f"refusing to use it. If it has not leaked, run: chmod 600 {path} "
+            "(otherwise delete the ca/ directory to create a new CA, and trust it again)"
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certs import CAFiles, default_data_dir, ensure_ca, shell_exports, trust_env
+from certs.authority import CAKeyPermissionError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -226,8 +227,17 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return args.data_dir if args.data_dir is not None else default_data_dir()
 
 
+def _ca_files(args: argparse.Namespace) -> CAFiles:
+    """The CA, created on first use; a key others can read stops the command (exit status 2)."""
+    try:
+        return ensure_ca(_data_dir(args))
+    except CAKeyPermissionError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _client_env(args: argparse.Namespace) -> tuple[dict[str, str], CAFiles]:
-    files = ensure_ca(_data_dir(args))
+    files = _ca_files(args)
     return trust_env(f"http://127.0.0.1:{args.port}", files), files
 
 
@@ -518,7 +528,7 @@ def _certs_trust(args: argparse.Namespace) -> int:
     from certs.install import ROOT_ENV, SYSTEM_ROOT, install, uninstall
 
     root = args.root or (Path(os.environ[ROOT_ENV]) if os.environ.get(ROOT_ENV) else SYSTEM_ROOT)
-    cert = ensure_ca(_data_dir(args)).cert
+    cert = _ca_files(args).cert
     return (install if args.certs_command == "install" else uninstall)(cert, root=root)
 
 
