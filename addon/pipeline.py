@@ -85,6 +85,16 @@ def _trace_id(request: ProxyRequest) -> str | None:
     return parts[1] if len(parts) == 4 else None
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Parsers disagree on which of two equal keys wins; the policy must see what the provider sees."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key!r} in a JSON object")
+        obj[key] = value
+    return obj
+
+
 def _user_id(body: dict[str, Any]) -> str | None:
     metadata = body.get("metadata")
     user = metadata.get("user_id") if isinstance(metadata, dict) else None
@@ -288,8 +298,16 @@ class Pipeline:
         """Parses and normalises the body, and fills in what the metadata learns from it."""
         metadata = trace.metadata
         trace.original_request = body_for_record(request.body)
+        encoding = (request.header("content-encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            # The policy would see other bytes than a provider that decodes them.
+            raise _Refusal(
+                415,
+                f"Luthien cannot police a request body with content-encoding {encoding!r}: "
+                "send it uncompressed",
+            )
         try:
-            body = json.loads(request.body)
+            body = json.loads(request.body, object_pairs_hook=_no_duplicate_keys)
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
             normalized = codec.normalize_request(body)

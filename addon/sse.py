@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,8 @@ class SSEEvent:
 def parse_event(raw: bytes) -> SSEEvent:
     event: str | None = None
     data: list[str] = []
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    # Only CR and LF end SSE lines; str.splitlines would also break at U+2028, which JSON may carry.
+    for line in _LINE_END.split(raw.decode("utf-8", errors="replace")):
         if not line or line.startswith(":"):
             continue
         name, _, value = line.partition(":")
