@@ -10,13 +10,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import socket
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import uvicorn
-
+from addon.embedded import EmbeddedServer
 from addon.pipeline import Pipeline, ProxyRequest, ProxyResponse, UpstreamBroken
 
 log = logging.getLogger(__name__)
@@ -115,42 +112,15 @@ class _IncompleteResponseFilter(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_IncompleteResponseFilter())
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn inside mitmproxy's loop: signals belong to mitmproxy, not to this server."""
-
-    def capture_signals(self) -> AbstractContextManager[None]:  # type: ignore[override]
-        return nullcontext()
-
-
-class RelayServer:
+class RelayServer(EmbeddedServer):
     def __init__(self, pipeline: Pipeline) -> None:
         self.token = secrets.token_urlsafe(32)
-        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections.
-        # Without it every response waits ~40 ms on Nagle and delayed ACKs.
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._socket.bind(("127.0.0.1", 0))
-        self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(
+        super().__init__(
             RelayApp(pipeline, self.token),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
+            "127.0.0.1",
+            0,
             timeout_graceful_shutdown=2,
             # The provider's own Server and Date headers pass through; uvicorn must not add its own.
             server_header=False,
             date_header=False,
         )
-        self._server = _EmbeddedServer(config)
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
-        while not self._server.started:
-            if self._task.done():
-                self._task.result()
-            await asyncio.sleep(0.01)
-
-    async def stop(self) -> None:
-        self._server.should_exit = True
-        if self._task is not None:
-            await self._task

@@ -19,8 +19,8 @@ from certs.authority import CAKeyPermissionError
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
+    from addon.embedded import EmbeddedServer
     from addon.proxy import ProxyConfig
-    from luthien.embedded import EmbeddedServer
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "127.0.0.1"
@@ -296,7 +296,7 @@ def _metrics_server(args: argparse.Namespace, registry: "CollectorRegistry") -> 
     """The proxy's ``/metrics`` (bound now, so a port in use fails startup), or None when disabled."""
     from prometheus_client import make_asgi_app
 
-    from luthien.embedded import EmbeddedServer
+    from addon.embedded import EmbeddedServer
 
     if not args.metrics_port:
         return None
@@ -310,6 +310,7 @@ def _proxy_ready(args: argparse.Namespace, config: "ProxyConfig", policing: str)
 
 def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     # Imported here: loading LiteLLM takes seconds, and `certs`/`run` do not need it.
+    from addon.embedded import EmbeddedServer
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.local import ControlPlaneLocal
@@ -318,7 +319,6 @@ def _serve(args: argparse.Namespace, with_dashboard: bool) -> int:
     from controlplane.policy_reload import file_version, watch_policy_file
     from dashboard.app import create_app
     from luthien.backends import open_backends
-    from luthien.embedded import EmbeddedServer
 
     _configure_logging(args.log_level, "luthien-proxy")
     if getattr(args, "control_plane", None):

@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from addon.embedded import EmbeddedServer
 from addon.pipeline import Pipeline, ProxyRequest
 from addon.upstream import Upstream
 from controlplane.local import ControlPlaneLocal
@@ -20,7 +21,6 @@ from controlplane.recording.spool import Spool
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from controlplane.storage import SQLiteStorage
-from luthien.embedded import EmbeddedServer
 from tests.fake_provider import FakeProvider
 
 TOKEN = "trace-token"

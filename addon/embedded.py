@@ -1,4 +1,5 @@
-"""An ASGI app served by uvicorn inside a loop that something else owns (mitmproxy's)."""
+"""An ASGI app served by uvicorn inside mitmproxy's loop: the relay server, and beside the proxy
+the dashboard and the metrics endpoint. Signals belong to mitmproxy, not to these servers."""
 
 import asyncio
 import socket
@@ -14,14 +15,16 @@ class _Server(uvicorn.Server):
 
 
 class EmbeddedServer:
-    def __init__(self, app: Any, host: str, port: int) -> None:
-        # Bound now, so a port already in use fails before anything else starts.
+    def __init__(self, app: Any, host: str, port: int, **config: Any) -> None:
+        # IPPROTO_TCP, not 0: only then does asyncio set TCP_NODELAY on accepted connections.
+        # Without it every response waits ~40 ms on Nagle and delayed ACKs.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Bound now, so a port already in use fails before anything else starts.
         self._socket.bind((host, port))
         self.port: int = self._socket.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = _Server(config)
+        settings = {"log_level": "warning", "access_log": False, "lifespan": "off", **config}
+        self._server = _Server(uvicorn.Config(app, **settings))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
