@@ -58,8 +58,12 @@ class StreamCapture:
     def policy_chunk(self, chunk: ModelResponseStream) -> None:
         self.final.add(chunk)
 
+    def client_events(self, events: list[SSEEvent]) -> None:
+        self.final_events += [(e.event, e.data) for e in events]
+
     def sent(self, data: bytes) -> None:
-        self.final_events += [(e.event, e.data) for e in self._sent.feed(data)]
+        """Bytes written for the client (whole events) rather than forwarded."""
+        self.client_events(self._sent.feed(data))
 
 
 class CallTrace:

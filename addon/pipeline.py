@@ -35,6 +35,7 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )
 #: Streams publish a progress summary at most this often, not one event per token.
 _CHUNK_SUMMARY_INTERVAL = 0.5
+_BATCH_INTERVAL = 0.001  # seconds
 
 
 class _Refusal(Exception):
@@ -72,6 +73,29 @@ class ProxyResponse:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def _batched(outputs: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Joins the events produced from one upstream read into few writes.
+
+    The proxy, the relay and the pipeline share one event loop, and a write does not yield to
+    it: an event reaches the client only when the pipeline next waits. So the first event goes
+    out at once, then whatever was produced in each _BATCH_INTERVAL, each followed by a pause
+    that lets mitmproxy forward it. One write per event would cost mitmproxy's per-chunk work
+    on every event; one per read would hold the first events until the whole read is done.
+    """
+    batch: list[bytes] = []
+    started = time.monotonic()
+    first = True
+    async for out in outputs:
+        batch.append(out)
+        if first or time.monotonic() - started >= _BATCH_INTERVAL:
+            yield b"".join(batch)
+            batch.clear()
+            await asyncio.sleep(0)
+            started, first = time.monotonic(), False
+    if batch:
+        yield b"".join(batch)
 
 
 def credential_hash(request: ProxyRequest) -> str:
@@ -372,8 +396,7 @@ class Pipeline:
     async def _streamed(
         self, upstream: httpx.Response, relay: StreamRelay, trace: CallTrace
     ) -> AsyncIterator[bytes]:
-        metadata, capture = trace.metadata, trace.stream
-        assert capture is not None
+        metadata = trace.metadata
         summarised = time.monotonic()
         finished = False
         self.metrics.stream_opened()
@@ -383,8 +406,7 @@ class Pipeline:
                     if trace.ttfb_ms is None:
                         trace.first_byte()
                         await self._publish(metadata, ActivityType.FIRST_BYTE)
-                    async for out in relay.feed(data):
-                        capture.sent(out)
+                    async for out in _batched(relay.feed(data)):
                         yield out
                     if relay.ended:
                         break
@@ -403,8 +425,7 @@ class Pipeline:
                 await self._publish(metadata, ActivityType.ERROR, reason=reason)
                 await relay.abandon()
                 raise UpstreamBroken(reason) from exc
-            async for out in relay.close():
-                capture.sent(out)
+            async for out in _batched(relay.close()):
                 yield out
             finished = True
         finally:

@@ -123,4 +123,6 @@ class RelayServer(EmbeddedServer):
             # The provider's own Server and Date headers pass through; uvicorn must not add its own.
             server_header=False,
             date_header=False,
+            # Forwarded-for headers here are the agent's, passed on by mitmproxy: not for uvicorn.
+            proxy_headers=False,
         )

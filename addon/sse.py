@@ -7,20 +7,26 @@ each event's raw bytes, so an event no policy touched is forwarded byte for byte
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class SSEEvent:
     raw: bytes
     event: str | None
     data: str
 
     def json(self) -> Any:
-        """The data as JSON, or None when it is not JSON (e.g. ``[DONE]``)."""
+        """The data as JSON, or None when it is not JSON (e.g. ``[DONE]``). Do not mutate it:
+        it is parsed once and shared by every reader of the event."""
+        return self._parsed
+
+    @cached_property
+    def _parsed(self) -> Any:
         try:
             return json.loads(self.data)
         except ValueError:

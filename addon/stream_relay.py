@@ -59,7 +59,7 @@ class StreamRelay:
         self._context = context
         self._parser = SSEParser()
         self._pending: deque[_PendingEvent] = deque()
-        self._deferred_errors: list[bytes] = []
+        self._deferred_errors: list[SSEEvent] = []
         self.outcome = StreamOutcome()
 
     @property
@@ -68,14 +68,25 @@ class StreamRelay:
         return self.outcome.ended_by_policy or self.outcome.control_plane_lost is not None
 
     async def feed(self, data: bytes) -> AsyncIterator[bytes]:
+        """The events in ``data``: their chunks go to the policy together, in one call."""
+        chunks: list[ModelResponseStream] = []
         for event in self._parser.feed(data):
-            try:
-                async for out in self._on_event(event):
+            if self.outcome.diverged and self._transcoder.is_error(event):
+                # The client has its stream from the transcoder, which must not write after this.
+                async for out in self._police(chunks):  # what came before the error goes first
                     yield out
-            except ControlPlaneUnavailable as exc:
-                yield self._lose_control_plane(exc)
-            if self.ended:
-                return
+                chunks = []
+                if self.ended:
+                    return
+                self.outcome.upstream_error = True
+                self._transcoder.observe_emitted(event)
+                yield self._forward([event])
+                continue
+            chunks += self._receive(event)
+            if out := self._drain():
+                yield out
+        async for out in self._police(chunks):
+            yield out
 
     async def close(self) -> AsyncIterator[bytes]:
         """The upstream stream is over (or abandoned): flush and end validly."""
@@ -98,11 +109,10 @@ class StreamRelay:
             yield leftover  # a stream cut mid-event is forwarded as cut
         if self._pending:  # held back and never released: dropped
             self._diverge()
-        errors = b"".join(self._deferred_errors)
-        if errors:
-            yield errors
+        if self._deferred_errors:
+            yield self._forward(self._deferred_errors)
         elif self.outcome.diverged and not self.outcome.upstream_error:
-            yield self._transcoder.finish()
+            yield self._written(self._transcoder.finish())
 
     async def abandon(self) -> None:
         """The upstream broke off: release the policy's state, send nothing more."""
@@ -114,28 +124,31 @@ class StreamRelay:
         """Fail closed mid-stream: the client gets the provider's own kind of error event."""
         self._diverge()
         self.outcome.control_plane_lost = f"Luthien's control plane became unavailable: {exc}"
-        return self._transcoder.error_event(self.outcome.control_plane_lost)
+        return self._written(self._transcoder.error_event(self.outcome.control_plane_lost))
 
-    async def _on_event(self, event: SSEEvent) -> AsyncIterator[bytes]:
-        is_error = self._transcoder.is_error(event)
-        self.outcome.upstream_error |= is_error
+    def _receive(self, event: SSEEvent) -> list[ModelResponseStream]:
+        """Decodes an upstream event; until the stream diverges, it waits to be forwarded as it
+        came once the policy has given back each of its chunks unchanged."""
+        self.outcome.upstream_error |= self._transcoder.is_error(event)
         chunks = self._transcoder.decode(event)
         self.outcome.chunks_in += len(chunks)
         if self._capture is not None:
             self._capture.upstream_event(event, chunks)
         if not self.outcome.diverged:
             self._pending.append(_PendingEvent(event, deque(fingerprint(c) for c in chunks)))
-            if out := self._drain():
-                yield out
-        elif is_error:
-            self._transcoder.observe_emitted(event)  # the client has its error: nothing may follow
-            yield event.raw
-        for chunk in chunks:
-            async for result in self._control_plane.process_streaming_chunk(chunk, self._context):
+        return chunks
+
+    async def _police(self, chunks: list[ModelResponseStream]) -> AsyncIterator[bytes]:
+        if not chunks:
+            return
+        try:
+            async for result in self._control_plane.process_streaming_chunks(chunks, self._context):
                 if out := self._apply(result):
                     yield out
                 if self.ended:
                     return
+        except ControlPlaneUnavailable as exc:
+            yield self._lose_control_plane(exc)
 
     def _apply(self, result: ChunkResult) -> bytes:
         self.outcome.unpoliced |= result.unpoliced
@@ -158,25 +171,37 @@ class StreamRelay:
                 head.expected.popleft()
                 return self._drain()
         self._diverge()
-        return self._transcoder.encode(chunk)
+        return self._written(self._transcoder.encode(chunk))
 
     def _drain(self) -> bytes:
         """Forwards, verbatim, every leading event whose chunks have all come back unchanged."""
-        out = []
+        events = []
         while self._pending and not self._pending[0].expected:
             event = self._pending.popleft().event
             self._transcoder.observe_emitted(event)
-            out.append(event.raw)
-        return b"".join(out)
+            events.append(event)
+        return self._forward(events)
+
+    def _forward(self, events: list[SSEEvent]) -> bytes:
+        """Upstream events sent to the client as they came."""
+        if self._capture is not None:
+            self._capture.client_events(events)
+        return b"".join(event.raw for event in events)
+
+    def _written(self, data: bytes) -> bytes:
+        """Events the transcoder wrote for the client."""
+        if self._capture is not None:
+            self._capture.sent(data)
+        return data
 
     def _diverge(self) -> None:
         if self.outcome.diverged:
             return
         self.outcome.diverged = True
-        self._deferred_errors = [p.event.raw for p in self._pending if self._transcoder.is_error(p.event)]
+        self._deferred_errors = [p.event for p in self._pending if self._transcoder.is_error(p.event)]
         self._pending.clear()
 
     def _end_by_policy(self) -> bytes:
         self._diverge()
         self.outcome.ended_by_policy = True
-        return self._transcoder.finish()
+        return self._written(self._transcoder.finish())

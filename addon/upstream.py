@@ -1,7 +1,9 @@
 """Where provider traffic really goes, and the one HTTP client that sends it there."""
 
+import http.cookiejar
 import ssl
 from collections.abc import Iterable
+from typing import Any
 
 import httpx
 
@@ -42,6 +44,18 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
+class _NoCookies(http.cookiejar.CookieJar):
+    """One client sends every agent's calls: a cookie a provider sets in answer to one agent must
+    never ride along on another's request. Set-Cookie reaches the agent, whose own Cookie header
+    is forwarded as it is."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        pass
+
+    def add_cookie_header(self, request: Any) -> None:
+        pass
+
+
 class Upstream:
     """Sends requests to the provider (or to the base URL configured for its host)."""
 
@@ -53,6 +67,7 @@ class Upstream:
             verify=ssl.create_default_context(),
             trust_env=False,
             follow_redirects=False,
+            cookies=_NoCookies(),
         )
 
     def url_for(self, host: str, path: str) -> str:

@@ -4,7 +4,7 @@ Implementations: ``ControlPlaneLocal`` (same process). A network client implemen
 Protocol; the data plane cannot tell them apart. Everything crossing it is a Pydantic model.
 """
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from controlplane.llm import ModelResponse, ModelResponseStream
@@ -42,10 +42,12 @@ class ControlPlaneService(Protocol):
         """Start policing a stream; the returned context names it in later calls."""
         ...
 
-    def process_streaming_chunk(
-        self, chunk: ModelResponseStream, context: StreamingContext
+    def process_streaming_chunks(
+        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
     ) -> AsyncIterator[PolicyResult[ModelResponseStream]]:
-        """Feed one upstream chunk; yields the chunks to send to the client now (zero or more)."""
+        """Feed upstream chunks (those that arrived together), each in turn; yields the chunks to
+        send to the client now (zero or more per chunk) as the policy produces them, and stops
+        after a result that ends the stream (``allowed`` false)."""
         ...
 
     def close_streaming_context(

@@ -2,7 +2,7 @@
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,13 +85,23 @@ class ControlPlaneLocal:
         self._streams[context.stream_id] = _Stream(context, self.policy)
         return context
 
-    async def process_streaming_chunk(
-        self, chunk: ModelResponseStream, context: StreamingContext
+    async def process_streaming_chunks(
+        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
-        stream = self._streams[context.stream_id]
-        results = stream.policy.apply_streaming_chunk_policy(chunk, stream.context)
-        async for result in self._guarded(results, stream, chunk):
+        async for _, result in self.police_chunks(chunks, context):
             yield result
+
+    async def police_chunks(
+        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
+    ) -> AsyncIterator[tuple[int, ChunkResult]]:
+        """``process_streaming_chunks``, each result with the index of the chunk it answers."""
+        stream = self._streams[context.stream_id]
+        for index, chunk in enumerate(chunks):
+            results = stream.policy.apply_streaming_chunk_policy(chunk, stream.context)
+            async for result in self._guarded(results, stream, chunk):
+                yield index, result
+                if not result.allowed:
+                    return
 
     async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
         stream = self._streams.pop(context.stream_id, None)
@@ -116,8 +126,12 @@ class ControlPlaneLocal:
 
     def record(self, record: Record) -> None:
         """Redacts as the policy asks and queues for storage (a call or a debug event)."""
-        if self._recorder is not None:
-            self._recorder.submit(redact_record(record, self.policy.redact_for_recording))
+        if self._recorder is None:
+            return
+        policy = self.policy
+        self._recorder.submit(
+            redact_record(record, policy.redact_for_recording) if policy.redacts_recordings else record
+        )
 
     async def _decide[T](
         self,

@@ -37,6 +37,11 @@ class RecordingCollector(Collector):
         yield GaugeMetricFamily(
             "luthien_recording_stored_records", "Records stored since start", value=writer.stored
         )
+        yield GaugeMetricFamily(
+            "luthien_recording_rejected_records",
+            "Records the database refused since start, set aside in spool/rejected.jsonl",
+            value=writer.rejected,
+        )
 
 
 def register_recording_metrics(writer: RecordWriter, registry: CollectorRegistry) -> None:

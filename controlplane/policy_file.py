@@ -88,7 +88,8 @@ def resolve_policy_class(name: Any, where: str) -> type[PolicyHandler]:
     module_name, _, attribute = name.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
+    # ValueError and TypeError: names importlib refuses outright, such as ":X" or ".x:Y".
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
         raise PolicyFileError(f"{where}.class: cannot import {name!r}: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, PolicyHandler)):
         raise PolicyFileError(f"{where}.class: {name!r} is not a PolicyHandler")

@@ -4,6 +4,7 @@ how the fake provider, the fake judge and the control-plane service run inside t
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -31,6 +32,9 @@ class BackgroundServer:
         config = uvicorn.Config(
             self._app,
             http="h11",
+            # Past this h11 drops a connection, but only when the headers span several reads: a
+            # race. The fake provider enforces its header limit itself (HEADER_LIMIT), every time.
+            h11_max_incomplete_event_size=1024 * 1024,
             ws=self._ws,
             lifespan="off",
             log_config=None,
@@ -71,3 +75,15 @@ class BackgroundServer:
             await asyncio.sleep(0.005)
         ready.set()
         await task
+
+
+def serve_until_interrupted(name: str, url: str, stop: Callable[[], None]) -> None:
+    """For a fake run standalone (``python -m tests.fake_provider``): says where it listens (the
+    benchmark reads that line) and serves until Ctrl-C or SIGTERM."""
+    print(f"{name} listening on {url} (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()

@@ -147,6 +147,17 @@ class RunningProxy:
         assert line, f"SDK client died; proxy log:\n{self.log()[-3000:]}"
         return json.loads(line)
 
+    def start_sdk(self) -> None:
+        """Starts the SDK worker ahead of its first call (importing the SDKs takes seconds)."""
+        self._worker()
+
+    def stop_sdk(self) -> None:
+        """Stops the SDK worker, which makes a new SDK client per call and never closes them, so
+        holds connections to the proxy until it exits; the next ``sdk()`` starts a new one."""
+        if self._sdk_worker is not None:
+            self._sdk_worker.kill()
+            self._sdk_worker.wait()
+
     def _worker(self) -> subprocess.Popen[str]:
         if self._sdk_worker is None or self._sdk_worker.poll() is not None:
             self._sdk_worker = subprocess.Popen(

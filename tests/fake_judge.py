@@ -5,7 +5,8 @@ message: the first rule whose substring occurs there gives the score, else ``def
 Tests switch ``mode`` to make it slow, fail, or answer with something that is not a score, and
 read ``requests`` to see whether the judge was asked at all.
 
-Use as ``judge = FakeJudge().start()`` ... ``judge.stop()``, or as a context manager.
+Use as ``judge = FakeJudge().start()`` ... ``judge.stop()``, or as a context manager; or run it
+standalone with ``python -m tests.fake_judge``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Literal, Self
 
 from fastapi import FastAPI, Request, Response
 
-from tests.background_server import BackgroundServer
+from tests.background_server import BackgroundServer, serve_until_interrupted
 
 GATE_TIMEOUT = 30.0
 
@@ -166,3 +167,13 @@ def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
         ],
         "usage": {"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70},
     }
+
+
+def main() -> None:
+    """``python -m tests.fake_judge``: serve the fake judge standalone (the benchmark does)."""
+    judge = FakeJudge().start()
+    serve_until_interrupted("fake judge", judge.url, judge.stop)
+
+
+if __name__ == "__main__":
+    main()

@@ -143,3 +143,32 @@ def test_errors_in_nested_policies_name_the_full_path(text: str, expected: str) 
     with pytest.raises(PolicyFileError) as error:
         policy(text)
     assert str(error.value).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "redacts"),
+    [
+        ("policy: {class: NoOpPolicy}", False),
+        ("policy: {class: SecretRedactionPolicy}", True),
+        (
+            "policy: {class: SerialPolicy, config: {policies: [{class: NoOpPolicy}, {class: AllCapsPolicy}]}}",
+            False,
+        ),
+        (
+            "policy: {class: SerialPolicy, config: {policies: [{class: NoOpPolicy}, {class: SecretRedactionPolicy}]}}",
+            True,
+        ),
+        (
+            "policy: {class: SelectPolicy, config: {routes: [{when: {model: 'gpt-*'}, policy: {class: SecretRedactionPolicy}}]}}",
+            True,
+        ),
+        (
+            "policy: {class: SelectPolicy, config: {routes: [{when: {model: 'gpt-*'}, policy: {class: AllCapsPolicy}}]}}",
+            False,
+        ),
+    ],
+)
+def test_the_recorder_skips_redaction_only_when_no_policy_in_the_tree_redacts(
+    text: str, redacts: bool
+) -> None:
+    assert policy(text).redacts_recordings is redacts

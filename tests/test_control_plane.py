@@ -98,10 +98,10 @@ async def test_results_left_unread_are_not_given_to_the_next_chunk(control_plane
     unread belongs to that chunk, never to the next call on the stream."""
     async with control_plane_for(Triples(), control_plane_kind) as control_plane:
         context = await control_plane.create_streaming_context({"messages": []}, METADATA)
-        async for result in control_plane.process_streaming_chunk(text_chunk(LIKE, "1"), context):
+        async for result in control_plane.process_streaming_chunks([text_chunk(LIKE, "1")], context):
             assert result.value is not None and chunk_text(result.value) == "1a"
             break
-        second = control_plane.process_streaming_chunk(text_chunk(LIKE, "2"), context)
+        second = control_plane.process_streaming_chunks([text_chunk(LIKE, "2")], context)
         assert [chunk_text(r.value) async for r in second if r.value] == ["2a", "2b", "2c"]
         async for result in control_plane.close_streaming_context(context):
             assert result.value is not None and chunk_text(result.value) == "end"
@@ -149,3 +149,28 @@ async def test_a_slow_policy_on_one_stream_does_not_stall_another(control_plane_
         finally:
             policy.release.set()
         assert await asyncio.wait_for(slow, 10) == original
+
+
+class EndsAtStop(PolicyHandler):
+    """Passes each chunk on; a chunk saying "stop" ends the stream instead."""
+
+    async def apply_streaming_chunk_policy(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[ChunkResult]:
+        if chunk_text(chunk) == "stop":
+            yield PolicyResult.block("told to stop")
+        else:
+            yield PolicyResult.allow(chunk)
+
+
+async def test_chunks_sent_together_are_policed_in_order_until_the_policy_ends_the_stream(
+    control_plane_kind: Kind,
+) -> None:
+    async with control_plane_for(EndsAtStop(), control_plane_kind) as control_plane:
+        context = await control_plane.create_streaming_context({"messages": []}, METADATA)
+        batch = [text_chunk(LIKE, word) for word in ("one", "two", "stop", "never", "sent")]
+        results = [r async for r in control_plane.process_streaming_chunks(batch, context)]
+        assert [chunk_text(r.value) for r in results if r.value] == ["one", "two"]
+        assert [r.allowed for r in results] == [True, True, False]
+        assert results[-1].reason == "told to stop"
+        assert [r async for r in control_plane.close_streaming_context(context)] == []

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from certs import ensure_ca
 from controlplane.local import ControlPlaneLocal
+from controlplane.metrics import register_recording_metrics
 from controlplane.policies import NoOpPolicy
 from controlplane.recording.spool import Spool
 from controlplane.recording.writer import RecordWriter
@@ -19,6 +21,7 @@ from controlplane.remote.server import create_control_plane_app
 from controlplane.storage.sqlite import SQLiteStorage
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
+from tests.test_spool import call, unstorable
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -118,8 +121,27 @@ async def test_the_control_plane_serves_its_recording_metrics_without_a_token(tm
             assert value(samples, "luthien_recording_spool_records") == 0
             assert value(samples, "luthien_recording_database_up") == 1
             assert any(name == "luthien_recording_stored_records" for name, _, _ in samples)
+            assert value(samples, "luthien_recording_rejected_records") == 0
             # The rest of the API still wants the token.
             assert (await client.get("/v1/policy")).status_code == 401
     finally:
         await writer.close()
         await storage.close()
+
+
+async def test_a_record_the_database_refuses_is_counted(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "calls.db")
+    writer = RecordWriter(storage, Spool(tmp_path / "spool"))
+    registry = CollectorRegistry()
+    register_recording_metrics(writer, registry)
+    writer.start()
+    try:
+        writer.submit(call(1))
+        writer.submit(unstorable(2))
+        await writer.flush()
+        samples = parse(generate_latest(registry).decode())
+    finally:
+        await writer.close()
+        await storage.close()
+    assert value(samples, "luthien_recording_stored_records") == 1
+    assert value(samples, "luthien_recording_rejected_records") == 1

@@ -200,3 +200,28 @@ def test_a_broken_policy_file_stops_startup_with_a_precise_error(tmp_path: Path)
     assert done.returncode == 2
     assert f"{policy}: policy.config.patterns" in done.stderr
     assert "invalid regular expression" in done.stderr
+
+
+def _chat_through(proxy: RunningProxy, headers: dict[str, str]) -> http.client.HTTPResponse:
+    """A client with no cookie jar of its own, as every agent is to the others."""
+    context = ssl.create_default_context(cafile=str(proxy.data_dir / "ca" / "luthien-ca.pem"))
+    connection = http.client.HTTPSConnection("127.0.0.1", proxy.port, context=context, timeout=10)
+    connection.set_tunnel("api.openai.com", 443)
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    connection.request("POST", "/v1/chat/completions", body, {"content-type": "application/json", **headers})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    return response
+
+
+def test_a_cookie_a_provider_sets_for_one_agent_never_reaches_another(
+    noop: RunningProxy, fake: FakeProvider
+) -> None:
+    fake.reset()
+    first = _chat_through(noop, {"authorization": "Bearer sk-agent-one"})
+    assert first.status == 200 and first.headers["set-cookie"].startswith("__cf_bm=")  # the agent gets it
+    _chat_through(noop, {"authorization": "Bearer sk-agent-two"})
+    _chat_through(noop, {"authorization": "Bearer sk-agent-three", "cookie": "own=1"})
+    sent = [request.headers.get("cookie") for request in fake.requests]
+    assert sent == [None, None, "own=1"]

@@ -90,7 +90,7 @@ async def stream_chunks(
     context = await control_plane.create_streaming_context({"messages": []}, METADATA)
     results = []
     for chunk in chunks:
-        results += [r async for r in control_plane.process_streaming_chunk(chunk, context)]
+        results += [r async for r in control_plane.process_streaming_chunks([chunk], context)]
     results += [r async for r in control_plane.close_streaming_context(context)]
     return [r.value for r in results if r.value is not None], results
 

@@ -69,3 +69,9 @@ class PolicyHandler:
         record (the original request included), so a policy that keeps something from the
         provider can keep it out of the database too."""
         return text
+
+    @property
+    def redacts_recordings(self) -> bool:
+        """Whether ``redact_for_recording`` may change anything. When it cannot, the recorder
+        skips walking every string of every record (a long stream's record holds thousands)."""
+        return type(self).redact_for_recording is not PolicyHandler.redact_for_recording

@@ -89,6 +89,10 @@ class SerialPolicy(PolicyHandler):
     def redact_for_recording(self, text: str) -> str:
         return _redact_all(self.policies, text)
 
+    @property
+    def redacts_recordings(self) -> bool:
+        return any(policy.redacts_recordings for policy in self.policies)
+
     def _contexts(self, context: StreamingContext) -> list[StreamingContext]:
         """Each child keeps its own per-stream state."""
         return context.policy_state.setdefault(
@@ -188,4 +192,11 @@ class SelectPolicy(PolicyHandler):
 
     def redact_for_recording(self, text: str) -> str:
         # Every route's redaction: a record must not depend on which route a call took.
-        return _redact_all([policy for _, policy in self.routes] + [self.default], text)
+        return _redact_all(self._all(), text)
+
+    @property
+    def redacts_recordings(self) -> bool:
+        return any(policy.redacts_recordings for policy in self._all())
+
+    def _all(self) -> list[PolicyHandler]:
+        return [policy for _, policy in self.routes] + [self.default]

@@ -9,7 +9,7 @@ import re
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -115,19 +115,27 @@ class OutputAssembler:
         )
 
 
+#: The widest integer every database column here can hold (PostgreSQL's INTEGER). A record the
+#: database could not store must be refused when it is built, not fail when it is written.
+MAX_STORED_INT = 2**31 - 1
+TokenCount = Annotated[int, Field(ge=0, le=MAX_STORED_INT)]
+
+
 class Usage(BaseModel):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+    prompt_tokens: TokenCount | None = None
+    completion_tokens: TokenCount | None = None
+    total_tokens: TokenCount | None = None
 
     @classmethod
     def from_mapping(cls, usage: dict[str, Any] | None) -> "Usage | None":
-        counts = cls(
-            prompt_tokens=(usage or {}).get("prompt_tokens"),
-            completion_tokens=(usage or {}).get("completion_tokens"),
-            total_tokens=(usage or {}).get("total_tokens"),
-        )
+        """The counts a provider reported; one that is not a plausible count is left out."""
+        counts = cls(**{name: _count((usage or {}).get(name)) for name in cls.model_fields})
         return counts if counts.model_dump(exclude_none=True) else None
+
+
+def _count(value: Any) -> int | None:
+    is_count = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_STORED_INT
+    return value if is_count else None
 
 
 #: One SSE event as stored: ``[event name or None, data]``, compact and in order.
@@ -154,7 +162,7 @@ class CallRecord(BaseModel):
     api_key_hash: str = ""
     trace_id: str | None = None
 
-    status: int | None = None  # the HTTP status the client received
+    status: int | None = Field(default=None, ge=0, le=999)  # the HTTP status the client received
     outcome: CallOutcome
     error: str | None = None
     request_modified: bool = False

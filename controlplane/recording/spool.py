@@ -49,6 +49,7 @@ class Spool:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._handle = self._claim(directory)
         self.path = Path(self._handle.name)
+        self.rejects_path = directory / "rejected.jsonl"
         os.chmod(self.path, 0o600)  # records hold prompts
         self._adopt_orphans(directory)
         self._count = sum(1 for _ in self._lines())
@@ -82,13 +83,29 @@ class Spool:
         self._count += len(records)
 
     def read(self) -> Iterator[Record]:
-        """The spooled records in the order they were appended. A torn last line (the process
-        died mid-write, so it was never acknowledged) is skipped."""
+        """The spooled records in the order they were appended. A line that is not a valid record
+        (a torn last line, as the process died mid-write; a record this version cannot read) is
+        set aside with the refused records."""
         for number, line in enumerate(self._lines(), 1):
             try:
                 yield _decode(line)
             except (ValueError, KeyError) as exc:
-                log.warning("skipping unreadable line %d of %s: %s", number, self.path.name, exc)
+                log.warning("line %d of %s is not a record (%s); kept in %s", number, self.path.name, exc,
+                            self.rejects_path.name)  # fmt: skip
+                self._set_aside(line if line.endswith("\n") else line + "\n")
+
+    def reject(self, records: Sequence[Record]) -> None:
+        """Sets aside records the database refused (not an outage): kept for a person to look
+        at in ``rejected.jsonl``, never replayed, so they cannot hold up the records behind them."""
+        self._set_aside("".join(_encode(r) + "\n" for r in records))
+
+    def _set_aside(self, lines: str) -> None:
+        with self.rejects_path.open("a", encoding="utf-8") as rejects:
+            os.chmod(self.rejects_path, 0o600)
+            fcntl.flock(rejects, fcntl.LOCK_EX)  # shared by every process using the directory
+            rejects.write(lines)
+            rejects.flush()
+            os.fsync(rejects.fileno())
 
     def clear(self) -> None:
         self._handle.truncate(0)

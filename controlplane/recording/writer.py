@@ -3,7 +3,8 @@
 ``submit`` never waits. One background task takes what is queued in batches and writes it. When
 the database is unreachable, batches go to the spool file instead and the writer retries with
 backoff; once the database answers, the spool is replayed in order before anything newer, so
-nothing is lost, and writes are idempotent, so a replay cut short never duplicates.
+nothing is lost, and writes are idempotent, so a replay cut short never duplicates. A record the
+database refuses outright is set aside in the spool's rejects file rather than retried forever.
 """
 
 import asyncio
@@ -53,6 +54,7 @@ class RecordWriter:
         self._migrated = False
         self.database_ok = True
         self.stored = 0
+        self.rejected = 0
 
     @property
     def queued(self) -> int:
@@ -126,8 +128,7 @@ class RecordWriter:
                 self._migrated = True
             await self._replay()
             if batch:
-                await self._storage.write(batch)
-                self.stored += len(batch)
+                await self._write(batch)
         except StorageUnavailable as exc:
             if batch:
                 self._spool.append(batch)
@@ -143,10 +144,28 @@ class RecordWriter:
         count = len(self._spool)
         records = self._spool.read()
         while chunk := list(itertools.islice(records, self._batch_size)):
-            await self._storage.write(chunk)
-            self.stored += len(chunk)
+            await self._write(chunk)
         self._spool.clear()
         log.info("replayed %d spooled records", count)
+
+    async def _write(self, records: Sequence[Record]) -> None:
+        """Stores records. When the database refuses a batch (an error other than being
+        unavailable), each record is tried alone and one refused alone is set aside, so a bad
+        record never blocks the ones behind it, nor, through the spool, every later one."""
+        try:
+            await self._storage.write(records)
+        except StorageUnavailable:
+            raise
+        except Exception:
+            if len(records) > 1:
+                for record in records:
+                    await self._write([record])
+                return
+            log.exception("the database refused a record; it is kept in %s", self._spool.rejects_path)
+            self._spool.reject(records)
+            self.rejected += 1
+            return
+        self.stored += len(records)
 
     def _database_down(self, exc: StorageUnavailable) -> None:
         if self.database_ok:

@@ -45,7 +45,7 @@ from controlplane.remote.wire import (
     RecordBatch,
     RequestPolicyCall,
     ResponsePolicyCall,
-    StreamChunk,
+    StreamChunks,
     StreamClose,
     StreamOpen,
     StreamOpened,
@@ -69,6 +69,10 @@ def _tls_context() -> ssl.SSLContext:
     """What httpx verifies with by default (certifi's CAs), built once per process: loading the CAs
     takes tens of milliseconds, every time a client is made."""
     return ssl.create_default_context(cafile=certifi.where())
+
+
+class ControlPlaneRefused(ControlPlaneUnavailable):
+    """The control plane answered that what was sent is wrong (4xx): sending it again won't help."""
 
 
 @dataclass
@@ -163,16 +167,16 @@ class ControlPlaneHTTP:
         self._streams[context.stream_id] = _Stream(connection)
         return context
 
-    def process_streaming_chunk(
-        self, chunk: ModelResponseStream, context: StreamingContext
+    def process_streaming_chunks(
+        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
-        message = StreamChunk(chunk=chunk.model_dump(mode="json"))
-        return self._exchange(self._streams.get(context.stream_id), context, message, chunk)
+        message = StreamChunks(chunks=[chunk.model_dump(mode="json") for chunk in chunks])
+        return self._exchange(self._streams.get(context.stream_id), context, message, chunks)
 
     async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
         stream = self._streams.pop(context.stream_id, None)  # closed even if not read to the end
         try:
-            async for result in self._exchange(stream, context, StreamClose(), None):
+            async for result in self._exchange(stream, context, StreamClose(), ()):
                 yield result
         finally:
             if stream is not None:
@@ -183,13 +187,14 @@ class ControlPlaneHTTP:
         stream: _Stream | None,
         context: StreamingContext,
         message: BaseModel,
-        chunk: ModelResponseStream | None,
+        chunks: Sequence[ModelResponseStream],
     ) -> AsyncIterator[ChunkResult]:
         if stream is None:  # an unpoliced stream (fail-open): everything passes
-            if chunk is not None:
+            for chunk in chunks:
                 yield PolicyResult[ModelResponseStream](value=chunk, unpoliced=True)
             return
         connection = stream.connection
+        unanswered = 0  # the first of ``chunks`` the policy has not answered yet
         try:
             while stream.unread:  # what the consumer left unread answers earlier messages: skip it
                 if json.loads(await connection.recv())["type"] == "done":
@@ -197,7 +202,10 @@ class ControlPlaneHTTP:
             await connection.send(message.model_dump_json())
             stream.unread += 1
             while (reply := json.loads(await connection.recv()))["type"] == "result":
-                yield StreamResult.model_validate(reply).result.chunk()
+                answer = StreamResult.model_validate(reply)
+                if answer.index is not None:
+                    unanswered = answer.index + 1
+                yield answer.result.chunk()
             stream.unread -= 1
         except (OSError, WebSocketException) as exc:
             self._streams.pop(context.stream_id, None)
@@ -205,7 +213,7 @@ class ControlPlaneHTTP:
             if not self._fail_open:
                 raise lost from exc
             log.warning("stream %s continues unpoliced: %s", context.call_id, lost)
-            if chunk is not None:
+            for chunk in chunks[unanswered:]:
                 yield PolicyResult[ModelResponseStream](value=chunk, unpoliced=True)
 
     def _unpoliced[T](self, value: T, exc: ControlPlaneUnavailable) -> PolicyResult[T]:
@@ -225,6 +233,8 @@ class ControlPlaneHTTP:
             raise ControlPlaneUnavailable(f"{type(exc).__name__} reaching {self._base_url}") from exc
         if response.status_code == 401:
             raise ControlPlaneUnavailable("the control plane refused this proxy's token (401)")
+        if response.status_code in (400, 413, 422):
+            raise ControlPlaneRefused(f"the control plane refused the {operation}: {response.text[:500]}")
         if response.status_code >= 400:
             raise ControlPlaneUnavailable(f"the control plane answered {response.status_code}")
         return response.json() if response.content else None
@@ -262,6 +272,8 @@ class ControlPlaneHTTP:
         )
         try:
             await self._post("records", batch)
+        except ControlPlaneRefused:
+            raise  # not an outage: the writer sets the refused records aside
         except ControlPlaneUnavailable as exc:
             raise StorageUnavailable(str(exc)) from exc
 

@@ -11,16 +11,27 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Response, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi import (
+    Depends,
+    FastAPI,
+    HTTPException,
+    Request,
+    Response,
+    Security,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBearer
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.local import ControlPlaneLocal
 from controlplane.metrics import PolicyDecisionMetrics, register_recording_metrics
-from controlplane.models import StreamingContext
+from controlplane.models import ChunkResult, StreamingContext
 from controlplane.policy_file import PolicyFileError, policy_from_document
 from controlplane.policy_reload import document_version
 from controlplane.recording.records import Record
@@ -49,6 +60,22 @@ class PolicyInfo(BaseModel):
     version: str | None
 
 
+class ErrorBody(BaseModel):
+    """Every error but a request validation error (422, FastAPI's own ``detail`` list)."""
+
+    error: str
+
+
+#: Documents the bearer token in the OpenAPI schema; ``require_token`` does the checking.
+_BEARER = HTTPBearer(auto_error=False, description="the control-plane token (LUTHIEN_CONTROL_PLANE_TOKEN)")
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"}
+}
+_BAD_BODY: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "the body is not JSON"}
+}
+
+
 def _authorized(header: str | None, token: str) -> bool:
     scheme, _, given = (header or "").partition(" ")
     return scheme.lower() == "bearer" and secrets.compare_digest(given.encode(), token.encode())
@@ -70,11 +97,14 @@ def create_control_plane_app(
         if not _authorized(request.headers.get("authorization"), token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    # Starlette's, not only FastAPI's: FastAPI raises Starlette's for a body that is not JSON, and
+    # routing for unknown paths and methods; all get the one error shape.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    guarded = [Depends(require_token)]
+    guarded = [Security(_BEARER), Depends(require_token)]
+    with_body = _UNAUTHORIZED | _BAD_BODY
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -88,18 +118,18 @@ def create_control_plane_app(
             return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(f"{API}/request-policy", dependencies=guarded)
+    @app.post(f"{API}/request-policy", dependencies=guarded, responses=with_body)
     async def request_policy(call: RequestPolicyCall, request: Request) -> WireResult:
         with _span("request_policy", request.headers, call.metadata.call_id):
             result = await control_plane.apply_request_policies(call.request_data, call.metadata)
         decisions.observe("request", result)
         return WireResult.of(result)
 
-    @app.post(f"{API}/response-policy", dependencies=guarded)
+    @app.post(f"{API}/response-policy", dependencies=guarded, responses=with_body)
     async def response_policy(call: ResponsePolicyCall, request: Request) -> WireResult:
         response = ModelResponse(**call.response)
         with _span("response_policy", request.headers, call.metadata.call_id):
@@ -107,24 +137,29 @@ def create_control_plane_app(
         decisions.observe("response", result)
         return WireResult.of(result)
 
-    @app.post(f"{API}/records", status_code=204, dependencies=guarded)
+    @app.post(f"{API}/records", status_code=204, dependencies=guarded, responses=with_body)
     async def records(batch: RecordBatch) -> Response:
         received: list[Record] = [*batch.calls, *batch.debug_events]
         for record in received:
             control_plane.record(record)
         return Response(status_code=204)
 
-    @app.post(f"{API}/activity", status_code=204, dependencies=guarded)
+    @app.post(f"{API}/activity", status_code=204, dependencies=guarded, responses=with_body)
     async def activity(batch: ActivityBatch) -> Response:
         for event in batch.events:
             await control_plane.publish_activity(event)
         return Response(status_code=204)
 
-    @app.get(f"{API}/policy", dependencies=guarded)
+    @app.get(f"{API}/policy", dependencies=guarded, responses=_UNAUTHORIZED)
     async def current_policy() -> PolicyInfo:
         return PolicyInfo(policy=type(control_plane.policy).__name__, version=control_plane.policy_version)
 
-    @app.put(f"{API}/policy", dependencies=guarded)
+    @app.put(
+        f"{API}/policy",
+        dependencies=guarded,
+        responses=_UNAUTHORIZED
+        | {400: {"model": ErrorBody, "description": "the body is not JSON, or not a valid policy document"}},
+    )
     async def replace_policy(document: dict[str, Any]) -> PolicyInfo:
         """Replaces the policy for new calls (a policy file's content, as JSON)."""
         try:
@@ -196,12 +231,16 @@ async def _answer(
     message: dict[str, Any],
     decisions: PolicyDecisionMetrics,
 ) -> None:
-    if message.get("type") == "chunk":
-        chunk = ModelResponseStream(**message["chunk"])
-        results = control_plane.process_streaming_chunk(chunk, context)
-    else:
-        results = control_plane.close_streaming_context(context)
-    async for result in results:
+    async def send(result: ChunkResult, index: int | None) -> None:
         decisions.observe("stream", result)
-        await websocket.send_text(StreamResult(result=WireResult.of(result)).model_dump_json())
+        answer = StreamResult(result=WireResult.of(result), index=index)
+        await websocket.send_text(answer.model_dump_json())
+
+    if message.get("type") == "chunks":
+        chunks = [ModelResponseStream(**data) for data in message["chunks"]]
+        async for index, result in control_plane.police_chunks(chunks, context):
+            await send(result, index)
+    else:
+        async for result in control_plane.close_streaming_context(context):
+            await send(result, None)
     await websocket.send_text(StreamDone().model_dump_json())

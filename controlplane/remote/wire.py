@@ -81,9 +81,11 @@ class StreamOpen(BaseModel):
     metadata: RequestMetadata
 
 
-class StreamChunk(BaseModel):
-    type: Literal["chunk"] = "chunk"
-    chunk: dict[str, Any]
+class StreamChunks(BaseModel):
+    """Upstream chunks that arrived together: one message and one round trip for all of them."""
+
+    type: Literal["chunks"] = "chunks"
+    chunks: list[dict[str, Any]]
 
 
 class StreamClose(BaseModel):
@@ -99,14 +101,15 @@ class StreamOpened(BaseModel):
 
 
 class StreamResult(BaseModel):
-    """One result the policy yielded for the last ``chunk`` or ``close``, sent as soon as it is
+    """One result the policy yielded for the last ``chunks`` or ``close``, sent as soon as it is
     yielded (a policy may yield, then await a judge, then yield again)."""
 
     type: Literal["result"] = "result"
     result: WireResult
+    index: int | None = None  # which of the ``chunks`` it answers; None for ``close``
 
 
 class StreamDone(BaseModel):
-    """The policy has finished with the last ``chunk`` or ``close``."""
+    """The policy has finished with the last ``chunks`` or ``close``."""
 
     type: Literal["done"] = "done"

@@ -2,7 +2,14 @@
 
 from pathlib import Path
 
-from controlplane.storage.base import CallPage, CallQuery, CallSummary, Storage, StorageUnavailable
+from controlplane.storage.base import (
+    CallPage,
+    CallQuery,
+    CallSummary,
+    Storage,
+    StorageRefused,
+    StorageUnavailable,
+)
 from controlplane.storage.postgres import PostgresStorage
 from controlplane.storage.sqlite import SQLiteStorage
 
@@ -13,6 +20,7 @@ __all__ = [
     "PostgresStorage",
     "SQLiteStorage",
     "Storage",
+    "StorageRefused",
     "StorageUnavailable",
     "open_storage",
 ]

@@ -18,6 +18,10 @@ class StorageUnavailable(Exception):
     """The database cannot be reached or refused the operation; the caller may retry later."""
 
 
+class StorageRefused(Exception):
+    """The database refused the data itself (a value out of range, say): retrying cannot help."""
+
+
 class CallQuery(BaseModel):
     """Filters for the calls list; every filter is optional and they combine with AND."""
 

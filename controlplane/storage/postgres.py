@@ -2,7 +2,8 @@
 
 The pool is created on first use and connects on demand, so a proxy starts while the database is
 down. Every failure to reach or use the database is raised as ``StorageUnavailable``, for the
-recorder to spool and retry; the pool replaces connections that died in the meantime.
+recorder to spool and retry; the pool replaces connections that died in the meantime. Data the
+database refuses (class 22 and 23 errors) is ``StorageRefused``: no retry would store it.
 """
 
 import asyncio
@@ -13,7 +14,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
+from controlplane.storage.base import CallPage, CallQuery, StorageRefused, StorageUnavailable
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
 from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, summary_from_row
 
@@ -27,6 +28,7 @@ _MIGRATION_LOCK = 0x6C7574686965_6E
 # asyncpg reports a dead socket as OSError or InterfaceError, the server's refusals (and lost
 # connections) as PostgresError, and timeouts as TimeoutError.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_REFUSED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 
 _SQL = Sql(numbered)
 
@@ -101,6 +103,8 @@ class PostgresStorage:
             pool = await self._get_pool()
             async with pool.acquire(timeout=CONNECT_TIMEOUT + COMMAND_TIMEOUT) as connection:
                 yield connection
+        except _REFUSED as exc:
+            raise StorageRefused(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
         except _UNAVAILABLE as exc:
             raise StorageUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
 

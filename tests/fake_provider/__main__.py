@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import threading
+
+from tests.background_server import serve_until_interrupted
 
 from .server import FakeProvider
 
@@ -14,13 +15,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.005, help="seconds between stream events")
     args = parser.parse_args()
     fake = FakeProvider(delay=args.delay).start(port=args.port)
-    print(f"fake provider listening on {fake.url} (Ctrl-C to stop)", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        fake.stop()
+    serve_until_interrupted("fake provider", fake.url, fake.stop)
 
 
 if __name__ == "__main__":

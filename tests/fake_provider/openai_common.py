@@ -10,8 +10,14 @@ RETRY_AFTER_SECONDS = 1
 
 
 def headers(ctx: Context) -> dict[str, str]:
-    # The SDK surfaces x-request-id as `_request_id`; proxies often log it.
-    return {"x-request-id": ctx.ids.hex("req_", 32), "openai-processing-ms": "42"}
+    # The SDK surfaces x-request-id as `_request_id`; proxies often log it. Like api.openai.com
+    # (Cloudflare's __cf_bm), every answer sets a cookie; here host-only and not Secure, so that
+    # an HTTP client talking to the fake over plain HTTP would keep it and send it back.
+    return {
+        "x-request-id": ctx.ids.hex("req_", 32),
+        "openai-processing-ms": "42",
+        "set-cookie": f"__cf_bm={ctx.ids.hex('', 24)}; path=/; HttpOnly",
+    }
 
 
 def error_object(message: str, type_: str, code: str | None) -> dict[str, Any]:

@@ -28,6 +28,9 @@ from .scenarios import (
 from .wire import Context, IdFactory, Reply, json_reply
 
 GATE_TIMEOUT = 30.0
+# Cloudflare, in front of both providers, refuses request headers beyond about 32 KB this way.
+HEADER_LIMIT = 32 * 1024
+_HEADERS_TOO_LARGE = b"<html><body><h1>400 Request Header Or Cookie Too Large</h1></body></html>"
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 _MODELS = {
@@ -139,6 +142,8 @@ class FakeProvider:
         return app
 
     async def _handle(self, request: Request) -> Response:
+        if sum(len(name) + len(value) for name, value in request.headers.raw) > HEADER_LIMIT:
+            return Response(_HEADERS_TOO_LARGE, 400, media_type="text/html")
         record, index = self._record(request, await request.body())
         reply, plan = self._reply(record, index)
         record.status = reply.status

@@ -1,0 +1,1 @@
+"""The benchmark (docs/performance.md): run it with scripts/bench."""
