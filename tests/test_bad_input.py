@@ -301,7 +301,9 @@ def test_a_header_the_provider_refuses_reaches_the_client_and_the_proxy_keeps_se
     assert "Traceback" not in noop.log()
 
 
-def test_a_large_header_within_the_provider_limit_is_forwarded(noop: RunningProxy, fake: FakeProvider) -> None:
+def test_a_large_header_within_the_provider_limit_is_forwarded(
+    noop: RunningProxy, fake: FakeProvider
+) -> None:
     padding = "a" * (HEADER_LIMIT - 4096)
     with client_for(noop) as client:
         response = client.post(OPENAI, json=body("chat", "hi", False), headers={"x-padding": padding})
