@@ -2,6 +2,7 @@
 
 import json
 import time
+from collections import deque
 from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN, Span
@@ -22,6 +23,11 @@ from controlplane.recording.records import (
 _SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id")
 #: A provider's error body kept for the record; longer ones are cut (they are not the point).
 _MAX_ERROR_BODY = 64 * 1024
+#: Event data kept whole for each side of a stream; past it, only the last TAIL_EVENTS are kept.
+MAX_RECORDED_EVENT_BYTES = 2 * 1024 * 1024
+TAIL_EVENTS = 64
+#: The name of the event that stands in a record for the events left out of it.
+OMITTED_EVENT = "luthien-omitted"
 
 
 def agent_name(user_agent: str | None) -> str | None:
@@ -39,19 +45,50 @@ def body_for_record(data: bytes) -> Any:
         return data[:_MAX_ERROR_BODY].decode("utf-8", errors="replace")
 
 
+class EventLog:
+    """One side of a stream's events, for the record, in bounded memory: every event while their
+    data fits MAX_RECORDED_EVENT_BYTES, then the first ones, an OMITTED_EVENT saying how many were
+    left out, and the last TAIL_EVENTS (where the finish reason and usage are). The record's
+    assembled output keeps the whole text either way."""
+
+    def __init__(self, budget: int = MAX_RECORDED_EVENT_BYTES, tail: int = TAIL_EVENTS) -> None:
+        self._head: list[StoredEvent] = []
+        self._tail: deque[StoredEvent] = deque(maxlen=tail)
+        self._room = budget
+        self._omitted_events = 0
+        self._omitted_bytes = 0
+
+    def add(self, event: StoredEvent) -> None:
+        size = len(event[1])
+        if not self._tail and size <= self._room:
+            self._head.append(event)
+            self._room -= size
+            return
+        if len(self._tail) == self._tail.maxlen:
+            self._omitted_events += 1
+            self._omitted_bytes += len(self._tail[0][1])
+        self._tail.append(event)
+
+    def events(self) -> list[StoredEvent]:
+        if not self._omitted_events:
+            return [*self._head, *self._tail]
+        omitted = {"omitted_events": self._omitted_events, "omitted_bytes": self._omitted_bytes}
+        return [*self._head, (OMITTED_EVENT, json.dumps(omitted)), *self._tail]
+
+
 class StreamCapture:
     """Both sides of a stream: the provider's events and chunks, the policy's chunks and the
     events the client received."""
 
     def __init__(self) -> None:
-        self.original_events: list[StoredEvent] = []
-        self.final_events: list[StoredEvent] = []
+        self.original_events = EventLog()
+        self.final_events = EventLog()
         self.original = OutputAssembler()
         self.final = OutputAssembler()
         self._sent = SSEParser()
 
     def upstream_event(self, event: SSEEvent, chunks: list[ModelResponseStream]) -> None:
-        self.original_events.append((event.event, event.data))
+        self.original_events.add((event.event, event.data))
         for chunk in chunks:
             self.original.add(chunk)
 
@@ -59,7 +96,8 @@ class StreamCapture:
         self.final.add(chunk)
 
     def client_events(self, events: list[SSEEvent]) -> None:
-        self.final_events += [(e.event, e.data) for e in events]
+        for event in events:
+            self.final_events.add((event.event, event.data))
 
     def sent(self, data: bytes) -> None:
         """Bytes written for the client (whole events) rather than forwarded."""
@@ -160,8 +198,8 @@ class CallTrace:
             final_request=self.final_request,
             original_response=self.original_response,
             final_response=self.final_response,
-            original_events=stream.original_events if stream else None,
-            final_events=stream.final_events if stream else None,
+            original_events=stream.original_events.events() if stream else None,
+            final_events=stream.final_events.events() if stream else None,
             original_output=stream.original.output() if stream else self.original_output,
             final_output=stream.final.output() if stream else self.final_output,
             decisions=self.decisions,

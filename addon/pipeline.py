@@ -158,30 +158,40 @@ class Pipeline:
             kind=otel.SpanKind.SERVER,
             attributes={CALL_ID: call_id, "server.address": request.host, "url.path": request.path},
         )
-        with otel.use_span(trace.span, end_on_exit=False):
-            if codec is None:
-                response = await self._passthrough(request, trace)
-            else:
-                response = await self._policed(request, codec, trace)
+        try:
+            with otel.use_span(trace.span, end_on_exit=False):
+                if codec is None:
+                    response = await self._passthrough(request, trace)
+                else:
+                    response = await self._policed(request, codec, trace)
+        except asyncio.CancelledError:
+            # The client left before the answer: the relay stops the call, and it is recorded.
+            reason = "the client disconnected before the response was sent"
+            trace.fail(CallOutcome.ERROR, trace.status, reason)
+            await self._publish(metadata, ActivityType.ERROR, reason=reason)
+            self._finished(trace)
+            raise
         response.body = self._recorded(response.body, trace)
         return response
 
     async def _recorded(self, body: AsyncIterator[bytes], trace: CallTrace) -> AsyncIterator[bytes]:
-        """The response body; once it has been sent (or abandoned), the call is recorded, in a
-        task of its own so that building the record never delays the client."""
+        """The response body; once it has been sent (or abandoned), the call is recorded."""
         try:
             async for data in body:
                 yield data
         finally:
-            trace.finish()
-            trace.span.set_attributes(
-                {"luthien.outcome": trace.outcome.value, "http.status": trace.status or 0}
-            )
-            trace.span.end()
-            self.metrics.call_finished(trace)
-            task = asyncio.create_task(self._record(trace))
-            self._recording.add(task)
-            task.add_done_callback(self._recording.discard)
+            self._finished(trace)
+
+    def _finished(self, trace: CallTrace) -> None:
+        """Ends the call's span and records it, in a task of its own so that building the record
+        never delays the client."""
+        trace.finish()
+        trace.span.set_attributes({"luthien.outcome": trace.outcome.value, "http.status": trace.status or 0})
+        trace.span.end()
+        self.metrics.call_finished(trace)
+        task = asyncio.create_task(self._record(trace))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     async def _record(self, trace: CallTrace) -> None:
         try:
@@ -269,7 +279,12 @@ class Pipeline:
             )
             policed, content = await self._apply_request_policy(request, codec, trace, body, normalized)
             upstream = await self._send(request, content, metadata)
-            return await self._respond(upstream, codec, trace, policed)
+            try:
+                await self._publish(metadata, ActivityType.UPSTREAM_SENT, status=upstream.status_code)
+                return await self._respond(upstream, codec, trace, policed)
+            except BaseException:
+                await upstream.aclose()  # not left to the pool as busy (a refusal, the client left)
+                raise
         except ControlPlaneUnavailable as exc:
             refusal = _Refusal(
                 503, f"Luthien's control plane is unavailable, so this call was not sent: {exc}"
@@ -304,9 +319,8 @@ class Pipeline:
             try:
                 with otel.use_span(trace.stream_span, end_on_exit=False):
                     context = await self._control_plane.create_streaming_context(policed, metadata)
-            except ControlPlaneUnavailable:
+            except BaseException:
                 trace.stream_span.end()
-                await upstream.aclose()
                 raise
             trace.policy_version = context.policy_version or trace.policy_version
             trace.unpoliced |= context.unpoliced
@@ -390,7 +404,6 @@ class Pipeline:
                 )
         except httpx.HTTPError as exc:
             raise _Refusal(502, f"Luthien could not reach {request.host}: {type(exc).__name__}") from exc
-        await self._publish(metadata, ActivityType.UPSTREAM_SENT, status=upstream.status_code)
         return upstream
 
     async def _streamed(

@@ -46,21 +46,36 @@ class RelayApp:
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
         request = ProxyRequest(scope["method"], lookup.get(HOST_HEADER, ""), path, headers, body)
+        disconnected = asyncio.create_task(_client_gone(receive))
         try:
-            response = await self._pipeline.handle(request)
+            await self._serve(request, send, disconnected)
+        finally:
+            disconnected.cancel()
+
+    async def _serve(self, request: ProxyRequest, send: Send, disconnected: asyncio.Task[None]) -> None:
+        """Runs the call and streams its answer; when the client leaves first, the call is
+        cancelled, so that the provider is no longer read (or waited on) for nobody."""
+        handling = asyncio.create_task(self._pipeline.handle(request))
+        await asyncio.wait((handling, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        if not handling.done():
+            await _cancel(handling)
+            return
+        try:
+            response = handling.result()
         except Exception:
             log.exception("unexpected error handling %s %s", request.method, request.path.split("?")[0])
             await _respond(send, 502, b"Luthien: unexpected error; see the proxy log")
             return
         streaming = asyncio.create_task(_send_response(response, send))
-        disconnected = asyncio.create_task(_client_gone(receive))
         await asyncio.wait((streaming, disconnected), return_when=asyncio.FIRST_COMPLETED)
-        disconnected.cancel()
-        if not streaming.done():
-            # The client left: stop reading from the provider instead of draining its stream.
-            streaming.cancel()
-        with contextlib.suppress(asyncio.CancelledError, UpstreamBroken):
-            await streaming
+        await _cancel(streaming)
+
+
+async def _cancel(task: asyncio.Task[None] | asyncio.Task[ProxyResponse]) -> None:
+    """Cancels ``task`` if it is still running and waits for it to wind down."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, UpstreamBroken):
+        await task
 
 
 async def _send_response(response: ProxyResponse, send: Send) -> None:

@@ -39,7 +39,7 @@ class RecordingCollector(Collector):
         )
         yield GaugeMetricFamily(
             "luthien_recording_rejected_records",
-            "Records the database refused since start, set aside in spool/rejected.jsonl",
+            "Records set aside in spool/rejected.jsonl since start: refused by the database or unreadable",
             value=writer.rejected,
         )
 

@@ -5,12 +5,15 @@ timings and usage. Secrets never reach the database."""
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from controlplane.recording.records import REDACTED, CallOutcome
 from tests.conftest import RunningProxy
+from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT as FAKE_TEXT
 from tests.recorded import recorded
+from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -133,3 +136,22 @@ async def test_secrets_and_api_keys_never_reach_the_database(proxies: dict[str, 
     stored = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
     for secret in (openai_key, aws_key, api_key):
         assert secret.encode() not in stored
+
+
+async def test_a_call_whose_client_left_before_the_answer_is_recorded(
+    noop: RunningProxy, fake: FakeProvider
+) -> None:
+    word = tag()
+    with client_for(noop) as client, pytest.raises(httpx.ReadTimeout):
+        # The provider holds its answer until released; the client gives up first.
+        client.post(
+            ENDPOINTS["chat"][0],
+            json=body("chat", f"{word} [scenario:gated]", False),
+            timeout=httpx.Timeout(10, read=1),
+        )
+    (record,) = await recorded(noop.database_url, word, 1)
+    fake.release(-1)
+    # The call was stopped where it was, waiting for the provider's answer; what was sent is kept.
+    assert record.outcome is CallOutcome.ERROR and record.status is None
+    assert record.error == "the client disconnected before the response was sent"
+    assert record.final_request is not None and record.original_output is None

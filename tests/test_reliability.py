@@ -2,9 +2,11 @@
 stream and a 20 MB request. Resources come back and memory stays bounded; what is measured is
 printed for the notes, and the bounds asserted are generous, not timings."""
 
+import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from addon.call_trace import MAX_RECORDED_EVENT_BYTES, OMITTED_EVENT
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
+from tests.recorded import recorded
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -117,3 +121,28 @@ def test_a_twenty_megabyte_request_passes_with_bounded_memory(
     grown = rss(proxy) - before
     print(f"\n20 MiB request: RSS +{grown / MIB:.0f} MiB")
     assert grown < 600 * MIB
+
+
+async def test_a_stream_beyond_the_recording_budget_is_recorded_in_bounded_form(
+    proxy: RunningProxy, fake: FakeProvider
+) -> None:
+    word = f"tag{uuid.uuid4().hex[:12]}"
+    with (
+        client_for(proxy) as client,
+        client.stream(
+            "POST",
+            ENDPOINTS["chat"][0],
+            json=body("chat", f"{word} [scenario:long 20000]", True),
+            timeout=120,
+        ) as response,
+    ):
+        events = sum(1 for line in response.iter_lines() if line.startswith("data: "))
+    (record,) = await recorded(proxy.database_url, word, 1)
+    assert record.final_output is not None and record.final_output.text == "word " * 20_000
+    for kept in (record.original_events, record.final_events):
+        assert kept is not None
+        (marker,) = [data for name, data in kept if name == OMITTED_EVENT]
+        omitted = json.loads(marker)
+        assert len(kept) - 1 + omitted["omitted_events"] == events
+        assert sum(len(data) for _, data in kept) - len(marker) <= MAX_RECORDED_EVENT_BYTES + 64 * 1024
+        assert kept[-1][1] == "[DONE]"

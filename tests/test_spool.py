@@ -44,6 +44,7 @@ def test_records_come_back_in_order_and_a_torn_last_line_is_set_aside(tmp_path: 
     assert [type(r).__name__ for r in read] == ["CallRecord", "DebugEvent", "CallRecord"]
     assert [r.call_id for r in read if isinstance(r, CallRecord)] == ["call-0001", "call-0003"]
     assert spool.rejects_path.read_text() == '{"kind": "call", "record": {"call_id": "torn\n'
+    assert spool.set_aside == 1  # counted in luthien_recording_rejected_records
     spool.clear()
     assert len(spool) == 0 and list(spool.read()) == []
     spool.close()
@@ -129,8 +130,9 @@ async def test_a_record_the_database_refuses_is_set_aside_and_blocks_nothing(
         await writer.close()
         page = await storage.list_calls(CallQuery(search="spooled", limit=50))
     assert sorted(c.call_id for c in page.calls) == [f"call-{n:04d}" for n in (0, 2, 3, 5, 6)]
-    # The spooled one no longer reads as a record at all: the spool sets it aside before the writer sees it.
-    assert writer.rejected == 1 and writer.spooled == 0 and writer.database_ok
+    # The spooled one no longer reads as a record at all: the spool sets it aside before the writer
+    # sees it. Both count as set aside.
+    assert writer.rejected == 2 and writer.spooled == 0 and writer.database_ok
     rejected = [json.loads(line)["record"] for line in spool.rejects_path.read_text().splitlines()]
     assert [r["call_id"] for r in rejected] == ["call-0001", "call-0004"]
     assert spool.rejects_path.stat().st_mode & 0o777 == 0o600

@@ -53,6 +53,7 @@ class Spool:
         os.chmod(self.path, 0o600)  # records hold prompts
         self._adopt_orphans(directory)
         self._count = sum(1 for _ in self._lines())
+        self.set_aside = 0  # records (or unreadable lines) put in rejected.jsonl since start
 
     @staticmethod
     def _claim(directory: Path) -> IO[str]:
@@ -92,20 +93,21 @@ class Spool:
             except (ValueError, KeyError) as exc:
                 log.warning("line %d of %s is not a record (%s); kept in %s", number, self.path.name, exc,
                             self.rejects_path.name)  # fmt: skip
-                self._set_aside(line if line.endswith("\n") else line + "\n")
+                self._set_aside([line.removesuffix("\n")])
 
     def reject(self, records: Sequence[Record]) -> None:
         """Sets aside records the database refused (not an outage): kept for a person to look
         at in ``rejected.jsonl``, never replayed, so they cannot hold up the records behind them."""
-        self._set_aside("".join(_encode(r) + "\n" for r in records))
+        self._set_aside([_encode(r) for r in records])
 
-    def _set_aside(self, lines: str) -> None:
+    def _set_aside(self, lines: list[str]) -> None:
         with self.rejects_path.open("a", encoding="utf-8") as rejects:
             os.chmod(self.rejects_path, 0o600)
             fcntl.flock(rejects, fcntl.LOCK_EX)  # shared by every process using the directory
-            rejects.write(lines)
+            rejects.write("".join(line + "\n" for line in lines))
             rejects.flush()
             os.fsync(rejects.fileno())
+        self.set_aside += len(lines)
 
     def clear(self) -> None:
         self._handle.truncate(0)

@@ -54,7 +54,11 @@ class RecordWriter:
         self._migrated = False
         self.database_ok = True
         self.stored = 0
-        self.rejected = 0
+
+    @property
+    def rejected(self) -> int:
+        """Records set aside since start: refused by the database, or unreadable in the spool."""
+        return self._spool.set_aside
 
     @property
     def queued(self) -> int:
@@ -163,7 +167,6 @@ class RecordWriter:
                 return
             log.exception("the database refused a record; it is kept in %s", self._spool.rejects_path)
             self._spool.reject(records)
-            self.rejected += 1
             return
         self.stored += len(records)
 
