@@ -125,6 +125,14 @@ def _user_id(body: dict[str, Any]) -> str | None:
     return user or body.get("user") or body.get("safety_identifier")
 
 
+def _upstream_failure(host: str, exc: httpx.HTTPError) -> tuple[int, str]:
+    """The status and message for a provider that could not be reached (502) or that stayed
+    silent past the upstream timeout (504)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return 504, f"Luthien gave up waiting for {host}: {type(exc).__name__}"
+    return 502, f"Luthien could not reach {host}: {type(exc).__name__}"
+
+
 def _response_headers(upstream: httpx.Response, call_id: str) -> list[tuple[str, str]]:
     kept = [(k, v) for k, v in upstream.headers.multi_items() if k.lower() not in _DROPPED_RESPONSE_HEADERS]
     return [*kept, ("x-luthien-call-id", call_id)]
@@ -233,11 +241,11 @@ class Pipeline:
                 request.method, request.host, request.path, request.headers, request.body
             )
         except httpx.HTTPError as exc:
-            reason = f"upstream unreachable: {type(exc).__name__}"
+            status, reason = _upstream_failure(request.host, exc)
             await self._publish(metadata, ActivityType.ERROR, reason=reason)
-            trace.fail(CallOutcome.ERROR, 502, reason)
-            body = json.dumps({"error": {"message": f"Luthien could not reach {request.host}"}}).encode()
-            return ProxyResponse(502, [("content-type", "application/json")], _once(body))
+            trace.fail(CallOutcome.ERROR, status, reason)
+            body = json.dumps({"error": {"message": reason}}).encode()
+            return ProxyResponse(status, [("content-type", "application/json")], _once(body))
         trace.first_byte()
         trace.status = upstream.status_code
         # Raw bytes, content-encoding kept: nothing here is ours to decode.
@@ -403,7 +411,7 @@ class Pipeline:
                     request.method, request.host, request.path, request.headers, content
                 )
         except httpx.HTTPError as exc:
-            raise _Refusal(502, f"Luthien could not reach {request.host}: {type(exc).__name__}") from exc
+            raise _Refusal(*_upstream_failure(request.host, exc)) from exc
         return upstream
 
     async def _streamed(

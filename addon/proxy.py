@@ -15,7 +15,7 @@ from addon.interceptor import ProviderInterceptor
 from addon.metrics import ProxyMetrics
 from addon.pipeline import Pipeline
 from addon.relay_server import RelayServer
-from addon.upstream import Upstream
+from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT, Upstream
 from controlplane.interface import ControlPlaneService
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ class ProxyConfig:
     mitmproxy_confdir: Path
     provider_hosts: frozenset[str] = frozenset(DEFAULT_PROVIDER_HOSTS)
     upstreams: dict[str, str] = field(default_factory=dict)
+    upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
 
 
 def allow_hosts_pattern(hosts: frozenset[str]) -> str:
@@ -53,7 +54,7 @@ async def run_proxy(
     on_ready: Callable[[], None],
     metrics: ProxyMetrics | None = None,
 ) -> None:
-    upstream = Upstream(config.upstreams)
+    upstream = Upstream(config.upstreams, config.upstream_timeout)
     pipeline = Pipeline(control_plane, upstream, metrics)
     relay = RelayServer(pipeline)
     await relay.start()

@@ -56,14 +56,19 @@ class _NoCookies(http.cookiejar.CookieJar):
         pass
 
 
+#: How long a provider may stay silent (before its answer, or between two reads of a stream):
+#: the OpenAI and Anthropic SDKs' own default, so Luthien never gives up before the agent does.
+DEFAULT_UPSTREAM_TIMEOUT = 600.0
+
+
 class Upstream:
     """Sends requests to the provider (or to the base URL configured for its host)."""
 
-    def __init__(self, overrides: dict[str, str]) -> None:
+    def __init__(self, overrides: dict[str, str], timeout: float = DEFAULT_UPSTREAM_TIMEOUT) -> None:
         self._overrides = overrides
         # trust_env=False: the proxy must never send its own traffic through HTTPS_PROXY (itself).
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=15.0),
+            timeout=httpx.Timeout(connect=15.0, read=timeout, write=60.0, pool=15.0),
             verify=ssl.create_default_context(),
             trust_env=False,
             follow_redirects=False,

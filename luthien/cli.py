@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT
 from certs import CAFiles, default_data_dir, ensure_ca, shell_exports, trust_env
 from certs.authority import CAKeyPermissionError
 
@@ -27,6 +29,16 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DASHBOARD_PORT = 8000
 DEFAULT_CONTROL_PLANE_PORT = 8081
 DEFAULT_METRICS_PORT = 9464
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, got {text!r}")
+    return seconds
 
 
 def _env_list(name: str) -> list[str]:
@@ -107,6 +119,15 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOST=URL",
         help="send a provider host's traffic to another base URL; repeatable "
         "(env LUTHIEN_UPSTREAMS, comma-separated)",
+    )
+    parser.add_argument(
+        "--upstream-timeout",
+        type=_seconds,
+        # A string default goes through ``type`` too: a bad LUTHIEN_UPSTREAM_TIMEOUT is a usage error.
+        default=os.environ.get("LUTHIEN_UPSTREAM_TIMEOUT", str(DEFAULT_UPSTREAM_TIMEOUT)),
+        metavar="SECONDS",
+        help="give up on a provider silent this long, before its answer (504) or mid-stream "
+        f"(env LUTHIEN_UPSTREAM_TIMEOUT; default {DEFAULT_UPSTREAM_TIMEOUT:g}, the SDKs' own)",
     )
     parser.add_argument(
         "--provider-host",
@@ -288,6 +309,7 @@ def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, st
         mitmproxy_confdir=files.mitmproxy_confdir,
         provider_hosts=frozenset(h.lower() for h in hosts),
         upstreams=parse_upstreams(args.upstream),
+        upstream_timeout=args.upstream_timeout,
     )
     return config, env
 

@@ -1,11 +1,16 @@
 """Broken peers: a dead provider, a provider that drops the stream, a client that walks away.
 The proxy answers in the provider's format where it can and keeps serving."""
 
+import uuid
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
-from tests.conftest import DEAD_PROVIDER, RunningProxy
+from controlplane.recording.records import CallOutcome
+from tests.conftest import DEAD_PROVIDER, RunningProxy, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
+from tests.recorded import recorded
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 
@@ -62,3 +67,57 @@ def test_a_client_that_leaves_mid_stream_does_not_disturb_the_proxy(
     fake.release(-1)
     assert_still_serving(noop)
     assert "Traceback" not in noop.log()
+
+
+@pytest.fixture(scope="module")
+def impatient(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    """A proxy that gives up on a provider silent for one second."""
+    root = tmp_path_factory.mktemp("impatient")
+    running = start_proxy(
+        "impatient", None, fake, root, root / "data", extra_args=["--upstream-timeout", "1"]
+    )
+    try:
+        wait_until_listening(running)
+        yield running
+    finally:
+        running.terminate()
+        running.wait()
+
+
+@pytest.mark.parametrize("api", ENDPOINTS)
+async def test_a_provider_silent_past_the_timeout_gets_a_provider_format_504(
+    impatient: RunningProxy, fake: FakeProvider, api: str
+) -> None:
+    word = f"tag{uuid.uuid4().hex[:12]}"
+    with client_for(impatient) as client:
+        response = client.post(ENDPOINTS[api][0], json=body(api, f"{word} [scenario:gated]", False))
+    fake.release(-1)
+    assert response.status_code == 504
+    message = response.json()["error"]["message"]
+    assert message == "Luthien gave up waiting for " + ENDPOINTS[api][0].split("/")[2] + ": ReadTimeout"
+    if api == "messages":
+        assert response.json()["type"] == "error"
+    (record,) = await recorded(impatient.database_url, word, 1)
+    assert record.outcome is CallOutcome.ERROR and record.status == 504 and record.error == message
+    assert_still_serving(impatient)
+
+
+async def test_a_stream_silent_past_the_timeout_is_cut_and_recorded(
+    impatient: RunningProxy, fake: FakeProvider
+) -> None:
+    word = f"tag{uuid.uuid4().hex[:12]}"
+    received = bytearray()
+    with (
+        client_for(impatient) as client,
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream(
+            "POST", ENDPOINTS["messages"][0], json=body("messages", f"{word} [scenario:gated]", True)
+        ) as r,
+    ):
+        for data in r.iter_bytes():  # the first event, then a silence the proxy ends
+            received.extend(data)
+    fake.release(-1)
+    assert received.startswith(b"event: message_start")
+    (record,) = await recorded(impatient.database_url, word, 1)
+    assert record.outcome is CallOutcome.ERROR and record.status == 200
+    assert record.error == "the provider's stream broke off: ReadTimeout"
