@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from luthien.cli import build_parser
+from luthien.options import build_parser
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 

@@ -29,7 +29,7 @@ from controlplane.recording.records import REDACTED
 from controlplane.remote import server as control_plane_server
 from controlplane.storage import SQLiteStorage
 from dashboard.app import create_app
-from luthien.cli import build_parser
+from luthien.options import build_parser
 from tests.conftest import ROOT, RunningProxy, luthien, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_provider import FakeProvider

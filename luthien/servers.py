@@ -1,0 +1,266 @@
+"""The long-running commands: the proxy (with its control plane in-process, or as a sidecar of a
+remote one), the control-plane service and the dashboard. Each imports what it serves when it
+starts: loading LiteLLM takes seconds, and the short commands do not need it."""
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+from typing import TYPE_CHECKING
+
+from certs import shell_exports
+from luthien.options import client_env, data_dir, env_list
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from addon.embedded import EmbeddedServer
+    from addon.proxy import ProxyConfig
+
+
+def _share_redis_with_policies(redis_url: str | None) -> None:
+    """Policies keep shared state (the judge's verdict cache) in the Redis of ``REDIS_URL``; a
+    ``--redis-url`` flag must mean the same for them."""
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+
+
+def _configure_logging(level: str, service: str) -> None:
+    """Logging, and trace export when the ``OTEL_*`` variables ask for it."""
+    from luthien.telemetry import configure_tracing
+
+    try:
+        configure_tracing(service)
+    except ValueError as exc:
+        sys.exit(f"luthien: {exc}")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # These log request lines and connection details of every call; their warnings are enough.
+    for noisy in ("mitmproxy", "httpx", "httpcore", "LiteLLM", "uvicorn"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _dashboard_token() -> tuple[str, bool]:
+    """The configured token, or a new one (True: generated, so the login link must be shown)."""
+    configured = os.environ.get("LUTHIEN_DASHBOARD_TOKEN")
+    return (configured, False) if configured else (secrets.token_urlsafe(24), True)
+
+
+def _announce_dashboard(host: str, port: int, token: str, generated: bool) -> None:
+    base = f"http://{host}:{port}"
+    if generated:
+        print(f"Luthien dashboard: {base}/login?token={token}", flush=True)
+    else:
+        print(f"Luthien dashboard: {base} (token: LUTHIEN_DASHBOARD_TOKEN)", flush=True)
+
+
+def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, str]]:
+    from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig
+    from addon.upstream import parse_upstreams
+
+    hosts = args.provider_host or env_list("LUTHIEN_PROVIDER_HOSTS") or list(DEFAULT_PROVIDER_HOSTS)
+    env, files = client_env(args)
+    config = ProxyConfig(
+        listen_host=args.host,
+        listen_port=args.port,
+        mitmproxy_confdir=files.mitmproxy_confdir,
+        provider_hosts=frozenset(h.lower() for h in hosts),
+        upstreams=parse_upstreams(args.upstream),
+        upstream_timeout=args.upstream_timeout,
+    )
+    return config, env
+
+
+def _metrics_server(args: argparse.Namespace, registry: "CollectorRegistry") -> "EmbeddedServer | None":
+    """The proxy's ``/metrics`` (bound now, so a port in use fails startup), or None when disabled."""
+    from prometheus_client import make_asgi_app
+
+    from addon.embedded import EmbeddedServer
+
+    if not args.metrics_port:
+        return None
+    return EmbeddedServer(make_asgi_app(registry), args.host, args.metrics_port)
+
+
+def _proxy_ready(args: argparse.Namespace, config: "ProxyConfig", policing: str) -> None:
+    print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
+    print(f"Policy: {policing}; intercepting {', '.join(sorted(config.provider_hosts))}", flush=True)
+
+
+def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
+    from addon.embedded import EmbeddedServer
+    from addon.metrics import ProxyMetrics
+    from addon.proxy import run_proxy
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.metrics import register_recording_metrics
+    from controlplane.policy_file import PolicyFileError, load_policy_file
+    from controlplane.policy_reload import file_version, watch_policy_file
+    from dashboard.app import create_app
+    from luthien.backends import open_backends
+
+    _configure_logging(args.log_level, "luthien-proxy")
+    if getattr(args, "control_plane", None):
+        return _serve_sidecar(args)
+    _share_redis_with_policies(args.redis_url)
+    try:
+        policy = load_policy_file(args.policy)
+        config, env = _proxy_config(args)
+    except (PolicyFileError, ValueError) as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
+    token, generated = _dashboard_token()
+    version = file_version(args.policy) if args.policy else None
+
+    async def serve() -> None:
+        async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
+            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
+            if args.policy:
+                watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
+            metrics = ProxyMetrics()
+            if backends.writer is not None:
+                register_recording_metrics(backends.writer, metrics.registry)
+            metrics_server = _metrics_server(args, metrics.registry)
+            if metrics_server is not None:
+                await metrics_server.start()
+            dashboard = None
+            if with_dashboard:
+                app = create_app(backends.storage, backends.bus, token)
+                dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
+                await dashboard.start()
+
+            def ready() -> None:
+                _proxy_ready(args, config, type(policy).__name__)
+                if dashboard is not None:
+                    _announce_dashboard(args.dashboard_host, dashboard.port, token, generated)
+                    print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
+                    print("or run it through Luthien directly: luthien run -- claude", flush=True)
+
+            try:
+                await run_proxy(config, control_plane, ready, metrics)
+            finally:
+                if args.policy:
+                    watcher.cancel()
+                if dashboard is not None:
+                    await dashboard.stop()
+                if metrics_server is not None:
+                    await metrics_server.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _serve_sidecar(args: argparse.Namespace) -> int:
+    """``luthien proxy --control-plane URL``: policies, recording and activity are remote."""
+    from addon.metrics import ProxyMetrics
+    from addon.proxy import run_proxy
+    from controlplane.recording.spool import Spool
+    from controlplane.remote.client import ControlPlaneHTTP
+
+    token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
+    if not token:
+        print("luthien: --control-plane needs LUTHIEN_CONTROL_PLANE_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        config, _ = _proxy_config(args)
+    except ValueError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        spool = Spool(data_dir(args) / "spool")
+        control_plane = ControlPlaneHTTP(args.control_plane, token, spool, fail_open=args.fail_open)
+        control_plane.start()
+        mode = "fail open" if args.fail_open else "fail closed"
+        metrics = ProxyMetrics()
+        metrics_server = _metrics_server(args, metrics.registry)
+        if metrics_server is not None:
+            await metrics_server.start()
+        try:
+            await run_proxy(
+                config,
+                control_plane,
+                lambda: _proxy_ready(args, config, f"from {args.control_plane} ({mode})"),
+                metrics,
+            )
+        finally:
+            await control_plane.aclose()
+            if metrics_server is not None:
+                await metrics_server.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def serve_control_plane(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policy_file import PolicyFileError, load_policy_file
+    from controlplane.policy_reload import file_version, watch_policy_file
+    from controlplane.remote.server import create_control_plane_app
+    from luthien.backends import open_backends
+
+    _configure_logging(args.log_level, "luthien-controlplane")
+    token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
+    if not token:
+        print("luthien controlplane: set LUTHIEN_CONTROL_PLANE_TOKEN (proxies present it)", file=sys.stderr)
+        return 2
+    _share_redis_with_policies(args.redis_url)
+    try:
+        policy = load_policy_file(args.policy)
+    except PolicyFileError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> None:
+        async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
+            version = file_version(args.policy) if args.policy else None
+            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
+            if args.policy:
+                watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
+            app = create_control_plane_app(control_plane, backends.storage, token, backends.writer)
+            # No access log: request lines say nothing the activity bus does not, at a cost per call.
+            config = uvicorn.Config(
+                app, host=args.host, port=args.port, log_level="warning", access_log=False
+            )
+            print(f"Luthien control plane listening on http://{args.host}:{args.port}", flush=True)
+            print(f"Policy: {type(policy).__name__} (version {version or 'built-in'})", flush=True)
+            try:
+                await uvicorn.Server(config).serve()
+            finally:
+                if args.policy:
+                    watcher.cancel()
+
+    asyncio.run(serve())
+    return 0
+
+
+def serve_dashboard(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from dashboard.app import create_app
+    from luthien.backends import open_backends
+
+    _configure_logging(args.log_level, "luthien-dashboard")
+    token, generated = _dashboard_token()
+
+    async def serve() -> None:
+        async with open_backends(args.database_url, args.redis_url, data_dir(args), record=False) as backends:
+            if args.redis_url is None:
+                print("No REDIS_URL: the live monitor shows only this process's events (none).", flush=True)
+            app = create_app(backends.storage, backends.bus, token)
+            config = uvicorn.Config(
+                # No access log: the login link carries the token.
+                app,
+                host=args.dashboard_host,
+                port=args.dashboard_port,
+                log_level="warning",
+                access_log=False,
+            )
+            server = uvicorn.Server(config)
+            _announce_dashboard(args.dashboard_host, args.dashboard_port, token, generated)
+            await server.serve()
+
+    asyncio.run(serve())
+    return 0
