@@ -444,13 +444,14 @@ class Pipeline:
                 reason = f"the provider's stream broke off: {type(exc).__name__}"
                 trace.fail(CallOutcome.ERROR, upstream.status_code, reason)
                 await self._publish(metadata, ActivityType.ERROR, reason=reason)
-                await relay.abandon()
                 raise UpstreamBroken(reason) from exc
             async for out in _batched(relay.close()):
                 yield out
             finished = True
         finally:
             await upstream.aclose()
+            if not finished:  # the provider broke off or the client left: the policy lets go
+                await relay.abandon()
             await self._stream_ended(relay, trace, finished)
 
     async def _stream_ended(self, relay: StreamRelay, trace: CallTrace, finished: bool) -> None:

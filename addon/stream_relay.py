@@ -115,7 +115,8 @@ class StreamRelay:
             yield self._written(self._transcoder.finish())
 
     async def abandon(self) -> None:
-        """The upstream broke off: release the policy's state, send nothing more."""
+        """The stream ends early (the provider broke off, the client left): release the policy's
+        state, send nothing more. Harmless after ``close``."""
         with contextlib.suppress(ControlPlaneUnavailable):
             async for _ in self._control_plane.close_streaming_context(self._context):
                 pass

@@ -54,6 +54,11 @@ class ControlPlaneLocal:
         self._recorder = recorder
         self._streams: dict[str, _Stream] = {}
 
+    @property
+    def open_streams(self) -> int:
+        """Streams whose policy state is held; each is released by close_streaming_context."""
+        return len(self._streams)
+
     def replace_policy(self, policy: PolicyHandler, version: str | None) -> None:
         """New calls get ``policy``; streams already running keep the one they started with."""
         self.policy, self.policy_version = policy, version

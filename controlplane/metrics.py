@@ -5,10 +5,11 @@ one, so that several instances (and tests) in one process do not collide."""
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controlplane.local import ControlPlaneLocal
 from controlplane.models import PolicyResult
 from controlplane.recording.writer import RecordWriter
 
@@ -46,6 +47,14 @@ class RecordingCollector(Collector):
 
 def register_recording_metrics(writer: RecordWriter, registry: CollectorRegistry) -> None:
     registry.register(RecordingCollector(writer))
+
+
+def register_policy_stream_metrics(control_plane: ControlPlaneLocal, registry: CollectorRegistry) -> None:
+    """Streams whose policy state the control plane holds. Above the proxies' open streams for
+    long, it means streams that ended were not released."""
+    Gauge(
+        "luthien_policy_streams_open", "Streams whose policy state is held now", registry=registry
+    ).set_function(lambda: control_plane.open_streams)
 
 
 class PolicyDecisionMetrics:

@@ -93,7 +93,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.local import ControlPlaneLocal
-    from controlplane.metrics import register_recording_metrics
+    from controlplane.metrics import register_policy_stream_metrics, register_recording_metrics
     from controlplane.policy_file import PolicyFileError, load_policy_file
     from controlplane.policy_reload import file_version, watch_policy_file
     from dashboard.app import create_app
@@ -118,6 +118,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
             if args.policy:
                 watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
             metrics = ProxyMetrics()
+            register_policy_stream_metrics(control_plane, metrics.registry)
             if backends.writer is not None:
                 register_recording_metrics(backends.writer, metrics.registry)
             metrics_server = _metrics_server(args, metrics.registry)

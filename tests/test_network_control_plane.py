@@ -27,6 +27,7 @@ from tests.conftest import ROOT, RunningProxy, free_port, start_proxy, wait_unti
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
 from tests.recorded import recorded
+from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 pytestmark = pytest.mark.timeout(300)
 TOKEN = "cp-test-token-" + uuid.uuid4().hex[:8]
@@ -158,6 +159,32 @@ async def test_calls_through_three_proxies_are_policed_and_recorded_by_one_contr
     records = await recorded(control_plane.database_url, word, 6)
     assert {r.outcome for r in records} == {CallOutcome.COMPLETED}
     assert all(r.response_modified and r.policy_version and not r.unpoliced for r in records)
+
+
+def policy_streams_open(control_plane: ControlPlane) -> float:
+    text = httpx.get(f"{control_plane.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
+    match = re.search(r"^luthien_policy_streams_open (\S+)$", text, re.M)
+    assert match, text
+    return float(match.group(1))
+
+
+def test_streams_whose_client_left_are_released_on_the_control_plane(
+    sidecars: list[RunningProxy], control_plane: ControlPlane
+) -> None:
+    for n in range(20):
+        api = ("chat", "messages", "responses")[n % 3]
+        with (
+            client_for(sidecars[n % 3]) as client,
+            client.stream(
+                "POST", ENDPOINTS[api][0], json=body(api, "[scenario:slow 0.05]", True)
+            ) as response,
+        ):
+            assert response.status_code == 200
+            next(response.iter_bytes())  # the first bytes arrived; then the client hangs up
+    deadline = time.monotonic() + 10  # each proxy notices its client left on its own schedule
+    while policy_streams_open(control_plane) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert policy_streams_open(control_plane) == 0
 
 
 def in_thread(proxy: RunningProxy, call: dict[str, Any]) -> tuple[threading.Thread, list[dict[str, Any]]]:

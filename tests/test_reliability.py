@@ -79,6 +79,7 @@ def test_a_thousand_clients_leaving_mid_stream_leak_nothing(proxy: RunningProxy,
     while gauge("luthien_open_streams") != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert gauge("luthien_open_streams") == 0
+    assert gauge("luthien_policy_streams_open") == 0  # each stream's policy state was released
     fds_after, rss_after = open_fds(proxy), rss(proxy)
     print(
         f"\n1000 disconnects: fds {fds_before} -> {fds_after}, RSS {rss_before / MIB:.0f} -> {rss_after / MIB:.0f} MiB"

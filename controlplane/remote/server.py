@@ -30,7 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.local import ControlPlaneLocal
-from controlplane.metrics import PolicyDecisionMetrics, register_recording_metrics
+from controlplane.metrics import (
+    PolicyDecisionMetrics,
+    register_policy_stream_metrics,
+    register_recording_metrics,
+)
 from controlplane.models import ChunkResult, StreamingContext
 from controlplane.policy_file import PolicyFileError, policy_from_document
 from controlplane.policy_reload import document_version
@@ -90,6 +94,7 @@ def create_control_plane_app(
     app = FastAPI(title="Luthien control plane", version="1")
     registry = CollectorRegistry()
     decisions = PolicyDecisionMetrics(registry)
+    register_policy_stream_metrics(control_plane, registry)
     if recorder is not None:
         register_recording_metrics(recorder, registry)
 
