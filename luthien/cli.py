@@ -11,7 +11,7 @@ from pathlib import Path
 
 from certs import shell_exports
 from luthien.options import build_parser, ca_files, client_env, data_dir
-from luthien.servers import serve_control_plane, serve_dashboard, serve_proxy
+from luthien.servers import serve_control_plane, serve_dashboard, serve_proxy, serve_sidecar
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -59,6 +59,8 @@ def _certs_trust(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "proxy" and args.control_plane:
+        return serve_sidecar(args)
     if args.command in ("up", "proxy"):
         return serve_proxy(args, with_dashboard=args.command == "up")
     if args.command == "dashboard":

@@ -100,8 +100,6 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-proxy")
-    if getattr(args, "control_plane", None):
-        return _serve_sidecar(args)
     _share_redis_with_policies(args.redis_url)
     try:
         policy = load_policy_file(args.policy)
@@ -151,12 +149,15 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     return 0
 
 
-def _serve_sidecar(args: argparse.Namespace) -> int:
-    """``luthien proxy --control-plane URL``: policies, recording and activity are remote."""
+def serve_sidecar(args: argparse.Namespace) -> int:
+    """``luthien proxy --control-plane URL``: policies, recording and activity are remote, so
+    none of the in-process control plane, storage or dashboard is loaded."""
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.recording.spool import Spool
     from controlplane.remote.client import ControlPlaneHTTP
+
+    _configure_logging(args.log_level, "luthien-proxy")
 
     token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
     if not token:
