@@ -4,7 +4,7 @@
 - ``http``: the control-plane service (``create_control_plane_app``) holding a
   ``ControlPlaneLocal(policy)``, served by uvicorn on a thread and event loop of its own, and a
   ``ControlPlaneHTTP`` client in the test's loop: JSON over HTTP for the request and response
-  policies, one WebSocket per stream.
+  policies, streams over WebSockets.
 
 A uvicorn server takes ~40 ms to start and ~0.2 s to stop (it polls for the exit every 0.1 s): too
 much for the hundreds of tests that use one. So a single server serves the session, started on first

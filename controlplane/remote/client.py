@@ -1,10 +1,11 @@
 """ControlPlaneHTTP: the ControlPlaneService of a proxy whose control plane runs elsewhere.
 
-Policies are asked over pooled HTTP (and one WebSocket per stream). Records go through a local
-``RecordWriter`` whose sink is the control plane, so they are spooled on this machine while it is
-away; activity is sent in batches from a bounded buffer. When the control plane cannot be reached
-the proxy fails closed (``ControlPlaneUnavailable``), or with ``fail_open`` lets the call through
-unchanged and marks it unpoliced. Nothing is cached about the outage: every new call tries again.
+Policies are asked over pooled HTTP; a stream talks over a WebSocket, kept open afterwards for a
+later stream. Records go through a local ``RecordWriter`` whose sink is the control plane, so they
+are spooled on this machine while it is away; activity is sent in batches from a bounded buffer.
+When the control plane cannot be reached the proxy fails closed (``ControlPlaneUnavailable``), or
+with ``fail_open`` lets the call through unchanged and marks it unpoliced. Nothing is cached about
+the outage: every new call tries again.
 """
 
 import asyncio
@@ -24,6 +25,7 @@ import httpx
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
+from websockets.protocol import State
 
 from controlplane.interface import ControlPlaneUnavailable
 from controlplane.llm import ModelResponse, ModelResponseStream
@@ -61,6 +63,9 @@ _CONNECT_TIMEOUT = 2.0
 # A request policy may wait on an LLM judge: allow it time, but not forever.
 _POLICY_TIMEOUT = 60.0
 _ACTIVITY_BUFFER = 10_000
+# Stream connections kept open between streams: a new one costs a WebSocket handshake (about a
+# millisecond of both processes' time). Beyond this many idle ones, a finished stream's closes.
+_IDLE_STREAM_CONNECTIONS = 32
 _ACTIVITY_INTERVAL = 0.2
 
 
@@ -96,6 +101,7 @@ class ControlPlaneHTTP:
             trust_env=False,  # the control plane is never reached through a proxy variable
         )
         self._streams: dict[str, _Stream] = {}
+        self._idle: list[ClientConnection] = []  # stream connections free for the next stream
         self._writer = RecordWriter(_ControlPlaneSink(self), spool)
         self._activity: deque[ActivityEvent] = deque(maxlen=_ACTIVITY_BUFFER)
         self._sender: asyncio.Task[None] | None = None
@@ -110,8 +116,8 @@ class ControlPlaneHTTP:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sender
         await self._writer.close()
-        for stream in list(self._streams.values()):
-            await stream.connection.close()
+        for connection in [*(stream.connection for stream in self._streams.values()), *self._idle]:
+            await connection.close()
         await self._http.aclose()
 
     # --- policies --------------------------------------------------------------------------
@@ -143,19 +149,9 @@ class ControlPlaneHTTP:
         context = StreamingContext(
             stream_id=uuid.uuid4().hex, call_id=metadata.call_id, metadata=metadata, request_data=request_data
         )
-        url = self._base_url.replace("http", "ws", 1) + STREAMS_PATH
+        opening = StreamOpen(request_data=request_data, metadata=metadata, trace=trace_headers())
         try:
-            connection = await connect(
-                url,
-                additional_headers={**self._headers, **trace_headers()},
-                open_timeout=_CONNECT_TIMEOUT,
-                max_size=None,
-                # Chunk messages are small and many: compressing them costs the proxy's CPU
-                # (about a third of a stream's time on loopback) to save little bandwidth.
-                compression=None,
-            )
-            await connection.send(StreamOpen(request_data=request_data, metadata=metadata).model_dump_json())
-            opened = StreamOpened.model_validate_json(await connection.recv())
+            connection, opened = await self._open_stream(opening.model_dump_json())
         except (OSError, TimeoutError, WebSocketException) as exc:
             lost = ControlPlaneUnavailable(f"could not open a stream: {type(exc).__name__}")
             if not self._fail_open:
@@ -167,6 +163,37 @@ class ControlPlaneHTTP:
         self._streams[context.stream_id] = _Stream(connection)
         return context
 
+    async def _open_stream(self, opening: str) -> tuple[ClientConnection, StreamOpened]:
+        """Opens a stream on an idle connection, or on a new one. An idle connection may have died
+        unnoticed (the control plane restarted): then the next is tried, and a new one last."""
+        while self._idle:
+            connection = self._idle.pop()
+            try:
+                return connection, await self._opened(connection, opening)
+            except (OSError, TimeoutError, WebSocketException):
+                await connection.close()
+        connection = await connect(
+            self._base_url.replace("http", "ws", 1) + STREAMS_PATH,
+            additional_headers=self._headers,
+            open_timeout=_CONNECT_TIMEOUT,
+            max_size=None,
+            # Chunk messages are small and many: compressing them costs the proxy's CPU
+            # (about a third of a stream's time on loopback) to save little bandwidth.
+            compression=None,
+        )
+        try:
+            return connection, await self._opened(connection, opening)
+        except BaseException:
+            await connection.close()
+            raise
+
+    @staticmethod
+    async def _opened(connection: ClientConnection, opening: str) -> StreamOpened:
+        # Bounded: a connection whose peer vanished without closing it would not fail, only hang.
+        async with asyncio.timeout(_CONNECT_TIMEOUT):
+            await connection.send(opening)
+            return StreamOpened.model_validate_json(await connection.recv())
+
     def process_streaming_chunks(
         self, chunks: Sequence[ModelResponseStream], context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
@@ -174,13 +201,22 @@ class ControlPlaneHTTP:
         return self._exchange(self._streams.get(context.stream_id), context, message, chunks)
 
     async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
-        stream = self._streams.pop(context.stream_id, None)  # closed even if not read to the end
+        stream = self._streams.pop(context.stream_id, None)  # released even if not read to the end
         try:
             async for result in self._exchange(stream, context, StreamClose(), ()):
                 yield result
         finally:
             if stream is not None:
-                await stream.connection.close()
+                await self._release(stream)
+
+    async def _release(self, stream: _Stream) -> None:
+        """Keeps a stream's connection for the next stream if every answer on it was read (the
+        server is then waiting for an ``open``), else closes it."""
+        connection = stream.connection
+        if stream.unread or connection.state is not State.OPEN or len(self._idle) >= _IDLE_STREAM_CONNECTIONS:
+            await connection.close()
+        else:
+            self._idle.append(connection)
 
     async def _exchange(
         self,

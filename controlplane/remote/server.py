@@ -1,7 +1,8 @@
 """The control-plane service: every ControlPlaneService operation over HTTP, for proxies that run
-as thin sidecars. JSON for the request and response policies and for records and activity; one
-WebSocket per stream, never one request per chunk. A bearer token guards everything but the
-health checks and ``/metrics`` (Prometheus, for scraping inside the cluster)."""
+as thin sidecars. JSON for the request and response policies and for records and activity; streams
+over WebSockets (one stream at a time on each, one after another), never one request per chunk. A
+bearer token guards everything but the health checks and ``/metrics`` (Prometheus, for scraping
+inside the cluster)."""
 
 import contextlib
 import json
@@ -184,7 +185,8 @@ def create_control_plane_app(
             return
         await websocket.accept()
         with contextlib.suppress(WebSocketDisconnect):
-            await _serve_stream(websocket, control_plane, decisions)
+            while True:  # one stream after another, until the proxy closes the connection
+                await _serve_stream(websocket, control_plane, decisions)
 
     return app
 
@@ -203,7 +205,7 @@ async def _serve_stream(
     websocket: WebSocket, control_plane: ControlPlaneLocal, decisions: PolicyDecisionMetrics
 ) -> None:
     opened = StreamOpen.model_validate_json(await websocket.receive_text())
-    with _span("stream", websocket.headers, opened.metadata.call_id):
+    with _span("stream", opened.trace, opened.metadata.call_id):
         await _policed_stream(websocket, control_plane, opened, decisions)
 
 
@@ -226,7 +228,6 @@ async def _policed_stream(
         if not closed:  # the proxy went away mid-stream: release what the policy holds
             async for _ in control_plane.close_streaming_context(context):
                 pass
-    await websocket.close()
 
 
 async def _answer(

@@ -72,13 +72,16 @@ class ActivityBatch(BaseModel):
     events: list[ActivityEvent]
 
 
-# --- one WebSocket per stream: the client speaks first, the server answers each message --------
+# --- streams over a WebSocket, one at a time per connection: the client speaks first, the server
+# answers each message; after ``close`` is done, the connection may carry the client's next stream.
 
 
 class StreamOpen(BaseModel):
     type: Literal["open"] = "open"
     request_data: NormalizedRequest
     metadata: RequestMetadata
+    # The stream's trace context (W3C headers): a connection outlives the call that opened it.
+    trace: dict[str, str] = Field(default_factory=dict)
 
 
 class StreamChunks(BaseModel):

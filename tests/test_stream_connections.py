@@ -1,0 +1,100 @@
+"""A proxy's streams over a network control plane share WebSocket connections, one stream at a
+time on each: a finished stream's connection carries the next, and one that died while idle (the
+control plane restarted, the network cut it) is replaced without the stream noticing."""
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from controlplane.local import ControlPlaneLocal
+from controlplane.policies.base import PolicyHandler
+from controlplane.policies.chunks import chunk_text, text_chunk
+from controlplane.policies.noop import NoOpPolicy
+from controlplane.recording.spool import Spool
+from controlplane.remote.client import ControlPlaneHTTP
+from controlplane.remote.server import create_control_plane_app
+from tests.control_planes import TOKEN, service_host
+from tests.tcp_relay import TcpRelay
+from tests.test_control_plane import LIKE, METADATA, Triples
+
+
+@asynccontextmanager
+async def through_relay(
+    policy: PolicyHandler | None = None,
+) -> AsyncIterator[tuple[ControlPlaneHTTP, ControlPlaneLocal, TcpRelay]]:
+    """A control plane reached through a TCP relay that counts connections and can cut them."""
+    host = service_host()
+    served = ControlPlaneLocal(policy or NoOpPolicy())
+    url = host.add(create_control_plane_app(served, host.storage, TOKEN))
+    port = int(host.url.rsplit(":", 1)[1])
+    spool_dir = Path(tempfile.mkdtemp(prefix="spool-", dir=host.root))
+    with TcpRelay("127.0.0.1", port) as relay:
+        client = ControlPlaneHTTP(url.replace(str(port), str(relay.port)), TOKEN, Spool(spool_dir))
+        try:
+            yield client, served, relay
+        finally:
+            await client.aclose()
+            host.remove(url)
+            shutil.rmtree(spool_dir, ignore_errors=True)
+
+
+async def one_stream(client: ControlPlaneHTTP, word: str) -> list[str]:
+    context = await client.create_streaming_context({"messages": []}, METADATA)
+    assert not context.unpoliced
+    results = [r async for r in client.process_streaming_chunks([text_chunk(LIKE, word)], context)]
+    results += [r async for r in client.close_streaming_context(context)]
+    return [chunk_text(r.value) for r in results if r.value is not None]
+
+
+async def test_streams_one_after_another_share_one_connection() -> None:
+    async with through_relay() as (client, served, relay):
+        for word in ("one", "two", "three"):
+            assert await one_stream(client, word) == [word]
+        assert relay.connections == 1
+        assert served.open_streams == 0
+
+
+async def test_concurrent_streams_each_get_a_connection_then_reuse_them() -> None:
+    async with through_relay() as (client, _, relay):
+        contexts = [await client.create_streaming_context({"messages": []}, METADATA) for _ in range(3)]
+        for context in contexts:
+            assert [r async for r in client.close_streaming_context(context)] == []
+        assert relay.connections == 3
+        assert await asyncio.gather(*(one_stream(client, w) for w in ("a", "b", "c"))) == [
+            ["a"],
+            ["b"],
+            ["c"],
+        ]
+        assert relay.connections == 3
+
+
+async def test_an_idle_connection_that_died_is_replaced_without_failing_the_stream() -> None:
+    async with through_relay() as (client, served, relay):
+        assert await one_stream(client, "before") == ["before"]
+        relay.cut()  # resets the idle connection, as a control-plane restart would
+        relay.restore()
+        assert await one_stream(client, "after") == ["after"]
+        assert relay.connections == 2
+        assert served.open_streams == 0
+
+
+async def test_a_connection_is_lent_only_once_every_answer_on_it_was_read() -> None:
+    async with through_relay(Triples()) as (client, _, relay):
+        # A chunk's answers left unread are skipped when the stream closes: then it is clean.
+        context = await client.create_streaming_context({"messages": []}, METADATA)
+        async for _ in client.process_streaming_chunks([text_chunk(LIKE, "x")], context):
+            break
+        assert [chunk_text(r.value) async for r in client.close_streaming_context(context) if r.value] == [
+            "end"
+        ]
+        assert await one_stream(client, "next") == ["nexta", "nextb", "nextc", "end"]
+        assert relay.connections == 1
+        # The close's own answers left unread: nothing would skip them, so the connection is closed.
+        context = await client.create_streaming_context({"messages": []}, METADATA)
+        async for _ in client.close_streaming_context(context):
+            break
+        assert await one_stream(client, "last") == ["lasta", "lastb", "lastc", "end"]
+        assert relay.connections == 2
