@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from certs import ensure_ca
 from tests.fake_judge import FakeJudge
@@ -223,6 +226,30 @@ def wait_until_listening(proxy: RunningProxy) -> None:
         if proxy.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"proxy {proxy.name} did not start:\n{proxy.log()}")
         time.sleep(0.2)
+
+
+@contextmanager
+def running_proxy(
+    name: str, fake: FakeProvider, root: Path, extra_args: Sequence[str] = ()
+) -> Iterator[RunningProxy]:
+    """A NoOp ``luthien proxy`` of its own (for a module's fixture): listening on entry, stopped on exit."""
+    running = start_proxy(name, None, fake, root, root / "data", extra_args=extra_args)
+    try:
+        wait_until_listening(running)
+        yield running
+    finally:
+        running.terminate()
+        running.wait()
+
+
+def metric(port: int, name: str) -> float:
+    """The value of the sample ``name`` among the Prometheus metrics served on ``port``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not exported")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,14 @@ from uuid import uuid4
 import pytest
 import redis
 
-from controlplane.activity import ActivityBus, InMemoryBus, PublishedEvent, RedisStreamBus, open_bus
+from controlplane.activity import (
+    FROM_START,
+    ActivityBus,
+    InMemoryBus,
+    PublishedEvent,
+    RedisStreamBus,
+    open_bus,
+)
 from controlplane.models import ActivityEvent, ActivityType
 from tests.databases import require_service
 from tests.tcp_relay import TcpRelay
@@ -203,6 +210,15 @@ async def test_recent_returns_the_latest_events_oldest_first(bus: ActivityBus) -
     assert await bus.recent(0) == []
 
 
+async def test_from_start_means_every_retained_event_then_new_ones(bus: ActivityBus) -> None:
+    await publish(bus, ["old-0", "old-1"])
+    await until_stored(bus, "old-1")
+    listener = await listen(bus, after=FROM_START)
+    await publish(bus, ["new"])
+    await listener.expect(["old-0", "old-1", "new"])
+    await listener.stop()
+
+
 @pytest.mark.parametrize(
     "after",
     ["garbage", "", "-1", "1" * 30, "1-2-3", "²", "99999", "99999999999999-0", "18446744073709551616-0"],
@@ -272,6 +288,25 @@ async def test_a_subscriber_survives_a_cut_and_misses_nothing(
         await listener.stop()
         await relayed.close()
     await direct.close()
+
+
+async def test_a_batch_stored_twice_reaches_readers_once(stream: str) -> None:
+    """A batch whose reply was lost is sent again, though Redis may have stored it: readers skip
+    the copy. The copy is made here by hand, as the publisher's retry would."""
+    bus = RedisStreamBus(REDIS_URL, stream=stream)
+    listener = await listen(bus)
+    await publish(bus, ["once-0", "once-1"])
+    await until_stored(bus, "once-1")
+    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, decode_responses=True) as client:
+        stored = client.xrange(stream)[-2:]
+        for _, fields in stored:
+            client.xadd(stream, fields)
+    await publish(bus, ["after"])
+    await listener.expect(["once-0", "once-1", "after"])
+    await until_stored(bus, "after")
+    assert [item.event.call_id for item in await bus.recent(5)] == ["once-0", "once-1", "after"]
+    await listener.stop()
+    await bus.close()
 
 
 async def test_a_publisher_keeps_its_events_through_a_cut(stream: str) -> None:

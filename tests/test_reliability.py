@@ -10,12 +10,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from addon.call_trace import MAX_RECORDED_EVENT_BYTES, OMITTED_EVENT
-from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.conftest import RunningProxy, free_port, metric, running_proxy
 from tests.fake_provider import FakeProvider
 from tests.recorded import recorded
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
@@ -30,14 +28,8 @@ METRICS_PORT = free_port()
 @pytest.fixture(scope="module")
 def proxy(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
     root = tmp_path_factory.mktemp("reliability")
-    args = ["--metrics-port", str(METRICS_PORT)]
-    running = start_proxy("reliability", None, fake, root, root / "data", extra_args=args)
-    try:
-        wait_until_listening(running)
+    with running_proxy("reliability", fake, root, ["--metrics-port", str(METRICS_PORT)]) as running:
         yield running
-    finally:
-        running.terminate()
-        running.wait()
 
 
 def rss(proxy: RunningProxy) -> int:
@@ -52,12 +44,7 @@ def open_fds(proxy: RunningProxy) -> int:
 
 
 def gauge(name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics").text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name:
-                return sample.value
-    raise AssertionError(f"{name} not exported")
+    return metric(METRICS_PORT, name)
 
 
 def test_a_thousand_clients_leaving_mid_stream_leak_nothing(proxy: RunningProxy, fake: FakeProvider) -> None:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from controlplane.recording.records import CallOutcome
-from tests.conftest import DEAD_PROVIDER, RunningProxy, start_proxy, wait_until_listening
+from tests.conftest import DEAD_PROVIDER, RunningProxy, running_proxy
 from tests.fake_provider import FakeProvider
 from tests.recorded import recorded
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
@@ -73,15 +73,8 @@ def test_a_client_that_leaves_mid_stream_does_not_disturb_the_proxy(
 def impatient(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
     """A proxy that gives up on a provider silent for one second."""
     root = tmp_path_factory.mktemp("impatient")
-    running = start_proxy(
-        "impatient", None, fake, root, root / "data", extra_args=["--upstream-timeout", "1"]
-    )
-    try:
-        wait_until_listening(running)
+    with running_proxy("impatient", fake, root, ["--upstream-timeout", "1"]) as running:
         yield running
-    finally:
-        running.terminate()
-        running.wait()
 
 
 @pytest.mark.parametrize("api", ENDPOINTS)

@@ -16,13 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.recording.records import CallOutcome
 from controlplane.storage import CallQuery, open_storage
-from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.conftest import RunningProxy, free_port, metric, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
 from tests.test_reliability import MIB, open_fds, rss
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
@@ -41,12 +39,7 @@ class SoakProxy:
     metrics_port: int
 
     def gauge(self, name: str) -> float:
-        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics").text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name:
-                    return sample.value
-        raise AssertionError(f"{name} not exported")
+        return metric(self.metrics_port, name)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,11 @@ class PublishedEvent(BaseModel):
     event: ActivityEvent
 
 
+#: ``subscribe(after=FROM_START)``: every event the bus still holds, then new ones. A client that
+#: found no recent events subscribes from here, so that none published in between is missed.
+FROM_START = "0"
+
+
 class ActivityBus(Protocol):
     async def publish(self, event: ActivityEvent) -> None:
         """Hands an event to the bus. Never blocks on the network and never raises: it is called
@@ -27,9 +32,10 @@ class ActivityBus(Protocol):
         ...
 
     def subscribe(self, after: str | None = None) -> AsyncGenerator[PublishedEvent]:
-        """Events published after ``after`` (an id this bus gave out), then new ones as they come,
-        until ``close()``. ``after=None`` starts with the next event published once iteration has
-        begun. Survives the bus going away and coming back. Release it with ``aclose()``."""
+        """Events published after ``after`` (an id this bus gave out, or ``FROM_START``), then new
+        ones as they come, until ``close()``. ``after=None`` starts with the next event published
+        once iteration has begun. Survives the bus going away and coming back. Release it with
+        ``aclose()``."""
         ...
 
     async def recent(self, limit: int) -> list[PublishedEvent]:

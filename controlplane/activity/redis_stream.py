@@ -3,12 +3,17 @@
 Publishing never waits on Redis: events go to a bounded local queue that a background task sends
 in pipelined batches, keeping them through an outage. Subscribers read with XREAD BLOCK and,
 after a connection error, reconnect and continue after the last id they yielded.
+
+A batch whose reply was lost is sent again whole, though Redis may have stored it (Redis 7 has no
+idempotent XADD). So each publisher numbers its events, and readers skip a number they have
+already seen from that publisher: every event reaches each subscriber once.
 """
 
 import asyncio
 import logging
 import re
-from collections import deque
+import uuid
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator
 from typing import cast
 from urllib.parse import urlsplit
@@ -19,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from controlplane.activity.bus import PublishedEvent
+from controlplane.activity.bus import FROM_START, PublishedEvent
 from controlplane.models import ActivityEvent
 
 log = logging.getLogger(__name__)
@@ -30,6 +35,9 @@ _SOCKET_TIMEOUT = 3.0  # must exceed _BLOCK_MS
 _FLUSH_SECONDS = 1.0
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _BEFORE_ALL = "0-0"
+
+#: Publishers a reader remembers the last event number of (the least recently heard from go first).
+_PUBLISHERS_REMEMBERED = 1024
 
 #: Entries as redis-py returns them with decode_responses; fields are None for an entry deleted
 #: while being read.
@@ -56,9 +64,29 @@ def _order(stream_id: str) -> tuple[int, int]:
 
 def _valid_id(after: str | None) -> str | None:
     """``after`` if Redis would accept it as a stream id, else None (read from the next event)."""
+    if after == FROM_START:
+        return _BEFORE_ALL
     if after is None or not _STREAM_ID.fullmatch(after):
         return None
     return after if max(_order(after)) < 2**64 else None
+
+
+class _SeenPublishers:
+    """The last event number a reader has seen from each publisher."""
+
+    def __init__(self) -> None:
+        self._last: OrderedDict[str, int] = OrderedDict()
+
+    def again(self, fields: dict[str, str] | None) -> bool:
+        """Whether this entry repeats one already read: a re-sent copy of a batch Redis had stored."""
+        origin, _, number = (fields or {}).get("from", "").rpartition(":")
+        if not origin or not number.isdigit():
+            return False  # written by a version that did not number its events
+        last = self._last.pop(origin, 0)
+        self._last[origin] = max(last, int(number))
+        if len(self._last) > _PUBLISHERS_REMEMBERED:
+            self._last.popitem(last=False)
+        return int(number) <= last
 
 
 class RedisStreamBus:
@@ -77,8 +105,10 @@ class RedisStreamBus:
         self._where = f"{parts.hostname}:{parts.port or 6379}/{stream}"
         self._stream = stream
         self._retain = retain
-        self._queue: deque[str] = deque()
-        self._in_flight: list[str] = []
+        self._origin = uuid.uuid4().hex  # names this publisher in each entry's "from" field
+        self._numbered = 0
+        self._queue: deque[tuple[int, str]] = deque()  # (the event's number, its JSON), to send
+        self._in_flight: list[tuple[int, str]] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
@@ -101,7 +131,8 @@ class RedisStreamBus:
             return
         if len(self._queue) >= self._retain:
             self._drop_oldest()
-        self._queue.append(data)
+        self._numbered += 1
+        self._queue.append((self._numbered, data))
         self._queued.set()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_forever(), name="activity-bus-sender")
@@ -110,6 +141,7 @@ class RedisStreamBus:
         cursor = _valid_id(after)
         backoff = _Backoff()
         lost = False
+        seen = _SeenPublishers()
         while not self._closed:
             try:
                 cursor = await self._resume_point(cursor)
@@ -125,6 +157,8 @@ class RedisStreamBus:
                     for _stream, entries in reply:
                         for entry_id, fields in entries:
                             cursor = entry_id
+                            if seen.again(fields):
+                                continue
                             if (item := self._decode(entry_id, fields)) is not None:
                                 yield item
             except (RedisError, OSError) as exc:
@@ -139,7 +173,9 @@ class RedisStreamBus:
         if limit <= 0:
             return []
         entries = cast(_Entries, await self._redis.xrevrange(self._stream, count=limit))
-        decoded = (self._decode(entry_id, fields) for entry_id, fields in reversed(entries))
+        seen = _SeenPublishers()
+        fresh = [(entry_id, fields) for entry_id, fields in reversed(entries) if not seen.again(fields)]
+        decoded = (self._decode(entry_id, fields) for entry_id, fields in fresh)
         return [item for item in decoded if item is not None]
 
     async def close(self) -> None:
@@ -183,8 +219,13 @@ class RedisStreamBus:
         while True:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    for data in self._in_flight:
-                        pipe.xadd(self._stream, {"event": data}, maxlen=self._retain, approximate=True)
+                    for number, data in self._in_flight:
+                        pipe.xadd(
+                            self._stream,
+                            {"event": data, "from": f"{self._origin}:{number}"},
+                            maxlen=self._retain,
+                            approximate=True,
+                        )
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 if self._closed:

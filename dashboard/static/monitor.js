@@ -112,6 +112,8 @@ form.addEventListener("submit", (event) => event.preventDefault());
 
 try {
   for (const published of await getJSON("/api/activity/recent?limit=200")) add(published);
+  // None yet: follow from the bus's start, so an event published before the stream opens is not lost.
+  lastId ??= "0";
   render();
   connect();
 } catch (error) {
