@@ -171,6 +171,7 @@ def test_a_soak_of_mixed_calls_and_departures_leaks_nothing_and_records_every_ca
     assert tally.completed and tally.abandoned
     # The proxy notices each departure on its own schedule; then nothing is left open.
     wait_for(lambda: soak_proxy.gauge("luthien_open_streams") == 0, 15, "streams still open after the soak")
+    assert soak_proxy.gauge("luthien_policy_streams_open") == 0  # every stream's policy state released
     completed = asyncio.run(recorded_outcomes(proxy.database_url, tally.completed))
     abandoned = asyncio.run(recorded_outcomes(proxy.database_url, tally.abandoned))
     proxy.stop_sdk()  # its SDK clients' connections close with it; the proxy's sockets follow
