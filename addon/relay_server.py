@@ -71,7 +71,7 @@ class RelayApp:
         await _cancel(streaming)
 
 
-async def _cancel(task: asyncio.Task[None] | asyncio.Task[ProxyResponse]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
     """Cancels ``task`` if it is still running and waits for it to wind down."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, UpstreamBroken):

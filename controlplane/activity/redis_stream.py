@@ -82,11 +82,11 @@ class _SeenPublishers:
         origin, _, number = (fields or {}).get("from", "").rpartition(":")
         if not origin or not number.isdigit():
             return False  # written by a version that did not number its events
-        last = self._last.pop(origin, 0)
-        self._last[origin] = max(last, int(number))
+        seen, last = int(number), self._last.pop(origin, 0)
+        self._last[origin] = max(last, seen)
         if len(self._last) > _PUBLISHERS_REMEMBERED:
             self._last.popitem(last=False)
-        return int(number) <= last
+        return seen <= last
 
 
 class RedisStreamBus:

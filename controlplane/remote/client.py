@@ -164,14 +164,17 @@ class ControlPlaneHTTP:
         return context
 
     async def _open_stream(self, opening: str) -> tuple[ClientConnection, StreamOpened]:
-        """Opens a stream on an idle connection, or on a new one. An idle connection may have died
-        unnoticed (the control plane restarted): then the next is tried, and a new one last."""
-        while self._idle:
+        """Opens a stream on an idle connection if there is one, else on a new one. An idle one
+        that died unnoticed (the control plane restarted or vanished) took the others with it:
+        they are all dropped, and a new connection is tried."""
+        if self._idle:
             connection = self._idle.pop()
             try:
                 return connection, await self._opened(connection, opening)
             except (OSError, TimeoutError, WebSocketException):
-                await connection.close()
+                for stale in (connection, *self._idle):
+                    stale.transport.abort()  # not close(): its handshake would wait on a dead peer
+                self._idle.clear()
         connection = await connect(
             self._base_url.replace("http", "ws", 1) + STREAMS_PATH,
             additional_headers=self._headers,
@@ -184,7 +187,7 @@ class ControlPlaneHTTP:
         try:
             return connection, await self._opened(connection, opening)
         except BaseException:
-            await connection.close()
+            connection.transport.abort()
             raise
 
     @staticmethod
