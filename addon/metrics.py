@@ -7,6 +7,7 @@ instances in a process, and tests, never collide; ``luthien proxy --metrics-port
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from addon.call_trace import CallTrace
+from controlplane.credentials import scrub_credentials
 from controlplane.metrics import PolicyDecisionMetrics
 
 #: From a cached answer (5 ms) to a long agentic stream (5 min), in seconds.
@@ -68,9 +69,11 @@ class ProxyMetrics:
             self.decisions.count(decision.stage, decision.allowed)
 
     def _model(self, model: str | None) -> str:
-        """The model's name as a label, with the number of distinct labels capped."""
+        """The model's name as a label, with the number of distinct labels capped. The client
+        names the model, and ``/metrics`` is unauthenticated: a key-shaped name is scrubbed."""
         if not model:
             return "none"
+        model = scrub_credentials(model)
         if model in self._models:
             return model
         if len(self._models) >= self._max_models:

@@ -6,12 +6,13 @@ back. Every step that can fail answers the client in the provider's own error fo
 
 import asyncio
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ import httpx
 from opentelemetry import trace as otel
 
 from addon.call_trace import CallTrace, StreamCapture, body_for_record
-from addon.formats import FormatError, WireFormatCodec, codec_for
+from addon.endpoints import Route, Treatment, UnknownEndpoints, UnsafePath, family_for_host, resolve
+from addon.formats import FormatError, RequestCodec, WireFormatCodec, codec, error_codec, request_codec
 from addon.metrics import ProxyMetrics
 from addon.stream_relay import StreamRelay
 from addon.upstream import Upstream
@@ -138,18 +140,45 @@ def _response_headers(upstream: httpx.Response, call_id: str) -> list[tuple[str,
     return [*kept, ("x-luthien-call-id", call_id)]
 
 
+#: Turns the provider's answer to a policed request into the client's response.
+_Answer = Callable[[httpx.Response, NormalizedRequest], Awaitable[ProxyResponse]]
+
+
+def _route(request: ProxyRequest) -> Route | UnsafePath:
+    try:
+        return resolve(request.method, request.path)
+    except UnsafePath as exc:
+        return exc
+
+
+def _passthrough_headers(upstream: httpx.Response) -> list[tuple[str, str]]:
+    """For a body forwarded as raw bytes: its content-encoding is kept, nothing here decodes it."""
+    return [
+        (k, v)
+        for k, v in upstream.headers.multi_items()
+        if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
+    ]
+
+
 class Pipeline:
     def __init__(
-        self, control_plane: ControlPlaneService, upstream: Upstream, metrics: ProxyMetrics | None = None
+        self,
+        control_plane: ControlPlaneService,
+        upstream: Upstream,
+        metrics: ProxyMetrics | None = None,
+        unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD,
     ) -> None:
         self._control_plane = control_plane
         self._upstream = upstream
         self.metrics = metrics if metrics is not None else ProxyMetrics()
+        self._unknown_endpoints = unknown_endpoints
         self._recording: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
+        route = _route(request)
+        if isinstance(route, Route):  # the path that was looked up is the one the provider gets
+            request = dataclasses.replace(request, path=route.path)
         call_id = uuid.uuid4().hex
-        codec = codec_for(request.method, request.path)
         metadata = RequestMetadata(
             call_id=call_id,
             trace_id=_trace_id(request),
@@ -164,14 +193,11 @@ class Pipeline:
             "luthien.call",
             context=context_from(dict(request.headers)),
             kind=otel.SpanKind.SERVER,
-            attributes={CALL_ID: call_id, "server.address": request.host, "url.path": request.path},
+            attributes={CALL_ID: call_id, "server.address": request.host, "url.path": metadata.path},
         )
         try:
             with otel.use_span(trace.span, end_on_exit=False):
-                if codec is None:
-                    response = await self._passthrough(request, trace)
-                else:
-                    response = await self._policed(request, codec, trace)
+                response = await self._dispatch(request, route, trace)
         except asyncio.CancelledError:
             # The client left before the answer: the relay stops the call, and it is recorded.
             reason = "the client disconnected before the response was sent"
@@ -181,6 +207,56 @@ class Pipeline:
             raise
         response.body = self._recorded(response.body, trace)
         return response
+
+    async def _dispatch(
+        self, request: ProxyRequest, route: Route | UnsafePath, trace: CallTrace
+    ) -> ProxyResponse:
+        """Does with the call what the endpoint table says (addon/endpoints.py)."""
+        errors = error_codec(family_for_host(request.host))  # the client speaks the host's SDK
+        if isinstance(route, UnsafePath):
+            return await self._refuse(errors, trace, _Refusal(400, f"Luthien refuses this path: {route}"))
+        endpoint = route.endpoint
+        where = f"{request.method} {route.path.partition('?')[0]}"
+        match route.treatment:
+            case None if self._unknown_endpoints is UnknownEndpoints.REFUSE:
+                message = f"Luthien refuses {where}: it is not in the endpoint table (unknown: refused)"
+                return await self._refuse(errors, trace, _Refusal(403, message, ActivityType.BLOCKED))
+            case None:
+                trace.unpoliced = True
+                return await self._passthrough(request, trace)
+            case Treatment.FORWARDED if request.body:
+                message = f"Luthien refuses {where} with a body: the endpoint takes none, so none is policed"
+                return await self._refuse(errors, trace, _Refusal(400, message))
+            case Treatment.FORWARDED:
+                return await self._passthrough(request, trace)
+            case Treatment.REFUSED if route.wrong_method:
+                message = f"Luthien refuses {where}: the provider serves this path with other methods"
+                return await self._refuse(errors, trace, _Refusal(405, message, ActivityType.BLOCKED))
+            case Treatment.REFUSED:
+                assert endpoint is not None
+                message = f"Luthien does not forward {where} ({endpoint.note}): policy cannot see it"
+                return await self._refuse(errors, trace, _Refusal(403, message, ActivityType.BLOCKED))
+        assert endpoint is not None and endpoint.wire_format is not None
+        if route.treatment is Treatment.REQUEST_ONLY:
+            return await self._policed(
+                request,
+                request_codec(endpoint.wire_format),
+                trace,
+                lambda upstream, _: self._unpoliced_answer(upstream, trace),
+            )
+        model_api = codec(endpoint.wire_format)
+        if route.treatment is Treatment.RETRIEVAL:
+            return await self._retrieval(request, model_api, trace)
+        return await self._policed(
+            request,
+            model_api,
+            trace,
+            lambda upstream, policed: self._respond(upstream, model_api, trace, policed),
+        )
+
+    async def _refuse(self, errors: RequestCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
+        await self._publish(trace.metadata, refusal.activity, reason=refusal.message, **refusal.data)
+        return self._error(errors, trace, refusal)
 
     async def _recorded(self, body: AsyncIterator[bytes], trace: CallTrace) -> AsyncIterator[bytes]:
         """The response body; once it has been sent (or abandoned), the call is recorded."""
@@ -218,7 +294,7 @@ class Pipeline:
             )
         )
 
-    def _error(self, codec: WireFormatCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
+    def _error(self, codec: RequestCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
         error = codec.error_body(refusal.status, refusal.message)
         outcome = CallOutcome.BLOCKED if refusal.activity is ActivityType.BLOCKED else CallOutcome.ERROR
         trace.fail(outcome, refusal.status, refusal.message)
@@ -235,7 +311,7 @@ class Pipeline:
         metadata = trace.metadata
         trace.outcome = CallOutcome.PASSTHROUGH
         trace.original_request = trace.final_request = body_for_record(request.body) if request.body else None
-        await self._publish(metadata, ActivityType.PASSTHROUGH, method=request.method, path=request.path)
+        await self._publish(metadata, ActivityType.PASSTHROUGH, method=request.method, path=metadata.path)
         try:
             upstream = await self._upstream.send(
                 request.method, request.host, request.path, request.headers, request.body
@@ -248,13 +324,8 @@ class Pipeline:
             return ProxyResponse(status, [("content-type", "application/json")], _once(body))
         trace.first_byte()
         trace.status = upstream.status_code
-        # Raw bytes, content-encoding kept: nothing here is ours to decode.
-        headers = [
-            (k, v)
-            for k, v in upstream.headers.multi_items()
-            if k.lower() not in ("transfer-encoding", "connection", "keep-alive")
-        ]
-        return ProxyResponse(upstream.status_code, headers, self._forwarded(upstream, trace, decoded=False))
+        forwarded = self._forwarded(upstream, trace, decoded=False)
+        return ProxyResponse(upstream.status_code, _passthrough_headers(upstream), forwarded)
 
     async def _forwarded(
         self, upstream: httpx.Response, trace: CallTrace, *, decoded: bool
@@ -274,8 +345,10 @@ class Pipeline:
             await self._publish(trace.metadata, ActivityType.COMPLETED, status=upstream.status_code)
 
     async def _policed(
-        self, request: ProxyRequest, codec: WireFormatCodec, trace: CallTrace
+        self, request: ProxyRequest, codec: RequestCodec, trace: CallTrace, answer: _Answer
     ) -> ProxyResponse:
+        """Polices the request, sends it, and lets ``answer`` turn the provider's answer into the
+        client's response."""
         metadata = trace.metadata
         try:
             body, normalized = self._read_request(request, codec, trace)
@@ -286,22 +359,59 @@ class Pipeline:
                 stream=metadata.stream,
             )
             policed, content = await self._apply_request_policy(request, codec, trace, body, normalized)
-            upstream = await self._send(request, content, metadata)
-            try:
-                await self._publish(metadata, ActivityType.UPSTREAM_SENT, status=upstream.status_code)
-                return await self._respond(upstream, codec, trace, policed)
-            except BaseException:
-                await upstream.aclose()  # not left to the pool as busy (a refusal, the client left)
-                raise
+            return await self._answered(await self._send(request, content, metadata), trace, policed, answer)
         except ControlPlaneUnavailable as exc:
-            refusal = _Refusal(
-                503, f"Luthien's control plane is unavailable, so this call was not sent: {exc}"
-            )
-            await self._publish(metadata, refusal.activity, reason=refusal.message)
-            return self._error(codec, trace, refusal)
+            return self._error(codec, trace, await self._control_plane_lost(metadata, exc))
         except _Refusal as refusal:
-            await self._publish(metadata, refusal.activity, reason=refusal.message, **refusal.data)
-            return self._error(codec, trace, refusal)
+            return await self._refuse(codec, trace, refusal)
+
+    async def _retrieval(
+        self, request: ProxyRequest, codec: WireFormatCodec, trace: CallTrace
+    ) -> ProxyResponse:
+        """A stored output read back (``GET /v1/responses/{id}``): policed like a live answer."""
+        metadata = trace.metadata
+        metadata.wire_format = codec.wire_format
+        try:
+            if request.body:
+                raise _Refusal(400, "Luthien refuses a body on a retrieval: there is nothing to police it as")
+            await self._publish(
+                metadata, ActivityType.REQUEST_RECEIVED, format=codec.wire_format, retrieval=True
+            )
+            upstream = await self._send(request, b"", metadata)
+            policed: NormalizedRequest = {"messages": []}  # the request that produced it is not known
+            return await self._answered(
+                upstream, trace, policed, lambda up, p: self._respond(up, codec, trace, p)
+            )
+        except ControlPlaneUnavailable as exc:
+            return self._error(codec, trace, await self._control_plane_lost(metadata, exc))
+        except _Refusal as refusal:
+            return await self._refuse(codec, trace, refusal)
+
+    async def _answered(
+        self, upstream: httpx.Response, trace: CallTrace, policed: NormalizedRequest, answer: _Answer
+    ) -> ProxyResponse:
+        try:
+            await self._publish(trace.metadata, ActivityType.UPSTREAM_SENT, status=upstream.status_code)
+            return await answer(upstream, policed)
+        except BaseException:
+            await upstream.aclose()  # not left to the pool as busy (a refusal, the client left)
+            raise
+
+    async def _control_plane_lost(self, metadata: RequestMetadata, exc: ControlPlaneUnavailable) -> _Refusal:
+        refusal = _Refusal(503, f"Luthien's control plane is unavailable, so this call was not sent: {exc}")
+        await self._publish(metadata, refusal.activity, reason=refusal.message)
+        return refusal
+
+    async def _unpoliced_answer(self, upstream: httpx.Response, trace: CallTrace) -> ProxyResponse:
+        """The answer of a request-only endpoint (a token count, vectors): forwarded as it is."""
+        trace.first_byte()
+        trace.status = upstream.status_code
+        if upstream.status_code >= 400:
+            trace.fail(
+                CallOutcome.PROVIDER_ERROR, upstream.status_code, f"provider answered {upstream.status_code}"
+            )
+        headers = [*_passthrough_headers(upstream), ("x-luthien-call-id", trace.metadata.call_id)]
+        return ProxyResponse(upstream.status_code, headers, self._forwarded(upstream, trace, decoded=False))
 
     async def _respond(
         self,
@@ -323,6 +433,7 @@ class Pipeline:
                 upstream.status_code, headers, self._forwarded(upstream, trace, decoded=True)
             )
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            metadata.stream = True  # a retrieval asks with a query parameter, not in a body
             trace.stream_span = tracer.start_span("luthien.stream", attributes={CALL_ID: metadata.call_id})
             try:
                 with otel.use_span(trace.stream_span, end_on_exit=False):
@@ -339,7 +450,7 @@ class Pipeline:
 
     @staticmethod
     def _read_request(
-        request: ProxyRequest, codec: WireFormatCodec, trace: CallTrace
+        request: ProxyRequest, codec: RequestCodec, trace: CallTrace
     ) -> tuple[dict[str, Any], NormalizedRequest]:
         """Parses and normalises the body, and fills in what the metadata learns from it."""
         metadata = trace.metadata
@@ -369,7 +480,7 @@ class Pipeline:
     async def _apply_request_policy(
         self,
         request: ProxyRequest,
-        codec: WireFormatCodec,
+        codec: RequestCodec,
         trace: CallTrace,
         body: dict[str, Any],
         normalized: NormalizedRequest,
@@ -470,6 +581,8 @@ class Pipeline:
         trace.usage = Usage.from_mapping(trace.stream.original.usage)
         if outcome.control_plane_lost is not None:
             trace.fail(CallOutcome.ERROR, trace.status, outcome.control_plane_lost)
+        elif outcome.malformed is not None:
+            trace.fail(CallOutcome.ERROR, trace.status, outcome.malformed)
         elif outcome.ended_by_policy:
             trace.fail(
                 CallOutcome.BLOCKED,

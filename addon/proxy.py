@@ -11,6 +11,8 @@ from pathlib import Path
 from mitmproxy.options import Options
 from mitmproxy.tools.dump import DumpMaster
 
+from addon.endpoints import UnknownEndpoints
+from addon.http1_trailers import keep_http1_trailers
 from addon.interceptor import ProviderInterceptor
 from addon.metrics import ProxyMetrics
 from addon.pipeline import Pipeline
@@ -31,11 +33,13 @@ class ProxyConfig:
     provider_hosts: frozenset[str] = frozenset(DEFAULT_PROVIDER_HOSTS)
     upstreams: dict[str, str] = field(default_factory=dict)
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
+    unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD
 
 
 def allow_hosts_pattern(hosts: frozenset[str]) -> str:
     """Only these hosts are decrypted; mitmproxy tunnels every other connection untouched."""
-    return "^(" + "|".join(re.escape(h) for h in sorted(hosts)) + r"):\d+$"
+    # Any case and a trailing dot: the interceptor then refuses a flow whose names disagree.
+    return "^(" + "|".join(re.escape(h) for h in sorted(hosts)) + r")\.?:\d+$"
 
 
 class _Ready:
@@ -54,8 +58,9 @@ async def run_proxy(
     on_ready: Callable[[], None],
     metrics: ProxyMetrics | None = None,
 ) -> None:
+    keep_http1_trailers()
     upstream = Upstream(config.upstreams, config.upstream_timeout)
-    pipeline = Pipeline(control_plane, upstream, metrics)
+    pipeline = Pipeline(control_plane, upstream, metrics, config.unknown_endpoints)
     relay = RelayServer(pipeline)
     await relay.start()
     options = Options(

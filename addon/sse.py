@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# An event ends at a blank line: two line ends in a row, each CRLF, LF or CR (the WHATWG grammar),
+# so `\n\r\n` and `\r\n\n` end events too.
+_EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
@@ -37,7 +39,9 @@ def parse_event(raw: bytes) -> SSEEvent:
     event: str | None = None
     data: list[str] = []
     # Only CR and LF end SSE lines; str.splitlines would also break at U+2028, which JSON may carry.
-    for line in _LINE_END.split(raw.decode("utf-8", errors="replace")):
+    # A client strips a byte-order mark at the start of the stream; stripping it from any event
+    # means no event can hide behind one.
+    for line in _LINE_END.split(raw.decode("utf-8", errors="replace").removeprefix("\ufeff")):
         if not line or line.startswith(":"):
             continue
         name, _, value = line.partition(":")
@@ -56,15 +60,19 @@ class SSEParser:
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[SSEEvent]:
-        self._buffer += data
+        buffer = self._buffer + data
         events = []
-        while match := _EVENT_END.search(self._buffer):
-            raw, self._buffer = self._buffer[: match.end()], self._buffer[match.end() :]
-            events.append(parse_event(raw))
+        start = 0
+        while match := _EVENT_END.search(buffer, start):
+            if match.end() == len(buffer) and buffer.endswith(b"\r"):
+                break  # that CR may be the first half of a CRLF: the event ends where that says
+            events.append(parse_event(buffer[start : match.end()]))
+            start = match.end()
+        self._buffer = buffer[start:]
         return events
 
     def flush(self) -> bytes:
-        """Bytes after the last complete event (a stream cut mid-event)."""
+        """Bytes after the last complete event: the stream ended there, mid-event or not."""
         rest, self._buffer = self._buffer, b""
         return rest
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from addon.call_trace import StreamCapture
 from addon.formats.base import StreamTranscoder
-from addon.sse import SSEEvent, SSEParser
+from addon.sse import SSEEvent, SSEParser, parse_event
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.llm import ModelResponseStream
 from controlplane.models import ChunkResult, StreamingContext
@@ -41,6 +41,7 @@ class StreamOutcome:
     ended_by_policy: bool = False
     upstream_error: bool = False
     control_plane_lost: str | None = None  # why the stream was ended with an error event
+    malformed: str | None = None  # the provider's stream could not be policed: ended with an error
     unpoliced: bool = False
     decisions: list[ChunkResult] = field(default_factory=list)
 
@@ -65,12 +66,21 @@ class StreamRelay:
     @property
     def ended(self) -> bool:
         """The policy ended the stream, or the control plane went away: stop reading upstream."""
-        return self.outcome.ended_by_policy or self.outcome.control_plane_lost is not None
+        outcome = self.outcome
+        return (
+            outcome.ended_by_policy or outcome.control_plane_lost is not None or outcome.malformed is not None
+        )
 
     async def feed(self, data: bytes) -> AsyncIterator[bytes]:
         """The events in ``data``: their chunks go to the policy together, in one call."""
+        async for out in self._events(self._parser.feed(data)):
+            yield out
+
+    async def _events(self, events: list[SSEEvent]) -> AsyncIterator[bytes]:
         chunks: list[ModelResponseStream] = []
-        for event in self._parser.feed(data):
+        for event in events:
+            if self.ended:
+                return
             if self.outcome.diverged and self._transcoder.is_error(event):
                 # The client has its stream from the transcoder, which must not write after this.
                 async for out in self._police(chunks):  # what came before the error goes first
@@ -82,17 +92,33 @@ class StreamRelay:
                 self._transcoder.observe_emitted(event)
                 yield self._forward([event])
                 continue
-            chunks += self._receive(event)
-            if out := self._drain():
+            try:
+                chunks += self._receive(event)
+                out = self._drain()
+            except Exception as exc:  # the provider's stream breaks its format, or contradicts itself
+                async for out in self._police(chunks):  # what came before it was fine
+                    yield out
+                if not self.ended:
+                    yield self._malformed(exc)
+                return
+            if out:
                 yield out
         async for out in self._police(chunks):
             yield out
 
     async def close(self) -> AsyncIterator[bytes]:
         """The upstream stream is over (or abandoned): flush and end validly."""
-        leftover = self._parser.flush()
-        if self.outcome.control_plane_lost is not None:
-            return  # nothing to release: the control plane is gone
+        if leftover := self._parser.flush():
+            # The stream ended mid-event: a client may still read what arrived, so it is policed
+            # like any event (and forwarded as it came when the policy lets it pass).
+            async for out in self._events([parse_event(leftover)]):
+                yield out
+        if self.ended:
+            return  # nothing to release: the control plane is gone, or the stream was ended
+        async for out in self._police(self._transcoder.unsettled()):
+            yield out
+        if self.ended:
+            return
         try:
             results = [r async for r in self._control_plane.close_streaming_context(self._context)]
         except ControlPlaneUnavailable as exc:
@@ -101,12 +127,10 @@ class StreamRelay:
         if self.ended:
             return
         for result in results:
-            if out := self._apply(result):
+            if out := self._applied(result):
                 yield out
             if self.ended:
                 return
-        if leftover and not self.outcome.diverged and not self._pending:
-            yield leftover  # a stream cut mid-event is forwarded as cut
         if self._pending:  # held back and never released: dropped
             self._diverge()
         if self._deferred_errors:
@@ -120,6 +144,12 @@ class StreamRelay:
         with contextlib.suppress(ControlPlaneUnavailable):
             async for _ in self._control_plane.close_streaming_context(self._context):
                 pass
+
+    def _malformed(self, exc: Exception) -> bytes:
+        """Fail closed on a stream that cannot be policed: the client gets an error event."""
+        self._diverge()
+        self.outcome.malformed = f"Luthien could not police the provider's stream: {exc}"
+        return self._written(self._transcoder.error_event(self.outcome.malformed))
 
     def _lose_control_plane(self, exc: ControlPlaneUnavailable) -> bytes:
         """Fail closed mid-stream: the client gets the provider's own kind of error event."""
@@ -144,12 +174,20 @@ class StreamRelay:
             return
         try:
             async for result in self._control_plane.process_streaming_chunks(chunks, self._context):
-                if out := self._apply(result):
+                if out := self._applied(result):
                     yield out
                 if self.ended:
                     return
         except ControlPlaneUnavailable as exc:
             yield self._lose_control_plane(exc)
+
+    def _applied(self, result: ChunkResult) -> bytes:
+        """``_apply``; a stream the transcoder cannot continue (events that break their format,
+        a policy's chunk it cannot write) ends with an error instead."""
+        try:
+            return self._apply(result)
+        except Exception as exc:
+            return self._malformed(exc)
 
     def _apply(self, result: ChunkResult) -> bytes:
         self.outcome.unpoliced |= result.unpoliced

@@ -3,11 +3,12 @@
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.activity.bus import ActivityBus
 from controlplane.activity.memory import InMemoryBus
+from controlplane.credentials import scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
     ActivityEvent,
@@ -31,6 +32,29 @@ log = logging.getLogger(__name__)
 class _Stream:
     context: StreamingContext
     policy: PolicyHandler  # the policy the stream started with, even after a reload
+    # Choices after the first of an `n > 1` stream: each runs the policy with state of its own.
+    choices: dict[int, StreamingContext] = field(default_factory=dict)
+
+    def context_for(self, choice: int) -> StreamingContext:
+        if choice == 0:
+            return self.context
+        if choice not in self.choices:
+            self.choices[choice] = self.context.model_copy(update={"policy_state": {}})
+        return self.choices[choice]
+
+
+def _choice_of(chunk: ModelResponseStream) -> int:
+    return chunk.choices[0].index if chunk.choices else 0
+
+
+def _as_choice(chunk: ModelResponseStream | None, choice: int) -> ModelResponseStream | None:
+    """``chunk`` as the ``choice``-th choice: policies are written for one choice, the first."""
+    if chunk is None or all(c.index == choice for c in chunk.choices):
+        return chunk
+    moved = chunk.model_copy(deep=True)
+    for item in moved.choices:
+        item.index = choice
+    return moved
 
 
 class ControlPlaneLocal:
@@ -102,8 +126,12 @@ class ControlPlaneLocal:
         """``process_streaming_chunks``, each result with the index of the chunk it answers."""
         stream = self._streams[context.stream_id]
         for index, chunk in enumerate(chunks):
-            results = stream.policy.apply_streaming_chunk_policy(chunk, stream.context)
+            choice = _choice_of(chunk)
+            results = stream.policy.apply_streaming_chunk_policy(
+                _as_choice(chunk, 0) or chunk, stream.context_for(choice)
+            )
             async for result in self._guarded(results, stream, chunk):
+                result.value = _as_choice(result.value, choice)
                 yield index, result
                 if not result.allowed:
                     return
@@ -112,11 +140,31 @@ class ControlPlaneLocal:
         stream = self._streams.pop(context.stream_id, None)
         if stream is None:
             return
-        async for result in self._guarded(stream.policy.on_stream_end(stream.context), stream, None):
-            yield result
+        for choice in (0, *sorted(stream.choices)):
+            ended = stream.policy.on_stream_end(stream.context_for(choice))
+            async for result in self._guarded(ended, stream, None):
+                result.value = _as_choice(result.value, choice)
+                yield result
+                if not result.allowed:
+                    return
 
     async def publish_activity(self, event: ActivityEvent) -> None:
-        await self.bus.publish(event)
+        """Publishes ``event`` (this control plane's own, the pipeline's, or a sidecar's) with the
+        policy's recording redaction applied to every string of its data, as records get it. The
+        event has already scrubbed credential shapes itself, whatever the policy."""
+        await self.bus.publish(self._redacted(event))
+
+    def _redacted(self, event: ActivityEvent) -> ActivityEvent:
+        policy = self.policy
+        if not policy.redacts_recordings:
+            return event
+        try:
+            data = scrub_strings(event.data, policy.redact_for_recording)
+        except Exception:
+            # Fail closed: what the policy could not redact is not published.
+            log.exception("policy %s failed to redact an activity event", type(policy).__name__)
+            data = {"reason": "activity details withheld: the policy's redaction failed"}
+        return event.model_copy(update={"data": data})
 
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
         call_id = payload.get("call_id")

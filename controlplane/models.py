@@ -8,18 +8,26 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controlplane.credentials import redact_query, scrub_credentials, scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
 
-#: The normalised request every policy sees: an OpenAI Chat Completions request body.
+#: The normalised request every policy sees: an OpenAI Chat Completions request body, plus what
+#: the provider's body carries that it has no place for (see EXTRA_BODY and UNMAPPED_TEXT).
 NormalizedRequest = dict[str, Any]
+#: Top-level fields of the provider's body that the normalised form does not hold, as they are.
+EXTRA_BODY = "extra_body"
+#: Every other string of the provider's body that appears nowhere else in the normalised form.
+UNMAPPED_TEXT = "unmapped_text"
 
 
 class WireFormat(StrEnum):
     OPENAI_CHAT = "openai_chat"
     OPENAI_RESPONSES = "openai_responses"
     ANTHROPIC_MESSAGES = "anthropic_messages"
+    OPENAI_EMBEDDINGS = "openai_embeddings"
+    OPENAI_MODERATIONS = "openai_moderations"
 
 
 def utcnow() -> datetime:
@@ -27,7 +35,8 @@ def utcnow() -> datetime:
 
 
 class RequestMetadata(BaseModel):
-    """Who made a call and where it goes. Credentials appear only as a hash."""
+    """Who made a call and where it goes. Credentials appear only as a hash: the ``path`` keeps
+    its query string, but not the values of credential parameters (``?key=…``)."""
 
     call_id: str
     trace_id: str | None = None
@@ -40,6 +49,11 @@ class RequestMetadata(BaseModel):
     model: str | None = None
     stream: bool = False
     user_agent: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _no_query_credentials(cls, path: str) -> str:
+        return redact_query(path)
 
 
 class PolicyResult[T](BaseModel):
@@ -107,7 +121,10 @@ class ActivityType(StrEnum):
 
 class ActivityEvent(BaseModel):
     """One step in the life of a call, for the live activity view. ``host`` and ``model`` ride on
-    every event so that a view can filter without knowing the call's history."""
+    every event so that a view can filter without knowing the call's history.
+
+    Every string in ``model`` and ``data`` is scrubbed of credential shapes by the model itself
+    (``controlplane/credentials.py``), whoever builds the event and whatever the policy."""
 
     call_id: str
     type: ActivityType
@@ -115,3 +132,14 @@ class ActivityEvent(BaseModel):
     host: str | None = None
     model: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _no_credential_model(cls, model: str | None) -> str | None:
+        return None if model is None else scrub_credentials(model)
+
+    @field_validator("data")
+    @classmethod
+    def _no_credentials(cls, data: dict[str, Any]) -> dict[str, Any]:
+        scrubbed: dict[str, Any] = scrub_strings(data)
+        return scrubbed

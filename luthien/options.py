@@ -28,6 +28,12 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _unknown_endpoints(text: str) -> str:
+    if text not in ("forward", "refuse"):
+        raise argparse.ArgumentTypeError(f"expected forward or refuse, got {text!r}")
+    return text
+
+
 def env_list(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
@@ -106,6 +112,15 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOST=URL",
         help="send a provider host's traffic to another base URL; repeatable "
         "(env LUTHIEN_UPSTREAMS, comma-separated)",
+    )
+    parser.add_argument(
+        "--unknown-endpoints",
+        type=_unknown_endpoints,
+        metavar="{forward,refuse}",
+        # A string default goes through ``type`` too: a bad LUTHIEN_UNKNOWN_ENDPOINTS is a usage error.
+        default=os.environ.get("LUTHIEN_UNKNOWN_ENDPOINTS", "forward"),
+        help="what to do with a provider path the endpoint table does not know: forward it, "
+        "recorded as unpoliced, or refuse it with a 403 (env LUTHIEN_UNKNOWN_ENDPOINTS; default forward)",
     )
     parser.add_argument(
         "--upstream-timeout",

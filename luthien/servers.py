@@ -4,7 +4,6 @@ starts: loading LiteLLM takes seconds, and the short commands do not need it."""
 
 import argparse
 import asyncio
-import logging
 import os
 import secrets
 import sys
@@ -29,16 +28,15 @@ def _share_redis_with_policies(redis_url: str | None) -> None:
 
 def _configure_logging(level: str, service: str) -> None:
     """Logging, and trace export when the ``OTEL_*`` variables ask for it."""
+    from luthien.logs import configure_logging
     from luthien.telemetry import configure_tracing
 
     try:
         configure_tracing(service)
     except ValueError as exc:
         sys.exit(f"luthien: {exc}")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # These log request lines and connection details of every call; their warnings are enough.
-    for noisy in ("mitmproxy", "httpx", "httpcore", "LiteLLM", "uvicorn"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Only Luthien's own loggers go below WARNING: the others print headers, URLs and payloads.
+    configure_logging(level)
 
 
 def _dashboard_token() -> tuple[str, bool]:
@@ -56,6 +54,7 @@ def _announce_dashboard(host: str, port: int, token: str, generated: bool) -> No
 
 
 def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, str]]:
+    from addon.endpoints import UnknownEndpoints
     from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig
     from addon.upstream import parse_upstreams
 
@@ -68,6 +67,7 @@ def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, st
         provider_hosts=frozenset(h.lower() for h in hosts),
         upstreams=parse_upstreams(args.upstream),
         upstream_timeout=args.upstream_timeout,
+        unknown_endpoints=UnknownEndpoints(args.unknown_endpoints),
     )
     return config, env
 

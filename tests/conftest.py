@@ -242,6 +242,29 @@ def running_proxy(
         running.wait()
 
 
+@contextmanager
+def running_proxies(
+    specs: dict[str, tuple[dict[str, Any] | None, Sequence[str]]], fake: FakeProvider, root: Path
+) -> Iterator[dict[str, RunningProxy]]:
+    """A ``luthien proxy`` per name, with its policy and extra arguments, started together (their
+    LiteLLM imports overlap) and sharing one CA: listening on entry, stopped on exit."""
+    data_dir = root / "data"
+    ensure_ca(data_dir)
+    running = {
+        name: start_proxy(name, policy, fake, root, data_dir, extra_args=extra)
+        for name, (policy, extra) in specs.items()
+    }
+    try:
+        for proxy in running.values():
+            wait_until_listening(proxy)
+        yield running
+    finally:
+        for proxy in running.values():
+            proxy.terminate()
+        for proxy in running.values():
+            proxy.wait()
+
+
 def metric(port: int, name: str) -> float:
     """The value of the sample ``name`` among the Prometheus metrics served on ``port``."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
@@ -288,19 +311,9 @@ def proxies(
     fake: FakeProvider, judge: FakeJudge, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, RunningProxy]]:
     root = tmp_path_factory.mktemp("proxies")
-    data_dir = root / "data"
-    ensure_ca(data_dir)
     policies = POLICIES | {"catalogue": catalogue_policy(judge.url)}
-    running = {name: start_proxy(name, policy, fake, root, data_dir) for name, policy in policies.items()}
-    try:
-        for proxy in running.values():
-            wait_until_listening(proxy)
+    with running_proxies({name: (policy, []) for name, policy in policies.items()}, fake, root) as running:
         yield running
-    finally:
-        for proxy in running.values():
-            proxy.terminate()
-        for proxy in running.values():
-            proxy.wait()
 
 
 @pytest.fixture(scope="session")

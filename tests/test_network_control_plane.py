@@ -161,6 +161,21 @@ async def test_calls_through_three_proxies_are_policed_and_recorded_by_one_contr
     assert all(r.response_modified and r.policy_version and not r.unpoliced for r in records)
 
 
+def test_the_control_plane_token_reaches_no_log(
+    sidecars: list[RunningProxy], control_plane: ControlPlane
+) -> None:
+    """A sidecar at DEBUG opens its stream WebSockets with the token in a header, which the
+    ``websockets`` logger prints at DEBUG with every message it sends: only Luthien's own loggers
+    go below WARNING."""
+    (result,) = sidecars[0].sdk(messages(f"token check {uuid.uuid4().hex[:8]}"))
+    assert result["ok"], result
+    log = sidecars[0].log()
+    assert "DEBUG luthien.logs" in log
+    for proxy in sidecars:
+        assert TOKEN not in proxy.log(), proxy.name
+    assert TOKEN not in control_plane.log()
+
+
 def policy_streams_open(control_plane: ControlPlane) -> float:
     text = httpx.get(f"{control_plane.url}/metrics", headers={"authorization": f"Bearer {TOKEN}"}).text
     match = re.search(r"^luthien_policy_streams_open (\S+)$", text, re.M)

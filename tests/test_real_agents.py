@@ -67,14 +67,19 @@ def luthien_run(
     )
 
 
-def claude(proxy: RunningProxy, home: Path, bin_dir: Path, prompt: str) -> dict[str, object]:
+def claude(
+    proxy: RunningProxy, home: Path, bin_dir: Path, prompt: str, *, all_traffic: bool = False
+) -> dict[str, object]:
+    """Claude Code's answer; ``all_traffic`` lets it make its settings, feature-flag and telemetry
+    calls too, as it does by default."""
+    quiet = {} if all_traffic else {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
     done = luthien_run(
         proxy,
         home,
         [str(bin_dir / "claude"), "-p", prompt, "--output-format", "json"],
         ANTHROPIC_API_KEY="sk-ant-test-key",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_AUTOUPDATER="1",
+        **quiet,
     )
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{proxy.log()[-2000:]}"
     return json.loads(done.stdout)
@@ -99,6 +104,17 @@ def test_claude_code_works_through_the_proxy(
     result = claude(noop, home, agent_bin, "Say hello")
     assert (result["is_error"], result["result"], result["stop_reason"]) == (False, FAKE_TEXT, "end_turn")
     assert any(r.path.startswith("/v1/messages") for r in fake.requests[before:])
+
+
+def test_claude_code_works_with_all_its_traffic(
+    noop: RunningProxy, fake: FakeProvider, home: Path, agent_bin: Path
+) -> None:
+    """Its settings, policy-limit, feature-flag and telemetry calls pass the endpoint table."""
+    before = len(fake.requests)
+    result = claude(noop, home, agent_bin, "Say hello", all_traffic=True)
+    assert (result["is_error"], result["result"]) == (False, FAKE_TEXT)
+    paths = {r.path.split("?")[0] for r in fake.requests[before:]}
+    assert "/v1/messages" in paths and "/api/claude_code/settings" in paths, paths
 
 
 def test_claude_code_never_sees_a_blocked_tool_call(

@@ -5,6 +5,7 @@ to loopback unless told otherwise; and the CA key is private, or refused."""
 
 import asyncio
 import inspect
+import json
 import os
 import re
 import stat
@@ -13,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -22,12 +24,12 @@ import redis.asyncio as aioredis
 import dashboard.auth
 from certs import ensure_ca
 from certs.authority import CAKeyPermissionError
-from controlplane.activity import InMemoryBus
+from controlplane.activity import InMemoryBus, open_bus
 from controlplane.local import ControlPlaneLocal
 from controlplane.policies import NoOpPolicy
-from controlplane.recording.records import REDACTED
+from controlplane.recording.records import REDACTED, CallRecord
 from controlplane.remote import server as control_plane_server
-from controlplane.storage import SQLiteStorage
+from controlplane.storage import CallQuery, SQLiteStorage, open_storage
 from dashboard.app import create_app
 from luthien.options import build_parser
 from tests.conftest import ROOT, RunningProxy, luthien, start_proxy, wait_until_listening
@@ -53,13 +55,15 @@ print(reply.choices[0].message.content)
 # --- canaries: credentials never stored, logged or published --------------------------------
 
 
-async def _dump_database(url: str) -> str:
-    """Every row of every table, as PostgreSQL's own text rendering of the row."""
+async def _dump_database(url: str, only: str | None = None) -> str:
+    """Every row of every table (or of the table ``only``), as PostgreSQL's own text rendering of the row."""
     connection = await asyncpg.connect(url)
     try:
         tables = await connection.fetch(
             "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+            "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema') "
+            "AND ($1::text IS NULL OR table_name = $1)",
+            only,
         )
         assert tables, "the proxy created no tables"
         lines = []
@@ -164,6 +168,179 @@ async def _wait_for_activity(after_ms: int, call_ids: list[str]) -> str:
     missing = [call_id for call_id in call_ids if call_id not in entries]
     assert not missing, f"no activity in {STREAM} for {missing}"
     return entries
+
+
+# HTTP/2 through HTTPS_PROXY, as an agent that prefers it (curl, Go, Node's h2) speaks it. httpx
+# offers ALPN "http/1.1" before "h2", and mitmproxy follows the client's order, so this client
+# offers h2 alone. Each line of stdin is a call; each line of stdout what came back.
+HTTP2_CALLS = """
+import json, os, ssl, sys, httpx
+
+class OnlyH2(ssl.SSLContext):
+    def set_alpn_protocols(self, protocols):
+        super().set_alpn_protocols(["h2"])
+
+context = OnlyH2(ssl.PROTOCOL_TLS_CLIENT)
+context.load_verify_locations(os.environ["SSL_CERT_FILE"])
+with httpx.Client(http2=True, verify=context, timeout=30) as client:  # HTTPS_PROXY from the env
+    for line in sys.stdin:
+        call = json.loads(line)
+        reply = client.request(call["method"], call["url"], headers=call["headers"], json=call.get("body"))
+        print(json.dumps({"version": reply.http_version, "status": reply.status_code, "text": reply.text}))
+"""
+
+
+async def test_http2_query_string_and_blocked_tool_call_canaries(fake: FakeProvider, tmp_path: Path) -> None:
+    """An HTTP/2 client's credential headers (which the hpack logger prints at DEBUG), credentials
+    in query strings (Gemini's ``?key=``), and a key in the arguments of a blocked tool call reach
+    no log line, no activity event (Redis, and the dashboard's ``/api/activity/recent``) and no
+    stored path, header or decision. The tool call's key stays where the design keeps payloads:
+    in the bodies, which only a redacting policy changes."""
+    require_service("Redis", "127.0.0.1", 6379)
+    bearer, api_key = f"sk-canary-{uuid.uuid4()}", f"sk-ant-canary-{uuid.uuid4()}"
+    query_key = "AIzaSy" + uuid.uuid4().hex + "Q"  # Google's shape: AIza and 35 characters
+    query_token = f"qtok-{uuid.uuid4().hex}"
+    tool_key = f"sk-canary-tool-{uuid.uuid4().hex}"
+    word = f"tag{uuid.uuid4().hex[:12]}"
+    openai = {"authorization": f"Bearer {bearer}", "x-api-key": api_key}
+    anthropic = {"x-api-key": api_key, "anthropic-version": "2023-06-01"}
+    chat = "https://api.openai.com/v1/chat/completions"
+    calls = [
+        {
+            "method": "POST",
+            "url": f"{chat}?key={query_key}",
+            "headers": openai,
+            "body": _chat(f"{word} a", False),
+        },
+        {
+            "method": "POST",
+            "url": f"{chat}?Key={query_key}",
+            "headers": openai,
+            "body": _chat(f"{word} b", True),
+        },
+        {
+            "method": "GET",
+            "url": f"https://api.openai.com/v1/models?api_key={query_token}&access_token={query_token}&limit=5",
+            "headers": openai,
+        },
+        {
+            "method": "POST",
+            "url": chat,
+            "headers": openai,
+            "body": _chat(f"{word} [scenario:tool_call rm -rf / --token {tool_key}]", True),
+        },
+        {
+            "method": "POST",
+            "url": "https://api.anthropic.com/v1/messages",
+            "headers": anthropic,
+            "body": {
+                "model": "claude-sonnet-4-5",
+                "max_tokens": 100,
+                "messages": [{"role": "user", "content": f"{word} [scenario:tool_call rm -rf ~ {tool_key}]"}],
+            },
+        },
+    ]
+    started_ms = int(time.time() * 1000) - 1000
+
+    async with fresh_postgres_database() as database_url:
+        data_dir = tmp_path / "data"
+        ensure_ca(data_dir)
+        blocklist = {"class": "ToolCallBlocklistPolicy", "config": {"patterns": [r"rm\s+-rf"]}}
+        proxy = start_proxy(
+            "h2canary", blocklist, fake, tmp_path, data_dir, database_url=database_url,
+            extra_args=["--redis-url", REDIS_URL],
+        )  # fmt: skip
+        try:
+            await asyncio.to_thread(wait_until_listening, proxy)
+            replies = await asyncio.to_thread(_http2_calls, proxy, calls)
+            assert [r["version"] for r in replies] == ["HTTP/2"] * len(calls), replies
+            assert [r["status"] for r in replies] == [200] * len(calls), replies
+            assert all("Blocked the tool call `bash`" in r["text"] for r in replies[3:]), replies
+
+            records = await _all_recorded(database_url, len(calls))
+            stored = await _dump_database(database_url)
+            decisions = await _dump_database(database_url, only="decisions")
+            activity = await _wait_for_activity(started_ms, [r.call_id for r in records])
+            dashboard = await _dashboard_view(database_url, [r.call_id for r in records])
+        finally:
+            proxy.terminate()
+            await asyncio.to_thread(proxy.wait)
+
+    paths = sorted(r.path for r in records)
+    assert f"/v1/chat/completions?Key={REDACTED}" in paths and f"/v1/chat/completions?key={REDACTED}" in paths
+    assert f"/v1/models?api_key={REDACTED}&access_token={REDACTED}&limit=5" in paths
+    for record in records:
+        assert all(value == REDACTED for name, value in record.request_headers if name in openai)
+    decided = {d.stage: d for r in records for d in r.decisions}
+    assert decided["stream"].metadata["blocked_tool"] == "bash"  # with the arguments
+    assert decided["stream"].metadata["arguments"] == f'{{"command": "rm -rf / --token {REDACTED}"}}'
+    assert f'Blocked the tool call `bash` ({{"command": "rm -rf ~ {REDACTED}"}})' in str(
+        decided["response"].reason
+    )
+    assert f"/v1/models?api_key={REDACTED}&access_token={REDACTED}&limit=5" in activity  # passthrough
+    assert tool_key in stored  # the agent's prompt and the provider's answer, recorded as sent
+
+    log = proxy.log()
+    assert "DEBUG luthien.logs" in log
+    key_body = (data_dir / "ca" / "luthien-ca.key").read_text().splitlines()[1]
+    assert key_body not in log
+    for canary in (bearer, api_key, query_key, query_token, tool_key):
+        assert canary not in log, f"{canary} in the proxy log"
+        assert canary not in activity, f"{canary} in the activity stream"
+        assert canary not in dashboard["activity"], f"{canary} in /api/activity/recent"
+        assert canary not in decisions, f"{canary} in a stored decision"
+    for canary in (bearer, api_key, query_key, query_token):
+        assert canary not in stored, f"{canary} in the database"
+        assert canary not in dashboard["calls"], f"{canary} in the dashboard's calls API"
+
+
+def _chat(prompt: str, stream: bool) -> dict[str, Any]:
+    return {"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": prompt}]}
+
+
+def _http2_calls(proxy: RunningProxy, calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-c", HTTP2_CALLS],
+        input="".join(json.dumps(call) + "\n" for call in calls),
+        env=proxy.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+async def _all_recorded(database_url: str, count: int) -> list[CallRecord]:
+    """Every call of the (fresh) database, once ``count`` have landed."""
+    storage = open_storage(database_url, Path("/nonexistent"))
+    try:
+        deadline = time.monotonic() + 15
+        while (page := await storage.list_calls(CallQuery(limit=100))).total < count:
+            assert time.monotonic() < deadline, f"{page.total} of {count} calls recorded"
+            await asyncio.sleep(0.1)
+        return [r for s in page.calls if (r := await storage.get_call(s.call_id)) is not None]
+    finally:
+        await storage.close()
+
+
+async def _dashboard_view(database_url: str, call_ids: list[str]) -> dict[str, str]:
+    """What the dashboard's JSON API shows of these calls and their activity."""
+    storage, bus = open_storage(database_url, Path("/nonexistent")), open_bus(REDIS_URL)
+    app = create_app(storage, bus, TOKEN)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://d", headers=headers) as client:
+            calls = [(await client.get("/api/calls")).text]
+            calls += [(await client.get(f"/api/calls/{call_id}")).text for call_id in call_ids]
+            recent = (await client.get("/api/activity/recent", params={"limit": 1000})).text
+    finally:
+        await bus.close()
+        await storage.close()
+    assert all(call_id in recent for call_id in call_ids)
+    return {"calls": "\n".join(calls), "activity": recent}
 
 
 # --- tokens -----------------------------------------------------------------------------------

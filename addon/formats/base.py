@@ -13,6 +13,12 @@ class FormatError(ValueError):
     """A body that does not fit the wire format, or a change that cannot be expressed in it."""
 
 
+class MalformedStream(FormatError):
+    """An upstream stream that cannot be shown to the policy faithfully: it contradicts itself (a
+    ``done`` event whose text the deltas did not carry) or breaks its format. The relay ends
+    such a stream with an error rather than pass on what the policy did not see."""
+
+
 class StreamTranscoder(Protocol):
     """Per-stream codec between provider SSE events and normalised chunks.
 
@@ -21,7 +27,13 @@ class StreamTranscoder(Protocol):
     """
 
     def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
-        """The content an upstream event carries; [] for purely structural events."""
+        """The content an upstream event carries; [] for purely structural events. Raises
+        MalformedStream."""
+        ...
+
+    def unsettled(self) -> list[ModelResponseStream]:
+        """The upstream stream ended: the content of items it began but never finished, which the
+        client has seen part of, so that the policy judges it too."""
         ...
 
     def is_error(self, event: SSEEvent) -> bool:
@@ -47,17 +59,23 @@ class StreamTranscoder(Protocol):
         ...
 
 
-class WireFormatCodec(Protocol):
+class RequestCodec(Protocol):
+    """Reads a request body into the normalised form and maps a policy's change back."""
+
     wire_format: WireFormat
 
     def normalize_request(self, body: JSON) -> NormalizedRequest: ...
 
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON: ...
 
+    def error_body(self, status: int, message: str) -> JSON: ...
+
+
+class WireFormatCodec(RequestCodec, Protocol):
+    """A model API: requests, whole responses and streams."""
+
     def parse_response(self, body: JSON) -> ModelResponse: ...
 
     def render_response(self, original: JSON, response: ModelResponse) -> JSON: ...
-
-    def error_body(self, status: int, message: str) -> JSON: ...
 
     def stream_transcoder(self) -> StreamTranscoder: ...

@@ -1,4 +1,10 @@
-"""OpenAI Chat Completions: the normalised form is this format, so mapping is mostly identity."""
+"""OpenAI Chat Completions: the normalised form is this format, so mapping is mostly identity.
+
+Three things the normalised view has no place for are shown to policies as what they are: a
+legacy ``function_call`` (requests with ``functions``) and a custom tool call are tool calls, and
+a refusal is text. Each choice of an ``n > 1`` stream is its own chunk, and the control plane runs
+the policy once per choice.
+"""
 
 import json
 from typing import Any
@@ -7,6 +13,9 @@ from addon.formats.base import JSON
 from addon.sse import SSEEvent, encode_event
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import NormalizedRequest, WireFormat
+
+#: The id policies know a legacy ``function_call`` by (it has none of its own).
+LEGACY_CALL_ID = "call_luthien_function_call"
 
 
 class OpenAIChatCodec:
@@ -19,7 +28,10 @@ class OpenAIChatCodec:
         return after
 
     def parse_response(self, body: JSON) -> ModelResponse:
-        return ModelResponse(**body)
+        choices = body.get("choices") or []
+        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+            raise ValueError("`choices` must be a list of objects")
+        return ModelResponse(**{**body, "choices": [_policy_choice(c) for c in choices]})
 
     def render_response(self, original: JSON, response: ModelResponse) -> JSON:
         rendered = dict(original)
@@ -31,11 +43,69 @@ class OpenAIChatCodec:
         return rendered
 
     def error_body(self, status: int, message: str) -> JSON:
-        kind = "policy_violation" if status == 403 else "luthien_error"
-        return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+        return openai_error_body(status, message)
 
     def stream_transcoder(self) -> "OpenAIChatTranscoder":
         return OpenAIChatTranscoder()
+
+
+_OPENAI_ERROR_TYPES = {400: "invalid_request_error", 403: "policy_violation", 405: "invalid_request_error"}
+
+
+def openai_error_body(status: int, message: str) -> JSON:
+    """The error object every OpenAI API answers with."""
+    kind = _OPENAI_ERROR_TYPES.get(status, "luthien_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+
+
+def _as_function(call: Any) -> Any:
+    """A custom tool call (or a delta of one) as policies see it: a function whose arguments are
+    its free text."""
+    if not isinstance(call, dict) or not isinstance(call.get("custom"), dict):
+        return call
+    custom = call["custom"]
+    function = {"name": custom.get("name"), "arguments": custom.get("input")}
+    rest = {k: v for k, v in call.items() if k != "custom"}
+    return {**rest, "type": "function", "function": {k: v for k, v in function.items() if v is not None}}
+
+
+def _policy_view(part: JSON, *, streamed: bool) -> JSON:
+    """A message (or a stream delta) as policies see it: its refusal as text, its legacy
+    function call and custom tool calls as tool calls."""
+    view = dict(part)
+    refusal = view.pop("refusal", None)
+    if isinstance(refusal, str) and refusal:
+        view["content"] = (view.get("content") or "") + refusal
+    calls = view.get("tool_calls")
+    if isinstance(calls, list):
+        view["tool_calls"] = [_as_function(call) for call in calls]
+    legacy = view.pop("function_call", None)
+    if isinstance(legacy, dict):
+        call: JSON = {"type": "function", "function": legacy}
+        if streamed:
+            call["index"] = 0
+            if legacy.get("name"):
+                call["id"] = LEGACY_CALL_ID
+        else:
+            call["id"] = LEGACY_CALL_ID
+        view["tool_calls"] = [*(view.get("tool_calls") or []), call]
+    return view
+
+
+def _has_other_forms(part: JSON) -> bool:
+    """Whether a message or delta holds what policies see in another form (``_policy_view``)."""
+    calls = part.get("tool_calls")
+    custom = isinstance(calls, list) and any(isinstance(c, dict) and "custom" in c for c in calls)
+    return custom or "function_call" in part or bool(part.get("refusal"))
+
+
+def _policy_choice(choice: JSON) -> JSON:
+    view = dict(choice)
+    if isinstance(view.get("message"), dict):
+        view["message"] = _policy_view(view["message"], streamed=False)
+    if view.get("finish_reason") == "function_call":
+        view["finish_reason"] = "tool_calls"
+    return view
 
 
 def _render_choice(original: JSON, new: JSON) -> JSON:
@@ -46,22 +116,29 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
     }
     message = dict(original.get("message") or {"role": "assistant"})
     new_message = new.get("message") or {}
-    message["content"] = new_message.get("content")
-    tool_calls = new_message.get("tool_calls")
+    text = new_message.get("content")
+    if text != (message.get("content") or "") + (message.get("refusal") or "") or text is None:
+        message["content"] = text
+        if message.get("refusal"):  # the text policies saw was the refusal: it is what changed
+            message["refusal"] = None
+    originals = {c.get("id"): c for c in message.get("tool_calls") or [] if isinstance(c, dict)}
+    legacy = message.pop("function_call", None)
+    tool_calls = []
+    for call in new_message.get("tool_calls") or []:
+        function = {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+        if call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
+            message["function_call"] = function
+        elif isinstance((originals.get(call["id"]) or {}).get("custom"), dict):
+            custom = {"name": function["name"], "input": function["arguments"]}
+            tool_calls.append({"id": call["id"], "type": "custom", "custom": custom})
+        else:
+            tool_calls.append({"id": call["id"], "type": "function", "function": function})
     if tool_calls:
-        message["tool_calls"] = [
-            {
-                "id": c["id"],
-                "type": "function",
-                "function": {
-                    "name": c["function"]["name"],
-                    "arguments": c["function"]["arguments"],
-                },
-            }
-            for c in tool_calls
-        ]
+        message["tool_calls"] = tool_calls
     else:
         message.pop("tool_calls", None)
+    if "function_call" in message and choice["finish_reason"] == "tool_calls":
+        choice["finish_reason"] = "function_call"
     choice["message"] = message
     choice.setdefault("logprobs", None)
     return choice
@@ -70,45 +147,78 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
 class OpenAIChatTranscoder:
     def __init__(self) -> None:
         self._template: JSON = {}
-        self._tool_indexes: dict[int, int] = {}
-        self._finished = False
+        # What the upstream sent in forms policies see otherwise, to write them back the same way:
+        self._legacy: set[int] = set()  # choices with a legacy function_call
+        self._custom: set[tuple[int, int]] = set()  # (choice, tool index) of custom tool calls
+        # What the client has seen:
+        self._tool_indexes: dict[tuple[int, int], int] = {}
+        self._choices: set[int] = set()
+        self._finished: set[int] = set()
         self._done = False
 
     def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
         data = event.json()
-        if not isinstance(data, dict) or "error" in data:
+        if not isinstance(data, dict) or data.get("error"):
             return []
+        if "error" in data:  # `"error": null` is no error
+            data = {k: v for k, v in data.items() if k != "error"}
         if not self._template:
             self._template = {
                 k: data[k]
-                for k in (
-                    "id",
-                    "object",
-                    "created",
-                    "model",
-                    "system_fingerprint",
-                    "service_tier",
-                )
+                for k in ("id", "object", "created", "model", "system_fingerprint", "service_tier")
                 if k in data
             }
-        return [ModelResponseStream(**data)]
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return [ModelResponseStream(**data)]
+        views = [self._policy_choice(c) for c in choices]
+        if len(views) == 1 and views[0] is choices[0]:
+            return [ModelResponseStream(**data)]
+        # One chunk per choice: the control plane polices each choice on its own.
+        return [ModelResponseStream(**{**data, "choices": [view]}) for view in views]
+
+    def _policy_choice(self, choice: Any) -> Any:
+        """The choice as policies see it (the same object when that is how it came)."""
+        if not isinstance(choice, dict) or not isinstance(choice.get("delta"), dict):
+            return choice
+        if not _has_other_forms(choice["delta"]) and choice.get("finish_reason") != "function_call":
+            return choice
+        index, delta = choice.get("index", 0), choice["delta"]
+        if isinstance(delta.get("function_call"), dict):
+            self._legacy.add(index)
+        for call in delta.get("tool_calls") or []:
+            if isinstance(call, dict) and isinstance(call.get("custom"), dict):
+                self._custom.add((index, call.get("index", 0)))
+        view = {**choice, "delta": _policy_view(delta, streamed=True)}
+        if view.get("finish_reason") == "function_call":
+            view["finish_reason"] = "tool_calls"
+        return view
+
+    def unsettled(self) -> list[ModelResponseStream]:
+        return []
 
     def is_error(self, event: SSEEvent) -> bool:
         data = event.json()
-        return isinstance(data, dict) and "error" in data
+        return isinstance(data, dict) and bool(data.get("error"))
 
     def observe_emitted(self, event: SSEEvent) -> None:
-        if event.data.strip() == "[DONE]":
+        if event.data.startswith("[DONE]"):  # as the SDK reads it
             self._done = True
             return
         data = event.json()
-        if isinstance(data, dict) and "error" in data:
+        if isinstance(data, dict) and data.get("error"):
             self._end()  # the provider's stream ends at its error: no finish_reason, no [DONE]
             return
         for choice in (data or {}).get("choices") or []:
-            for call in (choice.get("delta") or {}).get("tool_calls") or []:
-                self._client_tool_index(call["index"])
-            self._finished = self._finished or choice.get("finish_reason") is not None
+            index = choice.get("index", 0)
+            self._choices.add(index)
+            delta = choice.get("delta") or {}
+            for call in delta.get("tool_calls") or []:
+                self._client_tool_index(index, call["index"])
+            if delta.get("function_call"):
+                self._client_tool_index(index, 0)
+            if choice.get("finish_reason") is not None:
+                self._finished.add(index)
 
     def encode(self, chunk: ModelResponseStream) -> bytes:
         payload: JSON = {
@@ -122,21 +232,10 @@ class OpenAIChatTranscoder:
 
     def finish(self) -> bytes:
         out = b""
-        if not self._finished:
-            out += encode_event(
-                {
-                    **self._template,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": {},
-                            "logprobs": None,
-                            "finish_reason": "stop",
-                        }
-                    ],
-                }
-            )
-            self._finished = True
+        for index in sorted((self._choices or {0}) - self._finished):
+            finish = {"index": index, "delta": {}, "logprobs": None, "finish_reason": "stop"}
+            out += encode_event({**self._template, "choices": [finish]})
+            self._finished.add(index)
         if not self._done:
             out += encode_event("[DONE]")
             self._done = True
@@ -152,10 +251,13 @@ class OpenAIChatTranscoder:
         return encode_event({"error": error})
 
     def _end(self) -> None:
-        self._finished = self._done = True
+        self._finished |= self._choices | {0}
+        self._done = True
 
     def _render_streaming_choice(self, choice: Any) -> JSON:
         delta = choice.delta
+        index = choice.index
+        self._choices.add(index)
         rendered: JSON = {}
         if getattr(delta, "role", None):
             rendered["role"] = delta.role
@@ -164,28 +266,47 @@ class OpenAIChatTranscoder:
         reasoning = getattr(delta, "reasoning_content", None)
         if reasoning:
             rendered["reasoning_content"] = reasoning
-        if delta.tool_calls:
-            rendered["tool_calls"] = [self._render_tool_call(call) for call in delta.tool_calls]
-        self._finished = self._finished or choice.finish_reason is not None
-        return {
-            "index": choice.index,
-            "delta": rendered,
-            "logprobs": None,
-            "finish_reason": choice.finish_reason,
-        }
+        calls = []
+        for call in delta.tool_calls or []:
+            if index in self._legacy and call.index == 0:
+                rendered["function_call"] = self._function(call)
+            else:
+                calls.append(self._render_tool_call(index, call))
+        if calls:
+            rendered["tool_calls"] = calls
+        finish_reason = choice.finish_reason
+        if finish_reason == "tool_calls" and index in self._legacy:
+            finish_reason = "function_call"
+        if finish_reason is not None:
+            self._finished.add(index)
+        return {"index": index, "delta": rendered, "logprobs": None, "finish_reason": finish_reason}
 
-    def _render_tool_call(self, call: Any) -> JSON:
-        rendered: JSON = {"index": self._client_tool_index(call.index)}
-        if call.id:
-            rendered["id"] = call.id
-            rendered["type"] = "function"
+    @staticmethod
+    def _function(call: Any) -> JSON:
         function: JSON = {}
         if call.function.name:
             function["name"] = call.function.name
         function["arguments"] = call.function.arguments or ""
-        rendered["function"] = function
+        return function
+
+    def _render_tool_call(self, choice: int, call: Any) -> JSON:
+        rendered: JSON = {"index": self._client_tool_index(choice, call.index)}
+        custom = (choice, call.index) in self._custom
+        if call.id:
+            rendered["id"] = call.id
+            rendered["type"] = "custom" if custom else "function"
+        function = self._function(call)
+        if custom:
+            rendered["custom"] = {
+                **({"name": function["name"]} if "name" in function else {}),
+                "input": function["arguments"],
+            }
+        else:
+            rendered["function"] = function
         return rendered
 
-    def _client_tool_index(self, upstream_index: int) -> int:
-        """Dense client-side indexes: removing a call must not leave a gap."""
-        return self._tool_indexes.setdefault(upstream_index, len(self._tool_indexes))
+    def _client_tool_index(self, choice: int, upstream_index: int) -> int:
+        """Dense client-side indexes, per choice: removing a call must not leave a gap."""
+        key = (choice, upstream_index)
+        used = sum(1 for c, _ in self._tool_indexes if c == choice)
+        return self._tool_indexes.setdefault(key, used)

@@ -2,20 +2,35 @@
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any
 
-from addon.formats.base import JSON
+from addon.formats.base import JSON, FormatError, MalformedStream
+from addon.formats.openai_chat import openai_error_body
 from addon.formats.request_patch import patch_request
+from addon.formats.request_view import completed
+from addon.formats.responses_items import (
+    ARGUMENT_DELTAS,
+    append_arguments,
+    call_id,
+    is_tool_item,
+    streams_arguments,
+    tool_arguments,
+    tool_name,
+    with_arguments,
+)
 from addon.sse import SSEEvent, encode_event
 from controlplane.llm import (
     ChatCompletionDeltaToolCall,
     Choices,
+    Delta,
     Function,
     LiteLLMCompletionResponsesConfig,
     Message,
     ModelResponse,
     ModelResponseStream,
     OpenAiResponsesToChatCompletionStreamIterator,
+    StreamingChoices,
     Usage,
 )
 from controlplane.models import NormalizedRequest, WireFormat
@@ -26,17 +41,17 @@ _PARAMETERS = {
     "temperature": "temperature",
     "top_p": "top_p",
 }
-_CONTENT_EVENTS = frozenset(
-    {
-        "response.output_text.delta",
-        "response.function_call_arguments.delta",
-        "response.reasoning_summary_text.delta",
-        "response.reasoning_text.delta",
-        "response.completed",
-        "response.incomplete",
-    }
-)
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
+#: A part's text is done: the field holding its whole text.
+_TEXT_DONE = {"response.output_text.done": "text", "response.refusal.done": "refusal"}
+_REASONING_EVENTS = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
+
+
+def _position(value: Any) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise MalformedStream("an event names no output index")
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -50,29 +65,29 @@ class OpenAIResponsesCodec:
         rest = {k: v for k, v in body.items() if k not in ("model", "input")}
         request = LiteLLMCompletionResponsesConfig.transform_responses_api_request_to_chat_completion_request(
             model=body.get("model", ""),
-            input=copy.deepcopy(body.get("input", [])),
+            input=_as_function_items(body.get("input", [])),
             responses_api_request=copy.deepcopy(rest),  # type: ignore[arg-type]
             stream=body.get("stream"),
         )
-        return json.loads(json.dumps(request, default=_jsonable))
+        return completed(body, json.loads(json.dumps(request, default=_jsonable)), _CONSUMED)
 
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
         return patch_request(original, before, after, _PARAMETERS)
 
     def parse_response(self, body: JSON) -> ModelResponse:
-        output = body.get("output") or []
-        calls = [item for item in output if item.get("type") == "function_call"]
+        output = _items(body.get("output"))
+        tools = [(position, item) for position, item in enumerate(output) if is_tool_item(item)]
         message = Message(
             role="assistant",
             content=_output_text(output) or None,
             tool_calls=[
                 ChatCompletionDeltaToolCall(
-                    index=i,
-                    id=item["id"],
+                    index=index,
+                    id=call_id(item, position),
                     type="function",
-                    function=Function(name=item["name"], arguments=item.get("arguments", "")),
+                    function=Function(name=tool_name(item), arguments=tool_arguments(item)),
                 ).model_dump()
-                for i, item in enumerate(calls)
+                for index, (position, item) in enumerate(tools)
             ]
             or None,
             reasoning_content=_reasoning_text(output) or None,
@@ -86,7 +101,7 @@ class OpenAIResponsesCodec:
                 Choices(
                     index=0,
                     message=message,
-                    finish_reason=_finish_reason(body, bool(calls)),
+                    finish_reason=_finish_reason(body, bool(tools)),
                 )
             ],
             usage=Usage(
@@ -99,11 +114,11 @@ class OpenAIResponsesCodec:
     def render_response(self, original: JSON, response: ModelResponse) -> JSON:
         message = response.choices[0].message  # type: ignore[union-attr]
         text = message.content or ""
-        kept = {call.id for call in message.tool_calls or []}
-        original_output = original.get("output") or []
+        kept = {call.id: _arguments(call) for call in message.tool_calls or []}
+        original_output = _items(original.get("output"))
         output: list[JSON] = []
         text_placed = text == _output_text(original_output)
-        for item in original_output:
+        for position, item in enumerate(original_output):
             kind = item.get("type")
             if kind == "message":
                 if text == _output_text(original_output):
@@ -111,9 +126,10 @@ class OpenAIResponsesCodec:
                 elif not text_placed and text:
                     output.append({**item, "content": [_text_part(text)]})
                     text_placed = True
-            elif kind == "function_call":
-                if item.get("id") in kept or item.get("call_id") in kept:
-                    output.append(item)
+            elif is_tool_item(item):
+                arguments = kept.get(call_id(item, position))
+                if arguments is not None:
+                    output.append(with_arguments(item, arguments))
             else:
                 output.append(item)
         if not text_placed and text:
@@ -121,20 +137,77 @@ class OpenAIResponsesCodec:
         return {**original, "output": output}
 
     def error_body(self, status: int, message: str) -> JSON:
-        kind = "policy_violation" if status == 403 else "luthien_error"
-        return {"error": {"message": message, "type": kind, "param": None, "code": kind}}
+        return openai_error_body(status, message)
 
     def stream_transcoder(self) -> "OpenAIResponsesTranscoder":
         return OpenAIResponsesTranscoder()
 
 
+#: Top-level fields LiteLLM maps under other names: they are not extra_body.
+_CONSUMED = frozenset({"input", "instructions", "max_output_tokens"})
+
+
+def _as_function_items(items: Any) -> Any:
+    """A copy of a request's input for LiteLLM, which knows function calls and their outputs but
+    drops other tool items (``local_shell_call``, ``shell_call``, MCP, computer use...): they
+    become function calls (named and with arguments as policies see them in answers), and their
+    text outputs function call outputs. What stays unconverted reaches policies in
+    ``unmapped_text``."""
+    if not isinstance(items, list):
+        return copy.deepcopy(items)
+    converted: list[Any] = []
+    for position, item in enumerate(items):
+        kind = str(item.get("type", "")) if isinstance(item, dict) else ""
+        if kind.endswith("_call") and kind != "function_call" and is_tool_item(item):
+            call = {
+                "call_id": call_id(item, position),
+                "name": tool_name(item),
+                "arguments": tool_arguments(item),
+            }
+            converted.append({"type": "function_call", **call})
+        elif (
+            kind.endswith("_call_output")
+            and kind != "function_call_output"
+            and isinstance(item.get("output"), str)
+        ):
+            output = {
+                "type": "function_call_output",
+                "call_id": call_id(item, position),
+                "output": item["output"],
+            }
+            converted.append(output)
+        else:
+            converted.append(copy.deepcopy(item))
+    return converted
+
+
+def _arguments(call: Any) -> str:
+    function = getattr(call, "function", None)
+    return getattr(function, "arguments", None) or ""
+
+
+def _items(output: Any) -> list[JSON]:
+    if output is None:
+        return []
+    if not isinstance(output, list) or not all(isinstance(item, dict) for item in output):
+        raise FormatError("`output` must be a list of items")
+    return output
+
+
+def _part_text(part: Any) -> str:
+    """The text of a message's content part: output text, or a refusal (text the model wrote)."""
+    if not isinstance(part, dict):
+        return ""
+    value = part.get("text") if part.get("type") == "output_text" else part.get("refusal")
+    return value if isinstance(value, str) else ""
+
+
 def _output_text(output: list[JSON]) -> str:
     return "".join(
-        part.get("text", "")
+        _part_text(part)
         for item in output
         if item.get("type") == "message"
         for part in item.get("content") or []
-        if part.get("type") == "output_text"
     )
 
 
@@ -168,25 +241,54 @@ def _message_item(item_id: str, text: str, status: str) -> JSON:
     }
 
 
+@dataclass
+class _Deferred:
+    """A tool item the transcoder writes whole when it closes: its upstream form and the
+    arguments the policy let out for it."""
+
+    item: JSON
+    arguments: str
+
+
+@dataclass
+class _UpstreamTool:
+    """A tool-like output item of the upstream stream, and what the policy was shown of it."""
+
+    index: int  # among the stream's tool calls
+    id: str
+    name: str
+    item: JSON  # the latest view of the item
+    seen: str = ""  # the arguments the policy was given so far
+    settled: bool = False  # its done event came: its arguments are final
+
+
 class OpenAIResponsesTranscoder:
-    """Tracks the output items the client has seen, so a changed stream ends with a
+    """Shows the policy every output item of the stream (text, reasoning, and every other item
+    as a tool call) and checks that the stream does not contradict itself: what a ``done`` event
+    or ``response.completed`` says an item holds must be what its deltas streamed, or begin with
+    it (the rest is then shown to the policy too).
+
+    Tracks the output items the client has seen, so a changed stream ends with a
     ``response.completed`` whose ``output`` matches what was streamed."""
 
     def __init__(self) -> None:
-        # Used only for its chunk_parser, fed one event at a time.
+        # Used only for its chunk_parser (reasoning, usage), fed one event at a time.
         self._parser = OpenAiResponsesToChatCompletionStreamIterator(
             streaming_response=None,  # type: ignore[arg-type]
             sync_stream=False,
         )
         self._response: JSON = {}
         self._final: JSON | None = None
-        self._upstream_calls: dict[str, JSON] = {}
+        # What the upstream has said:
+        self._tools: dict[int, _UpstreamTool] = {}  # by output index
+        self._texts: dict[tuple[int, int], str] = {}  # by output and content index
         # What the client has seen:
         self._sequence = -1
         self._created = False
         self._items: list[JSON] = []
         self._open: int | None = None
         self._tool_items: dict[int, int] = {}
+        self._deferred: dict[int, _Deferred] = {}  # items written whole when closed
         self._completed = False
 
     # -- upstream ---------------------------------------------------------------------------
@@ -195,18 +297,49 @@ class OpenAIResponsesTranscoder:
         if not isinstance(data, dict):
             return []
         kind = data.get("type", "")
-        if kind in ("response.created", "response.in_progress"):
+        if kind in ("response.created", "response.in_progress") and isinstance(data.get("response"), dict):
             self._response = data["response"]
-        elif kind in _FINAL_EVENTS:
+        elif kind in _FINAL_EVENTS and isinstance(data.get("response"), dict):
             self._final = data["response"]
-        item = data.get("item") or {}
-        if kind == "response.output_item.added" and item.get("type") == "function_call":
-            self._upstream_calls[item["id"]] = item
         if self.is_error(event):
             return []
-        chunk = self._parser.chunk_parser(data)
-        starts_call = kind == "response.output_item.added" and item.get("type") == "function_call"
-        return [chunk] if chunk is not None and (kind in _CONTENT_EVENTS or starts_call) else []
+        position, item = data.get("output_index"), data.get("item")
+        if kind == "response.output_item.added" and isinstance(item, dict) and is_tool_item(item):
+            return [self._start_tool(_position(position), item)]
+        if kind == "response.output_item.done" and isinstance(item, dict):
+            return self._settle_item(_position(position), item)
+        tool = self._tools.get(position) if isinstance(position, int) else None
+        if kind in ARGUMENT_DELTAS:
+            if tool is None or not streams_arguments(tool.item) or not isinstance(data.get("delta"), str):
+                raise MalformedStream(f"{kind} for no tool item the stream began")
+            tool.seen += data["delta"]
+            return [self._tool_chunk(tool, data["delta"])]
+        if tool is not None and (kind in _TEXT_DELTAS or kind in _TEXT_DONE):
+            raise MalformedStream(f"{kind} for the tool item at {position}")
+        if tool is not None:  # any other event of a tool item waits with it
+            return [self._tool_chunk(tool, "")]
+        part = (_position(position), data.get("content_index", 0)) if position is not None else None
+        if kind in _TEXT_DELTAS:
+            return self._text_delta(part, data.get("delta"))
+        if kind in _TEXT_DONE:
+            return self._settle_text(part, data.get(_TEXT_DONE[kind]))
+        if kind == "response.content_part.done":
+            return self._settle_text(part, _part_text(data.get("part")))
+        if kind in ("response.completed", "response.incomplete"):
+            return [*self._settle_output(data["response"].get("output")), self._finish_chunk(data)]
+        chunk = self._parser.chunk_parser(data) if kind in _REASONING_EVENTS else None
+        return [chunk] if chunk is not None else []
+
+    def unsettled(self) -> list[ModelResponseStream]:
+        """Items shown whole with their start that never got a done event: their content as the
+        client saw it, which the policy has not judged yet."""
+        chunks = []
+        for tool in self._tools.values():
+            if not tool.settled and not streams_arguments(tool.item) and not tool.seen:
+                tool.seen = tool_arguments(tool.item)
+                if tool.seen:
+                    chunks.append(self._tool_chunk(tool, tool.seen))
+        return chunks
 
     def is_error(self, event: SSEEvent) -> bool:
         data = event.json()
@@ -214,6 +347,97 @@ class OpenAIResponsesTranscoder:
             "error",
             "response.failed",
         )
+
+    def _chunk(self, delta: Delta, finish_reason: str | None = None) -> ModelResponseStream:
+        return ModelResponseStream(
+            id=self._response.get("id"),
+            created=self._response.get("created_at"),
+            model=self._response.get("model"),
+            choices=[StreamingChoices(index=0, delta=delta, finish_reason=finish_reason)],
+        )
+
+    def _start_tool(self, position: int, item: JSON) -> ModelResponseStream:
+        if position in self._tools:
+            raise MalformedStream(f"the output item at {position} was begun twice")
+        tool = _UpstreamTool(len(self._tools), call_id(item, position), tool_name(item), item)
+        # Text arguments stream in deltas; an item with JSON arguments is final at its done event
+        # (what it shows when it begins is judged then, or by unsettled() if none comes).
+        tool.seen = tool_arguments(item) if streams_arguments(item) else ""
+        self._tools[position] = tool
+        call = ChatCompletionDeltaToolCall(
+            index=tool.index,
+            id=tool.id,
+            type="function",
+            function=Function(name=tool.name, arguments=tool.seen),
+        )
+        return self._chunk(Delta(tool_calls=[call]))
+
+    def _tool_chunk(self, tool: _UpstreamTool, arguments: str) -> ModelResponseStream:
+        call = ChatCompletionDeltaToolCall(
+            index=tool.index, type="function", function=Function(arguments=arguments)
+        )
+        return self._chunk(Delta(tool_calls=[call]))
+
+    def _settle_item(self, position: int, item: JSON) -> list[ModelResponseStream]:
+        """An item's final form (its done event, or its place in ``response.completed``)."""
+        if item.get("type") == "message":
+            return [
+                chunk
+                for index, part in enumerate(item.get("content") or [])
+                for chunk in self._settle_text((position, index), _part_text(part))
+            ]
+        if not is_tool_item(item):
+            return []
+        chunks = []
+        tool = self._tools.get(position)
+        if tool is None:  # never begun: the client gets it whole
+            chunks.append(self._start_tool(position, item))
+            tool = self._tools[position]
+        if tool_name(item) != tool.name:
+            raise MalformedStream(f"the tool item at {position} changed its name")
+        final = tool_arguments(item)
+        if not final.startswith(tool.seen) or (tool.settled and final != tool.seen):
+            raise MalformedStream(f"the tool item at {position} ends with arguments its deltas did not carry")
+        if rest := final[len(tool.seen) :]:
+            chunks.append(self._tool_chunk(tool, rest))
+        tool.seen, tool.item, tool.settled = final, item, True
+        return chunks
+
+    def _settle_output(self, output: Any) -> list[ModelResponseStream]:
+        if not isinstance(output, list):
+            return []
+        return [
+            chunk
+            for position, item in enumerate(output)
+            if isinstance(item, dict)
+            for chunk in self._settle_item(position, item)
+        ]
+
+    def _text_delta(self, part: tuple[int, Any] | None, delta: Any) -> list[ModelResponseStream]:
+        if part is None or not isinstance(delta, str):
+            raise MalformedStream("a text delta for no output item")
+        self._texts[part] = self._texts.get(part, "") + delta
+        return [self._chunk(Delta(content=delta))] if delta else []
+
+    def _settle_text(self, part: tuple[int, Any] | None, final: Any) -> list[ModelResponseStream]:
+        if part is None or not isinstance(final, str):
+            return []
+        seen = self._texts.get(part, "")
+        if not final.startswith(seen):
+            raise MalformedStream(f"the text of output item {part[0]} ends other than its deltas streamed it")
+        self._texts[part] = final
+        rest = final[len(seen) :]
+        return [self._chunk(Delta(content=rest))] if rest else []
+
+    def _finish_chunk(self, data: JSON) -> ModelResponseStream:
+        """The finish reason and usage of ``response.completed`` (or ``incomplete``)."""
+        chunk = self._parser.chunk_parser(data)
+        reason = "length" if data["response"].get("status") == "incomplete" else "stop"
+        finish = self._chunk(Delta(), "tool_calls" if self._tools and reason == "stop" else reason)
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            finish.usage = usage  # type: ignore[attr-defined]
+        return finish
 
     # -- the client's view ------------------------------------------------------------------
     def observe_emitted(self, event: SSEEvent) -> None:
@@ -226,16 +450,19 @@ class OpenAIResponsesTranscoder:
         if kind in ("response.created", "response.in_progress"):
             self._created = True
         elif kind == "response.output_item.added":
-            self._place_item(index, copy.deepcopy(data["item"]))
+            item = copy.deepcopy(data["item"])
+            self._place_item(index, item)
             self._open = index
-            if data["item"].get("type") == "function_call":
+            if is_tool_item(item):
                 self._tool_items[len(self._tool_items)] = index
         elif kind == "response.content_part.added":
             self._items[index].setdefault("content", []).append(copy.deepcopy(data["part"]))
-        elif kind == "response.output_text.delta":
-            self._items[index]["content"][data["content_index"]]["text"] += data["delta"]
-        elif kind == "response.function_call_arguments.delta":
-            self._items[index]["arguments"] = self._items[index].get("arguments", "") + data["delta"]
+        elif kind in _TEXT_DELTAS:
+            key = "text" if kind == "response.output_text.delta" else "refusal"
+            part = self._items[index]["content"][data.get("content_index", 0)]
+            part[key] = part.get(key, "") + data["delta"]
+        elif kind in ARGUMENT_DELTAS:
+            append_arguments(self._items[index], data["delta"])
         elif kind == "response.output_item.done":
             self._place_item(index, copy.deepcopy(data["item"]))
             self._open = None
@@ -382,11 +609,20 @@ class OpenAIResponsesTranscoder:
 
     def _tool_call(self, call: Any) -> bytes:
         out = b""
+        arguments = call.function.arguments or ""
         if call.id:
-            upstream = self._upstream_calls.get(call.id, {})
+            upstream = next((t.item for t in self._tools.values() if t.id == call.id), {})
+            if upstream and upstream.get("type") != "function_call":
+                # Another kind of item: written whole, with its arguments, when it closes.
+                out += self._close_open()
+                self._items.append(upstream)
+                self._open = len(self._items) - 1
+                self._deferred[self._open] = _Deferred(upstream, arguments)
+                self._tool_items[call.index] = self._open
+                return out
             item = {
                 "type": "function_call",
-                "id": call.id,
+                "id": upstream.get("id", call.id),
                 "call_id": upstream.get("call_id", call.id),
                 "name": call.function.name,
                 "arguments": "",
@@ -395,7 +631,9 @@ class OpenAIResponsesTranscoder:
             out += self._add_item(item)
             self._tool_items[call.index] = len(self._items) - 1
         index = self._tool_items.get(call.index)
-        arguments = call.function.arguments
+        if index is not None and index == self._open and index in self._deferred:
+            self._deferred[index].arguments += arguments
+            return out
         if arguments and index is not None and index == self._open:
             self._items[index]["arguments"] += arguments
             out += self._emit(
@@ -412,6 +650,8 @@ class OpenAIResponsesTranscoder:
         if self._open is None:
             return b""
         index, self._open = self._open, None
+        if (deferred := self._deferred.pop(index, None)) is not None:
+            return self._write_whole(index, deferred)
         item = self._items[index]
         out = b""
         kind = item.get("type")
@@ -474,6 +714,15 @@ class OpenAIResponsesTranscoder:
                 "item": copy.deepcopy(item),
             }
         )
+
+    def _write_whole(self, index: int, deferred: "_Deferred") -> bytes:
+        item = copy.deepcopy(with_arguments(deferred.item, deferred.arguments))
+        if "status" in item:
+            item["status"] = "completed"
+        self._items[index] = item
+        added = {"type": "response.output_item.added", "output_index": index, "item": item}
+        done = {"type": "response.output_item.done", "output_index": index, "item": item}
+        return self._emit(added) + self._emit(done)
 
     def _complete(self, finish_reason: str) -> bytes:
         out = self._close_open()

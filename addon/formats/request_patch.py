@@ -2,10 +2,10 @@
 
 Rebuilding a provider body from the normalised form would lose what the normalised form has no
 place for (Anthropic ``cache_control``, Responses item ids, beta fields). Instead the original
-body is patched: changed message texts are replaced where they occur, changed tool-call
-arguments are written into the tool call with the same id, and changed top-level parameters are
-copied under the provider's own key. A change that cannot be expressed this way
-raises ``FormatError`` rather than being dropped silently.
+body is patched: changed texts (in messages, tools, ``extra_body``, ``unmapped_text``: anywhere)
+are replaced where they occur, changed tool-call arguments are written into the tool call with
+the same id, and changed top-level parameters are copied under the provider's own key. A change
+that cannot be expressed this way raises ``FormatError`` rather than being dropped silently.
 """
 
 import copy
@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addon.formats.base import JSON, FormatError
+from addon.formats.responses_items import with_arguments
 
-_TEXT_KEYS = frozenset({"content", "text", "system", "instructions", "input", "output"})
+#: Strings under these keys name things; a policy may not change them (nor are they replaced).
+_NAMES = frozenset({"type", "role", "id", "call_id", "tool_use_id", "tool_call_id"})
 
 
 @dataclass
@@ -30,19 +32,27 @@ def patch_request(original: JSON, before: JSON, after: JSON, parameter_keys: dic
     ``parameter_keys`` maps a normalised top-level parameter to the provider's name for it.
     """
     patched = copy.deepcopy(original)
-    for key in (before.keys() | after.keys()) - {"messages"}:
+    changes = _Changes()
+    for key in before.keys() | after.keys():
         if before.get(key) == after.get(key):
             continue
-        if key not in parameter_keys:
-            raise FormatError(f"a policy changed '{key}', which this format cannot carry over")
-        if key in after:
-            patched[parameter_keys[key]] = after[key]
+        if key in parameter_keys:
+            if key in after:
+                patched[parameter_keys[key]] = after[key]
+            else:
+                patched.pop(parameter_keys[key], None)
+        elif key in before and key in after:
+            _collect_changes(before[key], after[key], changes, key)
         else:
-            patched.pop(parameter_keys[key], None)
-    changes = _Changes()
-    _collect_changes(before.get("messages"), after.get("messages"), changes, "messages")
-    if set(changes.texts) - _replace_texts(patched, changes.texts):
-        raise FormatError("a policy changed message text that has no single place in the original body")
+            raise FormatError(f"a policy added or removed '{key}', which this format cannot carry over")
+    if missing := set(changes.texts) - _replace_texts(patched, changes.texts):
+        # A text the normalisation wrote as JSON (LiteLLM serialises a structured tool output):
+        # the change is made to the strings inside it, which the original body holds.
+        inner = _Changes()
+        for old in missing:
+            _collect_json_changes(old, changes.texts[old], inner)
+        if set(inner.texts) - _replace_texts(patched, inner.texts):
+            raise FormatError("a policy changed text that has no place in the original body")
     if set(changes.arguments) - _replace_arguments(patched, changes.arguments):
         raise FormatError("a policy changed the arguments of a tool call the original body does not have")
     return patched
@@ -58,20 +68,29 @@ def _collect_changes(before: Any, after: Any, out: _Changes, where: str) -> None
                 out.arguments[before["id"]] = new
                 after = {**after, "function": {**after["function"], "arguments": old}}
         for key in before:
-            old, new = before[key], after[key]
-            if isinstance(old, str) and isinstance(new, str) and old != new:
-                if key not in _TEXT_KEYS:
-                    raise FormatError(f"a policy changed {where}.{key}, which is not message text")
-                out.texts[old] = new
-            else:
-                _collect_changes(old, new, out, f"{where}.{key}")
+            if key in _NAMES and before[key] != after[key]:
+                raise FormatError(f"a policy changed {where}.{key}, which is a name, not text")
+            _collect_changes(before[key], after[key], out, f"{where}.{key}")
     elif isinstance(before, list) and isinstance(after, list):
         if len(before) != len(after):
             raise FormatError(f"a policy added or removed items in {where}")
         for index, (old, new) in enumerate(zip(before, after, strict=True)):
             _collect_changes(old, new, out, f"{where}[{index}]")
+    elif isinstance(before, str) and isinstance(after, str):
+        if before != after:
+            out.texts[before] = after
     elif before != after:
         raise FormatError(f"a policy changed {where}")
+
+
+def _collect_json_changes(old: str, new: str, out: _Changes) -> None:
+    try:
+        before, after = json.loads(old), json.loads(new)
+    except ValueError as exc:
+        raise FormatError("a policy changed text that has no place in the original body") from exc
+    if not isinstance(before, dict | list):
+        raise FormatError("a policy changed text that has no place in the original body")
+    _collect_changes(before, after, out, "a serialised part")
 
 
 def _is_tool_call(node: dict[str, Any]) -> bool:
@@ -83,27 +102,34 @@ def _replace_texts(node: Any, replacements: dict[str, str]) -> set[str]:
     found: set[str] = set()
     if isinstance(node, dict):
         for key, value in node.items():
-            if isinstance(value, str) and key in _TEXT_KEYS and value in replacements:
+            if isinstance(value, str) and key not in _NAMES and value in replacements:
                 node[key] = replacements[value]
                 found.add(value)
             else:
                 found |= _replace_texts(value, replacements)
     elif isinstance(node, list):
-        for item in node:
-            found |= _replace_texts(item, replacements)
+        for index, item in enumerate(node):
+            if isinstance(item, str) and item in replacements:
+                node[index] = replacements[item]
+                found.add(item)
+            else:
+                found |= _replace_texts(item, replacements)
     return found
 
 
 def _replace_arguments(node: Any, arguments: dict[str, str]) -> set[str]:
-    """Rewrites the tool calls (Anthropic ``tool_use``, Responses ``function_call``) whose ids
-    have new arguments; returns the ids that were found."""
+    """Rewrites the tool calls whose ids have new arguments (Anthropic tool blocks, by ``id``;
+    Responses tool items, by ``call_id``); returns the ids that were found."""
     found: set[str] = set()
     if isinstance(node, dict):
-        if node.get("type") == "tool_use" and node.get("id") in arguments:
+        kind = str(node.get("type", ""))
+        if "input" in node and kind.endswith("tool_use") and node.get("id") in arguments:
             node["input"] = json.loads(arguments[node["id"]])
             found.add(node["id"])
-        elif node.get("type") == "function_call" and node.get("call_id") in arguments:
-            node["arguments"] = arguments[node["call_id"]]
+        elif kind.endswith("_call") and node.get("call_id") in arguments:
+            replaced = with_arguments(node, arguments[node["call_id"]])
+            node.clear()
+            node.update(replaced)
             found.add(node["call_id"])
         for value in node.values():
             found |= _replace_arguments(value, arguments)

@@ -1,7 +1,9 @@
 """Small helpers for reading and building normalised chunks and responses."""
 
 import json
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from controlplane.llm import (
     ChatCompletionDeltaToolCall,
@@ -98,6 +100,55 @@ class ToolCall:
             return json.loads(self.arguments)
         except ValueError:
             return self.arguments
+
+    def decoded_arguments(self) -> str:
+        """The text patterns are matched on: see ``decoded_text``."""
+        return decoded_text(self.arguments)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object with every key it gives, a repeated one too (parsers differ on which wins)."""
+
+
+_ESCAPE = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_ESCAPED = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "/": "/"}
+
+
+def _unescaped(text: str) -> str:
+    """``text`` with JSON escapes undone where they stand (for text that is not one JSON value)."""
+    return _ESCAPE.sub(lambda m: chr(int(m[1], 16)) if m[1] else _ESCAPED[m[2]], text)
+
+
+def decoded_text(arguments: str) -> str:
+    """What JSON arguments say, with no JSON escapes left: every key and string value on a line
+    of its own (a repeated key's values all), and a list of strings also joined with spaces
+    (Codex's ``["rm", "-rf", "/"]``). ``{"command": "rm\\u0020-rf"}`` reads ``command`` and
+    ``rm -rf``. Arguments that are not one JSON value (a custom tool's free text, truncated JSON a
+    lenient client may still read) are their text, and that text with its escapes undone."""
+    try:
+        parsed = json.loads(arguments, object_pairs_hook=_Pairs)
+    except ValueError:
+        unescaped = _unescaped(arguments)
+        return arguments if unescaped == arguments else f"{arguments}\n{unescaped}"
+    lines: list[str] = []
+
+    def visit(value: object) -> None:
+        if isinstance(value, _Pairs):
+            for key, item in value:
+                lines.append(key)
+                visit(item)
+        elif isinstance(value, list):
+            if value and all(isinstance(item, str) for item in value):
+                lines.append(" ".join(value))
+            for item in value:
+                visit(item)
+        elif isinstance(value, str):
+            lines.append(value)
+        elif value is not None:
+            lines.append(json.dumps(value))
+
+    visit(parsed)
+    return "\n".join(lines)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controlplane.models import RequestMetadata
-from controlplane.policies.chunks import ToolCall
+from controlplane.policies.chunks import ToolCall, decoded_text
 from controlplane.policies.config_types import Regex
 from controlplane.policies.tool_gate import ToolCallGate, Verdict
 
@@ -417,10 +417,19 @@ def _detail(match: re.Match[str]) -> str | None:
 
 
 def _parsed(arguments: str) -> object:
+    """The arguments as JSON; when they are not one JSON value (truncated: a lenient client may
+    still read them) or repeat a key (parsers differ on which value wins), their decoded text, so
+    that every command they could mean is checked."""
     try:
-        return json.loads(arguments)
+        return json.loads(arguments, object_pairs_hook=_unique_keys)
     except ValueError:
-        return arguments
+        return decoded_text(arguments)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len({key for key, _ in pairs}) != len(pairs):
+        raise ValueError("a repeated key")
+    return dict(pairs)
 
 
 def _strings(value: object) -> Iterator[str]:
@@ -438,8 +447,8 @@ def _strings(value: object) -> Iterator[str]:
 def shell_commands(arguments: object) -> list[str]:
     """The commands in a shell tool's (parsed) arguments: the ``command``/``cmd``/``script``/
     ``code``/``input`` values (a list of strings, like Codex's ``["bash", "-lc", "..."]``, is
-    joined with spaces), looked for in nested objects too; failing those, every string (so an
-    unknown argument layout is still checked)."""
+    joined with spaces) and each of a ``commands`` list, looked for in nested objects too;
+    failing those, every string (so an unknown argument layout is still checked)."""
     found: list[str] = []
 
     def visit(value: object) -> None:
@@ -450,6 +459,9 @@ def shell_commands(arguments: object) -> list[str]:
                     found.append(command)
                 elif isinstance(command, list) and all(isinstance(part, str) for part in command):
                     found.append(" ".join(command))
+            commands = value.get("commands")  # the Responses shell tool: several commands
+            if isinstance(commands, list):
+                found.extend(command for command in commands if isinstance(command, str))
             for item in value.values():
                 if isinstance(item, dict):
                     visit(item)

@@ -180,23 +180,50 @@ class PatternSet:
 _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 
 
+#: Top-level fields whose strings are names, not text: never rewritten.
+_NAMED_FIELDS = frozenset({"model", "messages"})
+#: Keys whose string values are names (types, roles, ids), not text.
+_NAME_KEYS = frozenset({"type", "role", "id", "call_id", "tool_call_id", "tool_use_id", "name"})
+
+
 def rewrite_request_texts(
     request: NormalizedRequest,
     rewrite: Transform,
     arguments: Transform | None = None,
 ) -> NormalizedRequest | None:
-    """A copy of ``request`` with every message text (string content and text parts, in every
-    role: system, user, assistant, tool results) passed through ``rewrite``, and, if given,
-    every assistant tool call's arguments through ``arguments``. Returns None when nothing
-    changed. Only string values change, so Luthien can map the result onto the provider's body.
+    """A copy of ``request`` with every text passed through ``rewrite``: each message text
+    (string content and text parts, in every role: system, user, assistant, tool results), and
+    every string of the other fields (tools, ``extra_body``, ``unmapped_text``...) that is not a
+    name. If given, every assistant tool call's arguments go through ``arguments``. Returns None
+    when nothing changed. Only string values change, so Luthien can map the result onto the
+    provider's body.
     """
+    new = dict(request)
     messages = request.get("messages")
-    if not isinstance(messages, list):
+    if isinstance(messages, list):
+        rewritten = [_rewrite_message(m, rewrite, arguments) for m in messages]
+        if any(a is not b for a, b in zip(rewritten, messages, strict=True)):
+            new["messages"] = rewritten
+    for key, value in request.items():
+        if key not in _NAMED_FIELDS:
+            new[key] = _rewrite_strings(value, rewrite)
+    if all(new[key] is request[key] for key in request):
         return None
-    new_messages = [_rewrite_message(m, rewrite, arguments) for m in messages]
-    if all(new is old for new, old in zip(new_messages, messages, strict=True)):
-        return None
-    return {**request, "messages": new_messages}
+    return new
+
+
+def _rewrite_strings(node: Any, rewrite: Transform) -> Any:
+    """``node`` with its strings (but names) rewritten; the same object when nothing changed."""
+    if isinstance(node, str):
+        new = rewrite(node)
+        return node if new == node else new
+    if isinstance(node, list):
+        items = [_rewrite_strings(item, rewrite) for item in node]
+        return node if all(a is b for a, b in zip(items, node, strict=True)) else items
+    if isinstance(node, dict):
+        values = {k: v if k in _NAME_KEYS else _rewrite_strings(v, rewrite) for k, v in node.items()}
+        return node if all(values[k] is node[k] for k in node) else values
+    return node
 
 
 def _rewrite_message(message: Any, rewrite: Transform, arguments: Transform | None) -> Any:

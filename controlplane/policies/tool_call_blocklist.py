@@ -8,19 +8,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from controlplane.models import RequestMetadata
-from controlplane.policies.chunks import ToolCall
+from controlplane.policies.chunks import ToolCall, decoded_text
 from controlplane.policies.config_types import Regex
 from controlplane.policies.tool_gate import ToolCallGate, Verdict
 
 
 class Rule(BaseModel):
     """Matches a tool call when every regex it gives is found: ``name`` in the tool's name,
-    ``arguments`` in the arguments' JSON text."""
+    ``arguments`` in the arguments' decoded text (and, for a block rule, in their JSON text)."""
 
     model_config = ConfigDict(extra="forbid")
     id: str | None = Field(default=None, description="Recorded with the decision.")
     name: Regex | None = Field(default=None, description="Regex searched in the tool name.")
-    arguments: Regex | None = Field(default=None, description="Regex searched in the arguments JSON text.")
+    arguments: Regex | None = Field(
+        default=None,
+        description="Regex searched in the arguments' decoded values (a block rule: or their JSON).",
+    )
     reason: str | None = Field(default=None, description="Shown to the agent when the rule blocks.")
 
     @model_validator(mode="after")
@@ -45,7 +48,7 @@ class ToolCallBlocklistPolicy(ToolCallGate):
         model_config = ConfigDict(extra="forbid")
         patterns: list[Regex] = Field(
             default_factory=list,
-            description="Regexes searched in each tool call's name and arguments JSON text.",
+            description="Regexes searched in each tool call's name and arguments (decoded values, and JSON).",
         )
         block: list[Rule] = Field(default_factory=list, description="Rules that block a matching call.")
         allow: list[Rule] = Field(
@@ -89,26 +92,32 @@ class ToolCallBlocklistPolicy(ToolCallGate):
 
     @staticmethod
     def _matches(
-        name_re: re.Pattern[str] | None, arguments_re: re.Pattern[str] | None, name: str, arguments: str
+        name_re: re.Pattern[str] | None, arguments_re: re.Pattern[str] | None, name: str, texts: list[str]
     ) -> bool:
         return (name_re is None or name_re.search(name) is not None) and (
-            arguments_re is None or arguments_re.search(arguments) is not None
+            arguments_re is None or any(arguments_re.search(text) for text in texts)
         )
 
     def matching_pattern(self, name: str, arguments: str) -> str | None:
         """The first of ``patterns`` found in the name or the arguments (allow rules aside)."""
+        texts = [name, arguments, decoded_text(arguments)]
         for pattern in self._patterns:
-            if pattern.search(name) or pattern.search(arguments):
+            if any(pattern.search(text) for text in texts):
                 return pattern.pattern
         return None
 
     def match(self, name: str, arguments: str) -> Verdict | None:
-        """A blocking Verdict, an allowing one (an allow rule overrode a block), or None."""
-        blocked = self._blocking(name, arguments)
+        """A blocking Verdict, an allowing one (an allow rule overrode a block), or None.
+
+        Patterns are matched on what the arguments say (``decoded_text``: ``rm\\u0020-rf`` is
+        ``rm -rf``); a block rule also on their JSON text, so a pattern written for it still
+        blocks. An allow rule is matched on the decoded text only: escapes cannot make it match."""
+        decoded = decoded_text(arguments)
+        blocked = self._blocking(name, [arguments, decoded])
         if blocked is None:
             return None
         for index, rule, name_re, arguments_re in self._allow:
-            if self._matches(name_re, arguments_re, name, arguments):
+            if self._matches(name_re, arguments_re, name, [decoded]):
                 allow_id = rule.id or f"allow[{index}]"
                 return Verdict(
                     reason=f"allowed by rule {allow_id} although {blocked.reason}",
@@ -118,14 +127,14 @@ class ToolCallBlocklistPolicy(ToolCallGate):
                 )
         return blocked
 
-    def _blocking(self, name: str, arguments: str) -> Verdict | None:
+    def _blocking(self, name: str, texts: list[str]) -> Verdict | None:
         for index, rule, name_re, arguments_re in self._block:
-            if self._matches(name_re, arguments_re, name, arguments):
+            if self._matches(name_re, arguments_re, name, texts):
                 rule_id = rule.id or f"block[{index}]"
                 reason = rule.reason or f"it matches the blocklist rule {rule_id}"
                 return Verdict(reason=reason, rule_id=rule_id)
         for index, pattern in enumerate(self._patterns):
-            if pattern.search(name) or pattern.search(arguments):
+            if pattern.search(name) or any(pattern.search(text) for text in texts):
                 return Verdict(
                     reason=f"it matches the blocklist pattern `{pattern.pattern}`",
                     rule_id=f"patterns[{index}]",

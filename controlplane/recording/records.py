@@ -1,8 +1,10 @@
 """What is stored about each call: the ``CallRecord`` and the debug events.
 
 Records cross the ControlPlaneService boundary (the data plane builds them, the control plane
-stores them), so they are plain Pydantic models. Header secrets are redacted by the model itself:
-no code path can build a record that holds an API key in a header.
+stores them), so they are plain Pydantic models. Credentials are redacted by the model itself,
+so no code path can build a record that holds an API key in a header, in the path's query string
+(``?key=…``), in a decision's reason or metadata, in the error, or in the bodies of a call
+forwarded unpoliced (``controlplane/credentials.py``).
 """
 
 import re
@@ -11,12 +13,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from controlplane.credentials import REDACTED as REDACTED
+from controlplane.credentials import redact_query, scrub_body, scrub_credentials, scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import WireFormat, utcnow
 
-REDACTED = "[redacted]"
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|session|password|signature", re.IGNORECASE)
 # Headers that match the pattern above but name things, not credentials.
 _PUBLIC_HEADERS = frozenset({"x-claude-code-session-id", "session_id", "session-id", "idempotency-key"})
@@ -43,8 +46,19 @@ class Decision(BaseModel):
 
     stage: Literal["request", "response", "stream"]
     allowed: bool
-    reason: str | None = None
+    reason: str | None = None  # may quote what was blocked (a tool call's arguments): scrubbed
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("reason")
+    @classmethod
+    def _no_credential_reason(cls, reason: str | None) -> str | None:
+        return None if reason is None else scrub_credentials(reason)
+
+    @field_validator("metadata")
+    @classmethod
+    def _no_credentials(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        scrubbed: dict[str, Any] = scrub_strings(metadata)
+        return scrubbed
 
 
 class ToolCall(BaseModel):
@@ -188,6 +202,25 @@ class CallRecord(BaseModel):
     @classmethod
     def _no_secrets(cls, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         return redact_headers(headers)
+
+    @field_validator("path")
+    @classmethod
+    def _no_query_credentials(cls, path: str) -> str:
+        return redact_query(path)
+
+    @field_validator("error")
+    @classmethod
+    def _no_credential_error(cls, error: str | None) -> str | None:
+        return None if error is None else scrub_credentials(error)
+
+    @model_validator(mode="after")
+    def _no_forwarded_credentials(self) -> "CallRecord":
+        """A passthrough call's bodies were never policed, so no policy redacts them; sign-in
+        endpoints on provider hosts answer with tokens and keys."""
+        if self.outcome is CallOutcome.PASSTHROUGH:
+            for name in ("original_request", "final_request", "original_response", "final_response"):
+                setattr(self, name, scrub_body(getattr(self, name)))
+        return self
 
     @property
     def blocked(self) -> bool:

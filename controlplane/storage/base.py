@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from controlplane.credentials import redact_query
 from controlplane.models import WireFormat
 from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Record, Usage
 
@@ -61,6 +62,12 @@ class CallSummary(BaseModel):
     usage: Usage | None
     decision_count: int
     preview: str = Field(description="The start of the last user message, for the list.")
+
+    @field_validator("path")
+    @classmethod
+    def _no_query_credentials(cls, path: str) -> str:
+        # Rows stored before CallRecord redacted the query string are shown redacted too.
+        return redact_query(path)
 
 
 class CallPage(BaseModel):

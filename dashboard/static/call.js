@@ -51,7 +51,11 @@ function header(call) {
       badge(call.outcome),
       call.request_modified && badge("request modified", "warn"),
       call.response_modified && badge("response modified", "warn"),
-      call.unpoliced && badge("unpoliced: control plane unreachable", "warn"),
+      call.unpoliced &&
+        badge(
+          call.outcome === "passthrough" ? "unpoliced: not in the endpoint table" : "unpoliced: control plane unreachable",
+          "warn",
+        ),
     ),
     el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
   );

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -62,14 +62,57 @@ _DIALECTS = {
 @dataclass
 class RecordedRequest:
     method: str
-    path: str  # including the query string, e.g. "/v1/messages?beta=true"
+    path: str  # including the query string, e.g. "/v1/messages?beta=true", as it arrived
     headers: dict[str, str]  # lower-case names
     body: bytes
     json: Any  # parsed body, or None if it was not JSON
     scenario: str | None = None  # None for requests outside the three APIs
     status: int | None = None
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list, repr=False)  # as sent, in order
     sent: bytearray = field(default_factory=bytearray, repr=False)
     _gate: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class ScriptedReply:
+    """An answer given byte for byte: the body is written chunk by chunk as given (any framing,
+    split anywhere), with ``delay`` seconds between chunks."""
+
+    chunks: tuple[bytes, ...]
+    status: int = 200
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+    delay: float = 0.0
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> ScriptedReply:
+        return cls((json.dumps(value).encode(),), status)
+
+    @classmethod
+    def sse(cls, *chunks: bytes) -> ScriptedReply:
+        return cls(tuple(chunks), content_type="text/event-stream")
+
+
+@dataclass
+class _Script:
+    reply: ScriptedReply
+    match: Callable[[RecordedRequest], bool]
+
+
+def matching(
+    method: str | None = None, path: str | None = None, header: tuple[str, str] | None = None
+) -> Callable[[RecordedRequest], bool]:
+    """A script's predicate: the method, a prefix of the raw path, and one header's value, each
+    checked when given (``fake.script(reply, matching("GET", "/v1/responses/"))``)."""
+
+    def match(record: RecordedRequest) -> bool:
+        return (
+            (method is None or record.method == method.upper())
+            and (path is None or record.path.startswith(path))
+            and (header is None or record.headers.get(header[0].lower()) == header[1])
+        )
+
+    return match
 
 
 def _parse_json(body: bytes) -> Any:
@@ -89,6 +132,7 @@ class FakeProvider:
         self.delay = delay
         self.url = ""
         self.requests: list[RecordedRequest] = []
+        self._scripts: list[_Script] = []
         self._changed = threading.Condition()
         self.app = self._make_app()
         self._background = BackgroundServer(self.app, "fake-provider")
@@ -128,6 +172,22 @@ class FakeProvider:
             if not self._changed.wait_for(lambda: len(self.requests) >= n, timeout):
                 raise TimeoutError(f"expected {n} requests, got {len(self.requests)} within {timeout} s")
 
+    def script(self, reply: ScriptedReply, match: Callable[[RecordedRequest], bool] = lambda _: True) -> None:
+        """The next request ``match`` accepts gets ``reply`` instead of a scenario's answer
+        (each script answers once, first queued first)."""
+        with self._changed:
+            self._scripts.append(_Script(reply, match))
+
+    @contextlib.contextmanager
+    def scripted(self) -> Iterator[None]:
+        """Scripts queued inside are dropped on exit, used or not: tests sharing the fake
+        cannot leave one behind for another."""
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._scripts.clear()
+
     def reset(self) -> None:
         for index in range(len(self.requests)):
             self.release(index)
@@ -145,6 +205,10 @@ class FakeProvider:
         if sum(len(name) + len(value) for name, value in request.headers.raw) > HEADER_LIMIT:
             return Response(_HEADERS_TOO_LARGE, 400, media_type="text/html")
         record, index = self._record(request, await request.body())
+        if (script := self._scripted(record)) is not None:
+            record.status = script.status
+            chunks = self._paced(record, list(script.chunks), script.delay, gated=False)
+            return StreamingResponse(chunks, script.status, dict(script.headers), script.content_type)
         reply, plan = self._reply(record, index)
         record.status = reply.status
         gated = plan is not None and plan.gated
@@ -163,12 +227,27 @@ class FakeProvider:
         path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")
         if scope.get("query_string"):
             path += "?" + scope["query_string"].decode("latin-1")
-        record = RecordedRequest(request.method, path, dict(request.headers), body, _parse_json(body))
+        record = RecordedRequest(
+            request.method,
+            path,
+            dict(request.headers),
+            body,
+            _parse_json(body),
+            raw_headers=list(request.headers.raw),
+        )
         with self._changed:
             self.requests.append(record)
             index = len(self.requests) - 1
             self._changed.notify_all()
         return record, index
+
+    def _scripted(self, record: RecordedRequest) -> ScriptedReply | None:
+        with self._changed:
+            for script in self._scripts:
+                if script.match(record):
+                    self._scripts.remove(script)
+                    return script.reply
+        return None
 
     def _reply(self, record: RecordedRequest, index: int) -> tuple[Reply, Plan | None]:
         dialect = _DIALECTS.get(_without_query(record.path)) if record.method == "POST" else None

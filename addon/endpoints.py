@@ -1,0 +1,236 @@
+"""The endpoint table: what Luthien does with each path on a provider host.
+
+Every request to a provider host is looked up here after its path is put in canonical form.
+A path that carries model input or output is policed, or refused when Luthien cannot police it;
+only paths that carry no model content are forwarded as they are. A path the table does not
+know is forwarded and recorded as unpoliced, or refused with ``--unknown-endpoints refuse``.
+
+The table is the union of the OpenAI and Anthropic APIs (each entry says whose it is): their
+paths do not collide, so every provider host (including OpenAI-compatible ones added with
+``--provider-host``) gets the same table. docs/architecture.md shows it; a test keeps the two in step.
+"""
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from controlplane.models import WireFormat
+
+
+class Treatment(StrEnum):
+    POLICED = "policed"  # the request, and the response (whole or streamed), go through policy
+    REQUEST_ONLY = "request-only"  # the request goes through policy; the answer holds no model text
+    RETRIEVAL = "retrieval"  # a stored output read back: policed like the live response
+    REFUSED = "refused"  # carries content Luthien cannot police: answered with a 403
+    FORWARDED = "forwarded"  # carries no model content: sent as it is (without a body)
+
+
+class Family(StrEnum):
+    """Whose API an endpoint is; a host's family is whose error format its refusals are in."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+    BOTH = "both"  # a path both APIs have (files, models): not a host's family
+
+
+class UnknownEndpoints(StrEnum):
+    FORWARD = "forward"
+    REFUSE = "refuse"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    template: str  # `{id}` matches one path segment, a trailing `/**` any number of them
+    treatment: Treatment
+    family: Family
+    note: str
+    wire_format: WireFormat | None = None  # the codec for policed, request-only and retrieval paths
+
+    def segments(self) -> list[str]:
+        return self.template.strip("/").split("/")
+
+
+_O, _A, _B = Family.OPENAI, Family.ANTHROPIC, Family.BOTH
+_P, _Q, _R, _X, _F = (
+    Treatment.POLICED,
+    Treatment.REQUEST_ONLY,
+    Treatment.RETRIEVAL,
+    Treatment.REFUSED,
+    Treatment.FORWARDED,
+)
+_CHAT, _RESPONSES, _MESSAGES = (
+    WireFormat.OPENAI_CHAT,
+    WireFormat.OPENAI_RESPONSES,
+    WireFormat.ANTHROPIC_MESSAGES,
+)
+_STORED_INPUT = "returns stored conversation input that may never have passed a policy"
+_UNPOLICED_API = "carries model input or output Luthien does not police"
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    # OpenAI Chat Completions
+    Endpoint("POST", "/v1/chat/completions", _P, _O, "a model call", _CHAT),
+    Endpoint("GET", "/v1/chat/completions/{id}", _R, _O, "a stored completion", _CHAT),
+    Endpoint("GET", "/v1/chat/completions", _X, _O, "lists stored completions, outputs included"),
+    Endpoint("POST", "/v1/chat/completions/{id}", _X, _O, "updates a stored completion and returns it"),
+    Endpoint("DELETE", "/v1/chat/completions/{id}", _F, _O, "deletes a stored completion"),
+    Endpoint("GET", "/v1/chat/completions/{id}/messages", _X, _O, _STORED_INPUT),
+    # OpenAI Responses
+    Endpoint("POST", "/v1/responses", _P, _O, "a model call", _RESPONSES),
+    Endpoint("POST", "/v1/responses/compact", _P, _O, "compacts a conversation (model output)", _RESPONSES),
+    Endpoint("POST", "/v1/responses/input_tokens", _Q, _O, "counts a request's tokens", _RESPONSES),
+    Endpoint("GET", "/v1/responses/{id}", _R, _O, "a stored response, whole or streamed", _RESPONSES),
+    Endpoint("POST", "/v1/responses/{id}/cancel", _R, _O, "cancels a background response", _RESPONSES),
+    Endpoint("DELETE", "/v1/responses/{id}", _F, _O, "deletes a stored response"),
+    Endpoint("GET", "/v1/responses/{id}/input_items", _X, _O, _STORED_INPUT),
+    # OpenAI, other APIs that carry text
+    Endpoint("POST", "/v1/embeddings", _Q, _O, "embeds text", WireFormat.OPENAI_EMBEDDINGS),
+    Endpoint("POST", "/v1/moderations", _Q, _O, "classifies text", WireFormat.OPENAI_MODERATIONS),
+    Endpoint("POST", "/v1/completions", _X, _O, "legacy text completions: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/conversations/**", _X, _O, "stored conversations and their items"),
+    Endpoint("*", "/v1/threads/**", _X, _O, "Assistants threads, messages and runs"),
+    Endpoint("*", "/v1/assistants/**", _X, _O, "Assistants: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/batches/**", _X, _O, "batches run stored requests and store their outputs"),
+    Endpoint("*", "/v1/uploads/**", _X, _O, "file uploads"),
+    Endpoint("*", "/v1/vector_stores/**", _X, _O, "file search stores"),
+    Endpoint("*", "/v1/fine_tuning/**", _X, _O, "fine-tuning on stored files"),
+    Endpoint("*", "/v1/realtime/**", _X, _O, "the Realtime API: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/audio/**", _X, _O, "audio: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/images/**", _X, _O, "images: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/videos/**", _X, _O, "videos: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/containers/**", _X, _O, "code interpreter containers and their files"),
+    Endpoint("*", "/v1/evals/**", _X, _O, "evals run stored requests"),
+    Endpoint("*", "/v1/chatkit/**", _X, _O, "ChatKit sessions and threads"),
+    # Anthropic Messages
+    Endpoint("POST", "/v1/messages", _P, _A, "a model call", _MESSAGES),
+    Endpoint("POST", "/v1/messages/count_tokens", _Q, _A, "counts a request's tokens", _MESSAGES),
+    Endpoint("*", "/v1/messages/batches/**", _X, _A, "batches run stored requests and store their outputs"),
+    Endpoint("POST", "/v1/complete", _X, _A, "legacy text completions: " + _UNPOLICED_API),
+    Endpoint("*", "/v1/skills/**", _X, _A, "skills upload code and instructions"),
+    Endpoint("*", "/api/claude_cli_feedback", _X, _A, "Claude Code's feedback report sends the transcript"),
+    # Claude Code's own configuration reads
+    Endpoint("GET", "/api/claude_code/settings", _F, _A, "Claude Code's managed settings"),
+    Endpoint("GET", "/api/claude_code/policy_limits", _F, _A, "Claude Code's policy limits"),
+    Endpoint("GET", "/api/claude_code/organizations/metrics_enabled", _F, _A, "Claude Code's metrics opt-in"),
+    Endpoint("GET", "/api/claude_cli/bootstrap", _F, _A, "Claude Code's start-up configuration"),
+    Endpoint("GET", "/api/claude_code_penguin_mode", _F, _A, "a Claude Code feature switch"),
+    Endpoint("GET", "/api/directory/server-urls", _F, _A, "Claude Code's service addresses"),
+    Endpoint("GET", "/api/oauth/**", _F, _A, "Claude Code's sign-in (profile, roles, usage)"),
+    # Both
+    Endpoint("*", "/v1/files/**", _X, _B, "file contents: uploads and downloads"),
+    Endpoint("GET", "/v1/models", _F, _B, "lists models"),
+    Endpoint("GET", "/v1/models/{id}", _F, _B, "describes a model"),
+)
+
+#: Methods that never carry content: forwarded (without a body) on any known path.
+_BODILESS = frozenset({"HEAD", "OPTIONS"})
+_SEGMENT = re.compile(r"[A-Za-z0-9._~:@!$&'()*+,=-]+")
+_HEX = "0123456789ABCDEFabcdef"
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+class UnsafePath(ValueError):
+    """A path whose meaning could differ between Luthien and the provider: refused."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a request goes: the path (with the query string) that is looked up and sent
+    upstream, and what is done with it (None: the table does not know the path)."""
+
+    path: str
+    treatment: Treatment | None
+    endpoint: Endpoint | None = None
+    wrong_method: bool = False  # a known path, with a method the provider does not serve there
+
+
+def family_for_host(host: str) -> Family:
+    return Family.ANTHROPIC if "anthropic" in host else Family.OPENAI
+
+
+def canonical_path(raw: str) -> str:
+    """The path in one spelling: repeated slashes collapsed, dot segments resolved and
+    percent-encoded unreserved characters decoded. Raises UnsafePath for spellings that servers
+    read differently: an encoded slash, backslash or percent sign, a `;` parameter, a control or
+    non-ASCII character, or a `..` above the root."""
+    if not raw.startswith("/"):
+        raise UnsafePath("the path must start with /")
+    if any(not 0x21 <= ord(c) <= 0x7E for c in raw) or any(c in raw for c in "\\;#"):
+        raise UnsafePath("the path holds a character that servers read differently")
+    segments: list[str] = []
+    for segment in _decoded(raw).split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not segments:
+                raise UnsafePath("the path climbs above the root")
+            segments.pop()
+        else:
+            segments.append(segment)
+    trailing = "/" if raw.endswith("/") and segments else ""
+    return "/" + "/".join(segments) + trailing
+
+
+def _decoded(raw: str) -> str:
+    out: list[str] = []
+    index = 0
+    while index < len(raw):
+        char = raw[index]
+        if char != "%":
+            out.append(char)
+            index += 1
+            continue
+        code = raw[index + 1 : index + 3]
+        if len(code) != 2 or any(c not in _HEX for c in code):
+            raise UnsafePath("the path holds a malformed percent-encoding")
+        decoded = chr(int(code, 16))
+        if decoded not in _UNRESERVED:
+            raise UnsafePath(f"the path holds an encoded {decoded!r}, which servers read differently")
+        out.append(decoded)
+        index += 3
+    return "".join(out)
+
+
+def _matches(template: list[str], segments: list[str]) -> list[str] | None:
+    """The segments as the table spells them (ids as given), or None."""
+    spelled: list[str] = []
+    for index, part in enumerate(template):
+        if part == "**":
+            return spelled + segments[index:]
+        if index >= len(segments):
+            return None
+        segment = segments[index]
+        if part == "{id}":
+            if not _SEGMENT.fullmatch(segment):
+                return None
+            spelled.append(segment)
+        elif part.lower() == segment.lower():
+            spelled.append(part)
+        else:
+            return None
+    return spelled if len(segments) == len(template) else None
+
+
+def resolve(method: str, raw_path: str) -> Route:
+    """The route of ``method raw_path`` (query string included). Raises UnsafePath."""
+    path, question, query = raw_path.partition("?")
+    canonical = canonical_path(path)
+    segments = [s for s in canonical.split("/") if s]
+    method = method.upper()
+    known: list[tuple[Endpoint, list[str]]] = []
+    for endpoint in ENDPOINTS:
+        spelled = _matches(endpoint.segments(), segments)
+        if spelled is not None:
+            known.append((endpoint, spelled))
+    # An exact template beats a `/**` prefix: /v1/messages/batches is not /v1/messages/{id}.
+    known.sort(key=lambda pair: pair[0].template.endswith("/**"))
+    for endpoint, spelled in known:
+        if endpoint.method in (method, "*"):
+            return Route("/" + "/".join(spelled) + question + query, endpoint.treatment, endpoint)
+    if known:
+        endpoint, spelled = known[0]
+        route_path = "/" + "/".join(spelled) + question + query
+        if method in _BODILESS:
+            return Route(route_path, Treatment.FORWARDED, endpoint)
+        return Route(route_path, Treatment.REFUSED, endpoint, wrong_method=True)
+    return Route(canonical + question + query, None)
