@@ -28,6 +28,8 @@ MAX_RECORDED_EVENT_BYTES = 2 * 1024 * 1024
 TAIL_EVENTS = 64
 #: The name of the event that stands in a record for the events left out of it.
 OMITTED_EVENT = "luthien-omitted"
+#: The error of a call whose proxy stopped (was killed) before the call ended.
+INTERRUPTED = "Luthien stopped before this call ended: what happened after its request is not known"
 
 
 def agent_name(user_agent: str | None) -> str | None:
@@ -129,6 +131,7 @@ class CallTrace:
         self.final_output: Output | None = None
         self.usage: Usage | None = None
         self.stream: StreamCapture | None = None
+        self.stream_ended = False  # the stream's outcome is in (at its terminal event, or its end)
         self.decisions: list[Decision] = []
         self.span: Span = INVALID_SPAN  # the call's span, from request to the last byte
         self.stream_span: Span | None = None
@@ -162,6 +165,10 @@ class CallTrace:
 
     def fail(self, outcome: CallOutcome, status: int | None, error: str) -> None:
         self.outcome, self.status, self.error = outcome, status, error
+
+    def stand_in(self) -> CallRecord:
+        """The call's record should the process die before the call ends."""
+        return self.record().model_copy(update={"outcome": CallOutcome.ERROR, "error": INTERRUPTED})
 
     def record(self) -> CallRecord:
         lookup = {k.lower(): v for k, v in self._headers}

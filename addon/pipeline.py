@@ -5,6 +5,7 @@ back. Every step that can fail answers the client in the provider's own error fo
 """
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -12,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,11 +71,14 @@ class ProxyRequest:
 class ProxyResponse:
     status: int
     headers: list[tuple[str, str]]
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes]
 
 
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
+async def _started(body: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
+    """``body`` run to its first ``yield`` (an empty piece, at the top of its ``try``): from here
+    on, closing it runs its clean-up even if not a byte of it is ever read."""
+    await anext(body)
+    return body
 
 
 async def _batched(outputs: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -172,7 +176,9 @@ class Pipeline:
         self._upstream = upstream
         self.metrics = metrics if metrics is not None else ProxyMetrics()
         self._unknown_endpoints = unknown_endpoints
-        self._recording: set[asyncio.Task[None]] = set()
+        self._active: dict[str, CallTrace] = {}  # calls begun and not yet recorded, by call id
+        self._idle = asyncio.Event()
+        self.stopping = False  # the proxy is shutting down: what is cut now, it cut
 
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
         route = _route(request)
@@ -188,6 +194,10 @@ class Pipeline:
             user_agent=request.header("user-agent"),
         )
         trace = CallTrace(request.method, request.headers, metadata)
+        trace.original_request = body_for_record(request.body) if request.body else None
+        # Before anything goes upstream: should this process die mid-call, the call has a record.
+        self._control_plane.record_call_started(trace.stand_in())
+        self._active[call_id] = trace
         # The call's span continues a trace the agent started, if it sent a traceparent.
         trace.span = tracer.start_span(
             "luthien.call",
@@ -199,13 +209,18 @@ class Pipeline:
             with otel.use_span(trace.span, end_on_exit=False):
                 response = await self._dispatch(request, route, trace)
         except asyncio.CancelledError:
-            # The client left before the answer: the relay stops the call, and it is recorded.
-            reason = "the client disconnected before the response was sent"
+            # The client left before the answer (or the proxy is stopping): the relay stops the
+            # call, and it is recorded.
+            reason = (
+                "Luthien was stopping: the call was cut before its response was sent"
+                if self.stopping
+                else "the client disconnected before the response was sent"
+            )
             trace.fail(CallOutcome.ERROR, trace.status, reason)
             await self._publish(metadata, ActivityType.ERROR, reason=reason)
-            self._finished(trace)
+            await self._settle(trace)
             raise
-        response.body = self._recorded(response.body, trace)
+        response.body = await _started(self._recorded(response.body, trace))
         return response
 
     async def _dispatch(
@@ -258,34 +273,41 @@ class Pipeline:
         await self._publish(trace.metadata, refusal.activity, reason=refusal.message, **refusal.data)
         return self._error(errors, trace, refusal)
 
-    async def _recorded(self, body: AsyncIterator[bytes], trace: CallTrace) -> AsyncIterator[bytes]:
-        """The response body; once it has been sent (or abandoned), the call is recorded."""
+    async def _recorded(self, body: AsyncGenerator[bytes], trace: CallTrace) -> AsyncGenerator[bytes]:
+        """The response body; once it has been sent, or abandoned, the call is recorded (before
+        the relay ends the response: the client cannot see the end before the record is on disk)."""
         try:
+            yield b""  # see _started
             async for data in body:
                 yield data
         finally:
-            self._finished(trace)
+            await body.aclose()  # a body never read to its end still lets go of what it holds
+            await self._settle(trace)
 
-    def _finished(self, trace: CallTrace) -> None:
-        """Ends the call's span and records it, in a task of its own so that building the record
-        never delays the client."""
+    async def _settle(self, trace: CallTrace) -> None:
+        """The call is over for the client, or will be with the next piece sent: its span ends
+        and its record goes to disk first. Once per call."""
+        if self._active.pop(trace.metadata.call_id, None) is None:
+            return
+        if not self._active:
+            self._idle.set()
         trace.finish()
         trace.span.set_attributes({"luthien.outcome": trace.outcome.value, "http.status": trace.status or 0})
         trace.span.end()
         self.metrics.call_finished(trace)
-        task = asyncio.create_task(self._record(trace))
-        self._recording.add(task)
-        task.add_done_callback(self._recording.discard)
-
-    async def _record(self, trace: CallTrace) -> None:
         try:
             await self._control_plane.record_call(trace.record())
         except Exception:
             log.exception("could not record call %s", trace.metadata.call_id)
 
-    async def aclose(self) -> None:
-        """Waits for the calls that finished to be handed to the recorder."""
-        await asyncio.gather(*self._recording)
+    async def drained(self, timeout: float) -> bool:
+        """Waits up to ``timeout`` for every call in progress to be over and recorded."""
+        self._idle.clear()
+        if not self._active:
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        return not self._active
 
     async def _publish(self, metadata: RequestMetadata, kind: ActivityType, **data: Any) -> None:
         await self._control_plane.publish_activity(
@@ -305,12 +327,17 @@ class Pipeline:
             ("content-length", str(len(body))),
             ("x-luthien-call-id", trace.metadata.call_id),
         ]
-        return ProxyResponse(refusal.status, headers, _once(body))
+        return ProxyResponse(refusal.status, headers, self._whole(body, trace))
+
+    async def _whole(self, data: bytes, trace: CallTrace) -> AsyncGenerator[bytes]:
+        """A body the client has whole once it is sent: the call is recorded first."""
+        await self._settle(trace)
+        yield data
 
     async def _passthrough(self, request: ProxyRequest, trace: CallTrace) -> ProxyResponse:
         metadata = trace.metadata
         trace.outcome = CallOutcome.PASSTHROUGH
-        trace.original_request = trace.final_request = body_for_record(request.body) if request.body else None
+        trace.final_request = trace.original_request
         await self._publish(metadata, ActivityType.PASSTHROUGH, method=request.method, path=metadata.path)
         try:
             upstream = await self._upstream.send(
@@ -321,22 +348,29 @@ class Pipeline:
             await self._publish(metadata, ActivityType.ERROR, reason=reason)
             trace.fail(CallOutcome.ERROR, status, reason)
             body = json.dumps({"error": {"message": reason}}).encode()
-            return ProxyResponse(status, [("content-type", "application/json")], _once(body))
+            return ProxyResponse(status, [("content-type", "application/json")], self._whole(body, trace))
         trace.first_byte()
         trace.status = upstream.status_code
-        forwarded = self._forwarded(upstream, trace, decoded=False)
+        forwarded = await _started(self._forwarded(upstream, trace, decoded=False))
         return ProxyResponse(upstream.status_code, _passthrough_headers(upstream), forwarded)
 
     async def _forwarded(
         self, upstream: httpx.Response, trace: CallTrace, *, decoded: bool
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         """The provider's body as it comes; ``decoded`` undoes its content-encoding (and then
-        the body is kept for the record: it is a provider's error)."""
+        the body is kept for the record: it is a provider's error, sent without its length).
+        A body forwarded with its length is whole for the client at its last byte: the call is
+        recorded before that byte is sent."""
         kept = bytearray()
+        length = upstream.headers.get("content-length", "")
+        left = int(length) if length.isdigit() and not decoded else None
         try:
+            yield b""  # see _started
             async for data in upstream.aiter_bytes() if decoded else upstream.aiter_raw():
                 if decoded:
                     kept += data[: max(0, 64 * 1024 - len(kept))]
+                elif left is not None and (left := left - len(data)) <= 0:
+                    await self._settle(trace)
                 yield data
         finally:
             await upstream.aclose()
@@ -411,7 +445,8 @@ class Pipeline:
                 CallOutcome.PROVIDER_ERROR, upstream.status_code, f"provider answered {upstream.status_code}"
             )
         headers = [*_passthrough_headers(upstream), ("x-luthien-call-id", trace.metadata.call_id)]
-        return ProxyResponse(upstream.status_code, headers, self._forwarded(upstream, trace, decoded=False))
+        forwarded = await _started(self._forwarded(upstream, trace, decoded=False))
+        return ProxyResponse(upstream.status_code, headers, forwarded)
 
     async def _respond(
         self,
@@ -429,9 +464,8 @@ class Pipeline:
             trace.fail(
                 CallOutcome.PROVIDER_ERROR, upstream.status_code, f"provider answered {upstream.status_code}"
             )
-            return ProxyResponse(
-                upstream.status_code, headers, self._forwarded(upstream, trace, decoded=True)
-            )
+            forwarded = await _started(self._forwarded(upstream, trace, decoded=True))
+            return ProxyResponse(upstream.status_code, headers, forwarded)
         if upstream.headers.get("content-type", "").startswith("text/event-stream"):
             metadata.stream = True  # a retrieval asks with a query parameter, not in a body
             trace.stream_span = tracer.start_span("luthien.stream", attributes={CALL_ID: metadata.call_id})
@@ -445,7 +479,8 @@ class Pipeline:
             trace.unpoliced |= context.unpoliced
             trace.stream = StreamCapture()
             relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context, trace.stream)
-            return ProxyResponse(upstream.status_code, headers, self._streamed(upstream, relay, trace))
+            streamed = await _started(self._streamed(upstream, relay, trace))
+            return ProxyResponse(upstream.status_code, headers, streamed)
         return await self._whole_response(upstream, codec, trace)
 
     @staticmethod
@@ -454,7 +489,6 @@ class Pipeline:
     ) -> tuple[dict[str, Any], NormalizedRequest]:
         """Parses and normalises the body, and fills in what the metadata learns from it."""
         metadata = trace.metadata
-        trace.original_request = body_for_record(request.body)
         encoding = (request.header("content-encoding") or "identity").strip().lower()
         if encoding != "identity":
             # The policy would see other bytes than a provider that decodes them.
@@ -527,18 +561,20 @@ class Pipeline:
 
     async def _streamed(
         self, upstream: httpx.Response, relay: StreamRelay, trace: CallTrace
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes]:
         metadata = trace.metadata
         summarised = time.monotonic()
         finished = False
         self.metrics.stream_opened()
         try:
+            yield b""  # see _started
             try:
                 async for data in upstream.aiter_bytes():
                     if trace.ttfb_ms is None:
                         trace.first_byte()
                         await self._publish(metadata, ActivityType.FIRST_BYTE)
                     async for out in _batched(relay.feed(data)):
+                        await self._before_sending(relay, trace)
                         yield out
                     if relay.ended:
                         break
@@ -552,21 +588,32 @@ class Pipeline:
                             chunks_out=progress.chunks_out,
                         )
             except httpx.HTTPError as exc:
-                reason = f"the provider's stream broke off: {type(exc).__name__}"
-                trace.fail(CallOutcome.ERROR, upstream.status_code, reason)
-                await self._publish(metadata, ActivityType.ERROR, reason=reason)
-                raise UpstreamBroken(reason) from exc
+                if not relay.client_has_end:  # past its end, a stream breaking off is no failure
+                    reason = f"the provider's stream broke off: {type(exc).__name__}"
+                    trace.fail(CallOutcome.ERROR, upstream.status_code, reason)
+                    await self._publish(metadata, ActivityType.ERROR, reason=reason)
+                    raise UpstreamBroken(reason) from exc
             async for out in _batched(relay.close()):
+                await self._before_sending(relay, trace)
                 yield out
             finished = True
         finally:
             await upstream.aclose()
             if not finished:  # the provider broke off or the client left: the policy lets go
                 await relay.abandon()
-            await self._stream_ended(relay, trace, finished)
+            self.metrics.stream_closed()
+            if not trace.stream_ended:
+                await self._stream_ended(relay, trace, finished)
+
+    async def _before_sending(self, relay: StreamRelay, trace: CallTrace) -> None:
+        """Once what is about to be sent holds the stream's end, the client's SDK stops reading
+        there: the call is complete, and recorded before it is sent."""
+        if relay.client_has_end and not trace.stream_ended:
+            await self._stream_ended(relay, trace, finished=True)
+            await self._settle(trace)
 
     async def _stream_ended(self, relay: StreamRelay, trace: CallTrace, finished: bool) -> None:
-        self.metrics.stream_closed()
+        trace.stream_ended = True
         outcome = relay.outcome
         if trace.stream_span is not None:
             trace.stream_span.set_attributes(
@@ -593,7 +640,12 @@ class Pipeline:
         elif outcome.upstream_error:
             trace.fail(CallOutcome.PROVIDER_ERROR, trace.status, "the provider sent an error event")
         elif not finished and trace.outcome is CallOutcome.COMPLETED:
-            trace.fail(CallOutcome.ERROR, trace.status, "the client disconnected before the stream ended")
+            reason = (
+                "Luthien was stopping: the stream was cut before it ended"
+                if self.stopping
+                else "the client disconnected before the stream ended"
+            )
+            trace.fail(CallOutcome.ERROR, trace.status, reason)
         await self._publish(
             trace.metadata,
             ActivityType.BLOCKED if outcome.ended_by_policy else ActivityType.COMPLETED,
@@ -640,4 +692,4 @@ class Pipeline:
             raw = json.dumps(rendered).encode()
         await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code, modified=modified)
         headers = [*_response_headers(upstream, metadata.call_id), ("content-length", str(len(raw)))]
-        return ProxyResponse(upstream.status_code, headers, _once(raw))
+        return ProxyResponse(upstream.status_code, headers, self._whole(raw, trace))

@@ -23,6 +23,9 @@ from controlplane.interface import ControlPlaneService
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com")
+#: On SIGTERM, once calls in progress had their grace period, the ones cut get this long to be
+#: recorded (each is, as it winds down).
+_RECORDING_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class ProxyConfig:
     upstreams: dict[str, str] = field(default_factory=dict)
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD
+    shutdown_grace: float = 10.0  # on SIGTERM, how long calls in progress may take to finish
 
 
 def allow_hosts_pattern(hosts: frozenset[str]) -> str:
@@ -76,12 +80,30 @@ async def run_proxy(
         connection_strategy="lazy",
         upstream_cert=False,
     )
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, master.shutdown)
+        loop.add_signal_handler(signum, stopping.set)
+    running = asyncio.create_task(master.run())
+    signalled = asyncio.create_task(stopping.wait())
     try:
-        await master.run()
+        await asyncio.wait((running, signalled), return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            await _drain(master, pipeline, config.shutdown_grace)
     finally:
-        await relay.stop()
-        await pipeline.aclose()
+        signalled.cancel()
+        master.shutdown()
+        await running
+        await relay.stop()  # cuts the calls still in progress
+        if not await pipeline.drained(_RECORDING_GRACE):
+            log.error("calls still in progress at exit were not recorded; their stand-ins will be")
         await upstream.aclose()
+
+
+async def _drain(master: DumpMaster, pipeline: Pipeline, grace: float) -> None:
+    """Stops accepting connections and lets the calls in progress finish, up to ``grace``."""
+    await master.addons.get("proxyserver").servers.update([])
+    log.info("stopping: no new connections; waiting up to %g s for calls in progress", grace)
+    if not await pipeline.drained(grace):
+        log.warning("calls still in progress after %g s are cut", grace)
+    pipeline.stopping = True

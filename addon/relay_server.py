@@ -53,12 +53,16 @@ class RelayApp:
             disconnected.cancel()
 
     async def _serve(self, request: ProxyRequest, send: Send, disconnected: asyncio.Task[None]) -> None:
-        """Runs the call and streams its answer; when the client leaves first, the call is
-        cancelled, so that the provider is no longer read (or waited on) for nobody."""
+        """Runs the call and streams its answer; when the client leaves first (or the server
+        stops), the call is cancelled, so that the provider is no longer read (or waited on) for
+        nobody. Whatever happens, the response's body is closed: that records the call."""
         handling = asyncio.create_task(self._pipeline.handle(request))
-        await asyncio.wait((handling, disconnected), return_when=asyncio.FIRST_COMPLETED)
-        if not handling.done():
-            await _cancel(handling)
+        try:
+            await asyncio.wait((handling, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not handling.done():
+                await _cancel(handling)
+        if handling.cancelled():
             return
         try:
             response = handling.result()
@@ -67,8 +71,13 @@ class RelayApp:
             await _respond(send, 502, b"Luthien: unexpected error; see the proxy log")
             return
         streaming = asyncio.create_task(_send_response(response, send))
-        await asyncio.wait((streaming, disconnected), return_when=asyncio.FIRST_COMPLETED)
-        await _cancel(streaming)
+        try:
+            await asyncio.wait((streaming, disconnected), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            try:
+                await _cancel(streaming)
+            finally:
+                await response.body.aclose()
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:
@@ -88,12 +97,9 @@ async def _send_response(response: ProxyResponse, send: Send) -> None:
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers],
         }
     )
-    try:
-        async for data in response.body:
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-    finally:
-        await response.body.aclose()  # type: ignore[attr-defined]
+    async for data in response.body:
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _client_gone(receive: Receive) -> None:

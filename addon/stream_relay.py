@@ -7,6 +7,7 @@ or injects, the stream "diverges": from then on the format's transcoder writes t
 continuing from what the client has already seen, and closes the stream validly at the end.
 """
 
+import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
@@ -19,6 +20,9 @@ from addon.sse import SSEEvent, SSEParser, parse_event
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.llm import ModelResponseStream
 from controlplane.models import ChunkResult, StreamingContext
+
+#: How long an abandoned stream waits for the control plane to release its policy state.
+_RELEASE_TIMEOUT = 2.0
 
 
 def fingerprint(chunk: ModelResponseStream) -> dict[str, Any]:
@@ -62,6 +66,11 @@ class StreamRelay:
         self._pending: deque[_PendingEvent] = deque()
         self._deferred_errors: list[SSEEvent] = []
         self.outcome = StreamOutcome()
+
+    @property
+    def client_has_end(self) -> bool:
+        """What was sent so far holds the stream's terminal event (or an error that ends it)."""
+        return self._transcoder.ended
 
     @property
     def ended(self) -> bool:
@@ -140,10 +149,12 @@ class StreamRelay:
 
     async def abandon(self) -> None:
         """The stream ends early (the provider broke off, the client left): release the policy's
-        state, send nothing more. Harmless after ``close``."""
-        with contextlib.suppress(ControlPlaneUnavailable):
-            async for _ in self._control_plane.close_streaming_context(self._context):
-                pass
+        state, send nothing more. Harmless after ``close``. Bounded: nobody waits for what a
+        hung control plane would answer, and the call is recorded only after this."""
+        with contextlib.suppress(ControlPlaneUnavailable, TimeoutError):
+            async with asyncio.timeout(_RELEASE_TIMEOUT):
+                async for _ in self._control_plane.close_streaming_context(self._context):
+                    pass
 
     def _malformed(self, exc: Exception) -> bytes:
         """Fail closed on a stream that cannot be policed: the client gets an error event."""

@@ -64,6 +64,12 @@ class ControlPlaneService(Protocol):
         """Record a debug event."""
         ...
 
+    def record_call_started(self, stand_in: CallRecord) -> None:
+        """A call has begun: ``stand_in`` is its record should this process die before the call
+        ends. Written to local disk at once; never waits on the database."""
+        ...
+
     async def record_call(self, record: CallRecord) -> None:
-        """Store a finished call. Returns at once: recording never waits on the database."""
+        """Store a finished call. Returns once the record is on local disk (journalled, fsynced),
+        never waiting on the database: from then on a crash of this process loses nothing."""
         ...

@@ -168,23 +168,29 @@ class ControlPlaneLocal:
 
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
         call_id = payload.get("call_id")
-        self.record(
-            DebugEvent(
-                call_id=call_id if isinstance(call_id, str) else None, type=debug_type, payload=payload
-            )
+        await self.record(
+            [
+                DebugEvent(
+                    call_id=call_id if isinstance(call_id, str) else None, type=debug_type, payload=payload
+                )
+            ]
         )
+
+    def record_call_started(self, stand_in: CallRecord) -> None:
+        if self._recorder is not None:
+            self._recorder.opened(self._for_recording(stand_in))
 
     async def record_call(self, record: CallRecord) -> None:
-        self.record(record)
+        await self.record([record])
 
-    def record(self, record: Record) -> None:
-        """Redacts as the policy asks and queues for storage (a call or a debug event)."""
-        if self._recorder is None:
-            return
+    async def record(self, records: Sequence[Record]) -> None:
+        """Redacts as the policy asks and journals for storage (calls or debug events)."""
+        if self._recorder is not None:
+            await self._recorder.store([self._for_recording(r) for r in records])
+
+    def _for_recording[R: Record](self, record: R) -> R:
         policy = self.policy
-        self._recorder.submit(
-            redact_record(record, policy.redact_for_recording) if policy.redacts_recordings else record
-        )
+        return redact_record(record, policy.redact_for_recording) if policy.redacts_recordings else record
 
     async def _decide[T](
         self,

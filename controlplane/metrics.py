@@ -15,38 +15,45 @@ from controlplane.recording.writer import RecordWriter
 
 
 class RecordingCollector(Collector):
-    """The recorder's queue, spool and database state, read from the writer at scrape time."""
+    """The recorder's queue, spool and database state, read from the writer at scrape time.
+    ``destination`` names where the writer stores, in the help texts: a sidecar's recorder
+    stores through its control plane, and its "database up" means the control plane answers."""
 
-    def __init__(self, writer: RecordWriter) -> None:
+    def __init__(self, writer: RecordWriter, destination: str) -> None:
         self._writer = writer
+        self._destination = destination
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        writer = self._writer
+        writer, destination = self._writer, self._destination
         yield GaugeMetricFamily(
             "luthien_recording_queue_depth", "Records waiting to be written", value=writer.queued
         )
         yield GaugeMetricFamily(
             "luthien_recording_spool_records",
-            "Records in the spool, waiting for the database to come back",
+            f"Records in the spool, waiting for {destination} to come back",
             value=writer.spooled,
         )
         yield GaugeMetricFamily(
             "luthien_recording_database_up",
-            "1 when the recorder's last write reached the database, else 0",
+            f"1 when the recorder's last write reached {destination}, else 0",
             value=1 if writer.database_ok else 0,
         )
         yield GaugeMetricFamily(
-            "luthien_recording_stored_records", "Records stored since start", value=writer.stored
+            "luthien_recording_stored_records",
+            f"Records stored by {destination} since start",
+            value=writer.stored,
         )
         yield GaugeMetricFamily(
             "luthien_recording_rejected_records",
-            "Records set aside in spool/rejected.jsonl since start: refused by the database or unreadable",
+            f"Records set aside in spool/rejected.jsonl since start: refused by {destination} or unreadable",
             value=writer.rejected,
         )
 
 
-def register_recording_metrics(writer: RecordWriter, registry: CollectorRegistry) -> None:
-    registry.register(RecordingCollector(writer))
+def register_recording_metrics(
+    writer: RecordWriter, registry: CollectorRegistry, destination: str = "the database"
+) -> None:
+    registry.register(RecordingCollector(writer, destination))
 
 
 def register_policy_stream_metrics(control_plane: ControlPlaneLocal, registry: CollectorRegistry) -> None:

@@ -4,6 +4,7 @@ Everything here is a Pydantic model that serialises to JSON, so a network implem
 interface can carry it unchanged. Live objects (policy instances, held chunks) never cross.
 """
 
+import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -124,7 +125,11 @@ class ActivityEvent(BaseModel):
     every event so that a view can filter without knowing the call's history.
 
     Every string in ``model`` and ``data`` is scrubbed of credential shapes by the model itself
-    (``controlplane/credentials.py``), whoever builds the event and whatever the policy."""
+    (``controlplane/credentials.py``), whoever builds the event and whatever the policy.
+
+    ``event_id`` is given where the event is made (in a sidecar, for a sidecar's call) and travels
+    with it, so that a copy sent again after a lost reply is known for the same event and the bus
+    drops it (an older sidecar sends none: the control plane then gives each copy an id of its own)."""
 
     call_id: str
     type: ActivityType
@@ -132,6 +137,7 @@ class ActivityEvent(BaseModel):
     host: str | None = None
     model: str | None = None
     data: dict[str, Any] = Field(default_factory=dict)
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex, pattern=r"^[0-9A-Za-z_-]{1,64}$")
 
     @field_validator("model")
     @classmethod

@@ -11,7 +11,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from controlplane.activity.bus import ActivityBus
+from controlplane.activity.bus import ActivityBus, BusUnavailable
 from controlplane.storage.base import Storage, StorageUnavailable
 from dashboard import activity, api, pages
 from dashboard.auth import TokenAuth, login_router
@@ -48,6 +48,10 @@ def create_app(storage: Storage, bus: ActivityBus, token: str) -> FastAPI:
     @app.exception_handler(StorageUnavailable)
     async def storage_unavailable(request: Request, exc: StorageUnavailable) -> JSONResponse:
         return JSONResponse({"error": f"storage unavailable: {exc}"}, status_code=503)
+
+    @app.exception_handler(BusUnavailable)
+    async def bus_unavailable(request: Request, exc: BusUnavailable) -> JSONResponse:
+        return JSONResponse({"error": f"live activity unavailable: {exc}"}, status_code=503)
 
     # The last added runs first: security headers go on every answer, 401s included.
     app.add_middleware(TokenAuth, token=token)

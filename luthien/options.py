@@ -12,6 +12,8 @@ from certs import CAFiles, default_data_dir, ensure_ca, trust_env
 from certs.authority import CAKeyPermissionError
 
 DEFAULT_PORT = 8080
+#: Below Kubernetes' default termination grace period (30 s), so a pod drains before it is killed.
+DEFAULT_SHUTDOWN_GRACE = 10.0
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DASHBOARD_PORT = 8000
 DEFAULT_CONTROL_PLANE_PORT = 8081
@@ -121,6 +123,14 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("LUTHIEN_UNKNOWN_ENDPOINTS", "forward"),
         help="what to do with a provider path the endpoint table does not know: forward it, "
         "recorded as unpoliced, or refuse it with a 403 (env LUTHIEN_UNKNOWN_ENDPOINTS; default forward)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=os.environ.get("LUTHIEN_SHUTDOWN_GRACE", str(DEFAULT_SHUTDOWN_GRACE)),
+        metavar="SECONDS",
+        help="on SIGTERM, how long calls in progress may take to finish before they are cut "
+        f"(every one is recorded either way; env LUTHIEN_SHUTDOWN_GRACE; default {DEFAULT_SHUTDOWN_GRACE:g})",
     )
     parser.add_argument(
         "--upstream-timeout",

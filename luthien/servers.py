@@ -68,6 +68,7 @@ def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, st
         upstreams=parse_upstreams(args.upstream),
         upstream_timeout=args.upstream_timeout,
         unknown_endpoints=UnknownEndpoints(args.unknown_endpoints),
+        shutdown_grace=args.shutdown_grace,
     )
     return config, env
 
@@ -154,6 +155,7 @@ def serve_sidecar(args: argparse.Namespace) -> int:
     none of the in-process control plane, storage or dashboard is loaded."""
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
+    from controlplane.metrics import register_recording_metrics
     from controlplane.recording.spool import Spool
     from controlplane.remote.client import ControlPlaneHTTP
 
@@ -175,6 +177,8 @@ def serve_sidecar(args: argparse.Namespace) -> int:
         control_plane.start()
         mode = "fail open" if args.fail_open else "fail closed"
         metrics = ProxyMetrics()
+        # The sidecar's own spool, under the same names as a database recorder's, so the same alerts see it.
+        register_recording_metrics(control_plane.recorder, metrics.registry, "the control plane")
         metrics_server = _metrics_server(args, metrics.registry)
         if metrics_server is not None:
             await metrics_server.start()

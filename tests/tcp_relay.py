@@ -1,5 +1,6 @@
 """A TCP relay the test controls, put between a client and a real service (PostgreSQL, Redis)
-to cut the connection for a while and restore it: an outage without stopping the service."""
+to cut the connection for a while, or hang it, and restore it: an outage without stopping the
+service."""
 
 import contextlib
 import socket
@@ -8,7 +9,9 @@ import threading
 
 class TcpRelay:
     """Forwards 127.0.0.1:``port`` to ``target``. ``cut()`` resets every open connection and
-    refuses new ones until ``restore()``."""
+    refuses new ones until ``restore()``; ``mute()`` loses the target's replies until then;
+    ``hang()`` keeps every connection open (and accepts new ones) but forwards no byte until then,
+    as a path that silently stops delivering would (what was sent meanwhile arrives on restore)."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self._target = (target_host, target_port)
@@ -17,7 +20,10 @@ class TcpRelay:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._cut = False
+        self._muted = False
         self._closed = False
+        self._flowing = threading.Event()  # cleared while hung
+        self._flowing.set()
         self.connections = 0  # accepted while not cut, for tests to see reconnects
         threading.Thread(target=self._accept, name="tcp-relay", daemon=True).start()
 
@@ -34,13 +40,26 @@ class TcpRelay:
         for sock in sockets:
             _reset(sock)
 
+    def mute(self) -> None:
+        """Drops what the target sends back, on open connections and new ones: requests still
+        arrive and are served, but the client never hears that they were (a reply lost on the way)."""
+        self._muted = True
+
+    def hang(self) -> None:
+        """Stops forwarding bytes either way, connections left open (a peer that hangs, not one
+        that is gone) until ``restore()``, which delivers what was held."""
+        self._flowing.clear()
+
     def restore(self) -> None:
         with self._lock:
             self._cut = False
+            self._muted = False
+        self._flowing.set()
 
     def close(self) -> None:
         self._closed = True
         self.cut()
+        self._flowing.set()  # the pumps a hang holds find their sockets closed and end
         self._listener.close()
 
     def _accept(self) -> None:
@@ -63,13 +82,15 @@ class TcpRelay:
             with self._lock:
                 self._open.update((client, upstream))
                 self.connections += 1
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, replies in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(target=self._pump, args=(source, sink, replies), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, replies: bool) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                self._flowing.wait()
+                if not (replies and self._muted):
+                    sink.sendall(data)
         except OSError:
             pass
         for sock in (source, sink):

@@ -37,7 +37,7 @@ def stream() -> Iterator[str]:
     key = f"luthien:test:{uuid4().hex}"
     yield key
     with redis.Redis(host=REDIS_HOST, port=REDIS_PORT) as client:
-        client.delete(key)
+        client.delete(key, f"{key}:published")
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -95,6 +95,13 @@ async def until_stored(bus: ActivityBus, call_id: str) -> None:
         if asyncio.get_running_loop().time() > deadline:
             pytest.fail(f"{call_id} never reached the bus; newest is {await newest()}")
         await asyncio.sleep(0.01)
+
+
+async def held(bus: ActivityBus) -> list[str]:
+    """The call ids of every event the bus holds but probes, oldest first."""
+    return [
+        item.event.call_id for item in await bus.recent(10_000) if not item.event.call_id.startswith(PROBE)
+    ]
 
 
 class Listener:
@@ -246,6 +253,27 @@ async def test_close_ends_subscriptions(bus: ActivityBus) -> None:
     await eventually(lambda: listener.finished, lambda: "the subscription is still running")
 
 
+async def test_an_event_published_again_reaches_no_follower_again(bus: ActivityBus) -> None:
+    """A sidecar whose POST failed after the control plane had published its batch sends the same
+    events again (maybe to another control plane): followers live and resuming see them once."""
+    live = await listen(bus)
+    batch = [event("once-0"), event("once-1")]
+    for sent in batch:
+        await bus.publish(sent)
+    await live.expect(["once-0", "once-1"])
+    resuming = await listen(bus, after=live.id_of("once-1"))
+    for copy in batch:
+        await bus.publish(copy)
+    await publish(bus, ["after"])
+
+    await live.expect(["once-0", "once-1", "after"])
+    await resuming.expect(["after"])
+    await until_stored(bus, "after")
+    assert await held(bus) == ["once-0", "once-1", "after"]
+    await live.stop()
+    await resuming.stop()
+
+
 async def test_a_memory_subscriber_that_falls_behind_continues_from_the_oldest_retained() -> None:
     bus = InMemoryBus(retain=5)
     await publish(bus, names("e", 3))
@@ -290,23 +318,31 @@ async def test_a_subscriber_survives_a_cut_and_misses_nothing(
     await direct.close()
 
 
-async def test_a_batch_stored_twice_reaches_readers_once(stream: str) -> None:
-    """A batch whose reply was lost is sent again, though Redis may have stored it: readers skip
-    the copy. The copy is made here by hand, as the publisher's retry would."""
-    bus = RedisStreamBus(REDIS_URL, stream=stream)
-    listener = await listen(bus)
-    await publish(bus, ["once-0", "once-1"])
-    await until_stored(bus, "once-1")
-    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT, decode_responses=True) as client:
-        stored = client.xrange(stream)[-2:]
-        for _, fields in stored:
-            client.xadd(stream, fields)
-    await publish(bus, ["after"])
-    await listener.expect(["once-0", "once-1", "after"])
-    await until_stored(bus, "after")
-    assert [item.event.call_id for item in await bus.recent(5)] == ["once-0", "once-1", "after"]
-    await listener.stop()
-    await bus.close()
+async def test_a_batch_whose_reply_was_lost_reaches_readers_once(stream: str) -> None:
+    """Redis stores a batch but its reply is lost: the publisher sends the batch again. Neither a
+    follower that saw the batch nor one that resumes right after it sees the copy."""
+    direct = RedisStreamBus(REDIS_URL, stream=stream)
+    live = await listen(direct)
+    with TcpRelay(REDIS_HOST, REDIS_PORT) as relay:
+        relayed = RedisStreamBus(f"redis://127.0.0.1:{relay.port}", stream=stream)
+        await publish(relayed, ["before"])
+        await live.expect(["before"])
+
+        relay.mute()
+        await publish(relayed, ["lost-0", "lost-1"])
+        await live.expect(["before", "lost-0", "lost-1"])  # stored, though the publisher never heard
+        resuming = await listen(direct, after=live.id_of("lost-1"))
+        relay.cut()  # the publisher's connection breaks: it sends the batch again
+        relay.restore()
+        await publish(relayed, ["after"])
+
+        await live.expect(["before", "lost-0", "lost-1", "after"])
+        await resuming.expect(["after"])
+        assert await held(direct) == ["before", "lost-0", "lost-1", "after"]
+        await resuming.stop()
+        await relayed.close()
+    await live.stop()
+    await direct.close()
 
 
 async def test_a_publisher_keeps_its_events_through_a_cut(stream: str) -> None:

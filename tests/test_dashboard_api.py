@@ -1,8 +1,10 @@
 """The dashboard's HTTP API, served by uvicorn over a real SQLite storage and an in-memory bus:
-auth, readiness, the calls list and detail with their diffs, and the live activity stream."""
+auth, readiness, the calls list and detail with their diffs, and the live activity stream, which
+also runs on the real Redis through a relay cut under it."""
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -13,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import redis
 
-from controlplane.activity import ActivityBus, InMemoryBus
+from controlplane.activity import ActivityBus, InMemoryBus, RedisStreamBus
 from controlplane.models import ActivityEvent, ActivityType, WireFormat
 from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Decision, Output, Usage
 from controlplane.storage import SQLiteStorage, Storage
@@ -22,11 +25,15 @@ from dashboard import activity
 from dashboard.app import SECURITY_HEADERS, create_app
 from dashboard.diff import Row, Skip, diff_lines
 from tests.background_server import BackgroundServer
+from tests.databases import require_service
+from tests.tcp_relay import TcpRelay
 
 TOKEN = "test-dashboard-token-5f2a9c"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 SYSTEM = "You are a careful coding assistant."
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}"
 
 
 # --- Records as the proxy writes them (shared with the browser tests) ---------------------------
@@ -595,13 +602,16 @@ async def test_last_event_id_wins_over_after(dashboard: Dashboard, client: httpx
 async def test_the_stream_filters_by_host_model_type_and_outcome(
     dashboard: Dashboard, client: httpx.AsyncClient
 ) -> None:
-    mixed = [
-        event("a-done", ActivityType.COMPLETED),
-        event("a-start", ActivityType.REQUEST_RECEIVED),
-        event("o-blocked", ActivityType.BLOCKED, host="api.openai.com", model="gpt-5"),
-        event("a-blocked", ActivityType.BLOCKED),
-        event("a-error", ActivityType.ERROR, model="claude-haiku-4-5"),
-    ]
+    def mixed() -> list[ActivityEvent]:
+        """New events each time: the bus would not publish the same ones again."""
+        return [
+            event("a-done", ActivityType.COMPLETED),
+            event("a-start", ActivityType.REQUEST_RECEIVED),
+            event("o-blocked", ActivityType.BLOCKED, host="api.openai.com", model="gpt-5"),
+            event("a-blocked", ActivityType.BLOCKED),
+            event("a-error", ActivityType.ERROR, model="claude-haiku-4-5"),
+        ]
+
     cases: list[tuple[dict[str, Any], list[str]]] = [
         ({"host": "ANTHROPIC"}, ["a-done", "a-start", "a-blocked", "a-error"]),
         ({"model": "haiku"}, ["a-error"]),
@@ -611,7 +621,7 @@ async def test_the_stream_filters_by_host_model_type_and_outcome(
     for params, expected in cases:
         async with sse(client, **params) as stream:
             await dashboard.publish(
-                *mixed,
+                *mixed(),
                 event("end", ActivityType.ERROR, host="api.anthropic.com.end", model="claude-haiku-4-5"),
             )
             received = [e.call_id for _, e in await activities(stream, len(expected) + 1)]
@@ -653,3 +663,69 @@ async def test_the_stream_ends_when_the_client_disconnects(dashboard: Dashboard)
     async with asyncio.timeout(3):
         while await dashboard.on_server(task_count()) > idle:
             await asyncio.sleep(0.05)
+
+
+# --- Live activity while Redis is down ---------------------------------------------------------
+
+
+@pytest.fixture
+def redis_stream() -> Iterator[str]:
+    """A Redis stream key of this test's own, deleted afterwards."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    key = f"luthien:test:{uuid.uuid4().hex}"
+    yield key
+    with redis.Redis(host=REDIS_HOST, port=REDIS_PORT) as direct:
+        direct.delete(key, f"{key}:published")
+
+
+@asynccontextmanager
+async def over_relayed_redis(storage: Storage, stream: str) -> AsyncIterator[tuple[Dashboard, TcpRelay]]:
+    """A dashboard following ``stream`` on the real Redis through a relay the test can cut."""
+    with TcpRelay(REDIS_HOST, REDIS_PORT) as relay:
+        bus = RedisStreamBus(f"redis://127.0.0.1:{relay.port}", stream=stream)
+        with serve(storage, bus) as dashboard:
+            try:
+                yield dashboard, relay
+            finally:
+                await dashboard.on_server(bus.close())
+
+
+async def test_recent_activity_is_a_json_503_while_redis_is_down(storage: Storage, redis_stream: str) -> None:
+    async with (
+        over_relayed_redis(storage, redis_stream) as (dashboard, relay),
+        httpx.AsyncClient(base_url=dashboard.url, headers=AUTH, timeout=10) as client,
+    ):
+        assert (await client.get("/api/activity/recent")).status_code == 200
+        relay.cut()
+        down = await client.get("/api/activity/recent")
+        relay.restore()
+        assert (await client.get("/api/activity/recent")).status_code == 200
+    assert down.status_code == 503
+    assert down.headers["content-type"] == "application/json"
+    assert down.json() == {
+        "error": f"live activity unavailable: Redis at 127.0.0.1:{relay.port}/{redis_stream} cannot be "
+        "reached (ConnectionError)"
+    }
+
+
+async def test_the_activity_stream_outlives_redis_going_down_and_misses_nothing(
+    storage: Storage, redis_stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(activity, "KEEPALIVE_SECONDS", 0.2)
+    publisher = RedisStreamBus(REDIS_URL, stream=redis_stream)
+    async with (
+        over_relayed_redis(storage, redis_stream) as (dashboard, relay),
+        httpx.AsyncClient(base_url=dashboard.url, headers=AUTH, timeout=10) as client,
+        sse(client, after="0") as stream,
+    ):
+        await publisher.publish(event("before", ActivityType.COMPLETED))
+        [(_, before)] = await activities(stream, 1)
+        relay.cut()
+        await publisher.publish(event("during", ActivityType.COMPLETED))
+        async with asyncio.timeout(5):
+            assert await anext(stream) == {"": "keepalive"}  # still open, though nothing can come
+        relay.restore()
+        await publisher.publish(event("after", ActivityType.COMPLETED))
+        received = [before.call_id, *(e.call_id for _, e in await activities(stream, 2))]
+    await publisher.close()
+    assert received == ["before", "during", "after"]

@@ -136,8 +136,8 @@ async def test_a_record_the_database_refuses_is_counted(tmp_path: Path) -> None:
     register_recording_metrics(writer, registry)
     writer.start()
     try:
-        writer.submit(call(1))
-        writer.submit(unstorable(2))
+        await writer.store([call(1)])
+        await writer.store([unstorable(2)])
         await writer.flush()
         samples = parse(generate_latest(registry).decode())
     finally:

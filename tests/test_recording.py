@@ -10,9 +10,10 @@ import pytest
 
 from controlplane.recording.records import REDACTED, CallOutcome
 from tests.conftest import RunningProxy
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import FakeProvider, ScriptedReply, matching
 from tests.fake_provider.scenarios import DEFAULT_TEXT as FAKE_TEXT
 from tests.recorded import recorded
+from tests.scripted import chat_chunk, chat_delta, chat_stream_lines, frame
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -155,3 +156,34 @@ async def test_a_call_whose_client_left_before_the_answer_is_recorded(
     assert record.outcome is CallOutcome.ERROR and record.status is None
     assert record.error == "the client disconnected before the response was sent"
     assert record.final_request is not None and record.original_output is None
+
+
+def _chat_text_stream(text: str) -> bytes:
+    chunks = [
+        chat_chunk([chat_delta(0, {"role": "assistant", "content": ""})]),
+        *(chat_chunk([chat_delta(0, {"content": word + " "})]) for word in text.split()),
+        chat_chunk([chat_delta(0, {}, "stop")]),
+    ]
+    return frame(chat_stream_lines(chunks))
+
+
+async def test_a_stream_whose_client_had_its_end_is_complete_though_the_provider_ends_it_later(
+    noop: RunningProxy, fake: FakeProvider
+) -> None:
+    """The openai SDK stops reading at ``[DONE]`` and closes; the provider's body ends later."""
+    word = tag()
+    late_end = b": the provider ends its body a while after [DONE]\n\n"
+    with fake.scripted():
+        fake.script(
+            ScriptedReply(
+                (_chat_text_stream(f"{word} done"), late_end), content_type="text/event-stream", delay=1.0
+            ),
+            matching("POST", "/v1/chat/completions"),
+        )
+        (result,) = noop.sdk({"api": "chat", "stream": True, "prompt": word})
+    assert result["ok"] and result["text"] == f"{word} done ", result
+    (record,) = await recorded(noop.database_url, word, 1)
+    assert record.outcome is CallOutcome.COMPLETED and record.error is None
+    assert record.final_output is not None and record.final_output.text == f"{word} done "
+    # Its record was on disk before [DONE] reached the client: the provider's late tail is not in it.
+    assert record.final_events is not None and record.final_events[-1] == (None, "[DONE]")

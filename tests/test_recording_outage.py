@@ -91,7 +91,7 @@ async def test_a_database_outage_with_calls_flowing_loses_and_duplicates_nothing
     assert sorted(r.original_request is not None for r in records) == [True] * len(records)
     ids = await stored_rows(database, word)
     assert len(ids) == len(set(ids)) == len(flowing.results)
-    assert "spooling records" in proxy.log() and "replayed" in proxy.log()
+    assert "records wait in" in proxy.log() and "replayed" in proxy.log()
 
 
 async def test_records_spooled_before_an_abrupt_restart_are_stored_after_it(

@@ -67,7 +67,6 @@ async def call(pipeline: Pipeline, stream: bool) -> bytes:
     request = ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, json.dumps(body).encode())
     response = await pipeline.handle(request)
     out = b"".join([chunk async for chunk in response.body])
-    await pipeline.aclose()
     assert response.status == 200, out
     return out
 

@@ -337,6 +337,10 @@ class AnthropicTranscoder:
         data = event.json()
         return isinstance(data, dict) and data.get("type") == "error"
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
     def observe_emitted(self, event: SSEEvent) -> None:
         data = event.json()
         if not isinstance(data, dict):

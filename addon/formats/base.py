@@ -44,6 +44,12 @@ class StreamTranscoder(Protocol):
         """The client received this upstream event verbatim."""
         ...
 
+    @property
+    def ended(self) -> bool:
+        """The client has seen the stream end: the terminal event after which its SDK stops
+        reading (``[DONE]``, ``message_stop``, ``response.completed``…), or an error that ends it."""
+        ...
+
     def encode(self, chunk: ModelResponseStream) -> bytes:
         """Wire events for a chunk, continuing from what the client has seen."""
         ...

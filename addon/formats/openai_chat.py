@@ -201,6 +201,10 @@ class OpenAIChatTranscoder:
         data = event.json()
         return isinstance(data, dict) and bool(data.get("error"))
 
+    @property
+    def ended(self) -> bool:
+        return self._done
+
     def observe_emitted(self, event: SSEEvent) -> None:
         if event.data.startswith("[DONE]"):  # as the SDK reads it
             self._done = True

@@ -440,6 +440,10 @@ class OpenAIResponsesTranscoder:
         return finish
 
     # -- the client's view ------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self._completed
+
     def observe_emitted(self, event: SSEEvent) -> None:
         data = event.json()
         if not isinstance(data, dict):

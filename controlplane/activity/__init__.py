@@ -1,10 +1,18 @@
 """Live activity events: see ``bus`` for the contract, ``open_bus`` to get one."""
 
-from controlplane.activity.bus import FROM_START, ActivityBus, PublishedEvent
+from controlplane.activity.bus import FROM_START, ActivityBus, BusUnavailable, PublishedEvent
 from controlplane.activity.memory import InMemoryBus
 from controlplane.activity.redis_stream import RedisStreamBus
 
-__all__ = ["FROM_START", "ActivityBus", "InMemoryBus", "PublishedEvent", "RedisStreamBus", "open_bus"]
+__all__ = [
+    "FROM_START",
+    "ActivityBus",
+    "BusUnavailable",
+    "InMemoryBus",
+    "PublishedEvent",
+    "RedisStreamBus",
+    "open_bus",
+]
 
 
 def open_bus(redis_url: str | None) -> ActivityBus:

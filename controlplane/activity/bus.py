@@ -19,6 +19,11 @@ class PublishedEvent(BaseModel):
     event: ActivityEvent
 
 
+class BusUnavailable(Exception):
+    """The bus cannot be reached now (its Redis is down): what ``recent`` raises. The message
+    names where the bus is, never its credentials."""
+
+
 #: ``subscribe(after=FROM_START)``: every event the bus still holds, then new ones. A client that
 #: found no recent events subscribes from here, so that none published in between is missed.
 FROM_START = "0"
@@ -28,7 +33,9 @@ class ActivityBus(Protocol):
     async def publish(self, event: ActivityEvent) -> None:
         """Hands an event to the bus. Never blocks on the network and never raises: it is called
         on the request path, and a slow or dead bus must not slow or break a call. Events
-        published while the bus is unreachable are buffered (bounded) and sent when it returns."""
+        published while the bus is unreachable are buffered (bounded) and sent when it returns.
+        An event whose ``event_id`` the bus holds already (a copy sent again after a lost reply)
+        is dropped, so that no subscriber, live or resuming, sees it twice."""
         ...
 
     def subscribe(self, after: str | None = None) -> AsyncGenerator[PublishedEvent]:
@@ -39,7 +46,8 @@ class ActivityBus(Protocol):
         ...
 
     async def recent(self, limit: int) -> list[PublishedEvent]:
-        """The latest ``limit`` retained events, oldest first."""
+        """The latest ``limit`` retained events, oldest first. Raises ``BusUnavailable`` when
+        the bus cannot be reached: unlike a subscription, an answer cannot wait for it."""
         ...
 
     async def close(self) -> None: ...

@@ -16,6 +16,7 @@ class InMemoryBus:
 
     def __init__(self, retain: int = 10_000) -> None:
         self._events: deque[PublishedEvent] = deque(maxlen=retain)
+        self._held: set[str] = set()  # the event ids of ``_events``, to know a copy sent again
         self._last_id = 0
         # Replaced on every publish, so each waiting subscriber wakes once per batch of publishes
         # without the publisher waiting on anything.
@@ -23,6 +24,11 @@ class InMemoryBus:
         self._closed = False
 
     async def publish(self, event: ActivityEvent) -> None:
+        if event.event_id in self._held:
+            return
+        if self._events and len(self._events) == self._events.maxlen:
+            self._held.discard(self._events[0].event.event_id)
+        self._held.add(event.event_id)
         self._last_id += 1
         self._events.append(PublishedEvent(id=str(self._last_id), event=event))
         self._wake()

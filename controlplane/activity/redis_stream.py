@@ -1,19 +1,20 @@
 """The activity bus on a Redis Stream, shared by proxies and dashboards in separate processes.
 
 Publishing never waits on Redis: events go to a bounded local queue that a background task sends
-in pipelined batches, keeping them through an outage. Subscribers read with XREAD BLOCK and,
+in batches (one script call each), keeping them through an outage. Subscribers read with XREAD BLOCK and,
 after a connection error, reconnect and continue after the last id they yielded.
 
-A batch whose reply was lost is sent again whole, though Redis may have stored it (Redis 7 has no
-idempotent XADD). So each publisher numbers its events, and readers skip a number they have
-already seen from that publisher: every event reaches each subscriber once.
+The same event can be published twice: a batch whose reply was lost is sent again whole, though
+Redis may have stored it (Redis 7 has no idempotent XADD), and a sidecar whose POST failed after the
+control plane published it sends its events again. So events are added by a script that skips an
+event whose ``event_id`` the stream holds already: the stream has no copies, and a subscriber,
+live or resuming from any id, sees each event once.
 """
 
 import asyncio
 import logging
 import re
-import uuid
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncGenerator
 from typing import cast
 from urllib.parse import urlsplit
@@ -24,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from controlplane.activity.bus import FROM_START, PublishedEvent
+from controlplane.activity.bus import FROM_START, BusUnavailable, PublishedEvent
 from controlplane.models import ActivityEvent
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,20 @@ _FLUSH_SECONDS = 1.0
 _STREAM_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _BEFORE_ALL = "0-0"
 
-#: Publishers a reader remembers the last event number of (the least recently heard from go first).
-_PUBLISHERS_REMEMBERED = 1024
+#: Adds each event (ARGV: the stream's length, then pairs of event id and JSON) to the stream
+#: KEYS[1], unless its id is in KEYS[2], the ids of the latest events added, scored by when. In one
+#: script, so that a copy racing its original (sent by another control plane) is caught as well.
+#: Twice as many ids as entries are kept, since the stream is trimmed only approximately.
+_ADD_ONCE = """
+local retain = tonumber(ARGV[1])
+for i = 2, #ARGV, 2 do
+  if not redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    local entry = redis.call('XADD', KEYS[1], 'MAXLEN', '~', retain, '*', 'event', ARGV[i + 1])
+    redis.call('ZADD', KEYS[2], tonumber(string.match(entry, '^%d+')), ARGV[i])
+  end
+end
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -2 * retain - 1)
+"""
 
 #: Entries as redis-py returns them with decode_responses; fields are None for an entry deleted
 #: while being read.
@@ -71,27 +84,10 @@ def _valid_id(after: str | None) -> str | None:
     return after if max(_order(after)) < 2**64 else None
 
 
-class _SeenPublishers:
-    """The last event number a reader has seen from each publisher."""
-
-    def __init__(self) -> None:
-        self._last: OrderedDict[str, int] = OrderedDict()
-
-    def again(self, fields: dict[str, str] | None) -> bool:
-        """Whether this entry repeats one already read: a re-sent copy of a batch Redis had stored."""
-        origin, _, number = (fields or {}).get("from", "").rpartition(":")
-        if not origin or not number.isdigit():
-            return False  # written by a version that did not number its events
-        seen, last = int(number), self._last.pop(origin, 0)
-        self._last[origin] = max(last, seen)
-        if len(self._last) > _PUBLISHERS_REMEMBERED:
-            self._last.popitem(last=False)
-        return seen <= last
-
-
 class RedisStreamBus:
-    """Events live in the stream ``stream``, trimmed to about ``retain`` entries; at most ``retain``
-    events wait locally while Redis is unreachable, since more would not be retained anyway."""
+    """Events live in the stream ``stream``, trimmed to about ``retain`` entries, and the ids of
+    the latest ones in the sorted set ``stream:published``; at most ``retain`` events wait locally
+    while Redis is unreachable, since more would not be retained anyway."""
 
     def __init__(self, url: str, stream: str = "luthien:activity", retain: int = 10_000) -> None:
         self._redis = Redis.from_url(
@@ -104,11 +100,11 @@ class RedisStreamBus:
         parts = urlsplit(url)  # only host and port: the URL may carry a password
         self._where = f"{parts.hostname}:{parts.port or 6379}/{stream}"
         self._stream = stream
+        self._published = f"{stream}:published"
+        self._add_once = self._redis.register_script(_ADD_ONCE)
         self._retain = retain
-        self._origin = uuid.uuid4().hex  # names this publisher in each entry's "from" field
-        self._numbered = 0
-        self._queue: deque[tuple[int, str]] = deque()  # (the event's number, its JSON), to send
-        self._in_flight: list[tuple[int, str]] = []
+        self._queue: deque[tuple[str, str]] = deque()  # (the event's id, its JSON), to send
+        self._in_flight: list[tuple[str, str]] = []
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
@@ -131,8 +127,7 @@ class RedisStreamBus:
             return
         if len(self._queue) >= self._retain:
             self._drop_oldest()
-        self._numbered += 1
-        self._queue.append((self._numbered, data))
+        self._queue.append((event.event_id, data))
         self._queued.set()
         if self._sender is None or self._sender.done():
             self._sender = asyncio.create_task(self._send_forever(), name="activity-bus-sender")
@@ -141,7 +136,6 @@ class RedisStreamBus:
         cursor = _valid_id(after)
         backoff = _Backoff()
         lost = False
-        seen = _SeenPublishers()
         while not self._closed:
             try:
                 cursor = await self._resume_point(cursor)
@@ -157,8 +151,6 @@ class RedisStreamBus:
                     for _stream, entries in reply:
                         for entry_id, fields in entries:
                             cursor = entry_id
-                            if seen.again(fields):
-                                continue
                             if (item := self._decode(entry_id, fields)) is not None:
                                 yield item
             except (RedisError, OSError) as exc:
@@ -172,10 +164,11 @@ class RedisStreamBus:
     async def recent(self, limit: int) -> list[PublishedEvent]:
         if limit <= 0:
             return []
-        entries = cast(_Entries, await self._redis.xrevrange(self._stream, count=limit))
-        seen = _SeenPublishers()
-        fresh = [(entry_id, fields) for entry_id, fields in reversed(entries) if not seen.again(fields)]
-        decoded = (self._decode(entry_id, fields) for entry_id, fields in fresh)
+        try:
+            entries = cast(_Entries, await self._redis.xrevrange(self._stream, count=limit))
+        except (RedisError, OSError) as exc:
+            raise BusUnavailable(f"Redis at {self._where} cannot be reached ({type(exc).__name__})") from exc
+        decoded = (self._decode(entry_id, fields) for entry_id, fields in reversed(entries))
         return [item for item in decoded if item is not None]
 
     async def close(self) -> None:
@@ -216,17 +209,10 @@ class RedisStreamBus:
         """Retries the same batch until it is sent, so that events stay in order; gives up only
         when the bus is closing."""
         backoff = _Backoff()
+        pairs = [part for event in self._in_flight for part in event]
         while True:
             try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for number, data in self._in_flight:
-                        pipe.xadd(
-                            self._stream,
-                            {"event": data, "from": f"{self._origin}:{number}"},
-                            maxlen=self._retain,
-                            approximate=True,
-                        )
-                    await pipe.execute()
+                await self._add_once(keys=[self._stream, self._published], args=[self._retain, *pairs])
             except (RedisError, OSError) as exc:
                 if self._closed:
                     return False

@@ -1,7 +1,7 @@
 """Applies a policy's recording redaction to every string in a record before it is stored."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from controlplane.recording.records import Record
 
@@ -16,6 +16,7 @@ def _walk(node: Any, redact: Callable[[str], str]) -> Any:
     return node
 
 
-def redact_record(record: Record, redact: Callable[[str], str]) -> Record:
+def redact_record[R: Record](record: R, redact: Callable[[str], str]) -> R:
     """A copy of ``record`` with ``redact`` applied to every string value it holds."""
-    return record.model_validate(_walk(record.model_dump(mode="json"), redact))
+    # type(record) is R itself, which the union bound hides from the type checker.
+    return cast(R, type(record).model_validate(_walk(record.model_dump(mode="json"), redact)))

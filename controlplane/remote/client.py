@@ -69,6 +69,14 @@ _IDLE_STREAM_CONNECTIONS = 32
 _ACTIVITY_INTERVAL = 0.2
 
 
+async def _answer(connection: ClientConnection) -> dict[str, Any]:
+    """The control plane's next message on a stream. A policy may wait on an LLM judge, so the
+    wait is as long as a request policy's; a control plane that hangs past it is lost."""
+    async with asyncio.timeout(_POLICY_TIMEOUT):
+        message: dict[str, Any] = json.loads(await connection.recv())
+    return message
+
+
 @functools.cache
 def _tls_context() -> ssl.SSLContext:
     """What httpx verifies with by default (certifi's CAs), built once per process: loading the CAs
@@ -119,6 +127,10 @@ class ControlPlaneHTTP:
         for connection in [*(stream.connection for stream in self._streams.values()), *self._idle]:
             await connection.close()
         await self._http.aclose()
+
+    @property
+    def recorder(self) -> RecordWriter:
+        return self._writer
 
     # --- policies --------------------------------------------------------------------------
 
@@ -216,7 +228,9 @@ class ControlPlaneHTTP:
         """Keeps a stream's connection for the next stream if every answer on it was read (the
         server is then waiting for an ``open``), else closes it."""
         connection = stream.connection
-        if stream.unread or connection.state is not State.OPEN or len(self._idle) >= _IDLE_STREAM_CONNECTIONS:
+        if stream.unread or connection.state is not State.OPEN:
+            connection.transport.abort()  # not close(): its handshake would wait on a hung peer
+        elif len(self._idle) >= _IDLE_STREAM_CONNECTIONS:
             await connection.close()
         else:
             self._idle.append(connection)
@@ -236,17 +250,17 @@ class ControlPlaneHTTP:
         unanswered = 0  # the first of ``chunks`` the policy has not answered yet
         try:
             while stream.unread:  # what the consumer left unread answers earlier messages: skip it
-                if json.loads(await connection.recv())["type"] == "done":
+                if (await _answer(connection))["type"] == "done":
                     stream.unread -= 1
             await connection.send(message.model_dump_json())
             stream.unread += 1
-            while (reply := json.loads(await connection.recv()))["type"] == "result":
+            while (reply := await _answer(connection))["type"] == "result":
                 answer = StreamResult.model_validate(reply)
                 if answer.index is not None:
                     unanswered = answer.index + 1
                 yield answer.result.chunk()
             stream.unread -= 1
-        except (OSError, WebSocketException) as exc:
+        except (OSError, TimeoutError, WebSocketException) as exc:
             self._streams.pop(context.stream_id, None)
             lost = ControlPlaneUnavailable(f"the stream's connection broke: {type(exc).__name__}")
             if not self._fail_open:
@@ -280,15 +294,18 @@ class ControlPlaneHTTP:
 
     # --- recording and activity ------------------------------------------------------------
 
+    def record_call_started(self, stand_in: CallRecord) -> None:
+        self._writer.opened(stand_in)
+
     async def record_call(self, record: CallRecord) -> None:
-        self._writer.submit(record)
+        await self._writer.store([record])
 
     async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
         call_id = payload.get("call_id")
         event = DebugEvent(
             call_id=call_id if isinstance(call_id, str) else None, type=debug_type, payload=payload
         )
-        self._writer.submit(event)
+        await self._writer.store([event])
 
     async def publish_activity(self, event: ActivityEvent) -> None:
         self._activity.append(event)  # the oldest is dropped when the control plane is away long

@@ -39,7 +39,6 @@ from controlplane.metrics import (
 from controlplane.models import ChunkResult, StreamingContext
 from controlplane.policy_file import PolicyFileError, policy_from_document
 from controlplane.policy_reload import document_version
-from controlplane.recording.records import Record
 from controlplane.recording.writer import RecordWriter
 from controlplane.remote.wire import (
     API,
@@ -145,9 +144,9 @@ def create_control_plane_app(
 
     @app.post(f"{API}/records", status_code=204, dependencies=guarded, responses=with_body)
     async def records(batch: RecordBatch) -> Response:
-        received: list[Record] = [*batch.calls, *batch.debug_events]
-        for record in received:
-            control_plane.record(record)
+        # Answered once the records are in this process's fsynced journal: the sidecar drops its
+        # copy on this answer.
+        await control_plane.record([*batch.calls, *batch.debug_events])
         return Response(status_code=204)
 
     @app.post(f"{API}/activity", status_code=204, dependencies=guarded, responses=with_body)
