@@ -176,7 +176,7 @@ class Pipeline:
         self._upstream = upstream
         self.metrics = metrics if metrics is not None else ProxyMetrics()
         self._unknown_endpoints = unknown_endpoints
-        self._active: dict[str, CallTrace] = {}  # calls begun and not yet recorded, by call id
+        self._active: set[str] = set()  # the ids of the calls begun and not yet recorded
         self._idle = asyncio.Event()
         self.stopping = False  # the proxy is shutting down: what is cut now, it cut
 
@@ -197,7 +197,7 @@ class Pipeline:
         trace.original_request = body_for_record(request.body) if request.body else None
         # Before anything goes upstream: should this process die mid-call, the call has a record.
         self._control_plane.record_call_started(trace.stand_in())
-        self._active[call_id] = trace
+        self._active.add(call_id)
         # The call's span continues a trace the agent started, if it sent a traceparent.
         trace.span = tracer.start_span(
             "luthien.call",
@@ -287,8 +287,9 @@ class Pipeline:
     async def _settle(self, trace: CallTrace) -> None:
         """The call is over for the client, or will be with the next piece sent: its span ends
         and its record goes to disk first. Once per call."""
-        if self._active.pop(trace.metadata.call_id, None) is None:
+        if trace.metadata.call_id not in self._active:
             return
+        self._active.remove(trace.metadata.call_id)
         if not self._active:
             self._idle.set()
         trace.finish()

@@ -33,11 +33,11 @@ class ProxyConfig:
     listen_host: str
     listen_port: int
     mitmproxy_confdir: Path
+    shutdown_grace: float  # on SIGTERM, how long calls in progress may take to finish
     provider_hosts: frozenset[str] = frozenset(DEFAULT_PROVIDER_HOSTS)
     upstreams: dict[str, str] = field(default_factory=dict)
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD
-    shutdown_grace: float = 10.0  # on SIGTERM, how long calls in progress may take to finish
 
 
 def allow_hosts_pattern(hosts: frozenset[str]) -> str:

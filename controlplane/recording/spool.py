@@ -3,7 +3,8 @@
 A record is appended to ``spool-N.jsonl`` (one JSON line) and fsynced, in groups, before the
 writer says it has it; the writer then stores it and confirms it here, in order. A record on this
 file survives a kill of the process at any moment and the loss of the machine's power; once every
-line is confirmed stored, the file is emptied. While the database is away the file simply grows.
+line is confirmed stored and the file has grown past _EMPTIED_PAST, it is emptied (and at exit).
+While the database is away the file simply grows.
 
 Beside it, ``inflight-N.jsonl`` holds a stand-in record for each call still in progress, written
 before the call's request goes upstream and struck off once the call's own record is journalled.
