@@ -1,6 +1,7 @@
 """Assembles and runs the data plane: mitmproxy, the interceptor and the relay server."""
 
 import asyncio
+import gc
 import logging
 import re
 import signal
@@ -56,6 +57,16 @@ class _Ready:
         self._on_ready()
 
 
+class _FreezeStartup:
+    """Once the proxy is up, what start-up built (modules, LiteLLM's tables, the policies) is
+    moved out of the garbage collector's view: a full collection would otherwise walk it all
+    again, a pause of hundreds of milliseconds in some call's p99."""
+
+    def running(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+
 async def run_proxy(
     config: ProxyConfig,
     control_plane: ControlPlaneService,
@@ -73,7 +84,11 @@ async def run_proxy(
         confdir=str(config.mitmproxy_confdir),
     )
     master = DumpMaster(options, with_termlog=False, with_dumper=False)
-    master.addons.add(ProviderInterceptor(config.provider_hosts, relay.port, relay.token), _Ready(on_ready))
+    master.addons.add(
+        ProviderInterceptor(config.provider_hosts, relay.port, relay.token),
+        _FreezeStartup(),
+        _Ready(on_ready),
+    )
     options.update(
         allow_hosts=[allow_hosts_pattern(config.provider_hosts)],
         # lazy: a CONNECT does not dial the destination; provider flows go to the relay anyway.

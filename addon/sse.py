@@ -54,26 +54,39 @@ def parse_event(raw: bytes) -> SSEEvent:
 
 
 class SSEParser:
-    """Feeds raw bytes in, returns the complete events found so far."""
+    """Feeds raw bytes in, returns the complete events found so far.
+
+    Linear in the bytes fed, however they are split: an event that arrives in many pieces is
+    neither copied nor searched again with each piece.
+    """
+
+    #: A blank line is at most 4 bytes (CRLF CRLF): one completed by new bytes begins in the
+    #: last 3 bytes already searched.
+    _OVERLAP = 3
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._searched = 0  # no event ends before this offset of the buffer
 
     def feed(self, data: bytes) -> list[SSEEvent]:
-        buffer = self._buffer + data
+        buffer = self._buffer
+        buffer += data
         events = []
         start = 0
-        while match := _EVENT_END.search(buffer, start):
+        while match := _EVENT_END.search(buffer, max(start, self._searched)):
             if match.end() == len(buffer) and buffer.endswith(b"\r"):
                 break  # that CR may be the first half of a CRLF: the event ends where that says
-            events.append(parse_event(buffer[start : match.end()]))
+            events.append(parse_event(bytes(buffer[start : match.end()])))
             start = match.end()
-        self._buffer = buffer[start:]
+        del buffer[:start]
+        self._searched = max(0, len(buffer) - self._OVERLAP)
         return events
 
     def flush(self) -> bytes:
         """Bytes after the last complete event: the stream ended there, mid-event or not."""
-        rest, self._buffer = self._buffer, b""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._searched = 0
         return rest
 
 

@@ -57,17 +57,38 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def family(pid: int) -> list[int]:
+    """A process and its children, and theirs."""
+    found, pids = [], [pid]
+    while pids:
+        current = pids.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            pids += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def rss_mib(pid: int) -> float:
     """VmRSS of a process and its children."""
     total_kib = 0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
+    for current in family(pid):
         status = Path(f"/proc/{current}/status").read_text()
         total_kib += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
-        for task in Path(f"/proc/{current}/task").iterdir():
-            pids += [int(child) for child in (task / "children").read_text().split()]
     return total_kib / 1024
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(processes: Sequence[Process]) -> float:
+    """User and system CPU time spent so far by these processes and their children."""
+    ticks = 0
+    for process in processes:
+        for pid in family(process.popen.pid):
+            # The command name (field 2) may hold spaces: the fields that follow its ")" are counted.
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLOCK_TICKS
 
 
 async def wait_ready(route: Route, verify: ssl.SSLContext, process: Process) -> float:
@@ -99,6 +120,7 @@ class Contender:
     latencies: list[float] = field(default_factory=list)
     calls_per_s: list[float] = field(default_factory=list)
     streams: list[load.Timing] = field(default_factory=list)
+    stream_cpu_s: float = 0.0  # CPU time of the target's processes over the measured streams
     rss_before_streams_mib: float | None = None
     rss_open_streams_mib: float | None = None
 
@@ -120,6 +142,11 @@ class Contender:
             stream_first_byte_ms=median_ms([t.first_byte for t in self.streams]),
             stream_total_ms=median_ms([t.total for t in self.streams]),
             stream_events=settings.stream_events,
+            stream_cpu_us_per_event=(
+                self.stream_cpu_s * 1e6 / (settings.stream_events * len(self.streams))
+                if running is not None
+                else None
+            ),
             rss_before_streams_mib=self.rss_before_streams_mib,
             rss_open_streams_mib=self.rss_open_streams_mib,
             other_processes_rss_mib=others,
@@ -172,7 +199,10 @@ async def measure(contenders: Sequence[Contender], verify: ssl.SSLContext, setti
             await load.sequential(clients[c.name], body, 0, 2)
         for _ in range(settings.stream_requests):
             for c in contenders:
+                processes = c.running.processes if c.running is not None else []
+                before = cpu_seconds(processes)
                 c.streams.append(await load.timed_post(clients[c.name], body))
+                c.stream_cpu_s += cpu_seconds(processes) - before
     finally:
         for http in clients.values():
             await http.aclose()

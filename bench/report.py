@@ -33,6 +33,7 @@ def figures(run: Run) -> str:
                 number(r.stream_first_byte_ms, 2),
                 number(r.stream_total_ms, 1),
                 "-" if r is direct else number(r.per_event_us(direct), 0),
+                number(r.stream_cpu_us_per_event, 0),
                 "-" if r.stream_growth_mib is None else f"{r.stream_growth_mib:+.1f}",
             ]
         )
@@ -47,6 +48,7 @@ def figures(run: Run) -> str:
         f"stream first byte ms ({s.stream_events} events)",
         "stream total ms",
         "per event µs",
+        "CPU per event µs",
         f"RSS +{s.open_streams} streams MiB",
     ]
     return table(headers, rows)
@@ -64,11 +66,14 @@ def ratios(run: Run, base: TargetResult) -> str:
             ratio(r.calls_per_s, base.calls_per_s),
             f"{r.stream_first_byte_ms - base.stream_first_byte_ms:+.2f} ms",
             ratio(r.stream_total_ms, base.stream_total_ms),
+            ratio(r.stream_cpu_us_per_event, base.stream_cpu_us_per_event)
+            if r.stream_cpu_us_per_event and base.stream_cpu_us_per_event
+            else "-",
         ]
         for r in run.results
         if r is not base
     ]
-    return table(["target", "p50", "calls/s", "stream first byte", "stream total"], rows)
+    return table(["target", "p50", "calls/s", "stream first byte", "stream total", "CPU per event"], rows)
 
 
 def render(run: Run) -> str:
