@@ -1,5 +1,6 @@
 """What the pipeline saw of one call, turned into a ``CallRecord`` when the call is over."""
 
+import copy
 import json
 import time
 from collections import deque
@@ -80,14 +81,28 @@ class EventLog:
 
 class StreamCapture:
     """Both sides of a stream: the provider's events and chunks, the policy's chunks and the
-    events the client received."""
+    events the client received.
 
-    def __init__(self) -> None:
+    A mirrored capture (the passive path, where the client gets exactly what the provider sent)
+    keeps one side and copies it into the other only if the two ever part: at the first thing
+    written for the client rather than forwarded.
+    """
+
+    def __init__(self, *, mirrored: bool = False) -> None:
         self.original_events = EventLog()
-        self.final_events = EventLog()
         self.original = OutputAssembler()
-        self.final = OutputAssembler()
+        self._mirrored = mirrored
+        self._final_events = EventLog()
+        self._final = OutputAssembler()
         self._sent = SSEParser()
+
+    @property
+    def final_events(self) -> EventLog:
+        return self.original_events if self._mirrored else self._final_events
+
+    @property
+    def final(self) -> OutputAssembler:
+        return self.original if self._mirrored else self._final
 
     def upstream_event(self, event: SSEEvent, chunks: list[ModelResponseStream]) -> None:
         self.original_events.add((event.event, event.data))
@@ -95,15 +110,23 @@ class StreamCapture:
             self.original.add(chunk)
 
     def policy_chunk(self, chunk: ModelResponseStream) -> None:
-        self.final.add(chunk)
+        self._part()
+        self._final.add(chunk)
 
     def client_events(self, events: list[SSEEvent]) -> None:
+        self._part()
         for event in events:
-            self.final_events.add((event.event, event.data))
+            self._final_events.add((event.event, event.data))
 
     def sent(self, data: bytes) -> None:
         """Bytes written for the client (whole events) rather than forwarded."""
         self.client_events(self._sent.feed(data))
+
+    def _part(self) -> None:
+        if self._mirrored:
+            self._mirrored = False
+            self._final_events = copy.deepcopy(self.original_events)
+            self._final = copy.deepcopy(self.original)
 
 
 class CallTrace:

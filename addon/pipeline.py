@@ -23,8 +23,9 @@ from opentelemetry import trace as otel
 from addon.call_trace import CallTrace, StreamCapture, body_for_record
 from addon.endpoints import Route, Treatment, UnknownEndpoints, UnsafePath, family_for_host, resolve
 from addon.formats import FormatError, RequestCodec, WireFormatCodec, codec, error_codec, request_codec
+from addon.joined_reads import joined_reads
 from addon.metrics import ProxyMetrics
-from addon.stream_relay import StreamRelay
+from addon.stream_relay import StreamRelay, relay_for
 from addon.upstream import Upstream
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
@@ -478,8 +479,8 @@ class Pipeline:
                 raise
             trace.policy_version = context.policy_version or trace.policy_version
             trace.unpoliced |= context.unpoliced
-            trace.stream = StreamCapture()
-            relay = StreamRelay(codec.stream_transcoder(), self._control_plane, context, trace.stream)
+            trace.stream = StreamCapture(mirrored=not context.inspects_chunks)
+            relay = relay_for(codec.stream_transcoder(), self._control_plane, context, trace.stream)
             streamed = await _started(self._streamed(upstream, relay, trace))
             return ProxyResponse(upstream.status_code, headers, streamed)
         return await self._whole_response(upstream, codec, trace)
@@ -570,24 +571,26 @@ class Pipeline:
         try:
             yield b""  # see _started
             try:
-                async for data in upstream.aiter_bytes():
-                    if trace.ttfb_ms is None:
-                        trace.first_byte()
-                        await self._publish(metadata, ActivityType.FIRST_BYTE)
-                    async for out in _batched(relay.feed(data)):
-                        await self._before_sending(relay, trace)
-                        yield out
-                    if relay.ended:
-                        break
-                    if time.monotonic() - summarised >= _CHUNK_SUMMARY_INTERVAL:
-                        summarised = time.monotonic()
-                        progress = relay.outcome
-                        await self._publish(
-                            metadata,
-                            ActivityType.STREAM_CHUNKS,
-                            chunks_in=progress.chunks_in,
-                            chunks_out=progress.chunks_out,
-                        )
+                reads = joined_reads(upstream.aiter_bytes())
+                async with contextlib.aclosing(reads):  # a break stops the reader too
+                    async for data in reads:
+                        if trace.ttfb_ms is None:
+                            trace.first_byte()
+                            await self._publish(metadata, ActivityType.FIRST_BYTE)
+                        async for out in _batched(relay.feed(data)):
+                            await self._before_sending(relay, trace)
+                            yield out
+                        if relay.ended:
+                            break
+                        if time.monotonic() - summarised >= _CHUNK_SUMMARY_INTERVAL:
+                            summarised = time.monotonic()
+                            progress = relay.outcome
+                            await self._publish(
+                                metadata,
+                                ActivityType.STREAM_CHUNKS,
+                                chunks_in=progress.chunks_in,
+                                chunks_out=progress.chunks_out,
+                            )
             except httpx.HTTPError as exc:
                 if not relay.client_has_end:  # past its end, a stream breaking off is no failure
                     reason = f"the provider's stream broke off: {type(exc).__name__}"

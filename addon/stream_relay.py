@@ -255,3 +255,56 @@ class StreamRelay:
         self._diverge()
         self.outcome.ended_by_policy = True
         return self._written(self._transcoder.finish())
+
+
+class PassiveRelay(StreamRelay):
+    """The relay of a stream no policy inspects: each event is framed, checked against its
+    format (a stream that breaks it still ends with an error), recorded and forwarded as it
+    came. Nothing goes to the control plane, nothing is compared, and the record keeps one copy
+    of what both sides saw."""
+
+    async def _events(self, events: list[SSEEvent]) -> AsyncIterator[bytes]:
+        passed: list[SSEEvent] = []
+        for event in events:
+            if self.ended:
+                break
+            try:
+                self._check(event)
+            except Exception as exc:  # the provider's stream breaks its format
+                yield self._passed(passed) + self._malformed(exc)
+                return
+            passed.append(event)
+        if passed:
+            yield self._passed(passed)
+
+    def _check(self, event: SSEEvent) -> None:
+        self.outcome.upstream_error |= self._transcoder.is_error(event)
+        chunks = self._transcoder.decode(event)
+        self.outcome.chunks_in += len(chunks)
+        self.outcome.chunks_out += len(chunks)
+        if self._capture is not None:
+            self._capture.upstream_event(event, chunks)
+
+    def _passed(self, events: list[SSEEvent]) -> bytes:
+        for event in events:
+            self._transcoder.observe_emitted(event)
+        return b"".join(event.raw for event in events)
+
+    async def close(self) -> AsyncIterator[bytes]:
+        if leftover := self._parser.flush():  # the stream ended mid-event: forwarded as it came
+            async for out in self._events([parse_event(leftover)]):
+                yield out
+
+    async def abandon(self) -> None:
+        """Nothing to release: the control plane holds nothing for this stream."""
+
+
+def relay_for(
+    transcoder: StreamTranscoder,
+    control_plane: ControlPlaneService,
+    context: StreamingContext,
+    capture: StreamCapture | None = None,
+) -> StreamRelay:
+    """The relay for a stream: the passive one when no policy inspects its chunks."""
+    kind = StreamRelay if context.inspects_chunks else PassiveRelay
+    return kind(transcoder, control_plane, context, capture)

@@ -110,8 +110,10 @@ class ControlPlaneLocal:
             metadata=metadata,
             request_data=request_data,
             policy_version=self.policy_version,
+            inspects_chunks=self.policy.inspects_streams(metadata),
         )
-        self._streams[context.stream_id] = _Stream(context, self.policy)
+        if context.inspects_chunks:  # a stream no policy looks at holds no state here
+            self._streams[context.stream_id] = _Stream(context, self.policy)
         return context
 
     async def process_streaming_chunks(

@@ -103,6 +103,7 @@ class StreamingContext(BaseModel):
     request_data: NormalizedRequest
     policy_version: str | None = None  # the policy this stream keeps until it ends
     unpoliced: bool = False  # no control plane could take the stream; it passes unchanged
+    inspects_chunks: bool = True  # false: no policy looks at this stream's chunks (the passive path)
     policy_state: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
 

@@ -64,6 +64,16 @@ class RewriteUserText(PolicyHandler):
         return PolicyResult.allow(request)
 
 
+class PassEveryChunk(PolicyHandler):
+    """Looks at every stream chunk and passes it unchanged: NoOp's answer, on the path of a
+    policy that inspects streams (NoOp's streams take the passive one)."""
+
+    async def apply_streaming_chunk_policy(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[ChunkResult]:
+        yield PolicyResult.allow(chunk)
+
+
 class SlowFirstChunkPolicy(PolicyHandler):
     """Awaits two seconds on the first chunk of streams whose prompt contains ``[slow-policy]``."""
 

@@ -172,3 +172,38 @@ def test_the_recorder_skips_redaction_only_when_no_policy_in_the_tree_redacts(
     text: str, redacts: bool
 ) -> None:
     assert policy(text).redacts_recordings is redacts
+
+
+@pytest.mark.parametrize(
+    ("text", "model", "inspects"),
+    [
+        ("policy: {class: NoOpPolicy}", "gpt-5", False),
+        ("policy: {class: 'tests.policies:BlockRequestsContaining', config: {word: x}}", "gpt-5", False),
+        ("policy: {class: AllCapsPolicy}", "gpt-5", True),
+        (
+            "policy: {class: SerialPolicy, config: {policies: [{class: NoOpPolicy}, {class: NoOpPolicy}]}}",
+            "gpt-5",
+            False,
+        ),
+        (
+            "policy: {class: SerialPolicy, config: {policies: [{class: NoOpPolicy}, {class: ToolCallBlocklistPolicy, config: {patterns: [rm]}}]}}",
+            "gpt-5",
+            True,
+        ),
+        (
+            "policy: {class: SelectPolicy, config: {routes: [{when: {model: 'gpt-*'}, policy: {class: AllCapsPolicy}}]}}",
+            "gpt-5",
+            True,
+        ),
+        (
+            "policy: {class: SelectPolicy, config: {routes: [{when: {model: 'gpt-*'}, policy: {class: AllCapsPolicy}}]}}",
+            "claude-x",
+            False,
+        ),
+    ],
+)
+def test_a_stream_takes_the_passive_path_only_when_no_policy_on_its_route_inspects_chunks(
+    text: str, model: str, inspects: bool
+) -> None:
+    metadata = RequestMetadata(call_id="c", host="h", path="/v1/chat/completions", model=model)
+    assert policy(text).inspects_streams(metadata) is inspects

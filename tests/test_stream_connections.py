@@ -17,6 +17,7 @@ from controlplane.recording.spool import Spool
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from tests.control_planes import TOKEN, service_host
+from tests.policies import PassEveryChunk
 from tests.tcp_relay import TcpRelay
 from tests.test_control_plane import LIKE, METADATA, Triples
 
@@ -27,7 +28,7 @@ async def through_relay(
 ) -> AsyncIterator[tuple[ControlPlaneHTTP, ControlPlaneLocal, TcpRelay]]:
     """A control plane reached through a TCP relay that counts connections and can cut them."""
     host = service_host()
-    served = ControlPlaneLocal(policy or NoOpPolicy())
+    served = ControlPlaneLocal(policy or PassEveryChunk())
     url = host.add(create_control_plane_app(served, host.storage, TOKEN))
     port = int(host.url.rsplit(":", 1)[1])
     spool_dir = Path(tempfile.mkdtemp(prefix="spool-", dir=host.root))
@@ -55,6 +56,15 @@ async def test_streams_one_after_another_share_one_connection() -> None:
             assert await one_stream(client, word) == [word]
         assert relay.connections == 1
         assert served.open_streams == 0
+
+
+async def test_a_stream_no_policy_inspects_is_released_at_its_open() -> None:
+    async with through_relay(NoOpPolicy()) as (client, served, relay):
+        for _ in range(3):
+            context = await client.create_streaming_context({"messages": []}, METADATA)
+            assert not context.inspects_chunks and not context.unpoliced
+            assert served.open_streams == 0  # nothing held for it, nothing will be sent for it
+        assert relay.connections == 1  # each one's connection was free for the next at once
 
 
 async def test_concurrent_streams_each_get_a_connection_then_reuse_them() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from addon.formats import codec_for
 from addon.sse import SSEParser
-from addon.stream_relay import StreamRelay
+from addon.stream_relay import relay_for
 from controlplane.interface import ControlPlaneService
 from controlplane.llm import ModelResponseStream
 from controlplane.models import ActivityEvent, ChunkResult, PolicyResult, RequestMetadata, StreamingContext
@@ -19,6 +19,7 @@ from tests.control_planes import Kind, control_plane_for, published
 from tests.fake_provider import anthropic_messages, openai_chat, openai_responses
 from tests.fake_provider.scenarios import find_scenario, plan_for
 from tests.fake_provider.wire import Context, IdFactory
+from tests.policies import PassEveryChunk
 
 RENDERERS = {
     "/v1/chat/completions": openai_chat.render,
@@ -62,7 +63,7 @@ async def run_relay(
     context = await control_plane.create_streaming_context({"messages": []}, metadata)
     codec = codec_for("POST", path)
     assert codec is not None
-    stream = StreamRelay(codec.stream_transcoder(), control_plane, context)
+    stream = relay_for(codec.stream_transcoder(), control_plane, context)
     out = bytearray()
     for piece in data:
         async for emitted in stream.feed(piece):
@@ -98,14 +99,15 @@ class MutateInPlace(PolicyHandler):
         yield PolicyResult.allow(chunk)
 
 
+@pytest.mark.parametrize("policy", [NoOpPolicy, PassEveryChunk], ids=["passive", "inspected"])
 @pytest.mark.parametrize("path", RENDERERS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 async def test_noop_relay_is_byte_identical_however_the_bytes_arrive(
-    path: str, scenario: str, control_plane_kind: Kind
+    path: str, scenario: str, policy: type[PolicyHandler], control_plane_kind: Kind
 ) -> None:
     original = provider_stream(path, scenario)
     for seed in range(3):
-        assert await relay(path, NoOpPolicy(), pieces(original, seed), kind=control_plane_kind) == original
+        assert await relay(path, policy(), pieces(original, seed), kind=control_plane_kind) == original
 
 
 @pytest.mark.parametrize("path", RENDERERS)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from addon.formats import codec_for
 from addon.sse import SSEParser
-from addon.stream_relay import StreamRelay
+from addon.stream_relay import relay_for
 from controlplane.llm import ModelResponse, acompletion
 from controlplane.models import ActivityEvent, ActivityType, RequestMetadata
 from controlplane.policies.chunks import ToolCall, ToolCallAccumulator, chunk_text, finish_reason
@@ -320,7 +320,7 @@ async def test_text_reaches_the_client_before_the_verdict(
     out = bytearray()
     async with control_plane_for(make_policy(judge), control_plane_kind) as control_plane:
         context = await control_plane.create_streaming_context({"messages": []}, metadata(path))
-        stream = StreamRelay(codec.stream_transcoder(), control_plane, context)
+        stream = relay_for(codec.stream_transcoder(), control_plane, context)
 
         async def drive() -> None:
             for event in events:  # one upstream event at a time

@@ -75,3 +75,13 @@ class PolicyHandler:
         """Whether ``redact_for_recording`` may change anything. When it cannot, the recorder
         skips walking every string of every record (a long stream's record holds thousands)."""
         return type(self).redact_for_recording is not PolicyHandler.redact_for_recording
+
+    def inspects_streams(self, metadata: RequestMetadata) -> bool:
+        """Whether this call's stream chunks reach the policy. When they cannot (neither
+        streaming hook is overridden), the stream takes the passive path: framed, checked,
+        recorded and forwarded as it came, with nothing sent to the policy per event."""
+        own = type(self)
+        return (
+            own.apply_streaming_chunk_policy is not PolicyHandler.apply_streaming_chunk_policy
+            or own.on_stream_end is not PolicyHandler.on_stream_end
+        )

@@ -93,6 +93,9 @@ class SerialPolicy(PolicyHandler):
     def redacts_recordings(self) -> bool:
         return any(policy.redacts_recordings for policy in self.policies)
 
+    def inspects_streams(self, metadata: RequestMetadata) -> bool:
+        return any(policy.inspects_streams(metadata) for policy in self.policies)
+
     def _contexts(self, context: StreamingContext) -> list[StreamingContext]:
         """Each child keeps its own per-stream state."""
         return context.policy_state.setdefault(
@@ -197,6 +200,9 @@ class SelectPolicy(PolicyHandler):
     @property
     def redacts_recordings(self) -> bool:
         return any(policy.redacts_recordings for policy in self._all())
+
+    def inspects_streams(self, metadata: RequestMetadata) -> bool:
+        return self.choose(metadata).inspects_streams(metadata)
 
     def _all(self) -> list[PolicyHandler]:
         return [policy for _, policy in self.routes] + [self.default]

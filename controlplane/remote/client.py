@@ -172,7 +172,11 @@ class ControlPlaneHTTP:
             context.unpoliced = True
             return context
         context.stream_id, context.policy_version = opened.stream_id, opened.policy_version
-        self._streams[context.stream_id] = _Stream(connection)
+        context.inspects_chunks = opened.inspects_chunks
+        if context.inspects_chunks:
+            self._streams[context.stream_id] = _Stream(connection)
+        else:  # nothing more is said on it for this stream
+            await self._release(_Stream(connection))
         return context
 
     async def _open_stream(self, opening: str) -> tuple[ClientConnection, StreamOpened]:

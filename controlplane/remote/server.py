@@ -215,8 +215,14 @@ async def _policed_stream(
     decisions: PolicyDecisionMetrics,
 ) -> None:
     context = await control_plane.create_streaming_context(opened.request_data, opened.metadata)
-    answer = StreamOpened(stream_id=context.stream_id, policy_version=context.policy_version)
+    answer = StreamOpened(
+        stream_id=context.stream_id,
+        policy_version=context.policy_version,
+        inspects_chunks=context.inspects_chunks,
+    )
     await websocket.send_text(answer.model_dump_json())
+    if not context.inspects_chunks:
+        return
     closed = False
     try:
         while not closed:

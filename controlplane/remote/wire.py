@@ -96,11 +96,14 @@ class StreamClose(BaseModel):
 
 
 class StreamOpened(BaseModel):
-    """The answer to ``open``: the stream's context (its id and policy version)."""
+    """The answer to ``open``: the stream's context (its id and policy version). When no policy
+    inspects the stream's chunks, the stream is over for the control plane at once: nothing is
+    sent for its events, no ``close`` follows, and the connection is free for the next ``open``."""
 
     type: Literal["opened"] = "opened"
     stream_id: str
     policy_version: str | None = None
+    inspects_chunks: bool = True
 
 
 class StreamResult(BaseModel):
