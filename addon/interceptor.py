@@ -4,7 +4,8 @@ A connection names its destination up to three times: the CONNECT target, the TL
 Host header (``:authority`` in HTTP/2). Each is put in canonical form (lower case, no trailing
 dot, IDNA) and the decision is made on all of them: a flow is Luthien's when any name is a
 provider host, and then every name must agree, or the flow is refused with a ``421``. A flow
-mitmproxy decrypted is never forwarded by mitmproxy itself: it goes to the relay, or is refused.
+mitmproxy decrypted is never forwarded by mitmproxy itself: it goes through the pipeline
+(addon/provider_calls.py), or is refused.
 """
 
 import json
@@ -14,9 +15,11 @@ from mitmproxy import http
 
 from addon.endpoints import family_for_host
 from addon.formats import error_codec
-from addon.relay_server import HOST_HEADER, TOKEN_HEADER
 
 log = logging.getLogger(__name__)
+
+#: The flow metadata key naming the provider host of a flow that is Luthien's to answer.
+PROVIDER_HOST = "luthien_host"
 
 _WEBSOCKET_REFUSAL = (
     "Luthien does not relay WebSocket connections to LLM providers, because their messages would "
@@ -46,12 +49,10 @@ def _without_port(authority: str) -> str:
 
 
 class ProviderInterceptor:
-    """Re-targets every request to a provider host at the in-process relay server."""
+    """Marks every request to a provider host as Luthien's, or refuses it."""
 
-    def __init__(self, provider_hosts: frozenset[str], relay_port: int, relay_token: str) -> None:
+    def __init__(self, provider_hosts: frozenset[str]) -> None:
         self._provider_hosts = provider_hosts
-        self._relay_port = relay_port
-        self._relay_token = relay_token
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         """The CONNECT target in canonical form, so that deciding what to decrypt, and where
@@ -91,17 +92,7 @@ class ProviderInterceptor:
         if flow.request.trailers:
             self._refuse(flow, host, 400, "Luthien does not forward requests with HTTP trailers")
             return
-        flow.metadata["luthien"] = True
-        flow.request.headers[HOST_HEADER] = host
-        flow.request.headers[TOKEN_HEADER] = self._relay_token
-        flow.request.scheme = "http"
-        flow.request.host = "127.0.0.1"
-        flow.request.port = self._relay_port
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get("luthien") and flow.response is not None:
-            # The relay already decided what to hold back; mitmproxy must not buffer on top.
-            flow.response.stream = True
+        flow.metadata[PROVIDER_HOST] = host
 
     @staticmethod
     def _spellings(flow: http.HTTPFlow) -> list[tuple[str, str]]:

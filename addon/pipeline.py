@@ -73,6 +73,9 @@ class ProxyResponse:
     status: int
     headers: list[tuple[str, str]]
     body: AsyncGenerator[bytes]
+    # The body is complete as soon as it is read (an answer policed whole, an error): it can be
+    # answered from mitmproxy's request hook. Otherwise it streams through the relay server.
+    whole: bool = False
 
 
 async def _started(body: AsyncGenerator[bytes]) -> AsyncGenerator[bytes]:
@@ -329,7 +332,7 @@ class Pipeline:
             ("content-length", str(len(body))),
             ("x-luthien-call-id", trace.metadata.call_id),
         ]
-        return ProxyResponse(refusal.status, headers, self._whole(body, trace))
+        return ProxyResponse(refusal.status, headers, self._whole(body, trace), whole=True)
 
     async def _whole(self, data: bytes, trace: CallTrace) -> AsyncGenerator[bytes]:
         """A body the client has whole once it is sent: the call is recorded first."""
@@ -350,7 +353,8 @@ class Pipeline:
             await self._publish(metadata, ActivityType.ERROR, reason=reason)
             trace.fail(CallOutcome.ERROR, status, reason)
             body = json.dumps({"error": {"message": reason}}).encode()
-            return ProxyResponse(status, [("content-type", "application/json")], self._whole(body, trace))
+            headers = [("content-type", "application/json")]
+            return ProxyResponse(status, headers, self._whole(body, trace), whole=True)
         trace.first_byte()
         trace.status = upstream.status_code
         forwarded = await _started(self._forwarded(upstream, trace, decoded=False))
@@ -696,4 +700,4 @@ class Pipeline:
             raw = json.dumps(rendered).encode()
         await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code, modified=modified)
         headers = [*_response_headers(upstream, metadata.call_id), ("content-length", str(len(raw)))]
-        return ProxyResponse(upstream.status_code, headers, self._whole(raw, trace))
+        return ProxyResponse(upstream.status_code, headers, self._whole(raw, trace), whole=True)

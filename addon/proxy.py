@@ -1,4 +1,4 @@
-"""Assembles and runs the data plane: mitmproxy, the interceptor and the relay server."""
+"""Assembles and runs the data plane: mitmproxy, its addons and the relay server."""
 
 import asyncio
 import gc
@@ -17,6 +17,7 @@ from addon.http1_trailers import keep_http1_trailers
 from addon.interceptor import ProviderInterceptor
 from addon.metrics import ProxyMetrics
 from addon.pipeline import Pipeline
+from addon.provider_calls import ProviderCalls
 from addon.relay_server import RelayServer
 from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT, Upstream
 from controlplane.interface import ControlPlaneService
@@ -76,8 +77,9 @@ async def run_proxy(
     keep_http1_trailers()
     upstream = Upstream(config.upstreams, config.upstream_timeout)
     pipeline = Pipeline(control_plane, upstream, metrics, config.unknown_endpoints)
-    relay = RelayServer(pipeline)
+    relay = RelayServer()
     await relay.start()
+    calls = ProviderCalls(pipeline, relay)
     options = Options(
         listen_host=config.listen_host,
         listen_port=config.listen_port,
@@ -85,13 +87,14 @@ async def run_proxy(
     )
     master = DumpMaster(options, with_termlog=False, with_dumper=False)
     master.addons.add(
-        ProviderInterceptor(config.provider_hosts, relay.port, relay.token),
+        ProviderInterceptor(config.provider_hosts),
+        calls,
         _FreezeStartup(),
         _Ready(on_ready),
     )
     options.update(
         allow_hosts=[allow_hosts_pattern(config.provider_hosts)],
-        # lazy: a CONNECT does not dial the destination; provider flows go to the relay anyway.
+        # lazy: a CONNECT does not dial the destination; provider flows are answered by Luthien.
         connection_strategy="lazy",
         upstream_cert=False,
     )
@@ -109,7 +112,8 @@ async def run_proxy(
         signalled.cancel()
         master.shutdown()
         await running
-        await relay.stop()  # cuts the calls still in progress
+        calls.cancel_calls()  # cuts the calls still waiting for their answer,
+        await relay.stop()  # and the streams still in progress
         if not await pipeline.drained(_RECORDING_GRACE):
             log.error("calls still in progress at exit were not recorded; their stand-ins will be")
         await upstream.aclose()

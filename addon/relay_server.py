@@ -1,9 +1,11 @@
-"""The in-process HTTP server that mitmproxy hands provider flows to.
+"""The in-process HTTP server through which a streamed answer reaches mitmproxy.
 
-mitmproxy's stream hook is synchronous, so a policy that awaits (an LLM judge, a remote control
-plane) cannot run inside it. Instead the interceptor re-targets each provider flow at this
-loopback server, which runs in the same event loop: each call is its own task, any policy may
-await, and the response streams back through mitmproxy as it is produced.
+The interceptor runs each provider call in mitmproxy's (async) request hook and answers a whole
+response there. A streamed one cannot be: a response set in a hook is sent whole, and
+mitmproxy's stream hook is synchronous, so a policy that awaits could not run in it. The
+interceptor hands such a response over to this loopback server, in the same event loop, and
+re-targets the flow here with the response's ticket; the response then streams back through
+mitmproxy as the pipeline produces it.
 """
 
 import asyncio
@@ -14,12 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from addon.embedded import EmbeddedServer
-from addon.pipeline import Pipeline, ProxyRequest, ProxyResponse, UpstreamBroken
+from addon.pipeline import ProxyResponse, UpstreamBroken
 
 log = logging.getLogger(__name__)
 
-HOST_HEADER = "x-luthien-host"
 TOKEN_HEADER = "x-luthien-relay-token"
+TICKET_HEADER = "x-luthien-ticket"
+#: A response handed over and not claimed in this time (mitmproxy never came for it) is closed.
+_CLAIM_TIMEOUT = 30.0
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -27,49 +31,58 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class RelayApp:
-    """ASGI app: authenticates the hop from mitmproxy and runs the pipeline."""
+    """ASGI app: authenticates the hop from mitmproxy and streams the response its ticket names."""
 
-    def __init__(self, pipeline: Pipeline, token: str) -> None:
-        self._pipeline = pipeline
+    def __init__(self, token: str) -> None:
         self._token = token.encode()
+        self._waiting: dict[str, ProxyResponse] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def hand_over(self, response: ProxyResponse) -> str:
+        """Keeps ``response`` for the flow that comes with the returned ticket."""
+        ticket = secrets.token_urlsafe(16)
+        self._waiting[ticket] = response
+        asyncio.get_running_loop().call_later(_CLAIM_TIMEOUT, self._expire, ticket)
+        return ticket
+
+    async def abandon(self, ticket: str) -> None:
+        """The flow will not come (its client left): the response is closed, which records it."""
+        if (response := self._waiting.pop(ticket, None)) is not None:
+            await response.body.aclose()
+
+    async def abandon_all(self) -> None:
+        for ticket in list(self._waiting):
+            await self.abandon(ticket)
+
+    def _expire(self, ticket: str) -> None:
+        if ticket in self._waiting:
+            task = asyncio.create_task(self.abandon(ticket))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        lookup = {k.lower(): v for k, v in headers}
+        lookup = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if not secrets.compare_digest(lookup.get(TOKEN_HEADER, "").encode(), self._token):
             await _respond(send, 403, b"not a Luthien relay request")
             return
-        body = await _read_body(receive)
-        path = scope["raw_path"].decode("latin-1")
-        if scope.get("query_string"):
-            path += "?" + scope["query_string"].decode("latin-1")
-        request = ProxyRequest(scope["method"], lookup.get(HOST_HEADER, ""), path, headers, body)
+        response = self._waiting.pop(lookup.get(TICKET_HEADER, ""), None)
+        if response is None:
+            await _respond(send, 502, b"Luthien: this response is no longer waiting")
+            return
+        await _read_body(receive)
         disconnected = asyncio.create_task(_client_gone(receive))
         try:
-            await self._serve(request, send, disconnected)
+            await self._stream(response, send, disconnected)
         finally:
             disconnected.cancel()
 
-    async def _serve(self, request: ProxyRequest, send: Send, disconnected: asyncio.Task[None]) -> None:
-        """Runs the call and streams its answer; when the client leaves first (or the server
-        stops), the call is cancelled, so that the provider is no longer read (or waited on) for
-        nobody. Whatever happens, the response's body is closed: that records the call."""
-        handling = asyncio.create_task(self._pipeline.handle(request))
-        try:
-            await asyncio.wait((handling, disconnected), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not handling.done():
-                await _cancel(handling)
-        if handling.cancelled():
-            return
-        try:
-            response = handling.result()
-        except Exception:
-            log.exception("unexpected error handling %s %s", request.method, request.path.split("?")[0])
-            await _respond(send, 502, b"Luthien: unexpected error; see the proxy log")
-            return
+    @staticmethod
+    async def _stream(response: ProxyResponse, send: Send, disconnected: asyncio.Task[None]) -> None:
+        """Streams the answer; when the client leaves first (or the server stops), it stops, so
+        that the provider is no longer read for nobody. Whatever happens, the response's body is
+        closed: that records the call."""
         streaming = asyncio.create_task(_send_response(response, send))
         try:
             await asyncio.wait((streaming, disconnected), return_when=asyncio.FIRST_COMPLETED)
@@ -134,10 +147,11 @@ logging.getLogger("uvicorn.error").addFilter(_IncompleteResponseFilter())
 
 
 class RelayServer(EmbeddedServer):
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self) -> None:
         self.token = secrets.token_urlsafe(32)
+        self.app = RelayApp(self.token)
         super().__init__(
-            RelayApp(pipeline, self.token),
+            self.app,
             "127.0.0.1",
             0,
             timeout_graceful_shutdown=2,
@@ -147,3 +161,7 @@ class RelayServer(EmbeddedServer):
             # Forwarded-for headers here are the agent's, passed on by mitmproxy: not for uvicorn.
             proxy_headers=False,
         )
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.app.abandon_all()

@@ -12,10 +12,9 @@ import pytest
 
 from addon.embedded import EmbeddedServer
 from addon.pipeline import Pipeline, ProxyRequest
-from addon.relay_server import HOST_HEADER, TOKEN_HEADER, RelayApp
+from addon.relay_server import TICKET_HEADER, TOKEN_HEADER, RelayApp
 from addon.upstream import Upstream
 from controlplane.local import ControlPlaneLocal
-from controlplane.policies import NoOpPolicy
 from controlplane.recording.records import CallOutcome
 from controlplane.recording.spool import Spool
 from controlplane.recording.writer import RecordWriter
@@ -23,6 +22,7 @@ from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from controlplane.storage import CallQuery, SQLiteStorage
 from tests.fake_provider import FakeProvider
+from tests.policies import PassEveryChunk
 from tests.tcp_relay import TcpRelay
 
 TOKEN = "release-token"
@@ -40,25 +40,27 @@ async def test_a_response_whose_client_is_gone_before_its_first_byte_is_released
     storage = SQLiteStorage(tmp_path / "calls.db")
     writer = RecordWriter(storage, Spool(tmp_path / "spool"))
     writer.start()
-    control_plane = ControlPlaneLocal(NoOpPolicy(), recorder=writer)
+    control_plane = ControlPlaneLocal(PassEveryChunk(), recorder=writer)
     upstream = Upstream({"api.anthropic.com": fake.url})
-    app = RelayApp(Pipeline(control_plane, upstream), "relay-token")
+    app = RelayApp("relay-token")
+    headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-x")]
     body = messages_body("gone before the first byte")
+    request = ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, body)
+    ticket = app.hand_over(await Pipeline(control_plane, upstream).handle(request))
     scope = {
         "type": "http",
         "method": "POST",
         "raw_path": b"/v1/messages",
         "query_string": b"",
-        "headers": [(TOKEN_HEADER.encode(), b"relay-token"), (HOST_HEADER.encode(), b"api.anthropic.com"),
-                    (b"content-type", b"application/json"), (b"x-api-key", b"sk-ant-x")],
-    }  # fmt: skip
+        "headers": [(TOKEN_HEADER.encode(), b"relay-token"), (TICKET_HEADER.encode(), ticket.encode())],
+    }
     received = False
 
     async def receive() -> dict[str, Any]:
         nonlocal received
         if not received:
             received = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": b"", "more_body": False}
         await asyncio.Event().wait()  # the connection stays open: no disconnect is ever seen
         raise AssertionError("unreachable")
 
@@ -93,7 +95,7 @@ async def test_a_stream_abandoned_while_its_control_plane_hangs_is_released_and_
     fake: FakeProvider, tmp_path: Path
 ) -> None:
     server_storage = SQLiteStorage(tmp_path / "cp.db")
-    server_cp = ControlPlaneLocal(NoOpPolicy())
+    server_cp = ControlPlaneLocal(PassEveryChunk())
     server = EmbeddedServer(create_control_plane_app(server_cp, server_storage, TOKEN), "127.0.0.1", 0)
     await server.start()
     link = TcpRelay("127.0.0.1", server.port)
