@@ -121,3 +121,42 @@ async def test_a_stream_abandoned_while_its_control_plane_hangs_is_released_and_
         link.close()
         await server.stop()
         await server_storage.close()
+
+
+async def test_a_streamed_answer_whose_flow_never_comes_is_closed_and_recorded(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    storage = SQLiteStorage(tmp_path / "calls.db")
+    writer = RecordWriter(storage, Spool(tmp_path / "spool"))
+    writer.start()
+    control_plane = ControlPlaneLocal(PassEveryChunk(), recorder=writer)
+    upstream = Upstream({"api.anthropic.com": fake.url})
+    app = RelayApp("relay-token")
+    headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-x")]
+    body = messages_body("never claimed [scenario:gated]")
+    request = ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, body)
+    try:
+        ticket = app.hand_over(await Pipeline(control_plane, upstream).handle(request))
+        assert control_plane.open_streams == 1
+        await app.abandon(ticket)  # what mitmproxy's error hook, or the claim timeout, does
+        assert control_plane.open_streams == 0
+        await writer.flush()
+        (summary,) = (await storage.list_calls(CallQuery(search="never claimed"))).calls
+        assert summary.outcome is CallOutcome.ERROR
+        refused: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            refused.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        token = [(TOKEN_HEADER.encode(), b"relay-token"), (TICKET_HEADER.encode(), ticket.encode())]
+        await app({"type": "http", "headers": token}, receive, send)
+        assert refused[0]["status"] == 502  # a ticket is good once
+    finally:
+        for index in range(len(fake.requests)):
+            fake.release(index)
+        await writer.close()
+        await upstream.aclose()
+        await storage.close()

@@ -108,3 +108,19 @@ async def test_a_connection_is_lent_only_once_every_answer_on_it_was_read() -> N
             break
         assert await one_stream(client, "last") == ["lasta", "lastb", "lastc", "end"]
         assert relay.connections == 2
+
+
+async def test_a_chunk_passed_unchanged_comes_back_as_a_verdict_not_a_copy() -> None:
+    async with through_relay() as (client, _, _):
+        context = await client.create_streaming_context({"messages": []}, METADATA)
+        chunk = text_chunk(LIKE, "same")
+        (result,) = [r async for r in client.process_streaming_chunks([chunk], context)]
+        assert result.value is chunk  # the proxy's own chunk: the policy's answer was a verdict
+        assert [r async for r in client.close_streaming_context(context)] == []
+    async with through_relay(Triples()) as (client, _, _):
+        context = await client.create_streaming_context({"messages": []}, METADATA)
+        results = [r async for r in client.process_streaming_chunks([chunk], context)]
+        assert [chunk_text(r.value) for r in results] == ["samea", "sameb", "samec"]
+        assert [chunk_text(r.value) async for r in client.close_streaming_context(context) if r.value] == [
+            "end"
+        ]

@@ -96,6 +96,14 @@ class _Stream:
     unread: int = 0
 
 
+def _result(answer: StreamResult, chunks: Sequence[ModelResponseStream]) -> ChunkResult:
+    """The policy's result; a verdict that passes a chunk is that chunk, as the proxy sent it."""
+    if answer.passed and answer.index is not None:
+        rest = answer.result.model_dump(exclude={"value"})
+        return PolicyResult[ModelResponseStream](value=chunks[answer.index], **rest)
+    return answer.result.chunk()
+
+
 class ControlPlaneHTTP:
     def __init__(self, base_url: str, token: str, spool: Spool, *, fail_open: bool = False) -> None:
         self._base_url = base_url.rstrip("/")
@@ -262,7 +270,7 @@ class ControlPlaneHTTP:
                 answer = StreamResult.model_validate(reply)
                 if answer.index is not None:
                     unanswered = answer.index + 1
-                yield answer.result.chunk()
+                yield _result(answer, chunks)
             stream.unread -= 1
         except (OSError, TimeoutError, WebSocketException) as exc:
             self._streams.pop(context.stream_id, None)

@@ -242,15 +242,19 @@ async def _answer(
     message: dict[str, Any],
     decisions: PolicyDecisionMetrics,
 ) -> None:
-    async def send(result: ChunkResult, index: int | None) -> None:
+    async def send(result: ChunkResult, index: int | None, sent: dict[str, Any] | None = None) -> None:
         decisions.observe("stream", result)
-        answer = StreamResult(result=WireResult.of(result), index=index)
+        wire = WireResult.of(result)
+        if passed := sent is not None and wire.value == sent:
+            wire.value = None
+        answer = StreamResult(result=wire, index=index, passed=passed)
         await websocket.send_text(answer.model_dump_json())
 
     if message.get("type") == "chunks":
-        chunks = [ModelResponseStream(**data) for data in message["chunks"]]
+        sent = message["chunks"]
+        chunks = [ModelResponseStream(**data) for data in sent]
         async for index, result in control_plane.police_chunks(chunks, context):
-            await send(result, index)
+            await send(result, index, sent[index])
     else:
         async for result in control_plane.close_streaming_context(context):
             await send(result, None)

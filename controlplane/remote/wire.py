@@ -108,11 +108,16 @@ class StreamOpened(BaseModel):
 
 class StreamResult(BaseModel):
     """One result the policy yielded for the last ``chunks`` or ``close``, sent as soon as it is
-    yielded (a policy may yield, then await a judge, then yield again)."""
+    yielded (a policy may yield, then await a judge, then yield again).
+
+    A result that passes the chunk it answers unchanged is a verdict: ``passed`` is set and the
+    value left out, and the proxy uses the chunk it sent. Echoing whole chunks back, and building
+    them again on both sides, was most of the wire's cost per event."""
 
     type: Literal["result"] = "result"
     result: WireResult
     index: int | None = None  # which of the ``chunks`` it answers; None for ``close``
+    passed: bool = False  # the value is the answered chunk, unchanged
 
 
 class StreamDone(BaseModel):
