@@ -1,5 +1,5 @@
-"""Responses API items as tool calls: how policies see every tool-like item, in answers and in
-the conversation a request carries.
+"""Responses API output items: their shapes, and how policies see every tool-like item, in
+answers and in the conversation a request carries.
 
 Anything that is not a message or reasoning is a tool call to policies, whatever its type, known
 or invented later: a function call, Codex's free-form ``apply_patch`` (``custom_tool_call``),
@@ -112,3 +112,34 @@ def call_id(item: JSON, position: int) -> str:
         if isinstance(value, str) and value:
             return value
     return f"item_{position}"
+
+
+def output_items(output: Any) -> list[JSON]:
+    if output is None:
+        return []
+    if not isinstance(output, list) or not all(isinstance(item, dict) for item in output):
+        raise FormatError("`output` must be a list of items")
+    return output
+
+
+def part_text(part: Any) -> str:
+    """The text of a message's content part: output text, or a refusal (text the model wrote)."""
+    if not isinstance(part, dict):
+        return ""
+    value = part.get("text") if part.get("type") == "output_text" else part.get("refusal")
+    return value if isinstance(value, str) else ""
+
+
+def text_part(text: str) -> JSON:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(item_id: str, text: str, status: str) -> JSON:
+    content = [text_part(text)] if status == "completed" else []
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": content,
+    }

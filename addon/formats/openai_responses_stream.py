@@ -1,0 +1,545 @@
+"""OpenAI Responses streams: the transcoder between ``response.*`` events and normalised chunks."""
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from addon.formats.base import JSON, MalformedStream
+from addon.formats.responses_items import (
+    ARGUMENT_DELTAS,
+    append_arguments,
+    call_id,
+    is_tool_item,
+    message_item,
+    part_text,
+    streams_arguments,
+    tool_arguments,
+    tool_name,
+    with_arguments,
+)
+from addon.sse import SSEEvent, encode_event
+from controlplane.llm import (
+    ChatCompletionDeltaToolCall,
+    Delta,
+    Function,
+    ModelResponseStream,
+    OpenAiResponsesToChatCompletionStreamIterator,
+    StreamingChoices,
+)
+
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
+#: A part's text is done: the field holding its whole text.
+_TEXT_DONE = {"response.output_text.done": "text", "response.refusal.done": "refusal"}
+_REASONING_EVENTS = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
+
+
+def _position(value: Any) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise MalformedStream("an event names no output index")
+    return value
+
+
+@dataclass
+class _Deferred:
+    """A tool item the transcoder writes whole when it closes: its upstream form and the
+    arguments the policy let out for it."""
+
+    item: JSON
+    arguments: str
+
+
+@dataclass
+class _UpstreamTool:
+    """A tool-like output item of the upstream stream, and what the policy was shown of it."""
+
+    index: int  # among the stream's tool calls
+    id: str
+    name: str
+    item: JSON  # the latest view of the item
+    seen: str = ""  # the arguments the policy was given so far
+    settled: bool = False  # its done event came: its arguments are final
+
+
+class OpenAIResponsesTranscoder:
+    """Shows the policy every output item of the stream (text, reasoning, and every other item
+    as a tool call) and checks that the stream does not contradict itself: what a ``done`` event
+    or ``response.completed`` says an item holds must be what its deltas streamed, or begin with
+    it (the rest is then shown to the policy too).
+
+    Tracks the output items the client has seen, so a changed stream ends with a
+    ``response.completed`` whose ``output`` matches what was streamed."""
+
+    def __init__(self) -> None:
+        # Used only for its chunk_parser (reasoning, usage), fed one event at a time.
+        self._parser = OpenAiResponsesToChatCompletionStreamIterator(
+            streaming_response=None,  # type: ignore[arg-type]
+            sync_stream=False,
+        )
+        self._response: JSON = {}
+        self._final: JSON | None = None
+        # What the upstream has said:
+        self._tools: dict[int, _UpstreamTool] = {}  # by output index
+        self._texts: dict[tuple[int, int], str] = {}  # by output and content index
+        # What the client has seen:
+        self._sequence = -1
+        self._created = False
+        self._items: list[JSON] = []
+        self._open: int | None = None
+        self._tool_items: dict[int, int] = {}
+        self._deferred: dict[int, _Deferred] = {}  # items written whole when closed
+        self._completed = False
+
+    # -- upstream ---------------------------------------------------------------------------
+    def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
+        data = event.json()
+        if not isinstance(data, dict):
+            return []
+        kind = data.get("type", "")
+        if kind in ("response.created", "response.in_progress") and isinstance(data.get("response"), dict):
+            self._response = data["response"]
+        elif kind in _FINAL_EVENTS and isinstance(data.get("response"), dict):
+            self._final = data["response"]
+        if self.is_error(event):
+            return []
+        position, item = data.get("output_index"), data.get("item")
+        if kind == "response.output_item.added" and isinstance(item, dict) and is_tool_item(item):
+            return [self._start_tool(_position(position), item)]
+        if kind == "response.output_item.done" and isinstance(item, dict):
+            return self._settle_item(_position(position), item)
+        tool = self._tools.get(position) if isinstance(position, int) else None
+        if kind in ARGUMENT_DELTAS:
+            if tool is None or not streams_arguments(tool.item) or not isinstance(data.get("delta"), str):
+                raise MalformedStream(f"{kind} for no tool item the stream began")
+            tool.seen += data["delta"]
+            return [self._tool_chunk(tool, data["delta"])]
+        if tool is not None and (kind in _TEXT_DELTAS or kind in _TEXT_DONE):
+            raise MalformedStream(f"{kind} for the tool item at {position}")
+        if tool is not None:  # any other event of a tool item waits with it
+            return [self._tool_chunk(tool, "")]
+        part = (_position(position), data.get("content_index", 0)) if position is not None else None
+        if kind in _TEXT_DELTAS:
+            return self._text_delta(part, data.get("delta"))
+        if kind in _TEXT_DONE:
+            return self._settle_text(part, data.get(_TEXT_DONE[kind]))
+        if kind == "response.content_part.done":
+            return self._settle_text(part, part_text(data.get("part")))
+        if kind in ("response.completed", "response.incomplete"):
+            return [*self._settle_output(data["response"].get("output")), self._finish_chunk(data)]
+        chunk = self._parser.chunk_parser(data) if kind in _REASONING_EVENTS else None
+        return [chunk] if chunk is not None else []
+
+    def unsettled(self) -> list[ModelResponseStream]:
+        """Items shown whole with their start that never got a done event: their content as the
+        client saw it, which the policy has not judged yet."""
+        chunks = []
+        for tool in self._tools.values():
+            if not tool.settled and not streams_arguments(tool.item) and not tool.seen:
+                tool.seen = tool_arguments(tool.item)
+                if tool.seen:
+                    chunks.append(self._tool_chunk(tool, tool.seen))
+        return chunks
+
+    def is_error(self, event: SSEEvent) -> bool:
+        data = event.json()
+        return isinstance(data, dict) and data.get("type") in (
+            "error",
+            "response.failed",
+        )
+
+    def _chunk(self, delta: Delta, finish_reason: str | None = None) -> ModelResponseStream:
+        return ModelResponseStream(
+            id=self._response.get("id"),
+            created=self._response.get("created_at"),
+            model=self._response.get("model"),
+            choices=[StreamingChoices(index=0, delta=delta, finish_reason=finish_reason)],
+        )
+
+    def _start_tool(self, position: int, item: JSON) -> ModelResponseStream:
+        if position in self._tools:
+            raise MalformedStream(f"the output item at {position} was begun twice")
+        tool = _UpstreamTool(len(self._tools), call_id(item, position), tool_name(item), item)
+        # Text arguments stream in deltas; an item with JSON arguments is final at its done event
+        # (what it shows when it begins is judged then, or by unsettled() if none comes).
+        tool.seen = tool_arguments(item) if streams_arguments(item) else ""
+        self._tools[position] = tool
+        call = ChatCompletionDeltaToolCall(
+            index=tool.index,
+            id=tool.id,
+            type="function",
+            function=Function(name=tool.name, arguments=tool.seen),
+        )
+        return self._chunk(Delta(tool_calls=[call]))
+
+    def _tool_chunk(self, tool: _UpstreamTool, arguments: str) -> ModelResponseStream:
+        call = ChatCompletionDeltaToolCall(
+            index=tool.index, type="function", function=Function(arguments=arguments)
+        )
+        return self._chunk(Delta(tool_calls=[call]))
+
+    def _settle_item(self, position: int, item: JSON) -> list[ModelResponseStream]:
+        """An item's final form (its done event, or its place in ``response.completed``)."""
+        if item.get("type") == "message":
+            return [
+                chunk
+                for index, part in enumerate(item.get("content") or [])
+                for chunk in self._settle_text((position, index), part_text(part))
+            ]
+        if not is_tool_item(item):
+            return []
+        chunks = []
+        tool = self._tools.get(position)
+        if tool is None:  # never begun: the client gets it whole
+            chunks.append(self._start_tool(position, item))
+            tool = self._tools[position]
+        if tool_name(item) != tool.name:
+            raise MalformedStream(f"the tool item at {position} changed its name")
+        final = tool_arguments(item)
+        if not final.startswith(tool.seen) or (tool.settled and final != tool.seen):
+            raise MalformedStream(f"the tool item at {position} ends with arguments its deltas did not carry")
+        if rest := final[len(tool.seen) :]:
+            chunks.append(self._tool_chunk(tool, rest))
+        tool.seen, tool.item, tool.settled = final, item, True
+        return chunks
+
+    def _settle_output(self, output: Any) -> list[ModelResponseStream]:
+        if not isinstance(output, list):
+            return []
+        return [
+            chunk
+            for position, item in enumerate(output)
+            if isinstance(item, dict)
+            for chunk in self._settle_item(position, item)
+        ]
+
+    def _text_delta(self, part: tuple[int, Any] | None, delta: Any) -> list[ModelResponseStream]:
+        if part is None or not isinstance(delta, str):
+            raise MalformedStream("a text delta for no output item")
+        self._texts[part] = self._texts.get(part, "") + delta
+        return [self._chunk(Delta(content=delta))] if delta else []
+
+    def _settle_text(self, part: tuple[int, Any] | None, final: Any) -> list[ModelResponseStream]:
+        if part is None or not isinstance(final, str):
+            return []
+        seen = self._texts.get(part, "")
+        if not final.startswith(seen):
+            raise MalformedStream(f"the text of output item {part[0]} ends other than its deltas streamed it")
+        self._texts[part] = final
+        rest = final[len(seen) :]
+        return [self._chunk(Delta(content=rest))] if rest else []
+
+    def _finish_chunk(self, data: JSON) -> ModelResponseStream:
+        """The finish reason and usage of ``response.completed`` (or ``incomplete``)."""
+        chunk = self._parser.chunk_parser(data)
+        reason = "length" if data["response"].get("status") == "incomplete" else "stop"
+        finish = self._chunk(Delta(), "tool_calls" if self._tools and reason == "stop" else reason)
+        usage = getattr(chunk, "usage", None)
+        if usage is not None:
+            finish.usage = usage  # type: ignore[attr-defined]
+        return finish
+
+    # -- the client's view ------------------------------------------------------------------
+    @property
+    def ended(self) -> bool:
+        return self._completed
+
+    def observe_emitted(self, event: SSEEvent) -> None:
+        data = event.json()
+        if not isinstance(data, dict):
+            return
+        self._sequence = max(self._sequence, data.get("sequence_number", self._sequence))
+        kind = data.get("type", "")
+        index: int = data.get("output_index", -1)
+        if kind in ("response.created", "response.in_progress"):
+            self._created = True
+        elif kind == "response.output_item.added":
+            item = copy.deepcopy(data["item"])
+            self._place_item(index, item)
+            self._open = index
+            if is_tool_item(item):
+                self._tool_items[len(self._tool_items)] = index
+        elif kind == "response.content_part.added":
+            self._items[index].setdefault("content", []).append(copy.deepcopy(data["part"]))
+        elif kind in _TEXT_DELTAS:
+            key = "text" if kind == "response.output_text.delta" else "refusal"
+            part = self._items[index]["content"][data.get("content_index", 0)]
+            part[key] = part.get(key, "") + data["delta"]
+        elif kind in ARGUMENT_DELTAS:
+            append_arguments(self._items[index], data["delta"])
+        elif kind == "response.output_item.done":
+            self._place_item(index, copy.deepcopy(data["item"]))
+            self._open = None
+        elif kind in _FINAL_EVENTS or kind == "error":
+            self._completed = True  # nothing follows a final event or the provider's error
+
+    def _place_item(self, index: int, item: JSON) -> None:
+        while len(self._items) <= index:
+            self._items.append({})
+        self._items[index] = item
+
+    # -- synthesis --------------------------------------------------------------------------
+    def encode(self, chunk: ModelResponseStream) -> bytes:
+        out = [self._ensure_created()]
+        if chunk.choices:
+            choice = chunk.choices[0]
+            delta = choice.delta
+            reasoning = getattr(delta, "reasoning_content", None)
+            if reasoning:
+                out.append(self._reasoning(reasoning))
+            if delta.content:
+                out.append(self._text(delta.content))
+            for call in delta.tool_calls or []:
+                out.append(self._tool_call(call))
+            if choice.finish_reason:
+                out.append(self._complete(choice.finish_reason))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        if self._completed:
+            return b""
+        return self._ensure_created() + self._complete("stop")
+
+    def error_event(self, message: str) -> bytes:
+        """An ``error`` event with the next sequence number. It carries the fields both flat, as the
+        API reference documents them (``ResponseErrorEvent``), and nested under ``error``, as the
+        live API sends them: the openai SDK's Stream raises ``openai.APIError`` only on the nested
+        form. Nothing follows it: no ``response.failed``, no open item closed."""
+        if self._completed:
+            return b""
+        self._completed = True
+        self._open = None
+        error = {"type": "server_error", "code": "server_error", "message": message, "param": None}
+        return self._emit(
+            {"type": "error", "code": "server_error", "message": message, "param": None, "error": error}
+        )
+
+    def _emit(self, payload: JSON) -> bytes:
+        self._sequence += 1
+        payload["sequence_number"] = self._sequence
+        return encode_event(payload, payload["type"])
+
+    def _ensure_created(self) -> bytes:
+        if self._created:
+            return b""
+        self._created = True
+        response = {**self._response, "status": "in_progress", "output": []}
+        return self._emit({"type": "response.created", "response": response}) + self._emit(
+            {"type": "response.in_progress", "response": response}
+        )
+
+    def _open_item(self, kind: str) -> tuple[int, JSON] | None:
+        if self._open is not None and self._items[self._open].get("type") == kind:
+            return self._open, self._items[self._open]
+        return None
+
+    def _add_item(self, item: JSON) -> bytes:
+        out = self._close_open()
+        self._items.append(item)
+        self._open = len(self._items) - 1
+        return out + self._emit(
+            {
+                "type": "response.output_item.added",
+                "output_index": self._open,
+                "item": copy.deepcopy(item),
+            }
+        )
+
+    def _text(self, text: str) -> bytes:
+        out = b""
+        if (opened := self._open_item("message")) is None:
+            out += self._add_item(message_item(f"msg_luthien_{len(self._items)}", "", "in_progress"))
+            opened = self._open_item("message")
+        assert opened is not None
+        index, item = opened
+        if not item.get("content"):
+            item["content"] = [{"type": "output_text", "text": "", "annotations": []}]
+            out += self._emit(
+                {
+                    "type": "response.content_part.added",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []},
+                }
+            )
+        part_index = len(item["content"]) - 1
+        item["content"][part_index]["text"] += text
+        return out + self._emit(
+            {
+                "type": "response.output_text.delta",
+                "item_id": item["id"],
+                "output_index": index,
+                "content_index": part_index,
+                "delta": text,
+                "logprobs": [],
+            }
+        )
+
+    def _reasoning(self, text: str) -> bytes:
+        out = b""
+        if (opened := self._open_item("reasoning")) is None:
+            out += self._add_item(
+                {
+                    "type": "reasoning",
+                    "id": f"rs_luthien_{len(self._items)}",
+                    "summary": [],
+                }
+            )
+            opened = self._open_item("reasoning")
+        assert opened is not None
+        index, item = opened
+        if not item["summary"]:
+            item["summary"].append({"type": "summary_text", "text": ""})
+            out += self._emit(
+                {
+                    "type": "response.reasoning_summary_part.added",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "summary_index": 0,
+                    "part": {"type": "summary_text", "text": ""},
+                }
+            )
+        item["summary"][-1]["text"] += text
+        return out + self._emit(
+            {
+                "type": "response.reasoning_summary_text.delta",
+                "item_id": item["id"],
+                "output_index": index,
+                "summary_index": len(item["summary"]) - 1,
+                "delta": text,
+            }
+        )
+
+    def _tool_call(self, call: Any) -> bytes:
+        out = b""
+        arguments = call.function.arguments or ""
+        if call.id:
+            upstream = next((t.item for t in self._tools.values() if t.id == call.id), {})
+            if upstream and upstream.get("type") != "function_call":
+                # Another kind of item: written whole, with its arguments, when it closes.
+                out += self._close_open()
+                self._items.append(upstream)
+                self._open = len(self._items) - 1
+                self._deferred[self._open] = _Deferred(upstream, arguments)
+                self._tool_items[call.index] = self._open
+                return out
+            item = {
+                "type": "function_call",
+                "id": upstream.get("id", call.id),
+                "call_id": upstream.get("call_id", call.id),
+                "name": call.function.name,
+                "arguments": "",
+                "status": "in_progress",
+            }
+            out += self._add_item(item)
+            self._tool_items[call.index] = len(self._items) - 1
+        index = self._tool_items.get(call.index)
+        if index is not None and index == self._open and index in self._deferred:
+            self._deferred[index].arguments += arguments
+            return out
+        if arguments and index is not None and index == self._open:
+            self._items[index]["arguments"] += arguments
+            out += self._emit(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": self._items[index]["id"],
+                    "output_index": index,
+                    "delta": arguments,
+                }
+            )
+        return out
+
+    def _close_open(self) -> bytes:
+        if self._open is None:
+            return b""
+        index, self._open = self._open, None
+        if (deferred := self._deferred.pop(index, None)) is not None:
+            return self._write_whole(index, deferred)
+        item = self._items[index]
+        out = b""
+        kind = item.get("type")
+        if kind == "message":
+            for part_index, part in enumerate(item.get("content") or []):
+                out += self._emit(
+                    {
+                        "type": "response.output_text.done",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "content_index": part_index,
+                        "text": part["text"],
+                        "logprobs": [],
+                    }
+                )
+                out += self._emit(
+                    {
+                        "type": "response.content_part.done",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "content_index": part_index,
+                        "part": part,
+                    }
+                )
+        elif kind == "function_call":
+            out += self._emit(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": item["id"],
+                    "output_index": index,
+                    "arguments": item.get("arguments", ""),
+                }
+            )
+        elif kind == "reasoning":
+            for summary_index, part in enumerate(item.get("summary") or []):
+                out += self._emit(
+                    {
+                        "type": "response.reasoning_summary_text.done",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "summary_index": summary_index,
+                        "text": part["text"],
+                    }
+                )
+                out += self._emit(
+                    {
+                        "type": "response.reasoning_summary_part.done",
+                        "item_id": item["id"],
+                        "output_index": index,
+                        "summary_index": summary_index,
+                        "part": part,
+                    }
+                )
+        if "status" in item:
+            item["status"] = "completed"
+        return out + self._emit(
+            {
+                "type": "response.output_item.done",
+                "output_index": index,
+                "item": copy.deepcopy(item),
+            }
+        )
+
+    def _write_whole(self, index: int, deferred: "_Deferred") -> bytes:
+        item = copy.deepcopy(with_arguments(deferred.item, deferred.arguments))
+        if "status" in item:
+            item["status"] = "completed"
+        self._items[index] = item
+        added = {"type": "response.output_item.added", "output_index": index, "item": item}
+        done = {"type": "response.output_item.done", "output_index": index, "item": item}
+        return self._emit(added) + self._emit(done)
+
+    def _complete(self, finish_reason: str) -> bytes:
+        out = self._close_open()
+        self._completed = True
+        final = self._final or {**self._response, "status": "completed"}
+        kind = (
+            "response.incomplete"
+            if final.get("status") == "incomplete" and finish_reason == "length"
+            else "response.completed"
+        )
+        status = "incomplete" if kind == "response.incomplete" else "completed"
+        response = {
+            **final,
+            "status": status,
+            "output": [copy.deepcopy(i) for i in self._items if i],
+        }
+        return out + self._emit({"type": kind, "response": response})
