@@ -4,7 +4,7 @@ httpx hands over one piece per chunked-encoding chunk and providers send one eve
 everything after a read (policing, the relay's send, mitmproxy's per-chunk work, the TLS write)
 would run once per event. A reader task drains upstream into a bounded queue while the stream is
 being policed; each time the consumer comes back, it takes what has accumulated in one piece. The
-first read is never held: when the consumer keeps up, every read goes on alone, as it came.
+first read always goes on alone, and when the consumer keeps up, every read does.
 """
 
 import asyncio
@@ -29,15 +29,17 @@ async def joined_reads(reads: AsyncIterator[bytes]) -> AsyncGenerator[bytes]:
     Closing this stops reading upstream."""
     queue: asyncio.Queue[bytes | _End] = asyncio.Queue(maxsize=MAX_JOINED)
     reader = asyncio.create_task(_drain(reads, queue))
+    most = 1  # the first read goes on alone, so that the first byte waits for nothing else
     try:
         while True:
             pieces: list[bytes] = []
             item = await queue.get()
             while isinstance(item, bytes):
                 pieces.append(item)
-                if len(pieces) == MAX_JOINED or queue.empty():
+                if len(pieces) == most or queue.empty():
                     break
                 item = queue.get_nowait()
+            most = MAX_JOINED
             if pieces:
                 yield b"".join(pieces)
             if isinstance(item, _End):
