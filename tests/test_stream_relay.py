@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from addon.call_trace import StreamCapture
 from addon.formats import codec_for
 from addon.sse import SSEParser
 from addon.stream_relay import relay_for
@@ -174,3 +175,35 @@ def test_sse_parser_keeps_exact_bytes_across_any_split() -> None:
         assert b"".join(e.raw for e in events) == stream
         assert [e.data for e in events] == ['{"x": 1}', "two\nlines", "[DONE]"]
         assert events[0].event == "a" and json.loads(events[0].data) == {"x": 1}
+
+
+@pytest.mark.parametrize("path", RENDERERS)
+@pytest.mark.parametrize("scenario", SCENARIOS)
+async def test_the_passive_path_records_what_an_inspecting_policy_would(
+    path: str, scenario: str, control_plane_kind: Kind
+) -> None:
+    """NoOp's streams skip the policy, not the record: both sides' events, outputs and usage are
+    what a policy that looks at every chunk and passes it gets recorded."""
+    data = pieces(provider_stream(path, scenario), seed=7)
+    captures: list[StreamCapture] = []
+    for policy in (NoOpPolicy(), PassEveryChunk()):
+        async with control_plane_for(policy, control_plane_kind) as control_plane:
+            metadata = RequestMetadata(call_id="c", host="h", path=path)
+            context = await control_plane.create_streaming_context({"messages": []}, metadata)
+            capture = StreamCapture(mirrored=not context.inspects_chunks)
+            codec = codec_for("POST", path)
+            assert codec is not None
+            stream = relay_for(codec.stream_transcoder(), control_plane, context, capture)
+            for piece in data:
+                async for _ in stream.feed(piece):
+                    pass
+            async for _ in stream.close():
+                pass
+            captures.append(capture)
+    passive, inspected = captures
+    assert passive.original_events.events() == inspected.original_events.events()
+    assert passive.final_events.events() == inspected.final_events.events()
+    assert passive.original.output() == inspected.original.output()
+    assert passive.final.output() == inspected.final.output()
+    assert passive.original.usage == inspected.original.usage
+    assert passive.original.output().text or passive.original.output().tool_calls  # something to compare
