@@ -4,7 +4,8 @@ httpx hands over one piece per chunked-encoding chunk and providers send one eve
 everything after a read (policing, the relay's send, mitmproxy's per-chunk work, the TLS write)
 would run once per event. A reader task drains upstream into a bounded queue while the stream is
 being policed; each time the consumer comes back, it takes what has accumulated in one piece. The
-first read always goes on alone, and when the consumer keeps up, every read does.
+first read always goes on alone, the next pieces may join 2, 4, 8 reads and then MAX_JOINED,
+and when the consumer keeps up, every read goes on alone.
 """
 
 import asyncio
@@ -29,7 +30,10 @@ async def joined_reads(reads: AsyncIterator[bytes]) -> AsyncGenerator[bytes]:
     Closing this stops reading upstream."""
     queue: asyncio.Queue[bytes | _End] = asyncio.Queue(maxsize=MAX_JOINED)
     reader = asyncio.create_task(_drain(reads, queue))
-    most = 1  # the first read goes on alone, so that the first byte waits for nothing else
+    # The first read goes on alone, and the next pieces grow from there: the client's first
+    # events are forwarded by mitmproxy (on this loop) while the next small piece is policed,
+    # not after a full batch.
+    most = 1
     try:
         while True:
             pieces: list[bytes] = []
@@ -39,7 +43,7 @@ async def joined_reads(reads: AsyncIterator[bytes]) -> AsyncGenerator[bytes]:
                 if len(pieces) == most or queue.empty():
                     break
                 item = queue.get_nowait()
-            most = MAX_JOINED
+            most = min(most * 2, MAX_JOINED)
             if pieces:
                 yield b"".join(pieces)
             if isinstance(item, _End):

@@ -41,6 +41,7 @@ from bench.targets import (
     all_targets,
     ensure_litellm_venv,
     spawn,
+    tree_targets,
     wait_for_line,
 )
 from certs import ensure_ca
@@ -289,6 +290,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM's proxy (no venv to install)")
     parser.add_argument("--only", nargs="+", metavar="TARGET", help="measure only these targets (and direct)")
     parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure noop@NAME and regex@NAME run from the source tree at PATH (e.g. a git "
+        "worktree of an earlier commit), taking turns with the others",
+    )
+    parser.add_argument(
         "--json", type=Path, default=ROOT / ".bench" / "results.json", help="where to write the figures"
     )
     return parser.parse_args(argv)
@@ -298,7 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     # A SIGTERM (from `timeout`, say) becomes SystemExit, so the finally blocks stop every process.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    targets = [t for t in all_targets(not args.no_litellm) if not args.only or t.name in args.only]
+    trees = [t.partition("=") for t in args.tree]
+    candidates = all_targets(not args.no_litellm)
+    candidates += [target for name, _, path in trees for target in tree_targets(name, Path(path).resolve())]
+    targets = [t for t in candidates if not args.only or t.name in args.only]
     if any(t.name == "litellm" for t in targets):
         log("installing LiteLLM's proxy into .bench/litellm (bench/litellm-proxy.txt)")
         ensure_litellm_venv()

@@ -55,13 +55,18 @@ class Process:
             self.popen.wait(timeout=15)
 
 
-def spawn(name: str, args: Sequence[str], work: Path, env: Mapping[str, str] | None = None) -> Process:
+def spawn(
+    name: str, args: Sequence[str], work: Path, env: Mapping[str, str] | None = None, tree: Path = ROOT
+) -> Process:
+    """Starts ``args`` in ``tree``; another tree than this one goes first on the path too (``-m``
+    looks in the working directory, but a child process of it would find this tree's copy)."""
     log_path = work / f"{name}.log"
     spawned_at = time.monotonic()
+    environment = {**os.environ, **(env or {})}
+    if tree != ROOT:
+        environment["PYTHONPATH"] = str(tree)
     with log_path.open("wb") as out:
-        popen = subprocess.Popen(
-            list(args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
-        )
+        popen = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=environment)
     return Process(name, popen, log_path, spawned_at)
 
 
@@ -155,17 +160,20 @@ def write_policy(setup: Setup, name: str, policy: dict[str, Any]) -> Path:
 class LuthienInProcess(Target):
     """``luthien proxy`` with its control plane in the same process, recording to SQLite."""
 
-    def __init__(self, name: str, description: str, policy: PolicyFor | None = None) -> None:
+    def __init__(
+        self, name: str, description: str, policy: PolicyFor | None = None, tree: Path = ROOT
+    ) -> None:
         self.name = name
         self.description = description
         self._policy = policy
+        self._tree = tree
 
     def start(self, setup: Setup) -> Running:
         port = free_port()
         args = luthien_proxy_args(self.name, setup, port)
         if self._policy is not None:
             args += ["--policy", str(write_policy(setup, self.name, self._policy(setup)))]
-        process = spawn(self.name, args, setup.work)
+        process = spawn(self.name, args, setup.work, tree=self._tree)
         return Running(Route(f"http://{HOST}:{port}", "https://api.openai.com"), [process], process)
 
 
@@ -263,6 +271,15 @@ def judge_policy(setup: Setup) -> dict[str, Any]:
         "cache_size": 0,
     }
     return {"class": "ToolCallJudgePolicy", "config": config}
+
+
+def tree_targets(name: str, tree: Path) -> list[Target]:
+    """NoOp and the regex policy run from another source tree (a worktree of an earlier commit,
+    say), to measure a change against what it changes in one run."""
+    return [
+        LuthienInProcess(f"noop@{name}", f"Luthien from {tree}, NoOpPolicy, in-process", tree=tree),
+        LuthienInProcess(f"regex@{name}", f"Luthien from {tree}, the regex policy", regex_policy, tree),
+    ]
 
 
 def all_targets(with_litellm: bool) -> list[Target]:
