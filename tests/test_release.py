@@ -4,7 +4,9 @@ control plane hangs."""
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,58 +36,83 @@ def messages_body(prompt: str) -> bytes:
     return json.dumps(body).encode()
 
 
-async def test_a_response_whose_client_is_gone_before_its_first_byte_is_released_and_recorded(
-    fake: FakeProvider, tmp_path: Path
-) -> None:
+@dataclass
+class Recorded:
+    """A pipeline whose calls are recorded to SQLite, policed by a policy that inspects streams."""
+
+    storage: SQLiteStorage
+    writer: RecordWriter
+    control_plane: ControlPlaneLocal
+    pipeline: Pipeline
+
+    async def outcome(self, search: str) -> CallOutcome:
+        await self.writer.flush()
+        (summary,) = (await self.storage.list_calls(CallQuery(search=search))).calls
+        return summary.outcome
+
+
+@asynccontextmanager
+async def recording(fake: FakeProvider, tmp_path: Path) -> AsyncIterator[Recorded]:
     storage = SQLiteStorage(tmp_path / "calls.db")
     writer = RecordWriter(storage, Spool(tmp_path / "spool"))
     writer.start()
     control_plane = ControlPlaneLocal(PassEveryChunk(), recorder=writer)
     upstream = Upstream({"api.anthropic.com": fake.url})
-    app = RelayApp("relay-token")
-    headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-x")]
-    body = messages_body("gone before the first byte")
-    request = ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, body)
-    ticket = app.hand_over(await Pipeline(control_plane, upstream).handle(request))
-    scope = {
-        "type": "http",
-        "method": "POST",
-        "raw_path": b"/v1/messages",
-        "query_string": b"",
-        "headers": [(TOKEN_HEADER.encode(), b"relay-token"), (TICKET_HEADER.encode(), ticket.encode())],
-    }
-    received = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal received
-        if not received:
-            received = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await asyncio.Event().wait()  # the connection stays open: no disconnect is ever seen
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        raise OSError("the connection to the client is gone")  # the response's start cannot be sent
-
     try:
-        with pytest.raises(OSError):
-            await app(scope, receive, send)
-        assert control_plane.open_streams == 0  # the stream's policy state was released
-        await writer.flush()
-        page = await storage.list_calls(CallQuery(search="gone before the first byte"))
-        (summary,) = page.calls
-        assert summary.outcome is CallOutcome.ERROR
+        yield Recorded(storage, writer, control_plane, Pipeline(control_plane, upstream))
     finally:
+        for index in range(len(fake.requests)):
+            fake.release(index)
         await writer.close()
         await upstream.aclose()
         await storage.close()
 
 
-async def started_stream(pipeline: Pipeline, prompt: str) -> AsyncIterator[bytes]:
-    """A stream that has begun: its first events are read, the rest is held by the provider."""
+def messages_request(prompt: str) -> ProxyRequest:
     headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-x")]
-    request = ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, messages_body(prompt))
-    response = await pipeline.handle(request)
+    return ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, messages_body(prompt))
+
+
+def relay_scope(ticket: str) -> dict[str, Any]:
+    """The relay hop mitmproxy makes for a handed-over answer."""
+    headers = [(TOKEN_HEADER.encode(), b"relay-token"), (TICKET_HEADER.encode(), ticket.encode())]
+    return {
+        "type": "http",
+        "method": "POST",
+        "raw_path": b"/v1/messages",
+        "query_string": b"",
+        "headers": headers,
+    }
+
+
+async def test_a_response_whose_client_is_gone_before_its_first_byte_is_released_and_recorded(
+    fake: FakeProvider, tmp_path: Path
+) -> None:
+    async with recording(fake, tmp_path) as recorded:
+        app = RelayApp("relay-token")
+        ticket = app.hand_over(await recorded.pipeline.handle(messages_request("gone before the first byte")))
+        received = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal received
+            if not received:
+                received = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await asyncio.Event().wait()  # the connection stays open: no disconnect is ever seen
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            raise OSError("the connection to the client is gone")  # the response's start cannot be sent
+
+        with pytest.raises(OSError):
+            await app(relay_scope(ticket), receive, send)
+        assert recorded.control_plane.open_streams == 0  # the stream's policy state was released
+        assert await recorded.outcome("gone before the first byte") is CallOutcome.ERROR
+
+
+async def started_stream(pipeline: Pipeline, prompt: str) -> AsyncGenerator[bytes]:
+    """A stream that has begun: its first events are read, the rest is held by the provider."""
+    response = await pipeline.handle(messages_request(prompt))
     assert response.status == 200
     assert await anext(response.body)
     return response.body
@@ -126,37 +153,22 @@ async def test_a_stream_abandoned_while_its_control_plane_hangs_is_released_and_
 async def test_a_streamed_answer_whose_flow_never_comes_is_closed_and_recorded(
     fake: FakeProvider, tmp_path: Path
 ) -> None:
-    storage = SQLiteStorage(tmp_path / "calls.db")
-    writer = RecordWriter(storage, Spool(tmp_path / "spool"))
-    writer.start()
-    control_plane = ControlPlaneLocal(PassEveryChunk(), recorder=writer)
-    upstream = Upstream({"api.anthropic.com": fake.url})
-    app = RelayApp("relay-token")
-    headers = [("content-type", "application/json"), ("x-api-key", "sk-ant-x")]
-    body = messages_body("never claimed [scenario:gated]")
-    request = ProxyRequest("POST", "api.anthropic.com", "/v1/messages", headers, body)
-    try:
-        ticket = app.hand_over(await Pipeline(control_plane, upstream).handle(request))
-        assert control_plane.open_streams == 1
+    async with recording(fake, tmp_path) as recorded:
+        app = RelayApp("relay-token")
+        ticket = app.hand_over(
+            await recorded.pipeline.handle(messages_request("never claimed [scenario:gated]"))
+        )
+        assert recorded.control_plane.open_streams == 1
         await app.abandon(ticket)  # what mitmproxy's error hook, or the claim timeout, does
-        assert control_plane.open_streams == 0
-        await writer.flush()
-        (summary,) = (await storage.list_calls(CallQuery(search="never claimed"))).calls
-        assert summary.outcome is CallOutcome.ERROR
-        refused: list[dict[str, Any]] = []
+        assert recorded.control_plane.open_streams == 0
+        assert await recorded.outcome("never claimed") is CallOutcome.ERROR
+        answered: list[dict[str, Any]] = []
 
         async def send(message: dict[str, Any]) -> None:
-            refused.append(message)
+            answered.append(message)
 
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b"", "more_body": False}
 
-        token = [(TOKEN_HEADER.encode(), b"relay-token"), (TICKET_HEADER.encode(), ticket.encode())]
-        await app({"type": "http", "headers": token}, receive, send)
-        assert refused[0]["status"] == 502  # a ticket is good once
-    finally:
-        for index in range(len(fake.requests)):
-            fake.release(index)
-        await writer.close()
-        await upstream.aclose()
-        await storage.close()
+        await app(relay_scope(ticket), receive, send)
+        assert answered[0]["status"] == 502  # a ticket is good once
