@@ -21,11 +21,12 @@ _TICKET = "luthien_ticket"
 
 
 class ProviderCalls:
+    """Answers the flows the interceptor marked as Luthien's (``PROVIDER_HOST``)."""
+
     def __init__(self, pipeline: Pipeline, relay: RelayServer) -> None:
         self._pipeline = pipeline
         self._relay = relay
         self._calls: dict[str, set[asyncio.Task[ProxyResponse]]] = {}  # by client connection
-        self._closing: set[asyncio.Task[None]] = set()
 
     async def request(self, flow: http.HTTPFlow) -> None:
         host = flow.metadata.get(PROVIDER_HOST)
