@@ -1,11 +1,11 @@
 """The in-process HTTP server through which a streamed answer reaches mitmproxy.
 
-The interceptor runs each provider call in mitmproxy's (async) request hook and answers a whole
-response there. A streamed one cannot be: a response set in a hook is sent whole, and
-mitmproxy's stream hook is synchronous, so a policy that awaits could not run in it. The
-interceptor hands such a response over to this loopback server, in the same event loop, and
-re-targets the flow here with the response's ticket; the response then streams back through
-mitmproxy as the pipeline produces it.
+``ProviderCalls`` (addon/provider_calls.py) runs each provider call in mitmproxy's (async)
+request hook and answers a whole response there. A streamed one cannot be: a response set in a
+hook is sent whole, and mitmproxy's stream hook is synchronous, so a policy that awaits could
+not run in it. Such a response is handed over to this loopback server, in the same event loop,
+and the flow is re-targeted here with the response's ticket; the response then streams back
+through mitmproxy as the pipeline produces it.
 """
 
 import asyncio
@@ -17,8 +17,6 @@ from typing import Any
 
 from addon.embedded import EmbeddedServer
 from addon.pipeline import ProxyResponse, UpstreamBroken
-
-log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-luthien-relay-token"
 TICKET_HEADER = "x-luthien-ticket"

@@ -171,13 +171,18 @@ class StreamRelay:
     def _receive(self, event: SSEEvent) -> list[ModelResponseStream]:
         """Decodes an upstream event; until the stream diverges, it waits to be forwarded as it
         came once the policy has given back each of its chunks unchanged."""
+        chunks = self._decoded(event)
+        if not self.outcome.diverged:
+            self._pending.append(_PendingEvent(event, deque(fingerprint(c) for c in chunks)))
+        return chunks
+
+    def _decoded(self, event: SSEEvent) -> list[ModelResponseStream]:
+        """The chunks of an upstream event, counted and captured. Raises MalformedStream."""
         self.outcome.upstream_error |= self._transcoder.is_error(event)
         chunks = self._transcoder.decode(event)
         self.outcome.chunks_in += len(chunks)
         if self._capture is not None:
             self._capture.upstream_event(event, chunks)
-        if not self.outcome.diverged:
-            self._pending.append(_PendingEvent(event, deque(fingerprint(c) for c in chunks)))
         return chunks
 
     async def _police(self, chunks: list[ModelResponseStream]) -> AsyncIterator[bytes]:
@@ -278,12 +283,7 @@ class PassiveRelay(StreamRelay):
             yield self._passed(passed)
 
     def _check(self, event: SSEEvent) -> None:
-        self.outcome.upstream_error |= self._transcoder.is_error(event)
-        chunks = self._transcoder.decode(event)
-        self.outcome.chunks_in += len(chunks)
-        self.outcome.chunks_out += len(chunks)
-        if self._capture is not None:
-            self._capture.upstream_event(event, chunks)
+        self.outcome.chunks_out += len(self._decoded(event))  # every chunk passes as it came
 
     def _passed(self, events: list[SSEEvent]) -> bytes:
         for event in events:

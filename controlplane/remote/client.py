@@ -99,8 +99,7 @@ class _Stream:
 def _result(answer: StreamResult, chunks: Sequence[ModelResponseStream]) -> ChunkResult:
     """The policy's result; a verdict that passes a chunk is that chunk, as the proxy sent it."""
     if answer.passed and answer.index is not None:
-        rest = answer.result.model_dump(exclude={"value"})
-        return PolicyResult[ModelResponseStream](value=chunks[answer.index], **rest)
+        return answer.result.passing(chunks[answer.index])
     return answer.result.chunk()
 
 

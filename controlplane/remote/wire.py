@@ -59,6 +59,10 @@ class WireResult(BaseModel):
         value = ModelResponseStream(**self.value) if self.value is not None else None
         return PolicyResult[ModelResponseStream](value=value, **self._rest())
 
+    def passing(self, chunk: ModelResponseStream) -> PolicyResult[ModelResponseStream]:
+        """The result of a verdict: ``chunk``, the one it answers, passed unchanged."""
+        return PolicyResult[ModelResponseStream](value=chunk, **self._rest())
+
     def _rest(self) -> dict[str, Any]:
         return self.model_dump(exclude={"value"})
 
