@@ -9,7 +9,7 @@ from typing import Any
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from addon.sse import SSEEvent, SSEParser
-from controlplane.llm import ModelResponseStream
+from controlplane.chunks import StreamChunk
 from controlplane.models import PolicyResult, RequestMetadata, utcnow
 from controlplane.recording.records import (
     CallOutcome,
@@ -104,12 +104,12 @@ class StreamCapture:
     def final(self) -> OutputAssembler:
         return self.original if self._mirrored else self._final
 
-    def upstream_event(self, event: SSEEvent, chunks: list[ModelResponseStream]) -> None:
+    def upstream_event(self, event: SSEEvent, chunks: list[StreamChunk]) -> None:
         self.original_events.add((event.event, event.data))
         for chunk in chunks:
             self.original.add(chunk)
 
-    def policy_chunk(self, chunk: ModelResponseStream) -> None:
+    def policy_chunk(self, chunk: StreamChunk) -> None:
         self._part()
         self._final.add(chunk)
 

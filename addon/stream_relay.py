@@ -17,6 +17,7 @@ from typing import Any
 from addon.call_trace import StreamCapture
 from addon.formats.base import StreamTranscoder
 from addon.sse import SSEEvent, SSEParser, parse_event
+from controlplane.chunks import StreamChunk, chunk_data, chunk_model
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.llm import ModelResponseStream
 from controlplane.models import ChunkResult, StreamingContext
@@ -30,9 +31,17 @@ def fingerprint(chunk: ModelResponseStream) -> dict[str, Any]:
 
 
 @dataclass
+class _Expected:
+    """A chunk of an upstream event, as the policy was given it."""
+
+    fingerprint: dict[str, Any]
+    chunk: StreamChunk  # as decoded: what the record keeps when the policy gives it back unchanged
+
+
+@dataclass
 class _PendingEvent:
     event: SSEEvent
-    expected: deque[dict[str, Any]] = field(default_factory=deque)
+    expected: deque[_Expected] = field(default_factory=deque)
 
 
 @dataclass
@@ -124,7 +133,7 @@ class StreamRelay:
                 yield out
         if self.ended:
             return  # nothing to release: the control plane is gone, or the stream was ended
-        async for out in self._police(self._transcoder.unsettled()):
+        async for out in self._police([chunk_model(c) for c in self._transcoder.unsettled()]):
             yield out
         if self.ended:
             return
@@ -169,14 +178,17 @@ class StreamRelay:
         return self._written(self._transcoder.error_event(self.outcome.control_plane_lost))
 
     def _receive(self, event: SSEEvent) -> list[ModelResponseStream]:
-        """Decodes an upstream event; until the stream diverges, it waits to be forwarded as it
-        came once the policy has given back each of its chunks unchanged."""
-        chunks = self._decoded(event)
+        """Decodes an upstream event into the chunks the policy sees; until the stream diverges,
+        the event waits to be forwarded as it came once the policy has given back each of them
+        unchanged."""
+        decoded = self._decoded(event)
+        chunks = [chunk_model(c) for c in decoded]
         if not self.outcome.diverged:
-            self._pending.append(_PendingEvent(event, deque(fingerprint(c) for c in chunks)))
+            expected = deque(_Expected(fingerprint(m), c) for m, c in zip(chunks, decoded, strict=True))
+            self._pending.append(_PendingEvent(event, expected))
         return chunks
 
-    def _decoded(self, event: SSEEvent) -> list[ModelResponseStream]:
+    def _decoded(self, event: SSEEvent) -> list[StreamChunk]:
         """The chunks of an upstream event, counted and captured. Raises MalformedStream."""
         self.outcome.upstream_error |= self._transcoder.is_error(event)
         chunks = self._transcoder.decode(event)
@@ -212,8 +224,6 @@ class StreamRelay:
         out = b""
         if result.value is not None:
             self.outcome.chunks_out += 1
-            if self._capture is not None:
-                self._capture.policy_chunk(result.value)
             out += self._emit_chunk(result.value)
         if not result.allowed:
             out += self._end_by_policy()
@@ -222,11 +232,16 @@ class StreamRelay:
     def _emit_chunk(self, chunk: ModelResponseStream) -> bytes:
         if not self.outcome.diverged and self._pending:
             head = self._pending[0]
-            if head.expected and head.expected[0] == fingerprint(chunk):
-                head.expected.popleft()
+            if head.expected and head.expected[0].fingerprint == fingerprint(chunk):
+                self._policy_chunk(head.expected.popleft().chunk)
                 return self._drain()
+        self._policy_chunk(chunk_data(chunk))
         self._diverge()
         return self._written(self._transcoder.encode(chunk))
+
+    def _policy_chunk(self, chunk: StreamChunk) -> None:
+        if self._capture is not None:
+            self._capture.policy_chunk(chunk)
 
     def _drain(self) -> bytes:
         """Forwards, verbatim, every leading event whose chunks have all come back unchanged."""

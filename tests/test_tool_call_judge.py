@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from addon.formats import codec_for
 from addon.sse import SSEParser
 from addon.stream_relay import relay_for
+from controlplane.chunks import chunk_model
 from controlplane.llm import ModelResponse, acompletion
 from controlplane.models import ActivityEvent, ActivityType, RequestMetadata
 from controlplane.policies.chunks import ToolCall, ToolCallAccumulator, chunk_text, finish_reason
@@ -75,7 +76,7 @@ def client_view(path: str, out: bytes) -> Seen:
     transcoder = codec.stream_transcoder()
     seen, calls = Seen(), ToolCallAccumulator()
     for event in SSEParser().feed(out):
-        for chunk in transcoder.decode(event):
+        for chunk in map(chunk_model, transcoder.decode(event)):
             seen.text += chunk_text(chunk)
             calls.add(chunk)
             if (reason := finish_reason(chunk)) is not None:

@@ -10,17 +10,15 @@ from addon.formats.base import JSON, FormatError, MalformedStream
 from addon.formats.request_patch import patch_request
 from addon.formats.request_view import completed
 from addon.sse import SSEEvent, encode_event
+from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta, chunk_data
 from controlplane.llm import (
     AnthropicConfig,
     AnthropicStreamParser,
-    ChatCompletionDeltaToolCall,
     ChatCompletionMessageToolCall,
-    Delta,
     Function,
     LiteLLMAnthropicMessagesAdapter,
     ModelResponse,
     ModelResponseStream,
-    StreamingChoices,
 )
 from controlplane.models import NormalizedRequest, WireFormat
 
@@ -257,7 +255,7 @@ class AnthropicTranscoder:
         self._stopped = False
         self._ended = False  # the client has seen the stream end (message_stop or an error)
 
-    def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
+    def decode(self, event: SSEEvent) -> list[StreamChunk]:
         data = event.json()
         if not isinstance(data, dict):
             return []
@@ -277,24 +275,47 @@ class AnthropicTranscoder:
             return self._block_started(data)
         elif kind == "content_block_delta" and data.get("index") in self._tool_blocks_upstream:
             return [self._tool_delta(data)]
+        elif kind == "content_block_delta" and (chunks := self._text_delta(data.get("delta"))) is not None:
+            return chunks
         if kind in _STRUCTURAL:
             return []
-        chunk = self._parser.chunk_parser(data)
-        return [chunk] if chunk is not None and _carries_content(chunk) else []
+        return self._parsed(data)
 
-    def unsettled(self) -> list[ModelResponseStream]:
+    def unsettled(self) -> list[StreamChunk]:
         return []
 
-    def _block_started(self, data: JSON) -> list[ModelResponseStream]:
+    def _text_delta(self, delta: Any) -> list[StreamChunk] | None:
+        """The chunks of the most frequent deltas, text and thinking; None for any other."""
+        if not isinstance(delta, dict) or delta.get("type") not in ("text_delta", "thinking_delta"):
+            return None
+        field = "text" if delta["type"] == "text_delta" else "thinking"
+        text = delta.get(field)
+        if not isinstance(text, str):
+            raise MalformedStream(f"a {delta['type']} without its {field}")
+        if not text:
+            return []
+        if field == "text":
+            return [self._chunk({"content": text})]
+        thinking = [{"type": "thinking", "thinking": text}]
+        return [self._chunk({"reasoning_content": text, "thinking_blocks": thinking})]
+
+    def _parsed(self, data: JSON) -> list[StreamChunk]:
+        """What LiteLLM's parser makes of the rarer events (a finish reason and usage, a signature,
+        redacted thinking), as plain data."""
+        parsed = self._parser.chunk_parser(data)
+        if parsed is None or not _carries_content(parsed):
+            return []
+        return [{**self._chunk({}), **chunk_data(parsed)}]
+
+    def _block_started(self, data: JSON) -> list[StreamChunk]:
         block, index = data.get("content_block"), data.get("index")
         if not isinstance(block, dict) or not isinstance(index, int):
             raise MalformedStream("content_block_start without a block and its index")
         if not is_tool_block(block):
             if block.get("type") == "text" and block.get("text"):
                 # Text given with the block's start: the SDKs keep it, so the policy sees it.
-                return [self._chunk(Delta(content=block["text"]))]
-            chunk = self._parser.chunk_parser(data)
-            return [chunk] if chunk is not None and _carries_content(chunk) else []
+                return [self._chunk({"content": block["text"]})]
+            return self._parsed(data)
         if index in self._tool_blocks_upstream:
             raise MalformedStream(f"content block {index} was started twice")
         tool_index = len(self._tool_blocks_upstream)
@@ -303,35 +324,35 @@ class AnthropicTranscoder:
         # Arguments given with the start (a tool's input, a server tool's whole result): the
         # SDKs keep them, so the policy sees them.
         initial = "" if block.get("input") == {} else block_arguments(block)
-        call = ChatCompletionDeltaToolCall(
-            index=tool_index,
-            id=block_id(block, index),
-            type="function",
-            function=Function(name=block_name(block), arguments=initial),
-        )
-        return [self._chunk(Delta(tool_calls=[call]))]
+        call: ToolCallDelta = {
+            "index": tool_index,
+            "id": block_id(block, index),
+            "type": "function",
+            "function": {"name": block_name(block), "arguments": initial},
+        }
+        return [self._chunk({"tool_calls": [call]})]
 
-    def _tool_delta(self, data: JSON) -> ModelResponseStream:
+    def _tool_delta(self, data: JSON) -> StreamChunk:
         """A delta of a tool block: its JSON input, or anything else, held with the call."""
         delta = data.get("delta")
         if isinstance(delta, dict) and delta.get("type") in ("text_delta", "thinking_delta"):
             raise MalformedStream(f"a {delta['type']} for the tool block {data['index']}")
         partial = delta.get("partial_json") if isinstance(delta, dict) else None
-        call = ChatCompletionDeltaToolCall(
-            index=self._tool_blocks_upstream[data["index"]],
-            type="function",
-            function=Function(arguments=partial if isinstance(partial, str) else ""),
-        )
-        return self._chunk(Delta(tool_calls=[call]))
+        call: ToolCallDelta = {
+            "index": self._tool_blocks_upstream[data["index"]],
+            "type": "function",
+            "function": {"arguments": partial if isinstance(partial, str) else ""},
+        }
+        return self._chunk({"tool_calls": [call]})
 
-    def _chunk(self, delta: Delta) -> ModelResponseStream:
+    def _chunk(self, delta: ChunkDelta) -> StreamChunk:
         message = (self._message_start or {}).get("message") or {}
-        return ModelResponseStream(
-            id=message.get("id"),
-            created=0,
-            model=message.get("model"),
-            choices=[StreamingChoices(index=0, delta=delta)],
-        )
+        return {
+            "id": message.get("id"),
+            "created": 0,
+            "model": message.get("model"),
+            "choices": [{"index": 0, "delta": delta}],
+        }
 
     def is_error(self, event: SSEEvent) -> bool:
         data = event.json()

@@ -3,6 +3,7 @@
 from typing import Any, Protocol
 
 from addon.sse import SSEEvent
+from controlplane.chunks import StreamChunk
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import NormalizedRequest, WireFormat
 
@@ -20,18 +21,19 @@ class MalformedStream(FormatError):
 
 
 class StreamTranscoder(Protocol):
-    """Per-stream codec between provider SSE events and normalised chunks.
+    """Per-stream codec between provider SSE events and normalised chunks: it decodes events
+    into plain chunks (``controlplane.chunks``) and encodes the chunks policies give back.
 
     It tracks what the client has seen (events passed verbatim and events it synthesised) so
     that, once a policy changes the stream, it can continue it validly from that point.
     """
 
-    def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
+    def decode(self, event: SSEEvent) -> list[StreamChunk]:
         """The content an upstream event carries; [] for purely structural events. Raises
         MalformedStream."""
         ...
 
-    def unsettled(self) -> list[ModelResponseStream]:
+    def unsettled(self) -> list[StreamChunk]:
         """The upstream stream ended: the content of items it began but never finished, which the
         client has seen part of, so that the policy judges it too."""
         ...

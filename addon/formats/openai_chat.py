@@ -7,10 +7,11 @@ the policy once per choice.
 """
 
 import json
-from typing import Any
+from typing import Any, cast
 
-from addon.formats.base import JSON
+from addon.formats.base import JSON, MalformedStream
 from addon.sse import SSEEvent, encode_event
+from controlplane.chunks import StreamChunk
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import NormalizedRequest, WireFormat
 
@@ -92,6 +93,41 @@ def _policy_view(part: JSON, *, streamed: bool) -> JSON:
     return view
 
 
+def _checked(data: JSON) -> StreamChunk:
+    """The chunk, once it is shown to hold what the normalised view reads in the types it reads
+    them (the record is assembled from it; a policy's view is built from it)."""
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise MalformedStream("a chunk whose usage is not an object")
+    for choice in data.get("choices") or []:
+        if not isinstance(choice, dict) or not _is_index(choice.get("index", 0)):
+            raise MalformedStream("a chunk with a choice that is not an indexed object")
+        delta = choice.get("delta") or {}
+        if not isinstance(delta, dict) or not _optional_str(choice.get("finish_reason")):
+            raise MalformedStream("a chunk with a choice whose delta or finish reason is malformed")
+        if not all(_optional_str(delta.get(field)) for field in ("role", "content", "reasoning_content")):
+            raise MalformedStream("a chunk whose delta holds a role, content or reasoning that is not text")
+        calls = delta.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(map(_is_tool_call_delta, calls))):
+            raise MalformedStream("a chunk whose tool calls are malformed")
+    return cast(StreamChunk, data)
+
+
+def _is_tool_call_delta(call: Any) -> bool:
+    if not isinstance(call, dict) or not _is_index(call.get("index")) or not _optional_str(call.get("id")):
+        return False
+    function = call.get("function") or {}
+    return isinstance(function, dict) and all(_optional_str(function.get(f)) for f in ("name", "arguments"))
+
+
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
 def _has_other_forms(part: JSON) -> bool:
     """Whether a message or delta holds what policies see in another form (``_policy_view``)."""
     calls = part.get("tool_calls")
@@ -156,7 +192,7 @@ class OpenAIChatTranscoder:
         self._finished: set[int] = set()
         self._done = False
 
-    def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
+    def decode(self, event: SSEEvent) -> list[StreamChunk]:
         data = event.json()
         if not isinstance(data, dict) or data.get("error"):
             return []
@@ -169,13 +205,15 @@ class OpenAIChatTranscoder:
                 if k in data
             }
         choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
-            return [ModelResponseStream(**data)]
+        if choices is None or choices == []:
+            return [_checked(data)]
+        if not isinstance(choices, list):
+            raise MalformedStream("a chunk whose choices are not a list")
         views = [self._policy_choice(c) for c in choices]
         if len(views) == 1 and views[0] is choices[0]:
-            return [ModelResponseStream(**data)]
+            return [_checked(data)]
         # One chunk per choice: the control plane polices each choice on its own.
-        return [ModelResponseStream(**{**data, "choices": [view]}) for view in views]
+        return [_checked({**data, "choices": [view]}) for view in views]
 
     def _policy_choice(self, choice: Any) -> Any:
         """The choice as policies see it (the same object when that is how it came)."""
@@ -194,7 +232,7 @@ class OpenAIChatTranscoder:
             view["finish_reason"] = "tool_calls"
         return view
 
-    def unsettled(self) -> list[ModelResponseStream]:
+    def unsettled(self) -> list[StreamChunk]:
         return []
 
     def is_error(self, event: SSEEvent) -> bool:

@@ -18,20 +18,13 @@ from addon.formats.responses_items import (
     with_arguments,
 )
 from addon.sse import SSEEvent, encode_event
-from controlplane.llm import (
-    ChatCompletionDeltaToolCall,
-    Delta,
-    Function,
-    ModelResponseStream,
-    OpenAiResponsesToChatCompletionStreamIterator,
-    StreamingChoices,
-)
+from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta, chunk_data
+from controlplane.llm import ModelResponseStream, OpenAiResponsesToChatCompletionStreamIterator
 
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 #: A part's text is done: the field holding its whole text.
 _TEXT_DONE = {"response.output_text.done": "text", "response.refusal.done": "refusal"}
-_REASONING_EVENTS = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
 
 
 def _position(value: Any) -> int:
@@ -91,7 +84,7 @@ class OpenAIResponsesTranscoder:
         self._completed = False
 
     # -- upstream ---------------------------------------------------------------------------
-    def decode(self, event: SSEEvent) -> list[ModelResponseStream]:
+    def decode(self, event: SSEEvent) -> list[StreamChunk]:
         data = event.json()
         if not isinstance(data, dict):
             return []
@@ -126,10 +119,15 @@ class OpenAIResponsesTranscoder:
             return self._settle_text(part, part_text(data.get("part")))
         if kind in ("response.completed", "response.incomplete"):
             return [*self._settle_output(data["response"].get("output")), self._finish_chunk(data)]
-        chunk = self._parser.chunk_parser(data) if kind in _REASONING_EVENTS else None
-        return [chunk] if chunk is not None else []
+        if kind == "response.reasoning_summary_text.delta":
+            if not isinstance(data.get("delta"), str):
+                raise MalformedStream(f"{kind} without its text")
+            return [self._chunk({"reasoning_content": data["delta"]} if data["delta"] else {})]
+        if kind == "response.reasoning_text.delta":
+            return [self._parsed(data)]
+        return []
 
-    def unsettled(self) -> list[ModelResponseStream]:
+    def unsettled(self) -> list[StreamChunk]:
         """Items shown whole with their start that never got a done event: their content as the
         client saw it, which the policy has not judged yet."""
         chunks = []
@@ -147,15 +145,15 @@ class OpenAIResponsesTranscoder:
             "response.failed",
         )
 
-    def _chunk(self, delta: Delta, finish_reason: str | None = None) -> ModelResponseStream:
-        return ModelResponseStream(
-            id=self._response.get("id"),
-            created=self._response.get("created_at"),
-            model=self._response.get("model"),
-            choices=[StreamingChoices(index=0, delta=delta, finish_reason=finish_reason)],
-        )
+    def _chunk(self, delta: ChunkDelta, finish_reason: str | None = None) -> StreamChunk:
+        return {
+            "id": self._response.get("id"),
+            "created": self._response.get("created_at"),
+            "model": self._response.get("model"),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        }
 
-    def _start_tool(self, position: int, item: JSON) -> ModelResponseStream:
+    def _start_tool(self, position: int, item: JSON) -> StreamChunk:
         if position in self._tools:
             raise MalformedStream(f"the output item at {position} was begun twice")
         tool = _UpstreamTool(len(self._tools), call_id(item, position), tool_name(item), item)
@@ -163,21 +161,19 @@ class OpenAIResponsesTranscoder:
         # (what it shows when it begins is judged then, or by unsettled() if none comes).
         tool.seen = tool_arguments(item) if streams_arguments(item) else ""
         self._tools[position] = tool
-        call = ChatCompletionDeltaToolCall(
-            index=tool.index,
-            id=tool.id,
-            type="function",
-            function=Function(name=tool.name, arguments=tool.seen),
-        )
-        return self._chunk(Delta(tool_calls=[call]))
+        call: ToolCallDelta = {
+            "index": tool.index,
+            "id": tool.id,
+            "type": "function",
+            "function": {"name": tool.name, "arguments": tool.seen},
+        }
+        return self._chunk({"tool_calls": [call]})
 
-    def _tool_chunk(self, tool: _UpstreamTool, arguments: str) -> ModelResponseStream:
-        call = ChatCompletionDeltaToolCall(
-            index=tool.index, type="function", function=Function(arguments=arguments)
-        )
-        return self._chunk(Delta(tool_calls=[call]))
+    def _tool_chunk(self, tool: _UpstreamTool, arguments: str) -> StreamChunk:
+        call: ToolCallDelta = {"index": tool.index, "type": "function", "function": {"arguments": arguments}}
+        return self._chunk({"tool_calls": [call]})
 
-    def _settle_item(self, position: int, item: JSON) -> list[ModelResponseStream]:
+    def _settle_item(self, position: int, item: JSON) -> list[StreamChunk]:
         """An item's final form (its done event, or its place in ``response.completed``)."""
         if item.get("type") == "message":
             return [
@@ -202,7 +198,7 @@ class OpenAIResponsesTranscoder:
         tool.seen, tool.item, tool.settled = final, item, True
         return chunks
 
-    def _settle_output(self, output: Any) -> list[ModelResponseStream]:
+    def _settle_output(self, output: Any) -> list[StreamChunk]:
         if not isinstance(output, list):
             return []
         return [
@@ -212,13 +208,13 @@ class OpenAIResponsesTranscoder:
             for chunk in self._settle_item(position, item)
         ]
 
-    def _text_delta(self, part: tuple[int, Any] | None, delta: Any) -> list[ModelResponseStream]:
+    def _text_delta(self, part: tuple[int, Any] | None, delta: Any) -> list[StreamChunk]:
         if part is None or not isinstance(delta, str):
             raise MalformedStream("a text delta for no output item")
         self._texts[part] = self._texts.get(part, "") + delta
-        return [self._chunk(Delta(content=delta))] if delta else []
+        return [self._chunk({"content": delta})] if delta else []
 
-    def _settle_text(self, part: tuple[int, Any] | None, final: Any) -> list[ModelResponseStream]:
+    def _settle_text(self, part: tuple[int, Any] | None, final: Any) -> list[StreamChunk]:
         if part is None or not isinstance(final, str):
             return []
         seen = self._texts.get(part, "")
@@ -226,17 +222,19 @@ class OpenAIResponsesTranscoder:
             raise MalformedStream(f"the text of output item {part[0]} ends other than its deltas streamed it")
         self._texts[part] = final
         rest = final[len(seen) :]
-        return [self._chunk(Delta(content=rest))] if rest else []
+        return [self._chunk({"content": rest})] if rest else []
 
-    def _finish_chunk(self, data: JSON) -> ModelResponseStream:
+    def _finish_chunk(self, data: JSON) -> StreamChunk:
         """The finish reason and usage of ``response.completed`` (or ``incomplete``)."""
-        chunk = self._parser.chunk_parser(data)
         reason = "length" if data["response"].get("status") == "incomplete" else "stop"
-        finish = self._chunk(Delta(), "tool_calls" if self._tools and reason == "stop" else reason)
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            finish.usage = usage  # type: ignore[attr-defined]
+        finish = self._chunk({}, "tool_calls" if self._tools and reason == "stop" else reason)
+        finish["usage"] = self._parsed(data).get("usage")
         return finish
+
+    def _parsed(self, data: JSON) -> StreamChunk:
+        """What LiteLLM's parser makes of an event (reasoning text, usage), as plain data."""
+        parsed = self._parser.chunk_parser(data)
+        return {**self._chunk({}), **(chunk_data(parsed) if parsed is not None else {})}
 
     # -- the client's view ------------------------------------------------------------------
     @property

@@ -15,9 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from controlplane.chunks import StreamChunk
 from controlplane.credentials import REDACTED as REDACTED
 from controlplane.credentials import redact_query, scrub_body, scrub_credentials, scrub_strings
-from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.llm import ModelResponse
 from controlplane.models import WireFormat, utcnow
 
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|session|password|signature", re.IGNORECASE)
@@ -102,23 +103,22 @@ class OutputAssembler:
         self._finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
 
-    def add(self, chunk: ModelResponseStream) -> None:
-        usage = getattr(chunk, "usage", None)
-        if usage is not None:
-            self.usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(usage)
-        for choice in chunk.choices[:1]:
-            delta = choice.delta
-            if content := getattr(delta, "content", None):
+    def add(self, chunk: StreamChunk) -> None:
+        if (usage := chunk.get("usage")) is not None:
+            self.usage = dict(usage)
+        for choice in (chunk.get("choices") or [])[:1]:
+            delta = choice.get("delta") or {}
+            if content := delta.get("content"):
                 self._text.append(content)
-            if reasoning := getattr(delta, "reasoning_content", None):
+            if reasoning := delta.get("reasoning_content"):
                 self._reasoning.append(reasoning)
-            for call in getattr(delta, "tool_calls", None) or []:
-                tool = self._tools.setdefault(call.index or 0, ToolCall())
-                tool.id = tool.id or call.id
-                if call.function is not None:
-                    tool.name = tool.name or call.function.name
-                    tool.arguments += call.function.arguments or ""
-            self._finish_reason = choice.finish_reason or self._finish_reason
+            for call in delta.get("tool_calls") or []:
+                tool = self._tools.setdefault(call.get("index") or 0, ToolCall())
+                tool.id = tool.id or call.get("id")
+                if function := call.get("function"):
+                    tool.name = tool.name or function.get("name")
+                    tool.arguments += function.get("arguments") or ""
+            self._finish_reason = choice.get("finish_reason") or self._finish_reason
 
     def output(self) -> Output:
         return Output(

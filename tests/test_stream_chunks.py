@@ -1,0 +1,147 @@
+"""The plain chunks the wire formats decode events into (``controlplane.chunks``).
+
+The frequent events are decoded by our own code rather than LiteLLM's parsers, for speed: what a
+policy sees of them must be what LiteLLM's parser reads. And since the passive path assembles the
+record straight from these chunks, whatever a compromised upstream sends either decodes into
+chunks the record can hold or ends the stream as malformed.
+"""
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
+
+from addon.sse import SSEEvent, SSEParser, encode_event
+from controlplane.chunks import chunk_model
+from controlplane.llm import AnthropicStreamParser, OpenAiResponsesToChatCompletionStreamIterator
+from controlplane.policies.noop import NoOpPolicy
+from controlplane.recording.records import OutputAssembler
+from tests.control_planes import Kind
+from tests.policies import PassEveryChunk
+from tests.test_stream_errors import transcoder_for
+from tests.test_stream_relay import RENDERERS, SCENARIOS, provider_stream, relay
+
+CHAT, RESPONSES, MESSAGES = "/v1/chat/completions", "/v1/responses", "/v1/messages"
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def sse(data: dict[str, Any], name: str | None = None) -> SSEEvent:
+    return SSEParser().feed(encode_event(data, name))[0]
+
+
+def seen_by_policy(chunk: Any) -> dict[str, Any]:
+    """What a policy reads of a chunk's delta."""
+    delta = chunk.choices[0].delta
+    return {
+        "content": delta.content or None,
+        "reasoning_content": getattr(delta, "reasoning_content", None),
+        "thinking_blocks": getattr(delta, "thinking_blocks", None),
+    }
+
+
+def started_anthropic_stream() -> Any:
+    transcoder = transcoder_for(MESSAGES)
+    start = {"type": "message_start", "message": {"id": "msg_1", "model": "m", "content": []}}
+    transcoder.decode(sse(start, "message_start"))
+    return transcoder
+
+
+@settings(max_examples=60, deadline=None)
+@given(kind=st.sampled_from(["text_delta", "thinking_delta"]), text=st.text(max_size=40))
+def test_anthropic_text_and_thinking_deltas_are_what_litellms_parser_reads(kind: str, text: str) -> None:
+    field = "text" if kind == "text_delta" else "thinking"
+    data = {"type": "content_block_delta", "index": 0, "delta": {"type": kind, field: text}}
+    ours = [chunk_model(c) for c in started_anthropic_stream().decode(sse(data, data["type"]))]
+    litellm = AnthropicStreamParser(streaming_response=None, sync_stream=False).chunk_parser(data)
+    if not text:
+        assert ours == []  # an empty delta carries nothing, as LiteLLM's chunk says
+        assert not any(seen_by_policy(litellm).values())
+        return
+    assert [seen_by_policy(c) for c in ours] == [seen_by_policy(litellm)]
+    assert ours[0].id == "msg_1" and ours[0].model == "m"
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(max_size=40))
+def test_a_responses_reasoning_summary_delta_is_what_litellms_parser_reads(text: str) -> None:
+    data = {
+        "type": "response.reasoning_summary_text.delta",
+        "output_index": 0,
+        "summary_index": 0,
+        "delta": text,
+    }
+    ours = [chunk_model(c) for c in transcoder_for(RESPONSES).decode(sse(data))]
+    parser = OpenAiResponsesToChatCompletionStreamIterator(streaming_response=None, sync_stream=False)  # type: ignore[arg-type]
+    assert [seen_by_policy(c) for c in ours] == [seen_by_policy(parser.chunk_parser(data))]
+
+
+def json_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON value another value could stand."""
+    children: list[tuple[Any, Any]] = []
+    if isinstance(value, dict):
+        children = list(value.items())
+    elif isinstance(value, list):
+        children = list(enumerate(value))
+    return [path, *(p for key, child in children for p in json_paths(child, (*path, key)))]
+
+
+def replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = replaced(value[path[0]], path[1:], new)
+    return copy
+
+
+@st.composite
+def tampered_streams(draw: st.DrawFn) -> tuple[str, list[SSEEvent]]:
+    """A real stream of one of the formats with one value, anywhere in one event, replaced."""
+    path = draw(st.sampled_from(list(RENDERERS)))
+    events = SSEParser().feed(provider_stream(path, draw(st.sampled_from(SCENARIOS))))
+    target = draw(st.sampled_from([i for i, e in enumerate(events) if isinstance(e.json(), dict)]))
+    data = events[target].json()
+    where = draw(st.sampled_from(json_paths(data)[1:]))
+    new = draw(JSON_VALUES)
+    note(f"{path}: event {target} at {where} = {new!r}")
+    tampered = SSEParser().feed(encode_event(replaced(data, where, new), events[target].event))
+    return path, [*events[:target], *tampered, *events[target + 1 :]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=tampered_streams())
+def test_whatever_an_upstream_sends_decodes_into_chunks_the_record_can_hold_or_is_malformed(
+    case: tuple[str, list[SSEEvent]],
+) -> None:
+    path, events = case
+    transcoder, record = transcoder_for(path), OutputAssembler()
+    for event in events:
+        try:
+            chunks = transcoder.decode(event)
+        except Exception:  # the relay ends the stream as malformed on any of them
+            return
+        for chunk in chunks:
+            record.add(chunk)
+    output = record.output()  # what the record stores: text, never another type
+    assert isinstance(output.text, str) and isinstance(output.reasoning, str)
+    assert all(isinstance(call.arguments, str) for call in output.tool_calls)
+    json.dumps(record.usage)
+
+
+@pytest.mark.parametrize("policy", [NoOpPolicy(), PassEveryChunk()], ids=["passive", "inspected"])
+async def test_a_chat_chunk_whose_text_is_not_text_ends_the_stream_with_an_error(
+    policy: Any, control_plane_kind: Kind
+) -> None:
+    events = SSEParser().feed(provider_stream(CHAT, "text"))
+    first = next(i for i, e in enumerate(events) if (e.json() or {}).get("choices"))
+    data = replaced(events[first].json(), ("choices", 0, "delta", "content"), 5)
+    stream = [*events[:first], *SSEParser().feed(encode_event(data)), *events[first + 1 :]]
+    out = await relay(CHAT, policy, [b"".join(e.raw for e in stream)], kind=control_plane_kind)
+    last = SSEParser().feed(out)[-1].json()
+    assert "could not police the provider's stream" in last["error"]["message"]
+    assert b'"content": 5' not in out and b'"content":5' not in out
