@@ -5,9 +5,10 @@
       config:
         patterns: ['rm\\s+-rf']
 
-Composite policies (SerialPolicy, SelectPolicy) nest the same ``{class, config}`` specs. Every
-problem is reported as one PolicyFileError naming the file, the path to the key and what is wrong,
-e.g. ``policy.yaml: policy.config.policies[1].config.patterns: Field required``.
+Composite policies (SerialPolicy, SelectPolicy) nest the same ``{class, config}`` specs. The
+problems are reported together, in one PolicyFileError, each naming the file, the path to the
+key and what is wrong, e.g. ``policy.yaml: policy.config.policies[1].config.patterns: Field
+required``.
 """
 
 import importlib
@@ -24,7 +25,16 @@ from controlplane.policies.noop import NoOpPolicy
 
 
 class PolicyFileError(ValueError):
-    """A policy file that cannot be used; the message says where and why."""
+    """A policy file that cannot be used: each of its problems says where and why (the message
+    holds them a line each)."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+    def within(self, prefix: str) -> "PolicyFileError":
+        """The same problems, located inside ``prefix``."""
+        return PolicyFileError(*(prefix + problem for problem in self.problems))
 
 
 def load_policy_file(path: Path | None) -> PolicyHandler:
@@ -46,33 +56,54 @@ def policy_from_document(document: Any, source: str) -> PolicyHandler:
     try:
         return build_policy(document["policy"], "policy")
     except PolicyFileError as exc:
-        raise PolicyFileError(f"{source}: {exc}") from exc
+        raise exc.within(f"{source}: ") from exc
 
 
 def build_policy(spec: Any, where: str) -> PolicyHandler:
     """A policy from a ``{class, config}`` spec; errors are prefixed with ``where``."""
     if not isinstance(spec, dict):
         raise PolicyFileError(f"{where}: expected a mapping with 'class' and optional 'config'")
-    unknown = set(spec) - {"class", "config"}
-    if unknown:
-        raise PolicyFileError(f"{where}: unknown keys {sorted(unknown)}")
-    cls = resolve_policy_class(spec.get("class"), where)
+    problems = []
+    if unknown := set(spec) - {"class", "config"}:
+        problems.append(f"{where}: unknown keys {sorted(unknown)}")
     config = spec.get("config") or {}
     if not isinstance(config, dict):
-        raise PolicyFileError(f"{where}.config: expected a mapping")
+        problems.append(f"{where}.config: expected a mapping")
+    try:
+        cls = resolve_policy_class(spec.get("class"), where)
+    except PolicyFileError as exc:
+        raise PolicyFileError(*problems, *exc.problems) from exc
+    if problems:
+        raise PolicyFileError(*problems)
     try:
         validated = cls.Config.model_validate(config)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        path = "".join(_loc(part) for part in first["loc"])
-        message = first["msg"].removeprefix("Value error, ")
-        raise PolicyFileError(f"{where}.config{path}: {message}") from exc
+        raise PolicyFileError(*(_problem(where, error) for error in exc.errors())) from exc
     try:
         return cls(validated)
-    except PolicyFileError as exc:  # a composite's child, already located relative to it
-        raise PolicyFileError(f"{where}.{exc}") from exc
+    except PolicyFileError as exc:  # a composite's children, already located relative to it
+        raise exc.within(f"{where}.") from exc
     except ValueError as exc:  # the policy refused its (valid-looking) config, e.g. a missing env var
         raise PolicyFileError(f"{where}.config: {exc}") from exc
+
+
+def build_policies(specs: list[tuple[Any, str]]) -> list[PolicyHandler]:
+    """``build_policy`` for each ``(spec, where)`` (a composite's children): the problems of all
+    of them, not only the first's."""
+    built, problems = [], []
+    for spec, where in specs:
+        try:
+            built.append(build_policy(spec, where))
+        except PolicyFileError as exc:
+            problems += exc.problems
+    if problems:
+        raise PolicyFileError(*problems)
+    return built
+
+
+def _problem(where: str, error: Any) -> str:
+    path = "".join(_loc(part) for part in error["loc"])
+    return f"{where}.config{path}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def resolve_policy_class(name: Any, where: str) -> type[PolicyHandler]:

@@ -40,7 +40,9 @@ def _contains(value: str | None, wanted: str | None) -> bool:
     return not wanted or wanted.lower() in (value or "").lower()
 
 
-def router(bus: ActivityBus) -> APIRouter:
+def router(bus: ActivityBus, ending: asyncio.Event) -> APIRouter:
+    """``ending``: set when the server stops, which ends every live stream (a browser tab left
+    open must not hold the server's shutdown)."""
     api = APIRouter()
 
     @api.get("/api/activity/recent")
@@ -59,7 +61,7 @@ def router(bus: ActivityBus) -> APIRouter:
     ) -> StreamingResponse:
         # EventSource sends Last-Event-ID when it reconnects; it wins over the ?after= of the URL.
         return StreamingResponse(
-            sse_frames(bus, last_event_id or after, only),
+            sse_frames(bus, last_event_id or after, only, ending),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -67,20 +69,27 @@ def router(bus: ActivityBus) -> APIRouter:
     return api
 
 
-async def sse_frames(bus: ActivityBus, after: str | None, only: ActivityFilter) -> AsyncIterator[str]:
-    """The stream's text, until the subscription ends or the client leaves.
+async def sse_frames(
+    bus: ActivityBus, after: str | None, only: ActivityFilter, ending: asyncio.Event
+) -> AsyncIterator[str]:
+    """The stream's text, until the subscription ends, the client leaves or the server stops.
 
     When the client disconnects, Starlette cancels this generator; the ``finally`` then cancels
     the read in progress, which ends the subscription and whatever it holds on the bus.
     """
     subscription = bus.subscribe(after)
     next_event = asyncio.ensure_future(anext(subscription))
+    stopping = asyncio.ensure_future(ending.wait())
     try:
         # The browser's reconnect delay; as the first frame, it also tells a client the stream is open.
         yield "retry: 2000\n\n"
         while True:
             # asyncio.wait, not wait_for: a timeout must not cancel the read (and so the subscription).
-            done, _ = await asyncio.wait({next_event}, timeout=KEEPALIVE_SECONDS)
+            done, _ = await asyncio.wait(
+                {next_event, stopping}, timeout=KEEPALIVE_SECONDS, return_when="FIRST_COMPLETED"
+            )
+            if stopping in done:
+                return
             if not done:
                 yield ": keepalive\n\n"
                 continue
@@ -93,3 +102,4 @@ async def sse_frames(bus: ActivityBus, after: str | None, only: ActivityFilter) 
                 yield f"id: {published.id}\nevent: activity\ndata: {published.event.model_dump_json()}\n\n"
     finally:
         next_event.cancel()
+        stopping.cancel()

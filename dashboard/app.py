@@ -3,6 +3,8 @@
 The caller opens and closes the storage and the bus; the app only reads from them.
 """
 
+import asyncio
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,6 +17,7 @@ from controlplane.activity.bus import ActivityBus, BusUnavailable
 from controlplane.storage.base import Storage, StorageUnavailable
 from dashboard import activity, api, pages
 from dashboard.auth import TokenAuth, login_router
+from dashboard.token import FixedToken, TokenSource
 
 #: Everything the pages load comes from this origin: no inline code, no CDN, no framing.
 SECURITY_HEADERS = {
@@ -25,13 +28,15 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(storage: Storage, bus: ActivityBus, token: str) -> FastAPI:
-    if not token:
-        raise ValueError("the dashboard needs a non-empty token")
+def create_app(storage: Storage, bus: ActivityBus, token: TokenSource | str) -> FastAPI:
+    """``token``: what every request must carry (a plain string is a fixed token)."""
+    if isinstance(token, str):
+        token = FixedToken(token)
     # No /docs or /openapi.json: Swagger UI loads from a CDN, which the CSP forbids anyway.
     app = FastAPI(title="Luthien dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.streams_ending = asyncio.Event()
     app.include_router(api.router(storage))
-    app.include_router(activity.router(bus))
+    app.include_router(activity.router(bus, app.state.streams_ending))
     app.include_router(login_router(token))
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
@@ -57,6 +62,12 @@ def create_app(storage: Storage, bus: ActivityBus, token: str) -> FastAPI:
     app.add_middleware(TokenAuth, token=token)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def end_live_streams(app: FastAPI) -> None:
+    """The server is stopping: the live monitor's streams end (browsers reconnect elsewhere, or
+    later), so that no open tab holds the shutdown."""
+    app.state.streams_ending.set()
 
 
 class SecurityHeaders:

@@ -4,6 +4,7 @@ Auth is ASGI middleware rather than a route dependency so that it also covers th
 assets and unknown paths: without the token nothing but ``/healthz`` answers.
 """
 
+import logging
 import secrets
 from typing import Annotated
 
@@ -11,6 +12,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dashboard.token import TokenFileError, TokenSource
+
+log = logging.getLogger(__name__)
 
 COOKIE = "luthien_dashboard"
 #: Paths that answer without the token; ``/login`` checks the token it is given itself.
@@ -24,8 +29,9 @@ _LOGIN_REQUIRED = """<!doctype html>
 <body>
 <h1>Log in to the Luthien dashboard</h1>
 <p>This dashboard needs its access token. Open the login link that <code>luthien up</code>
-(or <code>luthien dashboard</code>) printed when it started:
-<code>http://HOST:PORT/login?token=…</code>.</p>
+(or <code>luthien dashboard</code>) printed when it started, or that <code>luthien login</code>
+prints: <code>http://HOST:PORT/login?token=…</code>. The link stays the same across restarts
+until the token is rotated (<code>luthien login --rotate</code>).</p>
 <p>If you set <code>LUTHIEN_DASHBOARD_TOKEN</code> yourself, open
 <code>/login?token=</code> followed by that token.</p>
 </body>
@@ -33,9 +39,16 @@ _LOGIN_REQUIRED = """<!doctype html>
 """
 
 
-def token_matches(given: str | None, token: str) -> bool:
+def token_matches(given: str | None, token: TokenSource) -> bool:
+    if given is None:
+        return False
+    try:
+        expected = token.current()
+    except TokenFileError as exc:  # fail closed: nobody is let in on a token that cannot be read
+        log.error("%s", exc)
+        return False
     # Bytes, because compare_digest refuses non-ASCII str, and a request may send anything.
-    return given is not None and secrets.compare_digest(given.encode(), token.encode())
+    return secrets.compare_digest(given.encode(), expected.encode())
 
 
 def unauthorized(path: str) -> Response:
@@ -47,7 +60,7 @@ def unauthorized(path: str) -> Response:
 class TokenAuth:
     """Lets a request through only when it carries the token, as a bearer header or cookie."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: TokenSource) -> None:
         self.app = app
         self.token = token
 
@@ -70,16 +83,16 @@ class TokenAuth:
         return token_matches(connection.cookies.get(COOKIE), self.token)
 
 
-def login_router(token: str) -> APIRouter:
+def login_router(token: TokenSource) -> APIRouter:
     router = APIRouter()
 
     @router.get("/login", include_in_schema=False)
     async def login(given: Annotated[str | None, Query(alias="token")] = None) -> Response:
-        if not token_matches(given, token):
+        if given is None or not token_matches(given, token):
             return unauthorized("/login")
         # 303: the browser follows with a GET to "/", which now carries the cookie.
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/")
+        response.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/")
         return response
 
     return router

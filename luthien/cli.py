@@ -4,13 +4,14 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from certs import shell_exports
-from luthien.options import build_parser, ca_files, client_env, data_dir
+from luthien.options import build_parser, ca_files, client_env, data_dir, existing_ca
 from luthien.servers import serve_control_plane, serve_dashboard, serve_proxy, serve_sidecar
 
 
@@ -19,11 +20,26 @@ def _run(args: argparse.Namespace) -> int:
     if not argv:
         print("luthien run: give a command, e.g. luthien run -- claude", file=sys.stderr)
         return 2
-    env, _ = client_env(args)
+    env = client_env(args, existing_ca(args))
     if shutil.which(argv[0]) is None:
         print(f"luthien run: command not found: {argv[0]}", file=sys.stderr)
         return 127
+    if not _listening("127.0.0.1", args.port):
+        print(
+            f"luthien run: no proxy listens on 127.0.0.1:{args.port}: start it (luthien up), "
+            "or pass the --port it listens on",
+            file=sys.stderr,
+        )
+        return 2
     return subprocess.call(argv, env={**os.environ, **env})
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -42,9 +58,30 @@ def _policy(args: argparse.Namespace) -> int:
     try:
         policy = load_policy_file(args.file)
     except PolicyFileError as exc:
-        print(f"luthien: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"luthien: {problem}", file=sys.stderr)
         return 1
     print(f"{args.file}: OK ({type(policy).__name__})")
+    return 0
+
+
+def _login(args: argparse.Namespace) -> int:
+    """``luthien login [--rotate]``: the dashboard's login link; a new token logs every browser out."""
+    from dashboard.token import TokenFile
+    from luthien.servers import dashboard_token, login_link
+
+    token = dashboard_token(args)
+    if args.rotate:
+        if not isinstance(token, TokenFile):
+            print(
+                "luthien login: the token is LUTHIEN_DASHBOARD_TOKEN's: change that instead", file=sys.stderr
+            )
+            return 2
+        token.rotate()
+        print(
+            "A new dashboard token: browsers logged in with the old one must log in again.", file=sys.stderr
+        )
+    print(login_link(args.dashboard_host, args.dashboard_port, token))
     return 0
 
 
@@ -76,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "certs" and args.certs_command in ("install", "uninstall"):
         return _certs_trust(args)
     if args.command == "certs":
-        env, files = client_env(args)
-        print(shell_exports(env).rstrip("\n") if args.certs_command == "env" else files.cert)
+        files = existing_ca(args)
+        print(
+            shell_exports(client_env(args, files)).rstrip("\n") if args.certs_command == "env" else files.cert
+        )
         return 0
+    if args.command == "login":
+        return _login(args)
     return _run(args)

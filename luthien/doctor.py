@@ -11,6 +11,7 @@ import base64
 import datetime
 import os
 import re
+import shlex
 import shutil
 import socket
 import ssl
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs import ca_files
+from certs import ca_files, default_data_dir
 
 DEFAULT_PROXY_URL = "http://127.0.0.1:8080"
 TIMEOUT = 1.0
@@ -74,13 +75,24 @@ def check_ca(data_dir: Path) -> Check:
     return Check("OK", "CA", f"{files.cert} (key mode 600)")
 
 
-def check_python_trust(data_dir: Path) -> Check:
+def certs_env_command(data_dir: Path, proxy_url: str) -> str:
+    """``luthien certs env`` with the --port and --data-dir that reach this proxy and its CA."""
+    words = ["luthien", "certs", "env"]
+    _, port = _host_port(proxy_url, 8080)
+    if port != 8080:
+        words += ["--port", str(port)]
+    if data_dir != default_data_dir():
+        words += ["--data-dir", shlex.quote(str(data_dir))]
+    return " ".join(words)
+
+
+def check_python_trust(data_dir: Path, certs_env: str = "luthien certs env") -> Check:
     """A TLS handshake, in memory, between a server presenting a leaf the CA signs and a client
     using Python's default trust store (``SSL_CERT_FILE`` when set)."""
     files = ca_files(data_dir)
     configured = os.environ.get("SSL_CERT_FILE")
     where = f"SSL_CERT_FILE={configured}" if configured else "the default trust store"
-    fix = f'eval "$(luthien certs env)" (sets SSL_CERT_FILE={files.bundle}), or `sudo luthien certs install`'
+    fix = f'eval "$({certs_env})" (sets SSL_CERT_FILE={files.bundle}), or `sudo luthien certs install`'
     try:
         ca_key = serialization.load_pem_private_key(files.key.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
@@ -97,9 +109,9 @@ def check_python_trust(data_dir: Path) -> Check:
     return Check("OK", "Python trust", f"{where} trusts the Luthien CA")
 
 
-def check_node_trust(data_dir: Path) -> list[Check]:
+def check_node_trust(data_dir: Path, certs_env: str = "luthien certs env") -> list[Check]:
     files = ca_files(data_dir)
-    fix = f'export NODE_EXTRA_CA_CERTS={files.cert} (or eval "$(luthien certs env)")'
+    fix = f'export NODE_EXTRA_CA_CERTS={files.cert} (or eval "$({certs_env})")'
     configured = os.environ.get("NODE_EXTRA_CA_CERTS")
     checks = []
     if not configured:
@@ -206,12 +218,13 @@ def run_checks(
 ) -> list[Check]:
     proxy = proxy_url or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or DEFAULT_PROXY_URL
     control_plane = control_plane_url or os.environ.get("LUTHIEN_CONTROL_PLANE_URL") or None
+    certs_env = certs_env_command(data_dir, proxy)
     checks = [check_ca(data_dir)]
     if checks[0].status == "OK":
-        checks.append(check_python_trust(data_dir))
+        checks.append(check_python_trust(data_dir, certs_env))
     else:
         checks.append(Check("FAIL", "Python trust", "no usable CA", "see the CA check above"))
-    checks += check_node_trust(data_dir)
+    checks += check_node_trust(data_dir, certs_env)
     checks.append(check_proxy(proxy))
     checks.append(check_control_plane(control_plane))
     checks.append(check_database(database_url or os.environ.get("DATABASE_URL") or None, data_dir))

@@ -4,11 +4,13 @@ and what the options common to several commands resolve to (the data directory, 
 import argparse
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT
 from certs import CAFiles, default_data_dir, ensure_ca, trust_env
+from certs import ca_files as ca_paths
 from certs.authority import CAKeyPermissionError
 
 DEFAULT_PORT = 8080
@@ -158,6 +160,13 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _command(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, summary: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose summary is both its line in ``luthien --help`` and its own ``--help``."""
+    return commands.add_parser(name, help=summary, description=summary)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="luthien",
@@ -165,12 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser(
-        "up", help="run the proxy, its control plane and the dashboard in one process (embedded defaults)"
+    up = _command(
+        commands,
+        "up",
+        "run the proxy, its control plane and the dashboard in one process (embedded defaults)",
     )
     _add_proxy_options(up)
     _add_dashboard_options(up)
-    proxy = commands.add_parser("proxy", help="run the proxy alone (the sidecar process)")
+    proxy = _command(commands, "proxy", "run the proxy alone (the sidecar process)")
     _add_proxy_options(proxy)
     proxy.add_argument(
         "--control-plane",
@@ -186,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="when the control plane is unreachable, let calls through unpoliced (marked so) instead "
         "of refusing them with a 503 (env LUTHIEN_FAIL_OPEN)",
     )
-    control = commands.add_parser(
-        "controlplane", help="serve the policies, recording and activity to proxies over the network"
+    control = _command(
+        commands, "controlplane", "serve the policies, recording and activity to proxies over the network"
     )
     _add_data_dir(control)
     _add_backend_options(control)
@@ -208,12 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(os.environ["LUTHIEN_POLICY"]) if os.environ.get("LUTHIEN_POLICY") else None,
         help="policy YAML file, reloaded when it changes (env LUTHIEN_POLICY; default: NoOpPolicy)",
     )
-    dashboard = commands.add_parser("dashboard", help="run the dashboard alone over the recorded calls")
-    _add_common(dashboard)
+    dashboard = _command(commands, "dashboard", "run the dashboard alone over the recorded calls")
+    _add_data_dir(dashboard)
     _add_backend_options(dashboard)
     _add_dashboard_options(dashboard)
 
-    certs = commands.add_parser("certs", help="the local CA that clients must trust")
+    login = _command(
+        commands, "login", "print the dashboard's login link (the same across restarts, until rotated)"
+    )
+    _add_data_dir(login)
+    _add_dashboard_options(login)
+    login.add_argument(
+        "--rotate", action="store_true", help="a new token first: every browser logged in must log in again"
+    )
+
+    certs = _command(commands, "certs", "the local CA that clients must trust")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)
     env = certs_commands.add_parser("env", help="print shell exports that point a client at the proxy")
     _add_common(env)
@@ -228,18 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
         # For tests: a directory standing in for the filesystem root; commands are then printed, not run.
         trust.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
 
-    policy = commands.add_parser("policy", help="built-in policies; check a policy file")
+    policy = _command(commands, "policy", "built-in policies; check a policy file")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     policy_commands.add_parser("list", help="the built-in policies, a line each")
-    check = policy_commands.add_parser("check", help="validate a policy file (exit status 1 if it is broken)")
+    check = _command(
+        policy_commands, "check", "validate a policy file: every error, a line each (exit status 1 if broken)"
+    )
     check.add_argument("file", type=Path)
     policy_commands.add_parser("schema", help="print the JSON Schema of policy files")
 
-    run = commands.add_parser("run", help="run a command with the proxy exports set: luthien run -- CMD ARGS")
+    run = _command(commands, "run", "run a command with the proxy exports set: luthien run -- CMD ARGS")
     _add_common(run)
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 
-    doctor = commands.add_parser("doctor", help="check the CA, client trust, proxy and backends, a line each")
+    doctor = _command(commands, "doctor", "check the CA, client trust, proxy and backends, a line each")
     _add_data_dir(doctor)
     doctor.add_argument(
         "--proxy",
@@ -269,6 +291,32 @@ def ca_files(args: argparse.Namespace) -> CAFiles:
         raise SystemExit(2) from None
 
 
-def client_env(args: argparse.Namespace) -> tuple[dict[str, str], CAFiles]:
-    files = ca_files(args)
-    return trust_env(f"http://127.0.0.1:{args.port}", files), files
+def client_env(args: argparse.Namespace, files: CAFiles) -> dict[str, str]:
+    """What a client needs to go through the proxy of ``args`` and trust ``files``' CA."""
+    return trust_env(f"http://127.0.0.1:{args.port}", files)
+
+
+def existing_ca(args: argparse.Namespace) -> CAFiles:
+    """The CA a running proxy made, for a client command: creating one here would give the client
+    a CA the proxy does not present (exit status 2 when there is none)."""
+    directory = data_dir(args)
+    paths = ca_paths(directory)
+    if not (paths.cert.exists() and paths.key.exists()):
+        given = "" if args.data_dir is not None else " (the default; pass the --data-dir the proxy uses)"
+        print(
+            f"luthien: no Luthien CA in {directory}{given}: start the proxy first (luthien up)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return ca_files(args)
+
+
+def client_command(args: argparse.Namespace, command: str, rest: str = "") -> str:
+    """``luthien COMMAND`` as a user would type it to reach the proxy of ``args``: with the
+    --port and --data-dir that differ from the defaults, so it finds this proxy and its CA."""
+    words = ["luthien", command]
+    if getattr(args, "port", DEFAULT_PORT) != DEFAULT_PORT:
+        words += ["--port", str(args.port)]
+    if args.data_dir is not None:
+        words += ["--data-dir", shlex.quote(str(args.data_dir))]
+    return " ".join([*words, rest] if rest else words)

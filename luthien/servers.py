@@ -5,18 +5,19 @@ starts: loading LiteLLM takes seconds, and the short commands do not need it."""
 import argparse
 import asyncio
 import os
-import secrets
+import socket
 import sys
 from typing import TYPE_CHECKING
 
 from certs import shell_exports
-from luthien.options import client_env, data_dir, env_list
+from luthien.options import ca_files, client_command, client_env, data_dir, env_list
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from addon.embedded import EmbeddedServer
     from addon.proxy import ProxyConfig
+    from dashboard.token import TokenSource
 
 
 def _share_redis_with_policies(redis_url: str | None) -> None:
@@ -39,18 +40,30 @@ def _configure_logging(level: str, service: str) -> None:
     configure_logging(level)
 
 
-def _dashboard_token() -> tuple[str, bool]:
-    """The configured token, or a new one (True: generated, so the login link must be shown)."""
+def dashboard_token(args: argparse.Namespace) -> "TokenSource":
+    """``LUTHIEN_DASHBOARD_TOKEN`` when set; otherwise the token kept in the data dir."""
+    from dashboard.token import FixedToken, TokenFile, TokenFileError
+
     configured = os.environ.get("LUTHIEN_DASHBOARD_TOKEN")
-    return (configured, False) if configured else (secrets.token_urlsafe(24), True)
+    if configured:
+        return FixedToken(configured)
+    try:
+        return TokenFile.in_dir(data_dir(args))
+    except TokenFileError as exc:
+        sys.exit(f"luthien: {exc}")
 
 
-def _announce_dashboard(host: str, port: int, token: str, generated: bool) -> None:
+def login_link(host: str, port: int, token: "TokenSource") -> str:
+    from dashboard.token import FixedToken
+
     base = f"http://{host}:{port}"
-    if generated:
-        print(f"Luthien dashboard: {base}/login?token={token}", flush=True)
-    else:
-        print(f"Luthien dashboard: {base} (token: LUTHIEN_DASHBOARD_TOKEN)", flush=True)
+    if isinstance(token, FixedToken):  # the user's own secret: not printed
+        return f"{base}/login?token=$LUTHIEN_DASHBOARD_TOKEN"
+    return f"{base}/login?token={token.current()}"
+
+
+def _announce_dashboard(host: str, port: int, token: "TokenSource") -> None:
+    print(f"Luthien dashboard: {login_link(host, port, token)}", flush=True)
 
 
 def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, str]]:
@@ -59,7 +72,8 @@ def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, st
     from addon.upstream import parse_upstreams
 
     hosts = args.provider_host or env_list("LUTHIEN_PROVIDER_HOSTS") or list(DEFAULT_PROVIDER_HOSTS)
-    env, files = client_env(args)
+    files = ca_files(args)
+    env = client_env(args, files)
     config = ProxyConfig(
         listen_host=args.host,
         listen_port=args.port,
@@ -97,7 +111,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from controlplane.metrics import register_policy_stream_metrics, register_recording_metrics
     from controlplane.policy_file import PolicyFileError, load_policy_file
     from controlplane.policy_reload import file_version, watch_policy_file
-    from dashboard.app import create_app
+    from dashboard.app import create_app, end_live_streams
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-proxy")
@@ -108,7 +122,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     except (PolicyFileError, ValueError) as exc:
         print(f"luthien: {exc}", file=sys.stderr)
         return 2
-    token, generated = _dashboard_token()
+    token = dashboard_token(args) if with_dashboard else None
     version = file_version(args.policy) if args.policy else None
 
     async def serve() -> None:
@@ -124,17 +138,20 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
             if metrics_server is not None:
                 await metrics_server.start()
             dashboard = None
-            if with_dashboard:
+            if token is not None:
                 app = create_app(backends.storage, backends.bus, token)
                 dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
                 await dashboard.start()
 
             def ready() -> None:
                 _proxy_ready(args, config, type(policy).__name__)
-                if dashboard is not None:
-                    _announce_dashboard(args.dashboard_host, dashboard.port, token, generated)
+                if dashboard is not None and token is not None:
+                    _announce_dashboard(args.dashboard_host, dashboard.port, token)
                     print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
-                    print("or run it through Luthien directly: luthien run -- claude", flush=True)
+                    print(
+                        f"or run it through Luthien directly: {client_command(args, 'run', '-- claude')}",
+                        flush=True,
+                    )
 
             try:
                 await run_proxy(config, control_plane, ready, metrics)
@@ -142,6 +159,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                 if args.policy:
                     watcher.cancel()
                 if dashboard is not None:
+                    end_live_streams(app)
                     await dashboard.stop()
                 if metrics_server is not None:
                     await metrics_server.stop()
@@ -245,11 +263,11 @@ def serve_control_plane(args: argparse.Namespace) -> int:
 def serve_dashboard(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from dashboard.app import create_app
+    from dashboard.app import create_app, end_live_streams
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-dashboard")
-    token, generated = _dashboard_token()
+    token = dashboard_token(args)
 
     async def serve() -> None:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=False) as backends:
@@ -264,8 +282,14 @@ def serve_dashboard(args: argparse.Namespace) -> int:
                 log_level="warning",
                 access_log=False,
             )
-            server = uvicorn.Server(config)
-            _announce_dashboard(args.dashboard_host, args.dashboard_port, token, generated)
+
+            class DashboardServer(uvicorn.Server):
+                async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+                    end_live_streams(app)  # an open monitor tab must not hold the shutdown
+                    await super().shutdown(sockets)
+
+            server = DashboardServer(config)
+            _announce_dashboard(args.dashboard_host, args.dashboard_port, token)
             await server.serve()
 
     asyncio.run(serve())

@@ -227,12 +227,14 @@ def test_doctor_flags_clients_that_do_not_trust_the_ca(ca: CAFiles, listener: in
     done = luthien("doctor", "--data-dir", str(data_dir), "--proxy", f"127.0.0.1:{listener}", env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
+    # The fix reaches this proxy and this CA: its port and data dir are not the defaults.
+    certs_env = f"luthien certs env --port {listener} --data-dir {data_dir}"
     assert lines[1:5] == [
         f"FAIL  Python trust: SSL_CERT_FILE={ca.cert.with_name('missing.pem')} does not trust the Luthien CA",
-        f'      fix: eval "$(luthien certs env)" (sets SSL_CERT_FILE={ca.bundle}), '
+        f'      fix: eval "$({certs_env})" (sets SSL_CERT_FILE={ca.bundle}), '
         "or `sudo luthien certs install`",
         "FAIL  Node trust: NODE_EXTRA_CA_CERTS is not set",
-        f'      fix: export NODE_EXTRA_CA_CERTS={ca.cert} (or eval "$(luthien certs env)")',
+        f'      fix: export NODE_EXTRA_CA_CERTS={ca.cert} (or eval "$({certs_env})")',
     ]
     assert f"OK    database: SQLite {data_dir / 'luthien.db'} (default) answers" in lines
 

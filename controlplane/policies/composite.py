@@ -42,10 +42,9 @@ class SerialPolicy(PolicyHandler):
 
     def __init__(self, config: BaseModel | None = None) -> None:
         super().__init__(config)
-        self.policies = [
-            policy_file.build_policy(spec.as_spec(), f"config.policies[{i}]")
-            for i, spec in enumerate(self.config.policies)
-        ]
+        self.policies = policy_file.build_policies(
+            [(spec.as_spec(), f"config.policies[{i}]") for i, spec in enumerate(self.config.policies)]
+        )
 
     async def apply_request_policies(
         self, request: NormalizedRequest, metadata: RequestMetadata
@@ -164,11 +163,14 @@ class SelectPolicy(PolicyHandler):
 
     def __init__(self, config: BaseModel | None = None) -> None:
         super().__init__(config)
-        self.routes = [
-            (route.when, policy_file.build_policy(route.policy.as_spec(), f"config.routes[{i}].policy"))
+        specs = [
+            (route.policy.as_spec(), f"config.routes[{i}].policy")
             for i, route in enumerate(self.config.routes)
         ]
-        self.default = policy_file.build_policy(self.config.default.as_spec(), "config.default")
+        *chosen, self.default = policy_file.build_policies(
+            [*specs, (self.config.default.as_spec(), "config.default")]
+        )
+        self.routes = [(route.when, policy) for route, policy in zip(self.config.routes, chosen, strict=True)]
 
     def choose(self, metadata: RequestMetadata) -> PolicyHandler:
         return next((policy for when, policy in self.routes if when.matches(metadata)), self.default)
