@@ -415,6 +415,7 @@ async def test_the_calls_list_filters_and_pages(storage: SQLiteStorage, client: 
         {"outcome": "exploded"},
         {"since": "yesterday"},
         {"blocked": "maybe"},
+        {"block_kind": "tool_removed"},
     ],
 )
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict[str, Any]) -> None:
@@ -458,6 +459,55 @@ async def test_the_detail_of_a_rewritten_stream_shows_what_changed(
     delta = 'content_block_delta: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "%s"}}'
     assert changed == [(delta % "quick", delta % "QUICK"), (delta % "fox", delta % "FOX")]
     assert response["rows"][0]["left"].startswith("message_start: ")
+
+
+async def test_each_kind_of_block_is_a_block_listed_and_filtered_by_its_kind(
+    storage: SQLiteStorage, client: httpx.AsyncClient
+) -> None:
+    removed = Decision(
+        stage="stream",
+        allowed=True,  # the answer went on without the call: the policy's result allows it
+        reason="it matches the blocklist rule no-rm",
+        metadata={"blocked_tool": "bash", "rule_id": "no-rm"},
+    )
+    ended = Decision(stage="stream", allowed=False, reason="stream ended by policy")
+    await storage.write(
+        [
+            *sample_calls(),
+            call_record(
+                "t1", "Clean up", "Cleaning.", started_at=T0 + timedelta(minutes=6), decisions=(removed,)
+            ),
+            call_record(
+                "t2",
+                "Go on",
+                "Going",
+                started_at=T0 + timedelta(minutes=7),
+                outcome=CallOutcome.BLOCKED,
+                decisions=(removed, ended),
+            ),
+        ]
+    )
+    assert await list_ids(client, blocked="true") == ["t2", "t1", "c2"]
+    assert await list_ids(client, outcome="blocked") == ["t2", "t1", "c2"]
+    assert await list_ids(client, block_kind="tool_call_removed") == ["t1"]
+    assert await list_ids(client, block_kind="stream_ended") == ["t2"]
+    assert await list_ids(client, block_kind="request_blocked") == ["c2"]
+    kinds = {c["call_id"]: c["block_kind"] for c in (await client.get("/api/calls")).json()["calls"]}
+    assert kinds == {
+        "t2": "stream_ended",
+        "t1": "tool_call_removed",
+        "c4": None,
+        "c3": None,
+        "c2": "request_blocked",
+        "c1": None,
+        "c0": None,
+    }
+
+    call = (await client.get("/api/calls/t1")).json()["call"]
+    assert call["outcome"] == "blocked" and call["block_kind"] == "tool_call_removed"
+    (decision,) = call["decisions"]
+    assert decision["allowed"] is False and decision["block"] == "tool_call_removed"
+    assert decision["metadata"]["rule_id"] == "no-rm"
 
 
 async def test_the_detail_of_an_unchanged_call_shows_no_changes(
