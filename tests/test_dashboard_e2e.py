@@ -15,6 +15,7 @@ from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_list
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
 from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, screenshot
+from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 __all__ = ["browser"]  # the Chromium fixture, shared with the dashboard's own browser tests
 pytestmark = pytest.mark.timeout(240)
@@ -194,6 +195,13 @@ def test_a_removed_tool_call_is_listed_under_blocked_only_with_its_rule_and_kind
     expect(listed).to_contain_text("blocked")
     expect(page.locator("#calls tbody tr", has_text=plain_model)).to_have_count(0)
 
+    # The Block filter narrows to the kind.
+    page.select_option("#filters select[name=block_kind]", "request_blocked")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#calls tbody tr", has_text=removed_model)).to_have_count(0)
+    page.select_option("#filters select[name=block_kind]", "tool_call_removed")
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"block_kind=tool_call_removed"))
     listed.locator("a").first.click()
     decision = page.locator("section", has=page.locator("h2", has_text="Policy decisions")).locator(
         "tbody tr"
@@ -249,3 +257,37 @@ def test_a_providers_500_body_is_visible(investigated: RunningProxy, investigato
     expect(provider).to_contain_text("The server had an error while processing your request")
     expect(provider).to_contain_text('"type": "server_error"')
     expect(investigator.locator('[data-raw="final_response"] pre')).to_contain_text("server_error")
+
+
+def test_a_midstream_error_event_is_visible_raw(investigated: RunningProxy, investigator: Page) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    model = f"gpt-midstream-{uuid.uuid4().hex[:8]}"
+    prompt = "[scenario:midstream_error]"
+    (result,) = investigated.sdk({"api": "chat", "stream": True, "prompt": prompt, "model": model})
+    assert not result["ok"]
+    call = recorded_call(investigated, model)
+
+    investigator.goto(f"{base}/calls/{call['call_id']}")
+    # The provider's error event reached the client as it was sent.
+    expect(investigator.locator('[data-raw="final_response"] pre')).to_contain_text(
+        "The server had an error while processing your request"
+    )
+
+
+def test_the_events_before_a_cut_are_visible_raw(investigated: RunningProxy, investigator: Page) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    model = f"gpt-cut-{uuid.uuid4().hex[:8]}"
+    payload = {**body("chat", "[scenario:cut]", True), "model": model}
+    with (
+        client_for(investigated) as client,
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("POST", ENDPOINTS["chat"][0], json=payload) as response,
+    ):
+        for _ in response.iter_bytes():
+            pass
+    call = recorded_call(investigated, model)
+    assert call["outcome"] == "error"
+
+    investigator.goto(f"{base}/calls/{call['call_id']}")
+    provider = investigator.locator('[data-raw="original_response"] pre')
+    expect(provider).to_contain_text("Hello")  # the first words, before the provider dropped it
