@@ -35,9 +35,7 @@ def redact_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 class CallOutcome(StrEnum):
     COMPLETED = "completed"  # the client got the provider's answer (perhaps rewritten by policy)
-    BLOCKED = (
-        "blocked"  # a policy refused the request or the response, removed a tool call, or ended the stream
-    )
+    BLOCKED = "blocked"  # policy stopped the request, the response, a tool call or the stream
     PROVIDER_ERROR = "provider_error"  # the provider answered with an error status or error event
     ERROR = "error"  # Luthien could not complete the call (bad request, provider unreachable, cut)
     PASSTHROUGH = "passthrough"  # an endpoint Luthien does not police: forwarded and recorded
