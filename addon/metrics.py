@@ -66,7 +66,7 @@ class ProxyMetrics:
         if trace.unpoliced:
             self.unpoliced.inc()
         for decision in trace.decisions:
-            self.decisions.count(decision.stage, decision.allowed)
+            self.decisions.count(decision)
 
     def _model(self, model: str | None) -> str:
         """The model's name as a label, with the number of distinct labels capped. The client

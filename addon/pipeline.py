@@ -29,7 +29,7 @@ from addon.stream_relay import StreamRelay, relay_for
 from addon.upstream import Upstream
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
-from controlplane.recording.records import CallOutcome, Output, Usage
+from controlplane.recording.records import CallOutcome, Output, Usage, block_kind, settled_outcome
 from controlplane.tracing import CALL_ID, context_from, tracer
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,11 @@ class Pipeline:
         )
 
     async def _refuse(self, errors: RequestCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
-        await self._publish(trace.metadata, refusal.activity, reason=refusal.message, **refusal.data)
+        blocked = refusal.activity is ActivityType.BLOCKED
+        kind = block_kind(CallOutcome.BLOCKED, trace.decisions) if blocked else None
+        await self._publish(
+            trace.metadata, refusal.activity, reason=refusal.message, block_kind=kind, **refusal.data
+        )
         return self._error(errors, trace, refusal)
 
     async def _recorded(self, body: AsyncGenerator[bytes], trace: CallTrace) -> AsyncGenerator[bytes]:
@@ -654,11 +658,13 @@ class Pipeline:
                 else "the client disconnected before the stream ended"
             )
             trace.fail(CallOutcome.ERROR, trace.status, reason)
+        trace.outcome = settled_outcome(trace.outcome, trace.decisions)
         await self._publish(
             trace.metadata,
-            ActivityType.BLOCKED if outcome.ended_by_policy else ActivityType.COMPLETED,
+            ActivityType.BLOCKED if trace.outcome is CallOutcome.BLOCKED else ActivityType.COMPLETED,
             status=trace.status,
             outcome=trace.outcome,
+            block_kind=block_kind(trace.outcome, trace.decisions),
             chunks_in=outcome.chunks_in,
             chunks_out=outcome.chunks_out,
             modified=outcome.diverged,
@@ -698,6 +704,13 @@ class Pipeline:
             rendered = codec.render_response(original, result.value)
             trace.final_response, trace.response_modified = rendered, True
             raw = json.dumps(rendered).encode()
-        await self._publish(metadata, ActivityType.COMPLETED, status=upstream.status_code, modified=modified)
+        trace.outcome = settled_outcome(trace.outcome, trace.decisions)
+        await self._publish(
+            metadata,
+            ActivityType.BLOCKED if trace.outcome is CallOutcome.BLOCKED else ActivityType.COMPLETED,
+            status=upstream.status_code,
+            modified=modified,
+            block_kind=block_kind(trace.outcome, trace.decisions),
+        )
         headers = [*_response_headers(upstream, metadata.call_id), ("content-length", str(len(raw)))]
         return ProxyResponse(upstream.status_code, headers, self._whole(raw, trace), whole=True)

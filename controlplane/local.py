@@ -4,7 +4,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from controlplane.activity.bus import ActivityBus
 from controlplane.activity.memory import InMemoryBus
@@ -21,11 +21,17 @@ from controlplane.models import (
 )
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.chunks import text_chunk
-from controlplane.recording.records import CallRecord, DebugEvent, Record
+from controlplane.recording.records import CallRecord, DebugEvent, Decision, Record
 from controlplane.recording.redact import redact_record
 from controlplane.recording.writer import Recorder
 
 log = logging.getLogger(__name__)
+
+_STAGES: dict[ActivityType, Literal["request", "response", "stream"]] = {
+    ActivityType.REQUEST_POLICY: "request",
+    ActivityType.RESPONSE_POLICY: "response",
+    ActivityType.STREAM_POLICY: "stream",
+}
 
 
 @dataclass
@@ -240,9 +246,12 @@ class ControlPlaneLocal:
     async def _record_decision(
         self, metadata: RequestMetadata, kind: ActivityType, result: PolicyResult[Any]
     ) -> None:
-        await self._publish(
-            metadata, kind, {"allowed": result.allowed, "reason": result.reason, **result.metadata}
+        # As the call's record will keep it: a removed tool call is a block, not "allowed".
+        decision = Decision(
+            stage=_STAGES[kind], allowed=result.allowed, reason=result.reason, metadata=result.metadata
         )
+        data = {"allowed": decision.allowed, "block": decision.block, "reason": result.reason}
+        await self._publish(metadata, kind, {**data, **result.metadata})
 
     async def _publish(self, metadata: RequestMetadata, kind: ActivityType, data: dict[str, Any]) -> None:
         event = ActivityEvent(

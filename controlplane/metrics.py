@@ -3,7 +3,7 @@ policy decisions it made. Each holder takes a ``CollectorRegistry`` of its own, 
 one, so that several instances (and tests) in one process do not collide."""
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 from controlplane.local import ControlPlaneLocal
 from controlplane.models import PolicyResult
+from controlplane.recording.records import Decision
 from controlplane.recording.writer import RecordWriter
 
 
@@ -66,19 +67,22 @@ def register_policy_stream_metrics(control_plane: ControlPlaneLocal, registry: C
 
 class PolicyDecisionMetrics:
     """Counts the decisions that said something (a block, or a reason), as a call's record keeps
-    them."""
+    them: a removed tool call is ``allowed="false"``, ``block="tool_call_removed"``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._decisions = Counter(
             "luthien_policy_decisions",
-            "Policy decisions that blocked or gave a reason, by stage",
-            ["stage", "allowed"],
+            "Policy decisions that blocked or gave a reason, by stage and what they blocked",
+            ["stage", "allowed", "block"],
             registry=registry,
         )
 
-    def count(self, stage: str, allowed: bool) -> None:
-        self._decisions.labels(stage, "true" if allowed else "false").inc()
+    def count(self, decision: Decision) -> None:
+        allowed = "true" if decision.allowed else "false"
+        self._decisions.labels(decision.stage, allowed, decision.block or "none").inc()
 
-    def observe(self, stage: str, result: PolicyResult[Any]) -> None:
+    def observe(self, stage: Literal["request", "response", "stream"], result: PolicyResult[Any]) -> None:
         if result.reason is not None or not result.allowed:
-            self.count(stage, result.allowed)
+            self.count(
+                Decision(stage=stage, allowed=result.allowed, reason=result.reason, metadata=result.metadata)
+            )

@@ -57,6 +57,11 @@ class RequestMetadata(BaseModel):
         return redact_query(path)
 
 
+#: The metadata key a policy sets on a result that removed a tool call from the answer (its name):
+#: the result itself is allowed (the answer goes on without the call), but the call was blocked.
+REMOVED_TOOL = "blocked_tool"
+
+
 class PolicyResult[T](BaseModel):
     """What a policy decided about one value.
 

@@ -74,7 +74,7 @@ async def test_decisions_with_reasons_are_published(control_plane_kind: Kind) ->
         await control_plane.apply_request_policies({"messages": []}, METADATA)
         (event,) = await activity(control_plane)
     assert event.call_id == "call-1" and event.type == ActivityType.REQUEST_POLICY
-    assert event.data == {"allowed": True, "reason": "looked fine", "checked": 3}
+    assert event.data == {"allowed": True, "block": None, "reason": "looked fine", "checked": 3}
 
 
 LIKE = text_chunk(ModelResponseStream(id="chatcmpl-1", created=1, model="m", choices=[]), "")  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, 
 from controlplane.storage import SQLiteStorage, Storage
 from dashboard import activity
 from dashboard.app import SECURITY_HEADERS, create_app
-from dashboard.diff import Row, Skip, diff_lines
+from dashboard.diff import MAX_WORD_DIFF_CHARS, Row, Skip, diff_lines, word_diff
 from tests.background_server import BackgroundServer
 from tests.databases import require_service
 from tests.tcp_relay import TcpRelay
@@ -415,6 +415,7 @@ async def test_the_calls_list_filters_and_pages(storage: SQLiteStorage, client: 
         {"outcome": "exploded"},
         {"since": "yesterday"},
         {"blocked": "maybe"},
+        {"block_kind": "tool_removed"},
     ],
 )
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict[str, Any]) -> None:
@@ -448,6 +449,19 @@ async def test_the_detail_of_a_rewritten_stream_shows_what_changed(
                 "right": "The QUICK brown FOX",
                 "left_no": 1,
                 "right_no": 1,
+                # Word by word: what differs, and what is the same on both sides.
+                "left_parts": [
+                    {"text": "The ", "changed": False},
+                    {"text": "quick", "changed": True},
+                    {"text": " brown ", "changed": False},
+                    {"text": "fox", "changed": True},
+                ],
+                "right_parts": [
+                    {"text": "The ", "changed": False},
+                    {"text": "QUICK", "changed": True},
+                    {"text": " brown ", "changed": False},
+                    {"text": "FOX", "changed": True},
+                ],
             }
         ],
     }
@@ -458,6 +472,81 @@ async def test_the_detail_of_a_rewritten_stream_shows_what_changed(
     delta = 'content_block_delta: {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "%s"}}'
     assert changed == [(delta % "quick", delta % "QUICK"), (delta % "fox", delta % "FOX")]
     assert response["rows"][0]["left"].startswith("message_start: ")
+
+
+async def test_each_kind_of_block_is_a_block_listed_and_filtered_by_its_kind(
+    storage: SQLiteStorage, client: httpx.AsyncClient
+) -> None:
+    removed = Decision(
+        stage="stream",
+        allowed=True,  # the answer went on without the call: the policy's result allows it
+        reason="it matches the blocklist rule no-rm",
+        metadata={"blocked_tool": "bash", "rule_id": "no-rm"},
+    )
+    ended = Decision(stage="stream", allowed=False, reason="stream ended by policy")
+    await storage.write(
+        [
+            *sample_calls(),
+            call_record(
+                "t1", "Clean up", "Cleaning.", started_at=T0 + timedelta(minutes=6), decisions=(removed,)
+            ),
+            call_record(
+                "t2",
+                "Go on",
+                "Going",
+                started_at=T0 + timedelta(minutes=7),
+                outcome=CallOutcome.BLOCKED,
+                decisions=(removed, ended),
+            ),
+        ]
+    )
+    assert await list_ids(client, blocked="true") == ["t2", "t1", "c2"]
+    assert await list_ids(client, outcome="blocked") == ["t2", "t1", "c2"]
+    assert await list_ids(client, block_kind="tool_call_removed") == ["t1"]
+    assert await list_ids(client, block_kind="stream_ended") == ["t2"]
+    assert await list_ids(client, block_kind="request_blocked") == ["c2"]
+    kinds = {c["call_id"]: c["block_kind"] for c in (await client.get("/api/calls")).json()["calls"]}
+    assert kinds == {
+        "t2": "stream_ended",
+        "t1": "tool_call_removed",
+        "c4": None,
+        "c3": None,
+        "c2": "request_blocked",
+        "c1": None,
+        "c0": None,
+    }
+
+    call = (await client.get("/api/calls/t1")).json()["call"]
+    assert call["outcome"] == "blocked" and call["block_kind"] == "tool_call_removed"
+    (decision,) = call["decisions"]
+    assert decision["allowed"] is False and decision["block"] == "tool_call_removed"
+    assert decision["metadata"]["rule_id"] == "no-rm"
+
+
+async def test_stream_events_are_compared_by_what_they_say_not_their_bytes(
+    storage: SQLiteStorage, client: httpx.AsyncClient
+) -> None:
+    """Once a stream diverges, Luthien writes every later event itself: the same content with
+    its keys in another order and null fields left out. Only the event policy changed differs."""
+    chunks = [
+        {"id": "c", "choices": [{"index": 0, "delta": {"content": w}}], "usage": None} for w in ("a", "b")
+    ]
+    rewritten = {"choices": [{"delta": {"content": "A"}, "index": 0}], "id": "c"}
+    same = {"choices": [{"delta": {"content": "b"}, "index": 0}], "id": "c"}
+    record = call_record("s1", "Say a b", "a b", final_answer="A b", host="api.openai.com", model="gpt-5")
+    record.original_events = [(None, json.dumps(chunk)) for chunk in chunks] + [(None, "[DONE]")]
+    record.final_events = [(None, json.dumps(rewritten)), (None, json.dumps(same)), (None, "[DONE]")]
+    await storage.write([record])
+
+    response = (await client.get("/api/calls/s1")).json()["diffs"]["response"]
+    assert response["changed"] is True
+    assert [row["op"] for row in response["rows"]] == ["replace", "equal", "equal"]
+    replaced = response["rows"][0]
+    assert [part["text"] for part in replaced["left_parts"] if part["changed"]] != []
+    # The equal row shows each side as it was sent.
+    assert response["rows"][1]["left"] == json.dumps(chunks[1]) and response["rows"][1][
+        "right"
+    ] == json.dumps(same)
 
 
 async def test_the_detail_of_an_unchanged_call_shows_no_changes(
@@ -478,7 +567,15 @@ async def test_a_request_blocked_before_sending_diffs_against_nothing(
     request = diffs["request"]
     assert request["changed"] is True
     assert {(row["op"], row["right"], row["right_no"]) for row in request["rows"]} == {("delete", None, None)}
-    assert request["rows"][0] == {"op": "delete", "left": "{", "right": None, "left_no": 1, "right_no": None}
+    assert request["rows"][0] == {
+        "op": "delete",
+        "left": "{",
+        "right": None,
+        "left_no": 1,
+        "right_no": None,
+        "left_parts": None,
+        "right_parts": None,
+    }
     assert diffs["response"] == {"changed": False, "rows": []}
 
 
@@ -503,9 +600,28 @@ def test_long_unchanged_runs_collapse_around_each_change() -> None:
         *["equal"] * 2,
     ]
     assert rows[0] == Skip(count=6)
-    assert rows[4] == Row(op="replace", left="line 10", right="changed", left_no=10, right_no=10)
+    replaced = rows[4]
+    assert isinstance(replaced, Row)
+    assert (replaced.op, replaced.left, replaced.right, replaced.left_no, replaced.right_no) == (
+        "replace",
+        "line 10",
+        "changed",
+        10,
+        10,
+    )
     assert rows[8] == Skip(count=12)
     assert rows[12] == Row(op="insert", left=None, right="added", left_no=None, right_no=29)
+
+
+def test_a_replaced_line_is_marked_word_by_word_unless_it_is_very_long() -> None:
+    left, right = 'rm -rf "/tmp/build" now', 'rm -rf "/tmp/[REDACTED]" now'
+    left_parts, right_parts = word_diff(left, right)
+    assert left_parts is not None and right_parts is not None
+    assert "".join(p.text for p in left_parts) == left and "".join(p.text for p in right_parts) == right
+    assert [p.text for p in left_parts if p.changed] == ["build"]
+    assert [p.text for p in right_parts if p.changed] == ["[REDACTED]"]
+    long = "x " * MAX_WORD_DIFF_CHARS
+    assert word_diff(long, long + "y") == (None, None)
 
 
 def test_a_replace_of_unequal_length_pairs_what_it_can() -> None:

@@ -364,6 +364,26 @@ def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page, tmp
     screenshot(page, tmp_path, "call-detail")
 
 
+def test_a_long_changed_line_is_folded_around_its_marked_words(site: Site, page: Page) -> None:
+    long_text = " ".join(f"word{n}" for n in range(400))
+    call = call_record(
+        "f01d000000000001",
+        "Write a lot",
+        f"{long_text} sk-live-123 end",
+        final_answer=f"{long_text} [REDACTED] end",
+    )
+    site.add([call], [])
+    page.goto(f"{site.url}/calls/{call.call_id}")
+    cell = page.locator("[data-diff=output_text] tr.op-replace td.right")
+    expect(cell.locator("mark")).to_have_text(["[REDACTED]"])
+    unfold = cell.locator("button.unfold")
+    expect(unfold).to_have_text(re.compile(r"… \d+ more characters …"))
+    assert len(cell.inner_text()) < 600  # of about 3,600
+    unfold.click()
+    expect(cell).to_have_text(f"{long_text} [REDACTED] end")
+    expect(cell.locator("mark")).to_have_text(["[REDACTED]"])
+
+
 def test_payloads_render_as_text_and_never_run(site: Site, page: Page, tmp_path: Path) -> None:
     evil = f"{XSS_IMG} {XSS_SCRIPT}"
     call = call_record(

@@ -2,6 +2,7 @@
 dashboard), an official SDK making calls through the proxy, and the dashboard in Chromium."""
 
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_list
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
 from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, screenshot
+from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 __all__ = ["browser"]  # the Chromium fixture, shared with the dashboard's own browser tests
 pytestmark = pytest.mark.timeout(240)
@@ -97,3 +99,195 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("#content img").count() == 0
     screenshot(page, tmp_path, "e2e-detail", for_docs=False)
+
+
+# --- What an investigator needs: blocks of every kind, readable diffs, raw bodies ---------------
+
+REMOVED_COMMAND = "rm -rf ./build"
+INVESTIGATOR_POLICY = {
+    "class": "SerialPolicy",
+    "config": {
+        "policies": [
+            {
+                "class": "ToolCallBlocklistPolicy",
+                "config": {"block": [{"id": "no-rm", "arguments": "rm -rf"}]},
+            },
+            {
+                "class": "StringReplacementPolicy",
+                "config": {"replacements": [{"find": "Hello", "replace": "Howdy"}], "apply_to": "responses"},
+            },
+        ]
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def investigated(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    root = tmp_path_factory.mktemp("investigated")
+    args = ["--dashboard-port", str(free_port())]
+    proxy = start_proxy("up", INVESTIGATOR_POLICY, fake, root, root / "data", extra_args=args, command="up")
+    try:
+        wait_until_listening(proxy)
+        yield proxy
+    finally:
+        proxy.terminate()
+        proxy.wait()
+
+
+@pytest.fixture
+def investigator(browser: Browser, investigated: RunningProxy) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(login_link(investigated))
+    yield page
+    context.close()
+    assert errors == []
+
+
+def recorded_call(proxy: RunningProxy, model: str) -> dict[str, object]:
+    """The summary of the one recorded call to ``model``, once it is stored."""
+    base, token = login_link(proxy).split("/login?token=")
+    with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}) as api:
+        for _ in range(100):
+            calls = api.get("/api/calls", params={"model": model}).json()["calls"]
+            if calls:
+                (call,) = calls
+                return dict(call)
+            time.sleep(0.1)
+    raise AssertionError(f"no call to {model} was recorded")
+
+
+def test_a_removed_tool_call_is_listed_under_blocked_only_with_its_rule_and_kind(
+    investigated: RunningProxy, investigator: Page, tmp_path: Path
+) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    page = investigator
+    expect(page.locator("#connection")).to_have_text("Live")
+    tag = uuid.uuid4().hex[:8]
+    removed_model, plain_model = f"gpt-removed-{tag}", f"gpt-plain-{tag}"
+    prompt = f"[scenario:tool_call {REMOVED_COMMAND}]"
+    removed, plain = investigated.sdk(
+        {"api": "chat", "stream": True, "prompt": prompt, "model": removed_model},
+        {"api": "chat", "stream": True, "prompt": "[scenario:tool_call ls -la]", "model": plain_model},
+    )
+    assert removed["ok"] and removed["tool_calls"] == []
+    assert "[Luthien] Blocked the tool call `bash`" in removed["text"]
+    assert plain["ok"] and [call["name"] for call in plain["tool_calls"]] == ["bash"]
+
+    # The monitor's Outcome=blocked shows the call that lost its tool call, and not the other.
+    page.select_option("#filters select[name=outcome]", "blocked")
+    blocked_rows = page.locator("#events tbody tr:visible")
+    expect(blocked_rows.filter(has_text=removed_model)).to_have_count(1, timeout=5000)
+    expect(blocked_rows.filter(has_text=removed_model)).to_contain_text("tool_call_removed")
+    expect(blocked_rows.filter(has_text=plain_model)).to_have_count(0)
+
+    recorded_call(investigated, removed_model)
+    recorded_call(investigated, plain_model)
+    page.goto(f"{base}/calls")
+    page.check("input[name=blocked]")
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"blocked=true"))
+    listed = page.locator("#calls tbody tr", has_text=removed_model)
+    expect(listed).to_contain_text("tool call removed")
+    expect(listed).to_contain_text("blocked")
+    expect(page.locator("#calls tbody tr", has_text=plain_model)).to_have_count(0)
+
+    # The Block filter narrows to the kind.
+    page.select_option("#filters select[name=block_kind]", "request_blocked")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#calls tbody tr", has_text=removed_model)).to_have_count(0)
+    page.select_option("#filters select[name=block_kind]", "tool_call_removed")
+    page.click("#filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"block_kind=tool_call_removed"))
+    listed.locator("a").first.click()
+    decision = page.locator("section", has=page.locator("h2", has_text="Policy decisions")).locator(
+        "tbody tr"
+    )
+    expect(decision).to_have_count(1)
+    expect(decision).to_contain_text("tool call removed")
+    expect(decision).to_contain_text("no-rm")
+    expect(page.locator(".heading .badge", has_text="tool call removed")).to_have_count(1)
+    screenshot(page, tmp_path, "e2e-removed-tool-call", for_docs=False)
+
+
+@pytest.mark.parametrize("api", ["chat", "messages"])
+def test_an_unchanged_stream_chunk_after_a_rewrite_is_not_marked_changed(
+    investigated: RunningProxy, investigator: Page, api: str
+) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    model = f"model-{api}-{uuid.uuid4().hex[:8]}"
+    (result,) = investigated.sdk({"api": api, "stream": True, "prompt": "Say hello", "model": model})
+    assert result["ok"] and result["text"] == DEFAULT_TEXT.replace("Hello", "Howdy")
+    call = recorded_call(investigated, model)
+
+    investigator.goto(f"{base}/calls/{call['call_id']}")
+    events = investigator.locator('[data-diff="response"]')
+    # Only the event that carried "Hello" differs; every later one says what the provider sent,
+    # though Luthien wrote it itself once the stream had diverged.
+    changed = events.locator("tbody tr.op-replace, tbody tr.op-insert, tbody tr.op-delete")
+    expect(changed).to_have_count(1)
+    # Word by word, by content: a null field Luthien left out is no change.
+    expect(changed.locator("td.left mark", has_text=re.compile("^Hello$"))).to_have_count(1)
+    expect(changed.locator("td.right mark", has_text=re.compile("^Howdy$"))).to_have_count(1)
+    expect(changed.locator("mark", has_text="usage")).to_have_count(0)
+    expect(events.locator("tbody tr.op-equal").first).to_be_visible()
+    # The answer's text comes first, with the changed word marked.
+    first = investigator.locator(".diff-part").first
+    expect(first).to_have_attribute("data-diff", "output_text")
+    expect(first.locator("td.right mark")).to_have_text(["Howdy"])
+
+
+def test_a_providers_500_body_is_visible(investigated: RunningProxy, investigator: Page) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    model = f"gpt-error-{uuid.uuid4().hex[:8]}"
+    (result,) = investigated.sdk(
+        {"api": "chat", "stream": False, "prompt": "[scenario:error_500]", "model": model}
+    )
+    assert not result["ok"]
+    call = recorded_call(investigated, model)
+    assert call["outcome"] == "provider_error" and call["status"] == 500
+
+    investigator.goto(f"{base}/calls/{call['call_id']}")
+    # Policy changed nothing, so the diffs have nothing to show; the raw view has the body.
+    expect(investigator.locator('[data-diff="response"]')).to_contain_text("No changes")
+    provider = investigator.locator('[data-raw="original_response"] pre')
+    expect(provider).to_contain_text("The server had an error while processing your request")
+    expect(provider).to_contain_text('"type": "server_error"')
+    expect(investigator.locator('[data-raw="final_response"] pre')).to_contain_text("server_error")
+
+
+def test_a_midstream_error_event_is_visible_raw(investigated: RunningProxy, investigator: Page) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    model = f"gpt-midstream-{uuid.uuid4().hex[:8]}"
+    prompt = "[scenario:midstream_error]"
+    (result,) = investigated.sdk({"api": "chat", "stream": True, "prompt": prompt, "model": model})
+    assert not result["ok"]
+    call = recorded_call(investigated, model)
+
+    investigator.goto(f"{base}/calls/{call['call_id']}")
+    # The provider's error event reached the client as it was sent.
+    expect(investigator.locator('[data-raw="final_response"] pre')).to_contain_text(
+        "The server had an error while processing your request"
+    )
+
+
+def test_the_events_before_a_cut_are_visible_raw(investigated: RunningProxy, investigator: Page) -> None:
+    base = login_link(investigated).split("/login?token=")[0]
+    model = f"gpt-cut-{uuid.uuid4().hex[:8]}"
+    payload = {**body("chat", "[scenario:cut]", True), "model": model}
+    with (
+        client_for(investigated) as client,
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("POST", ENDPOINTS["chat"][0], json=payload) as response,
+    ):
+        for _ in response.iter_bytes():
+            pass
+    call = recorded_call(investigated, model)
+    assert call["outcome"] == "error"
+
+    investigator.goto(f"{base}/calls/{call['call_id']}")
+    provider = investigator.locator('[data-raw="original_response"] pre')
+    expect(provider).to_contain_text("Hello")  # the first words, before the provider dropped it

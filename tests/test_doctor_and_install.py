@@ -231,8 +231,7 @@ def test_doctor_flags_clients_that_do_not_trust_the_ca(ca: CAFiles, listener: in
     certs_env = f"luthien certs env --port {listener} --data-dir {data_dir}"
     assert lines[1:5] == [
         f"FAIL  Python trust: SSL_CERT_FILE={ca.cert.with_name('missing.pem')} does not trust the Luthien CA",
-        f'      fix: eval "$({certs_env})" (sets SSL_CERT_FILE={ca.bundle}), '
-        "or `sudo luthien certs install`",
+        f'      fix: eval "$({certs_env})" (sets SSL_CERT_FILE={ca.bundle}), or `sudo luthien certs install`',
         "FAIL  Node trust: NODE_EXTRA_CA_CERTS is not set",
         f'      fix: export NODE_EXTRA_CA_CERTS={ca.cert} (or eval "$({certs_env})")',
     ]

@@ -44,7 +44,18 @@ def metered(
     root = tmp_path_factory.mktemp("metrics")
     ensure_ca(root / "data")
     port = free_port()
-    policy = {"class": "tests.policies:BlockRequestsContaining", "config": {"word": "forbidden-word"}}
+    policy = {
+        "class": "SerialPolicy",
+        "config": {
+            "policies": [
+                {"class": "tests.policies:BlockRequestsContaining", "config": {"word": "forbidden-word"}},
+                {
+                    "class": "ToolCallBlocklistPolicy",
+                    "config": {"block": [{"id": "no-rm", "arguments": "rm -rf"}]},
+                },
+            ]
+        },
+    }
     proxy = start_proxy(
         "metrics", policy, fake, root, root / "data", extra_args=["--metrics-port", str(port)]
     )
@@ -103,6 +114,23 @@ def test_the_proxy_counts_calls_latencies_blocks_and_streams(metered: tuple[Runn
     # `luthien proxy` records in-process: its recorder's state is on the same endpoint.
     assert value(samples, "luthien_recording_database_up") == 1
     assert any(name == "luthien_recording_queue_depth" for name, _, _ in samples)
+
+
+def test_a_removed_tool_call_counts_as_a_block(metered: tuple[RunningProxy, int]) -> None:
+    proxy, port = metered
+    model = "gpt-metrics-tool"
+    results = proxy.sdk(
+        {"api": "chat", "stream": True, "prompt": "[scenario:tool_call rm -rf /tmp/x]", "model": model},
+        {"api": "chat", "stream": False, "prompt": "[scenario:tool_call rm -rf /tmp/y]", "model": model},
+    )
+    assert [(r["ok"], r["tool_calls"]) for r in results] == [(True, []), (True, [])], results
+    samples = scrape_until(port, lambda s: value(s, "luthien_calls_total", model=model) >= 2)
+
+    assert value(samples, "luthien_calls_total", model=model, outcome="blocked") == 2
+    removed = {"allowed": "false", "block": "tool_call_removed"}
+    assert value(samples, "luthien_policy_decisions_total", stage="stream", **removed) == 1
+    assert value(samples, "luthien_policy_decisions_total", stage="response", **removed) == 1
+    assert value(samples, "luthien_policy_decisions_total", allowed="true") == 0
 
 
 async def test_the_control_plane_serves_its_recording_metrics_without_a_token(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest_asyncio
 from controlplane.models import WireFormat
 from controlplane.recording.records import (
     REDACTED,
+    BlockKind,
     CallOutcome,
     CallRecord,
     DebugEvent,
@@ -80,7 +81,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
         async def sqlite_query(sql: str) -> list[tuple[Any, ...]]:
             with closing(sqlite3.connect(path)) as connection:
-                return connection.execute(sql).fetchall()
+                rows = connection.execute(sql).fetchall()
+                connection.commit()  # a test may change rows, as another version would have
+                return rows
 
         tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
         backend = Backend(lambda: SQLiteStorage(path), sqlite_query, tables)
@@ -223,6 +226,50 @@ async def test_migrate_is_idempotent_and_records_each_version(backend: Backend, 
     assert [(version, name) for version, name, _ in rows] == [(m.version, m.name) for m in MIGRATIONS]
     assert all(abs(applied_at - datetime.now(UTC).timestamp()) < 60 for _, _, applied_at in rows)
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+async def test_rows_stored_before_block_kinds_read_back_as_blocks(backend: Backend, storage: Storage) -> None:
+    """Migration 2 on rows as the version before it stored them: a removed tool call was an
+    allowed decision on a completed call, and no call had a block kind."""
+    removed = Decision(
+        stage="stream",
+        allowed=True,
+        reason="rule no-rm",
+        metadata={"blocked_tool": "bash", "rule_id": "no-rm"},
+    )
+    ended = Decision(stage="stream", allowed=False, reason="ended")
+    # A note that quotes the key in a value is not a removal.
+    quoted = Decision(stage="stream", allowed=True, reason="note", metadata={"note": '"blocked_tool": x'})
+    await storage.write(
+        [
+            make_call("a-removed", decisions=[removed]),
+            make_call("b-ended", outcome=CallOutcome.BLOCKED, decisions=[removed, ended]),
+            make_call("c-refused", outcome=CallOutcome.BLOCKED, status=403),  # no decision: an endpoint
+            make_call("d-quoted", decisions=[quoted]),
+            make_call("e-plain"),
+        ]
+    )
+    await backend.query("UPDATE calls SET outcome = 'completed', blocked = 0 WHERE call_id = 'a-removed'")
+    await backend.query("UPDATE decisions SET allowed = 1 WHERE metadata LIKE '%blocked%'")
+    await backend.query("DROP INDEX calls_block_kind")
+    await backend.query("ALTER TABLE calls DROP COLUMN block_kind")
+    await backend.query("DELETE FROM schema_migrations WHERE version = 2")
+
+    upgraded = backend.open()  # a new version starting on the old database
+    await upgraded.migrate()
+    rows = await backend.query("SELECT call_id, outcome, blocked, block_kind FROM calls ORDER BY call_id")
+    assert rows == [
+        ("a-removed", "blocked", 1, "tool_call_removed"),
+        ("b-ended", "blocked", 1, "stream_ended"),
+        ("c-refused", "blocked", 1, "request_blocked"),
+        ("d-quoted", "completed", 0, None),
+        ("e-plain", "completed", 0, None),
+    ]
+    assert await ids(upgraded, blocked=True) == ["c-refused", "b-ended", "a-removed"]
+    assert await ids(upgraded, block_kind=BlockKind.TOOL_CALL) == ["a-removed"]
+    stored = await upgraded.get_call("a-removed")
+    assert stored is not None and stored.block_kind is BlockKind.TOOL_CALL
+    assert [(d.allowed, d.block) for d in stored.decisions] == [(False, BlockKind.TOOL_CALL)]
 
 
 async def test_storages_migrating_one_database_together_both_succeed(backend: Backend) -> None:

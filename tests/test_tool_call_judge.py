@@ -361,7 +361,8 @@ async def test_the_decision_records_the_judgement_and_never_the_key(
     _, events = await run_stream(path, policy, [provider_stream(path, DANGEROUS)], control_plane_kind)
     assert judge.requests[0].headers["authorization"] == f"Bearer {API_KEY}"  # the key was used
     (decision,) = decisions(events)
-    assert decision["allowed"] is True  # the chunk carrying the note; the call itself is blocked
+    # The chunk carrying the note went on; the tool call did not: the decision is a block.
+    assert decision["allowed"] is False and decision["block"] == "tool_call_removed"
     assert decision["reason"] == JUDGE_SAYS_BLOCK
     assert decision["rule_id"] == "llm-judge" and decision["blocked_tool"] == "bash"
     assert decision["score"] == 0.95 and decision["threshold"] == 0.7

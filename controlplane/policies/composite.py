@@ -62,15 +62,18 @@ class SerialPolicy(PolicyHandler):
         value: T,
         metadata: RequestMetadata,
     ) -> PolicyResult[T]:
-        """Each hook gets the previous one's output; the first block stops the chain."""
-        reasons = []
+        """Each hook gets the previous one's output; the first block stops the chain. The
+        details of each decision are kept (a removed tool call's name and rule)."""
+        reasons: list[str] = []
+        details: dict[str, Any] = {}
         for hook in hooks:
             result = await hook(value, metadata)
             if not result.allowed or result.value is None:
                 return result
             value = result.value
             reasons += [result.reason] if result.reason else []
-        return PolicyResult.allow(value, reason="; ".join(reasons) or None)
+            details |= result.metadata
+        return PolicyResult.allow(value, reason="; ".join(reasons) or None, **details)
 
     async def apply_streaming_chunk_policy(
         self, chunk: ModelResponseStream, context: StreamingContext

@@ -280,7 +280,8 @@ class ToolCallJudgePolicy(ToolCallGate):
     async def apply_response_policy(
         self, response: ModelResponse, metadata: RequestMetadata
     ) -> PolicyResult[ModelResponse]:
-        # The base records only the reasons for a whole response; add every judgement's details.
+        # The base records the reasons and the removed calls for a whole response; add every
+        # judgement's details.
         judged: list[dict[str, Any]] = []
         token = _JUDGED.set(judged)
         try:

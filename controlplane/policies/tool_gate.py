@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.llm import ChatCompletionMessageToolCall, ModelResponse, ModelResponseStream
-from controlplane.models import ChunkResult, PolicyResult, RequestMetadata, StreamingContext
+from controlplane.models import REMOVED_TOOL, ChunkResult, PolicyResult, RequestMetadata, StreamingContext
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.chunks import (
     ToolCall,
@@ -63,6 +63,7 @@ class ToolCallGate(PolicyHandler):
         self, response: ModelResponse, metadata: RequestMetadata
     ) -> PolicyResult[ModelResponse]:
         notes: list[str] = []
+        removed: list[tuple[ToolCall, Verdict]] = []
         for choice in response.choices:
             message = choice.message  # type: ignore[union-attr]
             # Custom (non-function) tools carry no JSON arguments to judge.
@@ -78,6 +79,7 @@ class ToolCallGate(PolicyHandler):
                 continue
             choice_notes = [self.explanation(calls[i], v) for i, v in verdicts.items()]
             notes += choice_notes
+            removed += [(calls[i], v) for i, v in verdicts.items()]
             blocked_ids = {calls[i].id for i in verdicts}
             kept = [c for c in message.tool_calls or [] if getattr(c, "id", None) not in blocked_ids]
             message.tool_calls = kept or None
@@ -86,7 +88,16 @@ class ToolCallGate(PolicyHandler):
                 choice.finish_reason = "stop"  # type: ignore[union-attr]
         if not notes:
             return PolicyResult.allow(response)
-        return PolicyResult.allow(response, reason=" ".join(notes))
+        if not removed:
+            return PolicyResult.allow(response, reason=" ".join(notes))
+        # One result for the whole answer: the removed calls and their rules, in order.
+        rules = [v.rule_id for _, v in removed if v.rule_id is not None]
+        return PolicyResult.allow(
+            response,
+            reason=" ".join(notes),
+            **{REMOVED_TOOL: ", ".join(call.name for call, _ in removed)},
+            rule_id=", ".join(rules) or None,
+        )
 
     async def apply_streaming_chunk_policy(
         self, chunk: ModelResponseStream, context: StreamingContext
@@ -139,7 +150,7 @@ class ToolCallGate(PolicyHandler):
             yield PolicyResult.allow(
                 text_chunk(last, "\n\n" + self.explanation(call, verdict)),
                 reason=verdict.reason,
-                blocked_tool=call.name,
+                **{REMOVED_TOOL: call.name},
                 rule_id=verdict.rule_id,
                 arguments=json.dumps(call.parsed_arguments())[:ARGUMENTS_SHOWN],
                 **verdict.details,

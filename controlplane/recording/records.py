@@ -13,13 +13,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, computed_field, field_validator, model_validator
 
 from controlplane.chunks import StreamChunk
 from controlplane.credentials import REDACTED as REDACTED
 from controlplane.credentials import redact_query, scrub_body, scrub_credentials, scrub_strings
 from controlplane.llm import ModelResponse
-from controlplane.models import WireFormat, utcnow
+from controlplane.models import REMOVED_TOOL, WireFormat, utcnow
 
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|session|password|signature", re.IGNORECASE)
 # Headers that match the pattern above but name things, not credentials.
@@ -36,19 +36,46 @@ def redact_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 class CallOutcome(StrEnum):
     COMPLETED = "completed"  # the client got the provider's answer (perhaps rewritten by policy)
-    BLOCKED = "blocked"  # a policy refused the request, the response, or ended the stream
+    BLOCKED = "blocked"  # policy stopped the request, the response, a tool call or the stream
     PROVIDER_ERROR = "provider_error"  # the provider answered with an error status or error event
     ERROR = "error"  # Luthien could not complete the call (bad request, provider unreachable, cut)
     PASSTHROUGH = "passthrough"  # an endpoint Luthien does not police: forwarded and recorded
 
 
+class BlockKind(StrEnum):
+    """What a block stopped. A call's kind is that of its last block (a stream ended after a tool
+    call was removed is ``stream_ended``); a refusal without a decision (an endpoint the table
+    refuses) is ``request_blocked``."""
+
+    REQUEST = "request_blocked"  # refused before the provider saw it
+    RESPONSE = "response_blocked"  # a whole answer refused
+    TOOL_CALL = "tool_call_removed"  # a tool call taken out of the answer, which went on without it
+    STREAM = "stream_ended"  # a stream ended by policy
+
+
+_STAGE_BLOCKS = {"request": BlockKind.REQUEST, "response": BlockKind.RESPONSE, "stream": BlockKind.STREAM}
+
+
 class Decision(BaseModel):
-    """A policy decision that said something: a block, a rewrite with a reason, a judgement."""
+    """A policy decision that said something: a block, a rewrite with a reason, a judgement.
+
+    ``allowed`` says whether what the decision judged went on; ``block`` what it stopped. Both
+    are derived here, from the policy's result, so that records stored before ``block`` existed
+    (a removed tool call then read ``allowed: true``) read back the same as new ones."""
 
     stage: Literal["request", "response", "stream"]
     allowed: bool
     reason: str | None = None  # may quote what was blocked (a tool call's arguments): scrubbed
     metadata: dict[str, Any] = Field(default_factory=dict)
+    block: BlockKind | None = None
+
+    @model_validator(mode="after")
+    def _block_kind(self) -> "Decision":
+        if REMOVED_TOOL in self.metadata:
+            self.allowed, self.block = False, BlockKind.TOOL_CALL
+        else:
+            self.block = None if self.allowed else _STAGE_BLOCKS[self.stage]
+        return self
 
     @field_validator("reason")
     @classmethod
@@ -222,13 +249,38 @@ class CallRecord(BaseModel):
                 setattr(self, name, scrub_body(getattr(self, name)))
         return self
 
+    @model_validator(mode="after")
+    def _blocked_outcome(self) -> "CallRecord":
+        self.outcome = settled_outcome(self.outcome, self.decisions)
+        return self
+
     @property
     def blocked(self) -> bool:
         return self.outcome is CallOutcome.BLOCKED
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def block_kind(self) -> BlockKind | None:
+        return block_kind(self.outcome, self.decisions)
+
     @property
     def modified(self) -> bool:
         return self.request_modified or self.response_modified
+
+
+def settled_outcome(outcome: CallOutcome, decisions: list[Decision]) -> CallOutcome:
+    """A call that completed with a block on record (a tool call removed) was blocked."""
+    if outcome is CallOutcome.COMPLETED and any(d.block is not None for d in decisions):
+        return CallOutcome.BLOCKED
+    return outcome
+
+
+def block_kind(outcome: CallOutcome, decisions: list[Decision]) -> BlockKind | None:
+    """What the call's last block stopped (see ``BlockKind``); None for a call not blocked."""
+    if outcome is not CallOutcome.BLOCKED:
+        return None
+    kinds = [d.block for d in decisions if d.block is not None]
+    return kinds[-1] if kinds else BlockKind.REQUEST
 
 
 class DebugEvent(BaseModel):

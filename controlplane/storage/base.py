@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from controlplane.credentials import redact_query
 from controlplane.models import WireFormat
-from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Record, Usage
+from controlplane.recording.records import BlockKind, CallOutcome, CallRecord, DebugEvent, Record, Usage
 
 
 class StorageUnavailable(Exception):
@@ -32,6 +32,7 @@ class CallQuery(BaseModel):
     outcome: CallOutcome | None = None
     status: int | None = None
     blocked: bool | None = None
+    block_kind: BlockKind | None = Field(default=None, description="What the call's last block stopped.")
     modified: bool | None = None
     since: datetime | None = None
     until: datetime | None = None
@@ -57,6 +58,7 @@ class CallSummary(BaseModel):
     status: int | None
     outcome: CallOutcome
     blocked: bool
+    block_kind: BlockKind | None = None
     request_modified: bool
     response_modified: bool
     usage: Usage | None

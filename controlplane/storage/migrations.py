@@ -16,6 +16,11 @@ class Migration:
     statements: tuple[str, ...]
 
 
+#: A decision row whose metadata (compact JSON) has the removed-tool key ("blocked_tool", fixed
+#: here as released): inside a JSON string a quote is escaped, so only a key matches; ``_`` is a
+#: LIKE wildcard, hence escaped.
+_REMOVED_TOOL = """decisions.metadata LIKE '%"blocked\\_tool":%' ESCAPE '\\'"""
+
 SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,
@@ -93,6 +98,33 @@ MIGRATIONS: tuple[Migration, ...] = (
                 payload TEXT NOT NULL
             )""",
             "CREATE INDEX debug_events_call_id ON debug_events (call_id)",
+        ),
+    ),
+    Migration(
+        2,
+        "block kinds: a removed tool call is a block",
+        (
+            "ALTER TABLE calls ADD COLUMN block_kind TEXT",
+            "CREATE INDEX calls_block_kind ON calls (block_kind)",
+            # Rows written before: a decision that removed a tool call (its metadata names it, see
+            # controlplane.models.REMOVED_TOOL) was stored as allowed and its call as completed.
+            f"UPDATE decisions SET allowed = 0 WHERE {_REMOVED_TOOL}",
+            f"""
+            UPDATE calls SET outcome = 'blocked', blocked = 1
+            WHERE outcome = 'completed' AND EXISTS (
+                SELECT 1 FROM decisions WHERE decisions.call_id = calls.call_id AND {_REMOVED_TOOL})""",
+            # The kind of a call's last block (controlplane.recording.records.block_kind).
+            f"""
+            UPDATE calls SET block_kind = COALESCE(
+                (SELECT CASE
+                    WHEN {_REMOVED_TOOL} THEN 'tool_call_removed'
+                    WHEN decisions.stage = 'request' THEN 'request_blocked'
+                    WHEN decisions.stage = 'response' THEN 'response_blocked'
+                    ELSE 'stream_ended' END
+                 FROM decisions WHERE decisions.call_id = calls.call_id AND decisions.allowed = 0
+                 ORDER BY decisions.seq DESC LIMIT 1),
+                'request_blocked')
+            WHERE outcome = 'blocked'""",
         ),
     ),
 )

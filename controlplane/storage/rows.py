@@ -40,13 +40,15 @@ _JSON_FIELDS = (
 _USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _CALL_COLUMNS = (
     *_SCALAR_FIELDS,
-    *("started_at", "finished_at", "blocked", "modified", *_USAGE_COLUMNS, "preview", "search_text"),
+    *("started_at", "finished_at", "blocked", "block_kind", "modified", *_USAGE_COLUMNS),
+    *("preview", "search_text"),
     *_JSON_FIELDS,
 )
 # CallSummary fields read from a column of the same name, as they are.
 _SUMMARY_FIELDS = (
     "call_id", "duration_ms", "ttfb_ms", "method", "host", "path", "wire_format", "model", "stream",
-    "agent", "user_id", "status", "outcome", "blocked", "request_modified", "response_modified", "preview",
+    "agent", "user_id", "status", "outcome", "blocked", "block_kind", "request_modified",
+    "response_modified", "preview",
 )  # fmt: skip
 _DECISION_COLUMNS = ("call_id", "seq", "stage", "allowed", "reason", "metadata")
 _DEBUG_EVENT_COLUMNS = ("id", "call_id", "at", "type", "payload")
@@ -104,6 +106,7 @@ class Sql:
             "outcome": query.outcome,
             "status": query.status,
             "blocked": query.blocked,
+            "block_kind": query.block_kind,
             "modified": query.modified,
         }
         conditions += [
@@ -133,6 +136,7 @@ def call_values(record: CallRecord) -> tuple[Any, ...]:
         "started_at": epoch(record.started_at),
         "finished_at": epoch(record.finished_at),
         "blocked": int(record.blocked),
+        "block_kind": _column(record.block_kind),
         "modified": int(record.modified),
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,

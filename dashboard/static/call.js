@@ -1,6 +1,6 @@
-// One call: its facts, the conversation, the policy decisions, what policy changed, headers and
-// debug events. Everything comes from /api/calls/{id}, diffs included.
-import { badge, compactJSON, el, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
+// One call: its facts, the conversation, the policy decisions, what policy changed, both sides
+// raw, headers and debug events. Everything comes from /api/calls/{id}, diffs included.
+import { badge, blockBadge, compactJSON, el, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
 
 const content = document.getElementById("content");
 const callId = decodeURIComponent(location.pathname.slice("/calls/".length));
@@ -49,6 +49,7 @@ function header(call) {
       { class: "heading" },
       el("h1", {}, call.model ?? `${call.method} ${call.path}`),
       badge(call.outcome),
+      call.block_kind && blockBadge(call.block_kind),
       call.request_modified && badge("request modified", "warn"),
       call.response_modified && badge("response modified", "warn"),
       call.unpoliced &&
@@ -124,12 +125,44 @@ function decisions(call) {
       "tr",
       {},
       el("td", {}, decision.stage),
-      el("td", {}, decision.allowed ? badge("allowed", "ok") : badge("blocked", "bad")),
+      el("td", {}, decision.block ? blockBadge(decision.block) : badge("allowed", "ok")),
+      el("td", { class: "mono" }, decision.metadata.rule_id ?? "—"),
       el("td", {}, decision.reason ?? "—"),
       el("td", { class: "mono" }, Object.keys(decision.metadata).length ? compactJSON(decision.metadata) : ""),
     ),
   );
-  return section("Policy decisions", table(["Stage", "Verdict", "Reason", "Details"], rows));
+  return section("Policy decisions", table(["Stage", "Verdict", "Rule", "Reason", "Details"], rows));
+}
+
+// A run of a long line longer than this, changed or not, shows only its two ends until opened.
+const FOLD_ENDS = 160;
+const FOLD_MIN = 2 * FOLD_ENDS + 80;
+
+function runs(parts, folded) {
+  return parts.map((part) => {
+    const text = part.text;
+    const shown =
+      folded && text.length > FOLD_MIN
+        ? [
+            text.slice(0, FOLD_ENDS),
+            el("button", { type: "button", class: "unfold" }, `… ${text.length - 2 * FOLD_ENDS} more characters …`),
+            text.slice(-FOLD_ENDS),
+          ]
+        : [text];
+    return part.changed ? el("mark", {}, shown) : shown;
+  });
+}
+
+// A line of a diff: its changed words marked (when the API compared them), long runs folded.
+function codeCell(side, text, parts) {
+  const cell = el("td", { class: `code ${side}` });
+  if (text === null) return cell;
+  const all = parts ?? [{ text, changed: false }];
+  cell.append(...runs(all, true).flat());
+  cell.addEventListener("click", (event) => {
+    if (event.target.closest("button.unfold")) cell.replaceChildren(...runs(all, false).flat());
+  });
+  return cell;
 }
 
 function diffTable(diff, leftLabel, rightLabel) {
@@ -141,9 +174,9 @@ function diffTable(diff, leftLabel, rightLabel) {
           "tr",
           { class: `op-${row.op}` },
           el("td", { class: "no" }, row.left_no ?? ""),
-          el("td", { class: "code left" }, row.left ?? ""),
+          codeCell("left", row.left, row.left_parts),
           el("td", { class: "no" }, row.right_no ?? ""),
-          el("td", { class: "code right" }, row.right ?? ""),
+          codeCell("right", row.right, row.right_parts),
         ),
   );
   return el(
@@ -156,11 +189,12 @@ function diffTable(diff, leftLabel, rightLabel) {
 }
 
 function diffs(call, diffs) {
+  // What the agent was told and asked to run comes first; the wire-level detail after.
   const parts = [
-    ["request", "Request body", "Client sent", "Sent to provider"],
-    ["response", call.stream ? "Response events" : "Response body", "Provider sent", "Client received"],
     ["output_text", "Output text", "Provider's answer", "Client's answer"],
     ["tool_calls", "Tool calls", "Provider's calls", "Client's calls"],
+    ["response", call.stream ? "Response events" : "Response body", "Provider sent", "Client received"],
+    ["request", "Request body", "Client sent", "Sent to provider"],
   ];
   return section(
     "Changes by policy",
@@ -171,6 +205,40 @@ function diffs(call, diffs) {
         el("h3", {}, title, " ", diffs[key].changed ? badge("changed", "warn") : badge("no changes")),
         diffTable(diffs[key], left, right),
       ),
+    ),
+  );
+}
+
+// A body as recorded: JSON pretty-printed, text (a body that was not JSON) as it is, a stream
+// one event per line.
+function rawText(body, events) {
+  if (events) return events.map(([name, data]) => (name === null ? data : `${name}: ${data}`)).join("\n");
+  if (body === null || body === undefined) return null;
+  return typeof body === "string" ? body : JSON.stringify(body, null, 2);
+}
+
+function rawSide(key, title, text) {
+  return el(
+    "div",
+    { class: "raw-side", "data-raw": key },
+    el("h3", {}, title),
+    text === null ? el("p", { class: "muted" }, "Nothing recorded.") : el("pre", { class: "block json" }, text),
+  );
+}
+
+// Both sides of the call as they were, whether or not policy changed them: a provider's error
+// body, an error event in a stream, the events before a stream was cut.
+function raw(call) {
+  const response = call.stream ? "events" : "body";
+  return section(
+    "Raw",
+    el(
+      "div",
+      { class: "raw" },
+      rawSide("original_request", "Request the client sent", rawText(call.original_request)),
+      rawSide("final_request", "Request sent to the provider", rawText(call.final_request)),
+      rawSide("original_response", `Response ${response} the provider sent`, rawText(call.original_response, call.original_events)),
+      rawSide("final_response", `Response ${response} the client received`, rawText(call.final_response, call.final_events)),
     ),
   );
 }
@@ -205,6 +273,7 @@ try {
     conversation(call),
     decisions(call),
     diffs(call, detail.diffs),
+    raw(call),
     headers(call),
     debugEvents(detail.debug_events),
   );

@@ -1,6 +1,6 @@
 // The calls list. The filters live in the page's own query string, so that a filtered view can
 // be bookmarked and the back button works; this script turns them into an /api/calls query.
-import { badge, el, formatDateTime, formatMs, formatTokens, getJSON, showProblem } from "/static/common.js";
+import { badge, blockBadge, el, formatDateTime, formatMs, formatTokens, getJSON, showProblem } from "/static/common.js";
 
 const DEFAULT_LIMIT = 50;
 const form = document.getElementById("filters");
@@ -34,7 +34,7 @@ function pageLink(offset) {
 
 function policyCell(call) {
   const cell = el("td", { class: "nowrap" });
-  if (call.blocked) cell.append(badge("blocked", "bad"), " ");
+  if (call.blocked) cell.append(blockBadge(call.block_kind), " ");
   if (call.request_modified) cell.append(badge("request modified", "warn"), " ");
   if (call.response_modified) cell.append(badge("response modified", "warn"), " ");
   if (call.decision_count) cell.append(el("span", { class: "muted" }, `${call.decision_count} decision${call.decision_count > 1 ? "s" : ""}`));

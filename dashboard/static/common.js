@@ -77,6 +77,18 @@ export function badge(text, kind = BADGE_KINDS[text] ?? "muted") {
   return el("span", { class: `badge ${kind}` }, text);
 }
 
+// What a block stopped (BlockKind in controlplane/recording/records.py).
+const BLOCK_LABELS = {
+  request_blocked: "request blocked",
+  response_blocked: "response blocked",
+  tool_call_removed: "tool call removed",
+  stream_ended: "stream ended",
+};
+
+export function blockBadge(kind) {
+  return badge(BLOCK_LABELS[kind] ?? "blocked", "bad");
+}
+
 export function compactJSON(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
 }
