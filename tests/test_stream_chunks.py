@@ -81,6 +81,21 @@ def test_a_responses_reasoning_summary_delta_is_what_litellms_parser_reads(text:
     assert [seen_by_policy(c) for c in ours] == [seen_by_policy(parser.chunk_parser(data))]
 
 
+def test_a_responses_raw_reasoning_delta_reaches_the_policy_as_reasoning() -> None:
+    """LiteLLM's parser makes an empty chunk of it: the policy would not see what the model thought."""
+    data = {
+        "type": "response.reasoning_text.delta",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": "plan: rm",
+    }
+    (chunk,) = transcoder_for(RESPONSES).decode(sse(data))
+    assert seen_by_policy(chunk_model(chunk))["reasoning_content"] == "plan: rm"
+    record = OutputAssembler()
+    record.add(chunk)
+    assert record.output().reasoning == "plan: rm"
+
+
 def json_paths(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every place in a JSON value another value could stand."""
     children: list[tuple[Any, Any]] = []

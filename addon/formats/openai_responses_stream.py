@@ -25,6 +25,7 @@ _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respons
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 #: A part's text is done: the field holding its whole text.
 _TEXT_DONE = {"response.output_text.done": "text", "response.refusal.done": "refusal"}
+_REASONING_DELTAS = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
 
 
 def _position(value: Any) -> int:
@@ -64,7 +65,7 @@ class OpenAIResponsesTranscoder:
     ``response.completed`` whose ``output`` matches what was streamed."""
 
     def __init__(self) -> None:
-        # Used only for its chunk_parser (reasoning, usage), fed one event at a time.
+        # Used only for its chunk_parser (usage), fed one event at a time.
         self._parser = OpenAiResponsesToChatCompletionStreamIterator(
             streaming_response=None,  # type: ignore[arg-type]
             sync_stream=False,
@@ -119,12 +120,11 @@ class OpenAIResponsesTranscoder:
             return self._settle_text(part, part_text(data.get("part")))
         if kind in ("response.completed", "response.incomplete"):
             return [*self._settle_output(data["response"].get("output")), self._finish_chunk(data)]
-        if kind == "response.reasoning_summary_text.delta":
+        if kind in _REASONING_DELTAS:
+            # Both reach the policy as reasoning (LiteLLM's parser drops the raw reasoning text).
             if not isinstance(data.get("delta"), str):
                 raise MalformedStream(f"{kind} without its text")
             return [self._chunk({"reasoning_content": data["delta"]} if data["delta"] else {})]
-        if kind == "response.reasoning_text.delta":
-            return [self._parsed(data)]
         return []
 
     def unsettled(self) -> list[StreamChunk]:
@@ -228,13 +228,9 @@ class OpenAIResponsesTranscoder:
         """The finish reason and usage of ``response.completed`` (or ``incomplete``)."""
         reason = "length" if data["response"].get("status") == "incomplete" else "stop"
         finish = self._chunk({}, "tool_calls" if self._tools and reason == "stop" else reason)
-        finish["usage"] = self._parsed(data).get("usage")
+        parsed = self._parser.chunk_parser(data)  # LiteLLM's reading of the usage
+        finish["usage"] = chunk_data(parsed)["usage"] if parsed is not None else None
         return finish
-
-    def _parsed(self, data: JSON) -> StreamChunk:
-        """What LiteLLM's parser makes of an event (reasoning text, usage), as plain data."""
-        parsed = self._parser.chunk_parser(data)
-        return {**self._chunk({}), **(chunk_data(parsed) if parsed is not None else {})}
 
     # -- the client's view ------------------------------------------------------------------
     @property
