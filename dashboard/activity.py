@@ -8,11 +8,13 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from controlplane.activity.bus import ActivityBus, PublishedEvent
+from controlplane.activity.bus import ActivityBus, BusReach, PublishedEvent
 from controlplane.models import ActivityEvent, ActivityType
 
 #: A comment line this often keeps proxies and browsers from closing an idle stream.
 KEEPALIVE_SECONDS = 15.0
+#: How often a live stream checks whether its bus can still be reached.
+STATUS_SECONDS = 1.0
 #: How far back ``/api/activity/recent`` looks for events that pass its filters.
 RECENT_WINDOW = 1000
 
@@ -74,6 +76,10 @@ async def sse_frames(
 ) -> AsyncIterator[str]:
     """The stream's text, until the subscription ends, the client leaves or the server stops.
 
+    Besides the ``activity`` events, a ``status`` event says whose events these are and whether
+    the bus can be reached (``BusReach``): first, and again whenever that changes, so that a
+    monitor never shows "Live" over a bus it cannot read.
+
     When the client disconnects, Starlette cancels this generator; the ``finally`` then cancels
     the read in progress, which ends the subscription and whatever it holds on the bus.
     """
@@ -83,15 +89,24 @@ async def sse_frames(
     try:
         # The browser's reconnect delay; as the first frame, it also tells a client the stream is open.
         yield "retry: 2000\n\n"
+        reach = bus.reach()
+        yield _status(reach)
+        quiet = 0.0
         while True:
             # asyncio.wait, not wait_for: a timeout must not cancel the read (and so the subscription).
             done, _ = await asyncio.wait(
-                {next_event, stopping}, timeout=KEEPALIVE_SECONDS, return_when="FIRST_COMPLETED"
+                {next_event, stopping}, timeout=STATUS_SECONDS, return_when="FIRST_COMPLETED"
             )
             if stopping in done:
                 return
+            if (now := bus.reach()) != reach:
+                reach = now
+                yield _status(reach)
             if not done:
-                yield ": keepalive\n\n"
+                quiet += STATUS_SECONDS
+                if quiet >= KEEPALIVE_SECONDS:
+                    quiet = 0.0
+                    yield ": keepalive\n\n"
                 continue
             try:
                 published = next_event.result()
@@ -103,3 +118,7 @@ async def sse_frames(
     finally:
         next_event.cancel()
         stopping.cancel()
+
+
+def _status(reach: BusReach) -> str:
+    return f"event: status\ndata: {reach.model_dump_json()}\n\n"

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,12 +18,13 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from controlplane.activity import InMemoryBus
+from controlplane.activity import InMemoryBus, RedisStreamBus
 from controlplane.models import ActivityEvent, ActivityType
 from controlplane.recording.records import CallOutcome, CallRecord, Decision, Usage
 from controlplane.storage import SQLiteStorage
 from dashboard.app import create_app
 from tests.background_server import BackgroundServer
+from tests.tcp_relay import TcpRelay
 from tests.test_dashboard_api import TOKEN, call_record
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -250,36 +252,56 @@ def session() -> tuple[list[CallRecord], list[ActivityEvent]]:
 # --- The pages ---------------------------------------------------------------------------------
 
 
-def test_the_live_monitor_shows_new_events_and_filters_them(site: Site, page: Page, tmp_path: Path) -> None:
-    site.add(*session())
+def test_the_live_monitor_shows_a_row_per_call_updated_in_place(
+    site: Site, page: Page, tmp_path: Path
+) -> None:
+    calls, events = session()
+    site.add(calls, events)
     page.goto(site.url)
     rows = page.locator("#events tbody tr")
-    expect(page.locator("#connection")).to_have_text("Live")
-    expect(rows).to_have_count(len(session()[1]))
+    visible = page.locator("#events tbody tr:visible")
+    # The in-memory bus carries this process's events only, and the badge says so.
+    expect(page.locator("#connection")).to_have_text("Live · this process")
+    expect(rows).to_have_count(len(calls))  # one row per call, however many events it had
     expect(rows.first).to_contain_text("2d8e6b1f7c3a")  # newest on top
     options = page.locator("select[name=type] option").all_inner_texts()
     assert options == ["all events", *ActivityType]
 
-    # An event published now, after the page loaded, arrives through the stream.
-    site.run(
-        site.bus.publish(
-            ActivityEvent(
-                call_id="b7e1c04f9a2d4e6f",
-                type=ActivityType.REQUEST_RECEIVED,
-                host=ANTHROPIC,
-                model=SONNET,
-                data={"path": "/v1/messages"},
-            )
-        )
-    )
-    expect(rows.first).to_contain_text("b7e1c04f9a2d")
-    expect(rows.first).to_contain_text("path=/v1/messages")
-    expect(rows.first.locator("a")).to_have_attribute("href", "/calls/b7e1c04f9a2d4e6f")
+    # A call that begins after the page loaded arrives through the stream, in a row of its own...
+    new_call = "b7e1c04f9a2d4e6f"
 
-    visible = page.locator("#events tbody tr:visible")
+    def publish(kind: ActivityType, **data: Any) -> None:
+        event = ActivityEvent(call_id=new_call, type=kind, host=ANTHROPIC, model=SONNET, data=data)
+        site.run(site.bus.publish(event))
+
+    publish(ActivityType.REQUEST_RECEIVED, path="/v1/messages")
+    expect(rows).to_have_count(len(calls) + 1)
+    expect(rows.first).to_contain_text(new_call[:12])
+    expect(rows.first).to_contain_text("path=/v1/messages")
+    expect(rows.first.locator("a")).to_have_attribute("href", f"/calls/{new_call}")
+    # ...and its later events update that row where it is.
+    publish(ActivityType.COMPLETED, status=200)
+    expect(rows).to_have_count(len(calls) + 1)
+    expect(rows.first.locator("td").nth(4)).to_have_text("completed")
+    rows.first.locator("summary").click()
+    expect(rows.first.locator(".call-events li")).to_have_count(2)
+
+    # Paused, new events wait (counted) and the rows stay as they are until resumed.
+    page.click("#pause")
+    publish(ActivityType.ERROR, reason="late event")
+    expect(page.locator("#pause")).to_have_text("Resume (1 new event)")
+    expect(rows.first.locator("td").nth(4)).to_have_text("completed")
+    page.click("#pause")
+    expect(rows.first.locator("td").nth(4)).to_have_text("error")
+    expect(rows.first).to_contain_text("late event")
+
+    openai_calls = sum(1 for call in calls if call.host == OPENAI)
     page.fill("input[name=host]", "openai")
-    expect(visible).to_have_count(8)
+    expect(visible).to_have_count(openai_calls)
     expect(page.locator("#events tbody tr:visible", has_text=ANTHROPIC)).to_have_count(0)
+    page.fill("input[name=host]", "no-such-host")
+    expect(visible).to_have_count(0)
+    expect(page.locator("#empty")).to_have_text(f"No call matches these filters ({len(calls) + 1} hidden).")
     page.fill("input[name=host]", "")
     page.select_option("select[name=outcome]", "blocked")
     expect(visible).to_have_count(1)
@@ -291,8 +313,39 @@ def test_the_live_monitor_shows_new_events_and_filters_them(site: Site, page: Pa
     expect(visible).to_contain_text("2d8e6b1f7c3a")
     page.select_option("select[name=type]", "")
     page.fill("input[name=model]", "")
-    expect(visible).to_have_count(len(session()[1]) + 1)
+    expect(visible).to_have_count(len(calls) + 1)
     screenshot(page, tmp_path, "monitor")
+
+
+def test_the_monitor_says_when_its_redis_cannot_be_read_and_when_it_is_back(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The badge is the bus's own state, not the browser's connection to the dashboard, which
+    stays open while Redis is away."""
+    with TcpRelay("127.0.0.1", 6379) as relay:
+        bus = RedisStreamBus(f"redis://127.0.0.1:{relay.port}", stream=f"luthien:test:{uuid.uuid4().hex}")
+        storage = SQLiteStorage(tmp_path / "calls.db")
+        server = BackgroundServer(create_app(storage, bus, TOKEN), "dashboard")
+        site = Site(server.start(), storage, bus, server)
+        site.run(storage.migrate())
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.goto(f"{site.url}/login?token={TOKEN}")
+            badge = page.locator("#connection")
+            expect(badge).to_have_text("Live")
+            relay.cut()
+            expect(badge).to_have_text("Bus unreachable", timeout=15_000)
+            expect(badge).to_have_attribute("title", re.compile(r"cannot be reached"))
+            relay.restore()
+            expect(badge).to_have_text("Live", timeout=15_000)
+            site.run(bus.publish(ActivityEvent(call_id="after-the-outage", type=ActivityType.COMPLETED)))
+            expect(page.locator("#events tbody tr")).to_contain_text("after-the-o")
+        finally:
+            context.close()
+            site.run(bus.close())
+            site.run(storage.close())
+            server.stop()
 
 
 def test_the_calls_list_searches_filters_and_pages(site: Site, page: Page, tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
 ) -> None:
     link = login_link(luthien_up)
     base, token = link.split("/login?token=")
-    expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#connection")).to_have_text("Live · this process")  # luthien up, in-memory bus
     model = f"claude-sonnet-4-6-{uuid.uuid4().hex[:8]}"
     prompt = f"Summarise {XSS_IMG} and {XSS_SCRIPT} please"
 
@@ -165,7 +165,7 @@ def test_a_removed_tool_call_is_listed_under_blocked_only_with_its_rule_and_kind
 ) -> None:
     base = login_link(investigated).split("/login?token=")[0]
     page = investigator
-    expect(page.locator("#connection")).to_have_text("Live")
+    expect(page.locator("#connection")).to_have_text("Live · this process")  # luthien up, in-memory bus
     tag = uuid.uuid4().hex[:8]
     removed_model, plain_model = f"gpt-removed-{tag}", f"gpt-plain-{tag}"
     prompt = f"[scenario:tool_call {REMOVED_COMMAND}]"

@@ -1,12 +1,13 @@
 """Live activity events: see ``bus`` for the contract, ``open_bus`` to get one."""
 
-from controlplane.activity.bus import FROM_START, ActivityBus, BusUnavailable, PublishedEvent
+from controlplane.activity.bus import FROM_START, ActivityBus, BusReach, BusUnavailable, PublishedEvent
 from controlplane.activity.memory import InMemoryBus
 from controlplane.activity.redis_stream import RedisStreamBus
 
 __all__ = [
     "FROM_START",
     "ActivityBus",
+    "BusReach",
     "BusUnavailable",
     "InMemoryBus",
     "PublishedEvent",

@@ -19,6 +19,14 @@ class PublishedEvent(BaseModel):
     event: ActivityEvent
 
 
+class BusReach(BaseModel):
+    """What a subscriber is seeing, so that a live view can say so honestly."""
+
+    shared: bool  # the events of every process on this bus, or of this process only
+    reachable: bool  # the bus answered its last read or write
+    detail: str  # where the bus is, never its credentials
+
+
 class BusUnavailable(Exception):
     """The bus cannot be reached now (its Redis is down): what ``recent`` raises. The message
     names where the bus is, never its credentials."""
@@ -48,6 +56,10 @@ class ActivityBus(Protocol):
     async def recent(self, limit: int) -> list[PublishedEvent]:
         """The latest ``limit`` retained events, oldest first. Raises ``BusUnavailable`` when
         the bus cannot be reached: unlike a subscription, an answer cannot wait for it."""
+        ...
+
+    def reach(self) -> BusReach:
+        """Whose events this bus carries, and whether it could be reached just now."""
         ...
 
     async def close(self) -> None: ...

@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from itertools import islice
 
-from controlplane.activity.bus import PublishedEvent
+from controlplane.activity.bus import BusReach, PublishedEvent
 from controlplane.models import ActivityEvent
 
 
@@ -45,6 +45,9 @@ class InMemoryBus:
 
     async def recent(self, limit: int) -> list[PublishedEvent]:
         return list(self._events)[-limit:] if limit > 0 else []
+
+    def reach(self) -> BusReach:
+        return BusReach(shared=False, reachable=True, detail="this process's events only (no REDIS_URL)")
 
     async def close(self) -> None:
         self._closed = True

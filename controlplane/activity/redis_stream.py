@@ -25,7 +25,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from controlplane.activity.bus import FROM_START, BusUnavailable, PublishedEvent
+from controlplane.activity.bus import FROM_START, BusReach, BusUnavailable, PublishedEvent
 from controlplane.models import ActivityEvent
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ class RedisStreamBus:
         self._queued = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
-        self._unreachable = False
+        self._unreachable = False  # the sender's last write failed
+        self._unread = False  # a subscriber's last read failed
         self._warned_of_drops = False
         self._dropped = 0
 
@@ -147,6 +148,7 @@ class RedisStreamBus:
                     if lost:
                         log.info("activity subscription to %s resumed", self._where)
                         lost = False
+                    self._unread = False
                     backoff.reset()
                     for _stream, entries in reply:
                         for entry_id, fields in entries:
@@ -156,6 +158,7 @@ class RedisStreamBus:
             except (RedisError, OSError) as exc:
                 if self._closed:
                     return
+                self._unread = True
                 if not lost:
                     log.warning("activity subscription to %s lost (%s); reconnecting", self._where, exc)
                     lost = True
@@ -167,9 +170,18 @@ class RedisStreamBus:
         try:
             entries = cast(_Entries, await self._redis.xrevrange(self._stream, count=limit))
         except (RedisError, OSError) as exc:
+            self._unread = True
             raise BusUnavailable(f"Redis at {self._where} cannot be reached ({type(exc).__name__})") from exc
+        self._unread = False
         decoded = (self._decode(entry_id, fields) for entry_id, fields in reversed(entries))
         return [item for item in decoded if item is not None]
+
+    def reach(self) -> BusReach:
+        if self._unread or self._unreachable:
+            return BusReach(
+                shared=True, reachable=False, detail=f"Redis at {self._where} cannot be reached: retrying"
+            )
+        return BusReach(shared=True, reachable=True, detail=f"Redis at {self._where}")
 
     async def close(self) -> None:
         self._closed = True
