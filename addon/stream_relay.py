@@ -10,14 +10,14 @@ continuing from what the client has already seen, and closes the stream validly 
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from addon.call_trace import StreamCapture
 from addon.formats.base import StreamTranscoder
 from addon.sse import SSEEvent, SSEParser, parse_event
-from controlplane.chunks import StreamChunk, chunk_data, chunk_model
+from controlplane.chunks import StreamChunk, chunk_data, chunk_model, fingerprint
 from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
 from controlplane.llm import ModelResponseStream
 from controlplane.models import ChunkResult, StreamingContext
@@ -26,16 +26,20 @@ from controlplane.models import ChunkResult, StreamingContext
 _RELEASE_TIMEOUT = 2.0
 
 
-def fingerprint(chunk: ModelResponseStream) -> dict[str, Any]:
-    return chunk.model_dump(mode="json")
-
-
 @dataclass
 class _Expected:
-    """A chunk of an upstream event, as the policy was given it."""
+    """A chunk of an upstream event, as decoded: what the policy is given, and what the record
+    keeps when the policy gives it back unchanged."""
 
-    fingerprint: dict[str, Any]
-    chunk: StreamChunk  # as decoded: what the record keeps when the policy gives it back unchanged
+    chunk: StreamChunk
+    _fingerprint: dict[str, Any] | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Built only to compare a result that is not this chunk's own verdict (a held chunk the
+        policy releases later, say): the control plane tells the usual case, at no cost here."""
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint(chunk_model(self.chunk))
+        return self._fingerprint
 
 
 @dataclass
@@ -95,7 +99,7 @@ class StreamRelay:
             yield out
 
     async def _events(self, events: list[SSEEvent]) -> AsyncIterator[bytes]:
-        chunks: list[ModelResponseStream] = []
+        chunks: list[StreamChunk] = []
         for event in events:
             if self.ended:
                 return
@@ -133,7 +137,7 @@ class StreamRelay:
                 yield out
         if self.ended:
             return  # nothing to release: the control plane is gone, or the stream was ended
-        async for out in self._police([chunk_model(c) for c in self._transcoder.unsettled()]):
+        async for out in self._police(self._transcoder.unsettled()):
             yield out
         if self.ended:
             return
@@ -145,7 +149,7 @@ class StreamRelay:
         if self.ended:
             return
         for result in results:
-            if out := self._applied(result):
+            if out := self._applied(result, ()):
                 yield out
             if self.ended:
                 return
@@ -177,15 +181,12 @@ class StreamRelay:
         self.outcome.control_plane_lost = f"Luthien's control plane became unavailable: {exc}"
         return self._written(self._transcoder.error_event(self.outcome.control_plane_lost))
 
-    def _receive(self, event: SSEEvent) -> list[ModelResponseStream]:
-        """Decodes an upstream event into the chunks the policy sees; until the stream diverges,
-        the event waits to be forwarded as it came once the policy has given back each of them
-        unchanged."""
-        decoded = self._decoded(event)
-        chunks = [chunk_model(c) for c in decoded]
+    def _receive(self, event: SSEEvent) -> list[StreamChunk]:
+        """Decodes an upstream event; until the stream diverges, it waits to be forwarded as it
+        came once the policy has given back each of its chunks unchanged."""
+        chunks = self._decoded(event)
         if not self.outcome.diverged:
-            expected = deque(_Expected(fingerprint(m), c) for m, c in zip(chunks, decoded, strict=True))
-            self._pending.append(_PendingEvent(event, expected))
+            self._pending.append(_PendingEvent(event, deque(_Expected(c) for c in chunks)))
         return chunks
 
     def _decoded(self, event: SSEEvent) -> list[StreamChunk]:
@@ -197,47 +198,61 @@ class StreamRelay:
             self._capture.upstream_event(event, chunks)
         return chunks
 
-    async def _police(self, chunks: list[ModelResponseStream]) -> AsyncIterator[bytes]:
+    async def _police(self, chunks: list[StreamChunk]) -> AsyncIterator[bytes]:
         if not chunks:
             return
         try:
             async for result in self._control_plane.process_streaming_chunks(chunks, self._context):
-                if out := self._applied(result):
+                if out := self._applied(result, chunks):
                     yield out
                 if self.ended:
                     return
         except ControlPlaneUnavailable as exc:
             yield self._lose_control_plane(exc)
 
-    def _applied(self, result: ChunkResult) -> bytes:
+    def _applied(self, result: ChunkResult, given: Sequence[StreamChunk]) -> bytes:
         """``_apply``; a stream the transcoder cannot continue (events that break their format,
         a policy's chunk it cannot write) ends with an error instead."""
         try:
-            return self._apply(result)
+            return self._apply(result, given)
         except Exception as exc:
             return self._malformed(exc)
 
-    def _apply(self, result: ChunkResult) -> bytes:
+    def _apply(self, result: ChunkResult, given: Sequence[StreamChunk]) -> bytes:
+        """``given``: the chunks the result may answer (``result.answers`` indexes them)."""
         self.outcome.unpoliced |= result.unpoliced
         if result.reason is not None or not result.allowed:
             self.outcome.decisions.append(result)
         out = b""
-        if result.value is not None:
+        answered = given[result.answers] if result.unchanged and result.answers is not None else None
+        if result.value is not None or answered is not None:
             self.outcome.chunks_out += 1
-            out += self._emit_chunk(result.value)
+            out += self._emit_chunk(result.value, answered)
         if not result.allowed:
             out += self._end_by_policy()
         return out
 
-    def _emit_chunk(self, chunk: ModelResponseStream) -> bytes:
+    def _emit_chunk(self, value: ModelResponseStream | None, answered: StreamChunk | None) -> bytes:
+        """A chunk for the client: ``value``, or (``answered``) an upstream chunk given back as
+        it came, which may leave out ``value``."""
         if not self.outcome.diverged and self._pending:
             head = self._pending[0]
-            if head.expected and head.expected[0].fingerprint == fingerprint(chunk):
+            if head.expected and self._is_next(head.expected[0], value, answered):
                 self._policy_chunk(head.expected.popleft().chunk)
                 return self._drain()
-        self._policy_chunk(chunk_data(chunk))
+        chunk = value if value is not None else chunk_model(cast(StreamChunk, answered))
+        self._policy_chunk(answered if answered is not None else chunk_data(chunk))
         self._diverge()
         return self._written(self._transcoder.encode(chunk))
+
+    @staticmethod
+    def _is_next(
+        expected: _Expected, value: ModelResponseStream | None, answered: StreamChunk | None
+    ) -> bool:
+        """Whether the chunk is the one the client's next original bytes carry."""
+        if answered is expected.chunk:
+            return True
+        return value is not None and fingerprint(value) == expected.fingerprint()
 
     def _policy_chunk(self, chunk: StreamChunk) -> None:
         if self._capture is not None:

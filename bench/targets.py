@@ -178,28 +178,37 @@ class LuthienInProcess(Target):
 
 
 class LuthienSidecar(Target):
-    name = "noop-network"
-    description = "Luthien, NoOpPolicy on a `luthien controlplane` over HTTP (the sidecar layout)"
+    """``luthien proxy --control-plane`` beside a ``luthien controlplane`` that runs the policy."""
+
+    def __init__(
+        self,
+        name: str = "noop-network",
+        description: str = "Luthien, NoOpPolicy on a `luthien controlplane` over HTTP (the sidecar layout)",
+        policy: PolicyFor | None = None,
+        tree: Path = ROOT,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self._policy = policy
+        self._tree = tree
 
     def start(self, setup: Setup) -> Running:
         token = secrets.token_urlsafe(24)
         env = {"LUTHIEN_CONTROL_PLANE_TOKEN": token}
         cp_port = free_port()
-        control_plane = spawn(
-            "controlplane",
-            [
-                sys.executable, "-m", "luthien", "controlplane", "--port", str(cp_port),
-                "--data-dir", str(setup.data_dir), "--log-level", "WARNING",
-                "--database-url", f"sqlite:///{setup.work / 'controlplane'}.db",
-            ],
-            setup.work,
-            env,
-        )  # fmt: skip
+        args = [
+            sys.executable, "-m", "luthien", "controlplane", "--port", str(cp_port),
+            "--data-dir", str(setup.data_dir), "--log-level", "WARNING",
+            "--database-url", f"sqlite:///{setup.work / self.name}-controlplane.db",
+        ]  # fmt: skip
+        if self._policy is not None:
+            args += ["--policy", str(write_policy(setup, self.name, self._policy(setup)))]
+        control_plane = spawn(f"{self.name}-controlplane", args, setup.work, env, tree=self._tree)
         # The sidecar's start-up is what is measured: the shared control plane is already up.
         wait_for_line(control_plane, "listening on", timeout=120)
         port = free_port()
         args = [*luthien_proxy_args(self.name, setup, port), "--control-plane", f"http://{HOST}:{cp_port}"]
-        proxy = spawn(self.name, args, setup.work, env)
+        proxy = spawn(self.name, args, setup.work, env, tree=self._tree)
         return Running(
             Route(f"http://{HOST}:{port}", "https://api.openai.com"), [proxy, control_plane], proxy
         )
@@ -279,6 +288,9 @@ def tree_targets(name: str, tree: Path) -> list[Target]:
     return [
         LuthienInProcess(f"noop@{name}", f"Luthien from {tree}, NoOpPolicy, in-process", tree=tree),
         LuthienInProcess(f"regex@{name}", f"Luthien from {tree}, the regex policy", regex_policy, tree),
+        LuthienSidecar(
+            f"regex-network@{name}", f"Luthien from {tree}, the regex policy, sidecar", regex_policy, tree
+        ),
     ]
 
 
@@ -287,6 +299,11 @@ def all_targets(with_litellm: bool) -> list[Target]:
         BareMitmproxy(),
         LuthienInProcess("noop", "Luthien, NoOpPolicy, control plane in-process"),
         LuthienSidecar(),
+        LuthienSidecar(
+            "regex-network",
+            "Luthien, the regex policy on a `luthien controlplane` (the sidecar layout)",
+            regex_policy,
+        ),
         LuthienInProcess(
             "regex", "Luthien, a regex StringReplacementPolicy on requests and streams", regex_policy
         ),

@@ -7,6 +7,7 @@ Protocol; the data plane cannot tell them apart. Everything crossing it is a Pyd
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
+from controlplane.chunks import StreamChunk
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
     ActivityEvent,
@@ -43,11 +44,13 @@ class ControlPlaneService(Protocol):
         ...
 
     def process_streaming_chunks(
-        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
+        self, chunks: Sequence[StreamChunk], context: StreamingContext
     ) -> AsyncIterator[PolicyResult[ModelResponseStream]]:
-        """Feed upstream chunks (those that arrived together), each in turn; yields the chunks to
-        send to the client now (zero or more per chunk) as the policy produces them, and stops
-        after a result that ends the stream (``allowed`` false)."""
+        """Feed upstream chunks (those that arrived together, as the wire formats decode them),
+        each in turn; yields the chunks to send to the client now (zero or more per chunk) as the
+        policy produces them, and stops after a result that ends the stream (``allowed`` false).
+        Each result says which chunk it answers (``answers``), and whether it gives that chunk
+        back unchanged (``unchanged``; its ``value`` may then be None)."""
         ...
 
     def close_streaming_context(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from controlplane.activity.bus import ActivityBus
 from controlplane.activity.memory import InMemoryBus
+from controlplane.chunks import StreamChunk, chunk_model, fingerprint
 from controlplane.credentials import scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
@@ -123,24 +124,21 @@ class ControlPlaneLocal:
         return context
 
     async def process_streaming_chunks(
-        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
+        self, chunks: Sequence[StreamChunk], context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
-        async for _, result in self.police_chunks(chunks, context):
-            yield result
-
-    async def police_chunks(
-        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
-    ) -> AsyncIterator[tuple[int, ChunkResult]]:
-        """``process_streaming_chunks``, each result with the index of the chunk it answers."""
         stream = self._streams[context.stream_id]
-        for index, chunk in enumerate(chunks):
+        for index, data in enumerate(chunks):
+            chunk = chunk_model(data)  # what the policy reads, built only now
+            given = fingerprint(chunk)  # before the policy may change the chunk in place
             choice = _choice_of(chunk)
             results = stream.policy.apply_streaming_chunk_policy(
                 _as_choice(chunk, 0) or chunk, stream.context_for(choice)
             )
             async for result in self._guarded(results, stream, chunk):
                 result.value = _as_choice(result.value, choice)
-                yield index, result
+                result.answers = index
+                result.unchanged = result.value is not None and fingerprint(result.value) == given
+                yield result
                 if not result.allowed:
                     return
 

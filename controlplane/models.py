@@ -78,6 +78,10 @@ class PolicyResult[T](BaseModel):
     # Set by the control plane, not by policies: which policy decided, and whether none could.
     policy_version: str | None = None
     unpoliced: bool = False
+    # Of a stream chunk's result: which of the chunks given it answers (their index), and whether
+    # it gives that chunk back unchanged (then ``value`` may be left out: the caller has it).
+    answers: int | None = None
+    unchanged: bool = False
 
     @classmethod
     def allow(cls, value: T, reason: str | None = None, **metadata: Any) -> "PolicyResult[T]":

@@ -20,16 +20,17 @@ import secrets
 import shutil
 import tempfile
 import weakref
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from controlplane.chunks import StreamChunk, chunk_model
 from controlplane.interface import ControlPlaneService
-from controlplane.llm import ModelResponse
+from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.local import ControlPlaneLocal
 from controlplane.models import ActivityEvent, NormalizedRequest, PolicyResult, RequestMetadata
 from controlplane.policies.base import PolicyHandler
@@ -102,6 +103,22 @@ class ServiceHost:
 _host: ServiceHost | None = None
 #: The ControlPlaneLocal behind each ControlPlaneHTTP client: the one that runs the policy.
 _served: "weakref.WeakKeyDictionary[ControlPlaneHTTP, ControlPlaneLocal]" = weakref.WeakKeyDictionary()
+
+
+def plain(*chunks: ModelResponseStream) -> list[StreamChunk]:
+    """Chunks as the relay hands them to a control plane: decoded, not yet LiteLLM's objects."""
+    return [cast(StreamChunk, chunk.model_dump()) for chunk in chunks]
+
+
+def delivered(
+    result: PolicyResult[ModelResponseStream], given: Sequence[StreamChunk]
+) -> ModelResponseStream | None:
+    """What the client gets from a result: its value, or the given chunk a verdict passes on."""
+    if result.value is not None:
+        return result.value
+    if result.unchanged and result.answers is not None:
+        return chunk_model(given[result.answers])
+    return None
 
 
 def service_host() -> ServiceHost:

@@ -18,7 +18,7 @@ from controlplane.models import (
 )
 from controlplane.policies import PolicyHandler
 from controlplane.policies.chunks import chunk_text, text_chunk
-from tests.control_planes import Kind, control_plane_for
+from tests.control_planes import Kind, control_plane_for, delivered, plain
 from tests.test_stream_relay import activity, pieces, provider_stream, relay, run_relay
 
 METADATA = RequestMetadata(call_id="call-1", host="api.openai.com", path="/v1/chat/completions")
@@ -98,10 +98,10 @@ async def test_results_left_unread_are_not_given_to_the_next_chunk(control_plane
     unread belongs to that chunk, never to the next call on the stream."""
     async with control_plane_for(Triples(), control_plane_kind) as control_plane:
         context = await control_plane.create_streaming_context({"messages": []}, METADATA)
-        async for result in control_plane.process_streaming_chunks([text_chunk(LIKE, "1")], context):
+        async for result in control_plane.process_streaming_chunks(plain(text_chunk(LIKE, "1")), context):
             assert result.value is not None and chunk_text(result.value) == "1a"
             break
-        second = control_plane.process_streaming_chunks([text_chunk(LIKE, "2")], context)
+        second = control_plane.process_streaming_chunks(plain(text_chunk(LIKE, "2")), context)
         assert [chunk_text(r.value) async for r in second if r.value] == ["2a", "2b", "2c"]
         async for result in control_plane.close_streaming_context(context):
             assert result.value is not None and chunk_text(result.value) == "end"
@@ -168,9 +168,9 @@ async def test_chunks_sent_together_are_policed_in_order_until_the_policy_ends_t
 ) -> None:
     async with control_plane_for(EndsAtStop(), control_plane_kind) as control_plane:
         context = await control_plane.create_streaming_context({"messages": []}, METADATA)
-        batch = [text_chunk(LIKE, word) for word in ("one", "two", "stop", "never", "sent")]
+        batch = plain(*(text_chunk(LIKE, word) for word in ("one", "two", "stop", "never", "sent")))
         results = [r async for r in control_plane.process_streaming_chunks(batch, context)]
-        assert [chunk_text(r.value) for r in results if r.value] == ["one", "two"]
+        assert [chunk_text(c) for r in results if (c := delivered(r, batch))] == ["one", "two"]
         assert [r.allowed for r in results] == [True, True, False]
         assert results[-1].reason == "told to stop"
         assert [r async for r in control_plane.close_streaming_context(context)] == []

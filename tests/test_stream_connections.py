@@ -16,7 +16,7 @@ from controlplane.policies.noop import NoOpPolicy
 from controlplane.recording.spool import Spool
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
-from tests.control_planes import TOKEN, service_host
+from tests.control_planes import TOKEN, delivered, plain, service_host
 from tests.policies import PassEveryChunk
 from tests.tcp_relay import TcpRelay
 from tests.test_control_plane import LIKE, METADATA, Triples
@@ -45,9 +45,10 @@ async def through_relay(
 async def one_stream(client: ControlPlaneHTTP, word: str) -> list[str]:
     context = await client.create_streaming_context({"messages": []}, METADATA)
     assert not context.unpoliced
-    results = [r async for r in client.process_streaming_chunks([text_chunk(LIKE, word)], context)]
+    given = plain(text_chunk(LIKE, word))
+    results = [r async for r in client.process_streaming_chunks(given, context)]
     results += [r async for r in client.close_streaming_context(context)]
-    return [chunk_text(r.value) for r in results if r.value is not None]
+    return [chunk_text(c) for r in results if (c := delivered(r, given)) is not None]
 
 
 async def test_streams_one_after_another_share_one_connection() -> None:
@@ -95,7 +96,7 @@ async def test_a_connection_is_lent_only_once_every_answer_on_it_was_read() -> N
     async with through_relay(Triples()) as (client, _, relay):
         # A chunk's answers left unread are skipped when the stream closes: then it is clean.
         context = await client.create_streaming_context({"messages": []}, METADATA)
-        async for _ in client.process_streaming_chunks([text_chunk(LIKE, "x")], context):
+        async for _ in client.process_streaming_chunks(plain(text_chunk(LIKE, "x")), context):
             break
         assert [chunk_text(r.value) async for r in client.close_streaming_context(context) if r.value] == [
             "end"
@@ -113,14 +114,16 @@ async def test_a_connection_is_lent_only_once_every_answer_on_it_was_read() -> N
 async def test_a_chunk_passed_unchanged_comes_back_as_a_verdict_not_a_copy() -> None:
     async with through_relay() as (client, _, _):
         context = await client.create_streaming_context({"messages": []}, METADATA)
-        chunk = text_chunk(LIKE, "same")
-        (result,) = [r async for r in client.process_streaming_chunks([chunk], context)]
-        assert result.value is chunk  # the proxy's own chunk: the policy's answer was a verdict
+        chunk = plain(text_chunk(LIKE, "same"))
+        (result,) = [r async for r in client.process_streaming_chunks(chunk, context)]
+        # A verdict: no copy of the chunk came back, only which one passes (the proxy has it).
+        assert result.value is None and result.unchanged and result.answers == 0
         assert [r async for r in client.close_streaming_context(context)] == []
     async with through_relay(Triples()) as (client, _, _):
         context = await client.create_streaming_context({"messages": []}, METADATA)
-        results = [r async for r in client.process_streaming_chunks([chunk], context)]
-        assert [chunk_text(r.value) for r in results] == ["samea", "sameb", "samec"]
+        results = [r async for r in client.process_streaming_chunks(chunk, context)]
+        assert [chunk_text(r.value) for r in results if r.value] == ["samea", "sameb", "samec"]
+        assert not any(r.unchanged for r in results)
         assert [chunk_text(r.value) async for r in client.close_streaming_context(context) if r.value] == [
             "end"
         ]

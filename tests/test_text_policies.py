@@ -22,7 +22,14 @@ from controlplane.policies.chunks import chunk_text, finish_chunk, text_chunk, t
 from controlplane.policies.secret_redaction import DETECTORS, SecretRedactionPolicy
 from controlplane.policies.string_replacement import StringReplacementPolicy, match_case
 from controlplane.policies.text_stream import PatternSet, Rule, StreamingTextRewriter, compile_pattern
-from tests.control_planes import Kind, control_plane_for, request_decision, response_decision
+from tests.control_planes import (
+    Kind,
+    control_plane_for,
+    delivered,
+    plain,
+    request_decision,
+    response_decision,
+)
 from tests.fake_provider.scenarios import DEFAULT_TEXT, Plan, Scenario
 from tests.fake_provider.wire import Context, IdFactory
 from tests.test_stream_relay import RENDERERS, client_text, pieces, provider_stream, relay
@@ -88,11 +95,14 @@ async def stream_chunks(
 ) -> tuple[list[ModelResponseStream], list[ChunkResult]]:
     """Like ``run_chunks``, as one stream through a control plane (see ``control_plane_for``)."""
     context = await control_plane.create_streaming_context({"messages": []}, METADATA)
-    results = []
+    results, out = [], []
     for chunk in chunks:
-        results += [r async for r in control_plane.process_streaming_chunks([chunk], context)]
-    results += [r async for r in control_plane.close_streaming_context(context)]
-    return [r.value for r in results if r.value is not None], results
+        given = plain(chunk)
+        answers = [r async for r in control_plane.process_streaming_chunks(given, context)]
+        out += [c for r in answers if (c := delivered(r, given)) is not None]
+        results += answers
+    closing = [r async for r in control_plane.close_streaming_context(context)]
+    return out + [r.value for r in closing if r.value is not None], results + closing
 
 
 LIKE = text_chunk(

@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 from websockets.protocol import State
 
+from controlplane.chunks import StreamChunk
 from controlplane.interface import ControlPlaneUnavailable
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
@@ -96,11 +97,17 @@ class _Stream:
     unread: int = 0
 
 
-def _result(answer: StreamResult, chunks: Sequence[ModelResponseStream]) -> ChunkResult:
-    """The policy's result; a verdict that passes a chunk is that chunk, as the proxy sent it."""
-    if answer.passed and answer.index is not None:
-        return answer.result.passing(chunks[answer.index])
-    return answer.result.chunk()
+def _result(answer: StreamResult) -> ChunkResult:
+    """The policy's result; a verdict (``passed``) gives back the chunk it answers, which the
+    proxy has."""
+    result = answer.result.chunk()
+    result.answers, result.unchanged = answer.index, answer.passed
+    return result
+
+
+def _unpoliced(index: int) -> ChunkResult:
+    """Fail-open: the chunk passes as it came."""
+    return PolicyResult[ModelResponseStream](answers=index, unchanged=True, unpoliced=True)
 
 
 class ControlPlaneHTTP:
@@ -221,9 +228,10 @@ class ControlPlaneHTTP:
             return StreamOpened.model_validate_json(await connection.recv())
 
     def process_streaming_chunks(
-        self, chunks: Sequence[ModelResponseStream], context: StreamingContext
+        self, chunks: Sequence[StreamChunk], context: StreamingContext
     ) -> AsyncIterator[ChunkResult]:
-        message = StreamChunks(chunks=[chunk.model_dump(mode="json") for chunk in chunks])
+        # Not validated: the relay's own decoded chunks, serialised at once.
+        message = StreamChunks.model_construct(chunks=list(chunks))
         return self._exchange(self._streams.get(context.stream_id), context, message, chunks)
 
     async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
@@ -251,11 +259,11 @@ class ControlPlaneHTTP:
         stream: _Stream | None,
         context: StreamingContext,
         message: BaseModel,
-        chunks: Sequence[ModelResponseStream],
+        chunks: Sequence[StreamChunk],
     ) -> AsyncIterator[ChunkResult]:
         if stream is None:  # an unpoliced stream (fail-open): everything passes
-            for chunk in chunks:
-                yield PolicyResult[ModelResponseStream](value=chunk, unpoliced=True)
+            for index in range(len(chunks)):
+                yield _unpoliced(index)
             return
         connection = stream.connection
         unanswered = 0  # the first of ``chunks`` the policy has not answered yet
@@ -269,7 +277,7 @@ class ControlPlaneHTTP:
                 answer = StreamResult.model_validate(reply)
                 if answer.index is not None:
                     unanswered = answer.index + 1
-                yield _result(answer, chunks)
+                yield _result(answer)
             stream.unread -= 1
         except (OSError, TimeoutError, WebSocketException) as exc:
             self._streams.pop(context.stream_id, None)
@@ -277,8 +285,8 @@ class ControlPlaneHTTP:
             if not self._fail_open:
                 raise lost from exc
             log.warning("stream %s continues unpoliced: %s", context.call_id, lost)
-            for chunk in chunks[unanswered:]:
-                yield PolicyResult[ModelResponseStream](value=chunk, unpoliced=True)
+            for index in range(unanswered, len(chunks)):
+                yield _unpoliced(index)
 
     def _unpoliced[T](self, value: T, exc: ControlPlaneUnavailable) -> PolicyResult[T]:
         if not self._fail_open:

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.llm import ModelResponse
 from controlplane.local import ControlPlaneLocal
 from controlplane.metrics import (
     PolicyDecisionMetrics,
@@ -242,20 +242,15 @@ async def _answer(
     message: dict[str, Any],
     decisions: PolicyDecisionMetrics,
 ) -> None:
-    async def send(result: ChunkResult, index: int | None, sent: dict[str, Any] | None = None) -> None:
+    async def send(result: ChunkResult) -> None:
         decisions.observe("stream", result)
-        wire = WireResult.of(result)
-        if passed := sent is not None and wire.value == sent:
-            wire.value = None
-        answer = StreamResult(result=wire, index=index, passed=passed)
+        answer = StreamResult(result=WireResult.of(result), index=result.answers, passed=result.unchanged)
         await websocket.send_text(answer.model_dump_json())
 
     if message.get("type") == "chunks":
-        sent = message["chunks"]
-        chunks = [ModelResponseStream(**data) for data in sent]
-        async for index, result in control_plane.police_chunks(chunks, context):
-            await send(result, index, sent[index])
+        async for result in control_plane.process_streaming_chunks(message["chunks"], context):
+            await send(result)
     else:
         async for result in control_plane.close_streaming_context(context):
-            await send(result, None)
+            await send(result)
     await websocket.send_text(StreamDone().model_dump_json())

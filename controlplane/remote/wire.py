@@ -37,7 +37,8 @@ class WireResult(BaseModel):
 
     @classmethod
     def of(cls, result: PolicyResult[Any]) -> "WireResult":
-        value = result.value
+        """The result; a chunk given back unchanged travels as a verdict, without its value."""
+        value = None if result.unchanged else result.value
         if isinstance(value, ModelResponse | ModelResponseStream):
             value = value.model_dump(mode="json")
         return cls(
@@ -58,10 +59,6 @@ class WireResult(BaseModel):
     def chunk(self) -> PolicyResult[ModelResponseStream]:
         value = ModelResponseStream(**self.value) if self.value is not None else None
         return PolicyResult[ModelResponseStream](value=value, **self._rest())
-
-    def passing(self, chunk: ModelResponseStream) -> PolicyResult[ModelResponseStream]:
-        """The result of a verdict: ``chunk``, the one it answers, passed unchanged."""
-        return PolicyResult[ModelResponseStream](value=chunk, **self._rest())
 
     def _rest(self) -> dict[str, Any]:
         return self.model_dump(exclude={"value"})
