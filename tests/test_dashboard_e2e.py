@@ -5,7 +5,9 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,8 +25,16 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def luthien_up(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
+    with running_up({"class": "UppercaseNthWordPolicy", "config": {"n": 2}}, fake, tmp_path_factory) as proxy:
+        yield proxy
+
+
+@contextmanager
+def running_up(
+    policy: dict[str, Any], fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningProxy]:
+    """``luthien up`` (proxy and dashboard) under ``policy``, upstream the fake provider."""
     root = tmp_path_factory.mktemp("up")
-    policy = {"class": "UppercaseNthWordPolicy", "config": {"n": 2}}
     args = ["--dashboard-port", str(free_port())]
     proxy = start_proxy("up", policy, fake, root, root / "data", extra_args=args, command="up")
     try:
@@ -123,15 +133,8 @@ INVESTIGATOR_POLICY = {
 
 @pytest.fixture(scope="module")
 def investigated(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProxy]:
-    root = tmp_path_factory.mktemp("investigated")
-    args = ["--dashboard-port", str(free_port())]
-    proxy = start_proxy("up", INVESTIGATOR_POLICY, fake, root, root / "data", extra_args=args, command="up")
-    try:
-        wait_until_listening(proxy)
+    with running_up(INVESTIGATOR_POLICY, fake, tmp_path_factory) as proxy:
         yield proxy
-    finally:
-        proxy.terminate()
-        proxy.wait()
 
 
 @pytest.fixture
