@@ -492,3 +492,21 @@ def test_payloads_render_as_text_and_never_run(site: Site, page: Page, tmp_path:
         assert page.evaluate("typeof window.__xss") == "undefined", path
         screenshot(page, tmp_path, f"xss-{name}", for_docs=False)
     expect(page.locator(".message.role-user .block")).to_have_text(f"Summarise {evil}")
+
+
+DARK_BG, DARK_CARD = "rgb(15, 18, 24)", "rgb(23, 27, 35)"
+
+
+def test_every_page_follows_a_dark_system_setting(site: Site, page: Page, tmp_path: Path) -> None:
+    site.add(*session())
+    page.emulate_media(color_scheme="dark")
+    for path, card in [("/", "#events"), ("/calls", "#calls"), ("/calls/e5b2f8a6c1d94e07", ".card")]:
+        page.goto(site.url + path)
+        expect(page.locator("body")).to_have_css("background-color", DARK_BG)
+        expect(page.locator(card).first).to_have_css("background-color", DARK_CARD)
+        expect(page.locator("main h1")).to_have_css("color", "rgb(227, 230, 237)")
+    expect(page.locator(".diff .right mark").first).to_have_css("background-color", "rgb(34, 96, 58)")
+    page.goto(f"{site.url}/calls")
+    expect(page.locator("#calls tbody tr")).to_have_count(6)
+    expect(page.locator("input[name=search]")).to_have_css("background-color", "rgb(16, 20, 27)")
+    screenshot(page, tmp_path, "calls-dark")
