@@ -243,6 +243,21 @@ async def test_pages_and_assets_refuse_a_missing_token_with_a_login_hint(dashboa
             assert "LUTHIEN_DASHBOARD_TOKEN" in response.text
 
 
+async def test_the_login_page_has_a_public_stylesheet_of_its_own(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as anonymous:
+        page = await anonymous.get("/calls", params={"q": "<b>echoed</b>"}, headers={"X-Note": "echoed"})
+        sheet = await anonymous.get("/login.css")
+        other = await anonymous.get("/static/style.css")
+    assert page.status_code == 401
+    assert '<link rel="stylesheet" href="/login.css">' in page.text
+    assert "echoed" not in page.text
+    assert sheet.status_code == 200
+    assert sheet.headers["content-type"].startswith("text/css")
+    assert "prefers-color-scheme: dark" in sheet.text
+    assert {name: sheet.headers[name] for name in SECURITY_HEADERS} == SECURITY_HEADERS
+    assert other.status_code == 401  # the dashboard's own stylesheet still needs the token
+
+
 async def test_a_bearer_token_opens_the_api_and_the_pages(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/calls")).status_code == 200
     page = await client.get("/calls")

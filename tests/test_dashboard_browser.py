@@ -510,3 +510,24 @@ def test_every_page_follows_a_dark_system_setting(site: Site, page: Page, tmp_pa
     expect(page.locator("#calls tbody tr")).to_have_count(6)
     expect(page.locator("input[name=search]")).to_have_css("background-color", "rgb(16, 20, 27)")
     screenshot(page, tmp_path, "calls-dark")
+
+
+def test_the_login_page_is_styled_light_and_dark(browser: Browser, site: Site, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1000, "height": 600})
+    anonymous = context.new_page()
+    refused: list[str] = []  # what the Content-Security-Policy refused to load or apply
+    anonymous.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security" in message.text else None,
+    )
+    response = anonymous.goto(f"{site.url}/calls")
+    assert response is not None and response.status == 401
+    expect(anonymous.locator("main h1")).to_have_text("Log in to the Luthien dashboard")
+    expect(anonymous.locator("body")).to_have_css("background-color", "rgb(246, 247, 249)")
+    expect(anonymous.locator("main")).to_have_css("background-color", "rgb(255, 255, 255)")
+    screenshot(anonymous, tmp_path, "login")
+    anonymous.emulate_media(color_scheme="dark")
+    expect(anonymous.locator("body")).to_have_css("background-color", DARK_BG)
+    expect(anonymous.locator("main")).to_have_css("background-color", DARK_CARD)
+    context.close()
+    assert refused == []

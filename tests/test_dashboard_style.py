@@ -55,7 +55,7 @@ def contrast(one: str, other: str) -> float:
     return (lighter + 0.05) / (darker + 0.05)
 
 
-@pytest.mark.parametrize("sheet", ["style.css"])
+@pytest.mark.parametrize("sheet", ["style.css", "login.css"])
 def test_every_colour_has_a_dark_counterpart(sheet: str) -> None:
     light, dark = palettes((STYLESHEETS / sheet).read_text())
     assert light.keys() == dark.keys()
