@@ -18,6 +18,7 @@ from litellm import (
     ModelResponseStream,
     acompletion,
     get_llm_provider,
+    model_cost,
     openai_compatible_providers,
 )
 from litellm.completion_extras.litellm_responses_transformation.transformation import (
@@ -71,5 +72,6 @@ __all__ = [
     "Usage",
     "acompletion",
     "get_llm_provider",
+    "model_cost",
     "openai_compatible_providers",
 ]

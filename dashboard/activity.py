@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.activity.bus import ActivityBus, BusReach, PublishedEvent
 from controlplane.models import ActivityEvent, ActivityType
@@ -23,6 +23,9 @@ class ActivityFilter(BaseModel):
     """Which events to show; every filter is optional and they combine with AND. Host and model
     match case-insensitive substrings, as the monitor's filter boxes do."""
 
+    # A parameter the filter does not know would otherwise be ignored, letting every event through.
+    model_config = ConfigDict(extra="forbid")
+
     host: str | None = None
     model: str | None = None
     type: list[ActivityType] = []
@@ -38,6 +41,14 @@ class ActivityFilter(BaseModel):
         )
 
 
+class RecentQuery(ActivityFilter):
+    limit: int = Field(default=100, ge=1, le=RECENT_WINDOW)
+
+
+class StreamQuery(ActivityFilter):
+    after: str | None = Field(default=None, description="The id of the last event received.")
+
+
 def _contains(value: str | None, wanted: str | None) -> bool:
     return not wanted or wanted.lower() in (value or "").lower()
 
@@ -48,22 +59,18 @@ def router(bus: ActivityBus, ending: asyncio.Event) -> APIRouter:
     api = APIRouter()
 
     @api.get("/api/activity/recent")
-    async def recent(
-        only: Annotated[ActivityFilter, Query()], limit: Annotated[int, Query(ge=1, le=RECENT_WINDOW)] = 100
-    ) -> list[PublishedEvent]:
+    async def recent(query: Annotated[RecentQuery, Query()]) -> list[PublishedEvent]:
         """Oldest first, like the bus."""
         events = await bus.recent(RECENT_WINDOW)
-        return [published for published in events if only.matches(published.event)][-limit:]
+        return [published for published in events if query.matches(published.event)][-query.limit :]
 
     @api.get("/api/activity/stream")
     async def stream(
-        only: Annotated[ActivityFilter, Query()],
-        after: str | None = None,
-        last_event_id: Annotated[str | None, Header()] = None,
+        query: Annotated[StreamQuery, Query()], last_event_id: Annotated[str | None, Header()] = None
     ) -> StreamingResponse:
         # EventSource sends Last-Event-ID when it reconnects; it wins over the ?after= of the URL.
         return StreamingResponse(
-            sse_frames(bus, last_event_id or after, only, ending),
+            sse_frames(bus, last_event_id or query.after, query, ending),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )

@@ -4,6 +4,8 @@ The caller opens and closes the storage and the bus; the app only reads from the
 """
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -47,7 +49,7 @@ def create_app(storage: Storage, bus: ActivityBus, token: TokenSource | str) -> 
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {_problem(e)}" for e in exc.errors())
         return JSONResponse({"error": f"invalid parameters: {problems}"}, status_code=422)
 
     @app.exception_handler(StorageUnavailable)
@@ -62,6 +64,11 @@ def create_app(storage: Storage, bus: ActivityBus, token: TokenSource | str) -> 
     app.add_middleware(TokenAuth, token=token)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    # Pydantic's "Extra inputs are not permitted" does not say that the name is what is wrong.
+    return "unknown parameter" if error["type"] == "extra_forbidden" else str(error["msg"])
 
 
 def end_live_streams(app: FastAPI) -> None:

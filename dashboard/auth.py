@@ -9,24 +9,34 @@ import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dashboard.pages import STATIC_DIR
 from dashboard.token import TokenFileError, TokenSource
 
 log = logging.getLogger(__name__)
 
 COOKIE = "luthien_dashboard"
+#: The stylesheet of the page that asks to log in, which has no token to fetch the others with.
+LOGIN_STYLESHEET = "/login.css"
 #: Paths that answer without the token; ``/login`` checks the token it is given itself.
-OPEN_PATHS = frozenset({"/healthz", "/login"})
+OPEN_PATHS = frozenset({"/healthz", "/login", LOGIN_STYLESHEET})
 
-# Static text only: nothing from the request is ever echoed here. No stylesheet either, as the
-# stylesheet itself needs the token.
-_LOGIN_REQUIRED = """<!doctype html>
+# Static text only: nothing from the request is ever echoed here.
+_LOGIN_REQUIRED = f"""<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><title>Luthien dashboard: log in</title></head>
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Luthien dashboard: log in</title>
+<link rel="icon" href="data:,">
+<link rel="stylesheet" href="{LOGIN_STYLESHEET}">
+</head>
 <body>
+<header>Luthien</header>
+<main>
 <h1>Log in to the Luthien dashboard</h1>
 <p>This dashboard needs its access token. Open the login link that <code>luthien up</code>
 (or <code>luthien dashboard</code>) printed when it started, or that <code>luthien login</code>
@@ -34,6 +44,7 @@ prints: <code>http://HOST:PORT/login?token=…</code>. The link stays the same a
 until the token is rotated (<code>luthien login --rotate</code>).</p>
 <p>If you set <code>LUTHIEN_DASHBOARD_TOKEN</code> yourself, open
 <code>/login?token=</code> followed by that token.</p>
+</main>
 </body>
 </html>
 """
@@ -85,6 +96,10 @@ class TokenAuth:
 
 def login_router(token: TokenSource) -> APIRouter:
     router = APIRouter()
+
+    @router.get(LOGIN_STYLESHEET, include_in_schema=False)
+    async def login_stylesheet() -> FileResponse:
+        return FileResponse(STATIC_DIR / "login.css")
 
     @router.get("/login", include_in_schema=False)
     async def login(given: Annotated[str | None, Query(alias="token")] = None) -> Response:

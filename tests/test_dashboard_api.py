@@ -6,7 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,12 +20,12 @@ import redis
 from controlplane.activity import ActivityBus, InMemoryBus, RedisStreamBus
 from controlplane.models import ActivityEvent, ActivityType, WireFormat
 from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Decision, Output, Usage
-from controlplane.storage import SQLiteStorage, Storage
+from controlplane.storage import PostgresStorage, SQLiteStorage, Storage
 from dashboard import activity
 from dashboard.app import SECURITY_HEADERS, create_app
 from dashboard.diff import MAX_WORD_DIFF_CHARS, Row, Skip, diff_lines, word_diff
 from tests.background_server import BackgroundServer
-from tests.databases import require_service
+from tests.databases import fresh_postgres_database, require_service
 from tests.tcp_relay import TcpRelay
 
 TOKEN = "test-dashboard-token-5f2a9c"
@@ -243,6 +243,21 @@ async def test_pages_and_assets_refuse_a_missing_token_with_a_login_hint(dashboa
             assert "LUTHIEN_DASHBOARD_TOKEN" in response.text
 
 
+async def test_the_login_page_has_a_public_stylesheet_of_its_own(dashboard: Dashboard) -> None:
+    async with httpx.AsyncClient(base_url=dashboard.url) as anonymous:
+        page = await anonymous.get("/calls", params={"q": "<b>echoed</b>"}, headers={"X-Note": "echoed"})
+        sheet = await anonymous.get("/login.css")
+        other = await anonymous.get("/static/style.css")
+    assert page.status_code == 401
+    assert '<link rel="stylesheet" href="/login.css">' in page.text
+    assert "echoed" not in page.text
+    assert sheet.status_code == 200
+    assert sheet.headers["content-type"].startswith("text/css")
+    assert "prefers-color-scheme: dark" in sheet.text
+    assert {name: sheet.headers[name] for name in SECURITY_HEADERS} == SECURITY_HEADERS
+    assert other.status_code == 401  # the dashboard's own stylesheet still needs the token
+
+
 async def test_a_bearer_token_opens_the_api_and_the_pages(client: httpx.AsyncClient) -> None:
     assert (await client.get("/api/calls")).status_code == 200
     page = await client.get("/calls")
@@ -416,12 +431,144 @@ async def test_the_calls_list_filters_and_pages(storage: SQLiteStorage, client: 
         {"since": "yesterday"},
         {"blocked": "maybe"},
         {"block_kind": "tool_removed"},
+        {"sort": "price"},
+        {"order": "up"},
     ],
 )
 async def test_bad_list_parameters_are_422(client: httpx.AsyncClient, params: dict[str, Any]) -> None:
     response = await client.get("/api/calls", params=params)
     assert response.status_code == 422
     assert response.json()["error"].startswith("invalid parameters: query.")
+
+
+# --- The calls list on each database ----------------------------------------------------------
+
+
+@dataclass
+class OnDatabase:
+    writer: Storage  # the test's own: a PostgreSQL pool belongs to the loop that made it
+    client: httpx.AsyncClient
+
+
+@pytest_asyncio.fixture(params=["sqlite", "postgres"], loop_scope="function")
+async def on_each_database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OnDatabase]:
+    async with AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            path = tmp_path / "calls.db"
+            writer, served = SQLiteStorage(path), SQLiteStorage(path)
+        else:
+            url = await stack.enter_async_context(fresh_postgres_database())
+            writer, served = PostgresStorage(url), PostgresStorage(url)
+        stack.push_async_callback(writer.close)
+        await writer.migrate()
+        dashboard = stack.enter_context(serve(served, InMemoryBus()))
+        stack.push_async_callback(lambda: dashboard.on_server(served.close()))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=dashboard.url, headers=AUTH, timeout=10)
+        )
+        yield OnDatabase(writer, client)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/calls?session_id=abc",
+        "/api/calls?model=gpt&Model=gpt",
+        "/api/activity/recent?limit=5&session_id=abc",
+        "/api/activity/stream?after=0&session_id=abc",
+    ],
+)
+async def test_an_unknown_parameter_is_422_naming_it(on_each_database: OnDatabase, path: str) -> None:
+    response = await on_each_database.client.get(path)
+    assert response.status_code == 422
+    unknown = "Model" if "Model=" in path else "session_id"
+    assert response.json() == {"error": f"invalid parameters: query.{unknown}: unknown parameter"}
+
+
+async def test_the_known_parameters_of_each_list_are_accepted(on_each_database: OnDatabase) -> None:
+    client = on_each_database.client
+    every_filter = {
+        **{"search": "x", "host": "x", "model": "x", "outcome": "completed", "status": 200},
+        **{"blocked": "false", "block_kind": "stream_ended", "modified": "false"},
+        **{"since": "2026-03-02T09:30:00Z", "until": "2026-03-03T09:30:00Z"},
+        **{"sort": "cost", "order": "asc", "limit": 10, "offset": 0},
+    }
+    assert (await client.get("/api/calls", params=every_filter)).status_code == 200
+    activity_filter = {"host": "x", "model": "x", "type": "completed", "outcome": "completed"}
+    assert (await client.get("/api/activity/recent", params={**activity_filter, "limit": 5})).json() == []
+
+
+def priced_calls() -> list[CallRecord]:
+    """Three calls a minute apart: Sonnet at $3 in and $15 out per million tokens (LiteLLM's map),
+    GPT-5 at $1.25 and $10, and a model the map does not price."""
+    sonnet = call_record("sonnet", "Refactor the parser", "Done.", started_at=T0)
+    gpt = call_record(
+        "gpt",
+        "Explain the diff",
+        "It renames.",
+        started_at=T0 + timedelta(minutes=1),
+        host="api.openai.com",
+        model="gpt-5",
+    )
+    unknown = call_record(
+        "unknown", "Hello", "Hi.", started_at=T0 + timedelta(minutes=2), model="acme-coder-2-preview"
+    )
+    return [
+        sonnet.model_copy(update={"duration_ms": 2500.0, "ttfb_ms": 600.0, "session_id": "sess-1"}),
+        gpt.model_copy(
+            update={
+                "duration_ms": 900.0,
+                "ttfb_ms": None,
+                "usage": Usage(prompt_tokens=40000, completion_tokens=1000, total_tokens=41000),
+            }
+        ),
+        unknown.model_copy(update={"duration_ms": 300.0, "ttfb_ms": 120.0}),
+    ]
+
+
+async def test_the_list_sorts_filters_by_part_of_a_model_and_totals_costs(
+    on_each_database: OnDatabase,
+) -> None:
+    await on_each_database.writer.write(priced_calls())
+    client = on_each_database.client
+
+    page = (await client.get("/api/calls")).json()
+    calls = {call["call_id"]: call for call in page["calls"]}
+    sonnet_cost = 1200 * 3e-6 + 85 * 15e-6
+    gpt_cost = 40000 * 1.25e-6 + 1000 * 10e-6
+    assert calls["sonnet"]["cost_usd"] == pytest.approx(sonnet_cost)
+    assert calls["gpt"]["cost_usd"] == pytest.approx(gpt_cost)
+    assert calls["unknown"]["cost_usd"] is None
+    assert (calls["sonnet"]["session_id"], calls["gpt"]["session_id"]) == ("sess-1", None)
+    assert page["totals"] == {
+        "prompt_tokens": 42400,
+        "completion_tokens": 1170,
+        "total_tokens": 43570,
+        "cost_usd": pytest.approx(sonnet_cost + gpt_cost),
+        "unpriced_calls": 1,
+    }
+
+    assert await list_ids(client) == ["unknown", "gpt", "sonnet"]
+    assert await list_ids(client, sort="time", order="asc") == ["sonnet", "gpt", "unknown"]
+    assert await list_ids(client, sort="duration") == ["sonnet", "gpt", "unknown"]
+    assert await list_ids(client, sort="duration", order="asc") == ["unknown", "gpt", "sonnet"]
+    assert await list_ids(client, sort="ttfb") == ["sonnet", "unknown", "gpt"]  # none last
+    assert await list_ids(client, sort="ttfb", order="asc") == ["unknown", "sonnet", "gpt"]
+    assert await list_ids(client, sort="tokens") == ["gpt", "unknown", "sonnet"]
+    assert await list_ids(client, sort="cost") == ["gpt", "sonnet", "unknown"]
+    assert await list_ids(client, sort="cost", order="asc") == ["sonnet", "gpt", "unknown"]
+
+    assert await list_ids(client, model="SONNET") == ["sonnet"]
+    assert await list_ids(client, model="c") == ["unknown", "sonnet"]  # claude-…, acme-coder-…
+    assert await list_ids(client, host="OpenAI") == ["gpt"]
+    filtered = (await client.get("/api/calls", params={"model": "acme", "sort": "cost"})).json()
+    assert filtered["totals"] == {
+        "prompt_tokens": 1200,
+        "completion_tokens": 85,
+        "total_tokens": 1285,
+        "cost_usd": None,
+        "unpriced_calls": 1,
+    }
 
 
 async def test_the_detail_of_a_rewritten_stream_shows_what_changed(

@@ -203,7 +203,13 @@ def session() -> tuple[list[CallRecord], list[ActivityEvent]]:
             "usage": Usage(prompt_tokens=640, completion_tokens=18, total_tokens=658),
         },
     }
-    calls = [call.model_copy(update=varied.get(call.call_id, {})) for call in calls]
+    # Claude Code's session, and Codex's.
+    claude, codex = "3f9c2a1e-8b7d-4c6f-9e21-5d4a3b2c1f00", "0198c7e2-5b1a-7f30-9d4e-2a6c8b1f0e57"
+    sessions = {call.call_id: claude if call.host == ANTHROPIC else codex for call in calls}
+    calls = [
+        call.model_copy(update={"session_id": sessions[call.call_id], **varied.get(call.call_id, {})})
+        for call in calls
+    ]
     events: list[ActivityEvent] = []
     for call in calls:
         events.append(
@@ -393,6 +399,82 @@ def test_the_calls_list_searches_filters_and_pages(site: Site, page: Page, tmp_p
     expect(rows.last).to_contain_text("Add a retry with exponential backoff")
 
 
+COST = 8  # the column of the estimated cost
+
+
+def test_the_calls_list_sorts_filters_by_part_of_a_model_and_shows_costs(site: Site, page: Page) -> None:
+    site.add(*session())
+    page.goto(f"{site.url}/calls")
+    rows = page.locator("#calls tbody tr")
+    expect(rows).to_have_count(6)
+    # At the list prices of LiteLLM's map (Sonnet $3 and $15 per million tokens in and out, GPT-5
+    # Codex $1.25 and $10, Haiku $1 and $5); the blocked call and the provider error counted none.
+    expect(page.locator("#totals")).to_have_text("In all: 29,955 tokens · $0.0802 estimated")
+    newest = rows.first
+    expect(newest.locator("td").nth(COST)).to_have_text("$0.0007")
+    for shown in ["claude-haiku-4-5", "api.anthropic.com", "Messages", "stream", "3f9c2a1e…", "388 ms"]:
+        expect(newest).to_contain_text(shown)
+    expect(rows.nth(4)).to_contain_text("Chat Completions")
+    expect(rows.nth(4)).to_contain_text("whole")
+    # The prompt takes the width the other columns leave.
+    prompt, table = newest.locator("td.preview").bounding_box(), page.locator("#calls").bounding_box()
+    assert prompt is not None and table is not None
+    assert prompt["width"] > 0.3 * table["width"], (prompt, table)
+
+    cost = page.locator("#calls th[data-sort=cost]")
+    cost.locator("a").click()
+    expect(page).to_have_url(f"{site.url}/calls?sort=cost&order=desc")
+    expect(cost).to_have_attribute("aria-sort", "descending")
+    expect(rows.first).to_contain_text("Add a retry with exponential backoff")
+    expect(rows.locator(f"td:nth-child({COST + 1})")).to_have_text(
+        ["$0.0609", "$0.0137", "$0.0049", "$0.0007", "—", "—"]  # none last
+    )
+    cost.locator("a").click()
+    expect(cost).to_have_attribute("aria-sort", "ascending")
+    expect(rows.first).to_contain_text("Write a commit message for: add retry")
+    page.locator("#calls th[data-sort=ttfb] a").click()
+    expect(rows.locator("td:nth-child(7)")).to_have_text(
+        ["3.40 s", "1.21 s", "418 ms", "413 ms", "388 ms", "—"]
+    )
+
+    # Any part of the model's name, ignoring case; the order stays.
+    page.fill("input[name=model]", "HAIKU")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{site.url}/calls?model=HAIKU&sort=ttfb&order=desc")
+    expect(rows).to_have_count(1)
+    expect(page.locator("#totals")).to_have_text("In all: 658 tokens · $0.0007 estimated")
+
+    # A model the map does not price has no cost, and says so.
+    site.add([call_record("acme000000000001", "Hello there", "Hi", model="acme-coder-2", started_at=NOW)], [])
+    page.goto(f"{site.url}/calls?model=acme")
+    expect(rows.first.locator("td").nth(COST)).to_have_text("unknown")
+    expect(page.locator("#totals")).to_have_text("In all: 1,285 tokens · 1 call without a price")
+
+
+def test_new_calls_are_announced_and_shown_only_on_click(site: Site, page: Page) -> None:
+    site.add(*session())
+    page.goto(f"{site.url}/calls")
+    rows, notice = page.locator("#calls tbody tr"), page.locator("#new-calls")
+    expect(rows).to_have_count(6)
+    expect(notice).to_be_hidden()
+
+    first = call_record("a0000000000000n1", "A brand new question", "Yes.", started_at=datetime.now(UTC))
+    site.add([first], [])
+    expect(notice).to_have_text("1 new call: show", timeout=15_000)
+    second = call_record("a0000000000000n2", "Another new one", "No.", started_at=datetime.now(UTC))
+    site.add([second], [])
+    expect(notice).to_have_text("2 new calls: show", timeout=15_000)
+    # The list the reader is looking at has not moved.
+    expect(rows).to_have_count(6)
+    expect(page.locator("#range")).to_have_text("1\N{EN DASH}6 of 6 calls")
+
+    notice.click()
+    expect(rows).to_have_count(8)
+    expect(rows.first).to_contain_text("Another new one")
+    expect(page.locator("#range")).to_have_text("1\N{EN DASH}8 of 8 calls")
+    expect(notice).to_be_hidden()
+
+
 def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page, tmp_path: Path) -> None:
     site.add(*session())
     page.goto(f"{site.url}/calls/e5b2f8a6c1d94e07")
@@ -463,3 +545,42 @@ def test_payloads_render_as_text_and_never_run(site: Site, page: Page, tmp_path:
         assert page.evaluate("typeof window.__xss") == "undefined", path
         screenshot(page, tmp_path, f"xss-{name}", for_docs=False)
     expect(page.locator(".message.role-user .block")).to_have_text(f"Summarise {evil}")
+
+
+DARK_BG, DARK_CARD = "rgb(15, 18, 24)", "rgb(23, 27, 35)"
+
+
+def test_every_page_follows_a_dark_system_setting(site: Site, page: Page, tmp_path: Path) -> None:
+    site.add(*session())
+    page.emulate_media(color_scheme="dark")
+    for path, card in [("/", "#events"), ("/calls", "#calls"), ("/calls/e5b2f8a6c1d94e07", ".card")]:
+        page.goto(site.url + path)
+        expect(page.locator("body")).to_have_css("background-color", DARK_BG)
+        expect(page.locator(card).first).to_have_css("background-color", DARK_CARD)
+        expect(page.locator("main h1")).to_have_css("color", "rgb(227, 230, 237)")
+    expect(page.locator(".diff .right mark").first).to_have_css("background-color", "rgb(34, 96, 58)")
+    page.goto(f"{site.url}/calls")
+    expect(page.locator("#calls tbody tr")).to_have_count(6)
+    expect(page.locator("input[name=search]")).to_have_css("background-color", "rgb(16, 20, 27)")
+    screenshot(page, tmp_path, "calls-dark")
+
+
+def test_the_login_page_is_styled_light_and_dark(browser: Browser, site: Site, tmp_path: Path) -> None:
+    context = browser.new_context(viewport={"width": 1000, "height": 600})
+    anonymous = context.new_page()
+    refused: list[str] = []  # what the Content-Security-Policy refused to load or apply
+    anonymous.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security" in message.text else None,
+    )
+    response = anonymous.goto(f"{site.url}/calls")
+    assert response is not None and response.status == 401
+    expect(anonymous.locator("main h1")).to_have_text("Log in to the Luthien dashboard")
+    expect(anonymous.locator("body")).to_have_css("background-color", "rgb(246, 247, 249)")
+    expect(anonymous.locator("main")).to_have_css("background-color", "rgb(255, 255, 255)")
+    screenshot(anonymous, tmp_path, "login")
+    anonymous.emulate_media(color_scheme="dark")
+    expect(anonymous.locator("body")).to_have_css("background-color", DARK_BG)
+    expect(anonymous.locator("main")).to_have_css("background-color", DARK_CARD)
+    context.close()
+    assert refused == []

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from controlplane.models import WireFormat
+from controlplane.pricing import estimate_cost
 from controlplane.recording.records import (
     REDACTED,
     BlockKind,
@@ -272,6 +273,31 @@ async def test_rows_stored_before_block_kinds_read_back_as_blocks(backend: Backe
     assert [(d.allowed, d.block) for d in stored.decisions] == [(False, BlockKind.TOOL_CALL)]
 
 
+async def test_the_rebuild_of_the_calls_table_keeps_every_call_as_it_was(
+    backend: Backend, storage: Storage
+) -> None:
+    """Migration 3 rebuilds the calls table. Run again on stored calls, as on a database of the
+    version before, it keeps every field; the calls stored before it have no cost estimate."""
+    records = [
+        full_call("a-stream", stream=True),
+        full_call("b-whole", stream=False),
+        minimal_call("c-minimal"),
+        make_call("d-priced", usage=Usage(prompt_tokens=1000, completion_tokens=10, total_tokens=1010)),
+    ]
+    await storage.write(records)
+    assert (await storage.list_calls(CallQuery(search="hello"))).calls[0].cost_usd is not None
+    await backend.query("DELETE FROM schema_migrations WHERE version = 3")
+
+    upgraded = backend.open()
+    await upgraded.migrate()
+    for record in records:
+        assert await upgraded.get_call(record.call_id) == record
+    page = await upgraded.list_calls(CallQuery(sort="cost"))
+    assert [call.cost_usd for call in page.calls] == [None] * len(records)
+    assert page.totals.unpriced_calls == 3
+    assert await backend.query("SELECT COUNT(*) FROM decisions") == [(4,)]
+
+
 async def test_storages_migrating_one_database_together_both_succeed(backend: Backend) -> None:
     first, second = backend.open(), backend.open()
     await asyncio.gather(first.migrate(), second.migrate())
@@ -414,7 +440,13 @@ def _filter_calls() -> list[CallRecord]:
     [
         ({}, ["c5", "c4", "c3", "c2", "c1"]),
         ({"host": "api.anthropic.com"}, ["c4", "c2"]),
-        ({"model": "gpt-5"}, ["c5", "c1"]),
+        ({"host": "ANTHROPIC"}, ["c4", "c2"]),  # any part, ignoring case, as the monitor matches
+        ({"model": "gpt-5"}, ["c5", "c3", "c1"]),
+        ({"model": "Mini"}, ["c3"]),
+        ({"model": "sonnet-4"}, ["c4", "c2"]),
+        ({"model": "gpt_5"}, []),  # _ is literal, not "any character"
+        ({"model": "%"}, []),
+        ({"model": ""}, ["c5", "c4", "c3", "c2", "c1"]),  # an empty box filters nothing
         ({"outcome": CallOutcome.PROVIDER_ERROR}, ["c3"]),
         ({"status": 200}, ["c4", "c1"]),
         ({"blocked": True}, ["c2"]),
@@ -452,9 +484,10 @@ async def test_a_summary_has_the_fields_of_its_call(storage: Storage) -> None:
     record = full_call("c1", stream=True)
     await storage.write([record])
     (summary,) = (await storage.list_calls(CallQuery())).calls
-    for name in type(summary).model_fields.keys() - {"blocked", "decision_count", "preview"}:
+    for name in type(summary).model_fields.keys() - {"blocked", "decision_count", "preview", "cost_usd"}:
         assert getattr(summary, name) == getattr(record, name), name
     assert (summary.blocked, summary.decision_count) == (True, 2)
+    assert summary.cost_usd == estimate_cost(record.model, record.usage)
     assert summary.preview == f"second {UNICODE} nul half?"
 
 
@@ -534,6 +567,99 @@ async def test_the_preview_is_the_start_of_the_last_user_message(
     await storage.write([make_call("c1", original_request=body)])
     (summary,) = (await storage.list_calls(CallQuery())).calls
     assert summary.preview == preview
+
+
+def _priced_calls() -> list[CallRecord]:
+    """Calls with the values the list sorts by, some of them missing."""
+
+    def call(call_id: str, minutes: int, **fields: Any) -> CallRecord:
+        return make_call(call_id, started_at=T0 + timedelta(minutes=minutes), **fields)
+
+    return [
+        # The list prices in LiteLLM's map: gpt-5 $1.25 in and $10 out per million tokens,
+        # gpt-5-mini $0.25 and $2.
+        call(
+            "c1",
+            0,
+            duration_ms=900.0,
+            ttfb_ms=300.0,
+            usage=Usage(prompt_tokens=1000, completion_tokens=100, total_tokens=1100),
+        ),
+        call(
+            "c2",
+            1,
+            model="gpt-5-mini",
+            duration_ms=4000.0,
+            ttfb_ms=None,
+            usage=Usage(prompt_tokens=20000, completion_tokens=500, total_tokens=20500),
+        ),
+        call(
+            "c3",
+            2,
+            model="acme-coder-2",  # no price in the map
+            duration_ms=50.0,
+            ttfb_ms=40.0,
+            usage=Usage(prompt_tokens=300, completion_tokens=20, total_tokens=320),
+        ),
+        call("c4", 3, outcome=CallOutcome.BLOCKED, status=403, duration_ms=2.0, usage=None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("sort", "descending", "ascending"),
+    [
+        ("time", ["c4", "c3", "c2", "c1"], ["c1", "c2", "c3", "c4"]),
+        ("duration", ["c2", "c1", "c3", "c4"], ["c4", "c3", "c1", "c2"]),
+        # A call without the value comes last either way; ties newest first.
+        ("ttfb", ["c1", "c3", "c4", "c2"], ["c3", "c1", "c4", "c2"]),
+        ("tokens", ["c2", "c1", "c3", "c4"], ["c3", "c1", "c2", "c4"]),
+        ("cost", ["c2", "c1", "c4", "c3"], ["c1", "c2", "c4", "c3"]),
+    ],
+)
+async def test_the_list_sorts_by_each_value_either_way(
+    storage: Storage, sort: str, descending: list[str], ascending: list[str]
+) -> None:
+    await storage.write(_priced_calls())
+    assert await ids(storage, sort=sort) == descending
+    assert await ids(storage, sort=sort, order="asc") == ascending
+    pages = [await storage.list_calls(CallQuery(sort=sort, limit=3, offset=offset)) for offset in (0, 3)]
+    assert [call.call_id for page in pages for call in page.calls] == descending
+
+
+async def test_costs_are_estimated_from_the_list_price_and_totalled_for_the_filter(storage: Storage) -> None:
+    await storage.write(_priced_calls())
+    page = await storage.list_calls(CallQuery())
+    costs = {call.call_id: call.cost_usd for call in page.calls}
+    assert costs["c1"] == pytest.approx(1000 * 1.25e-6 + 100 * 10e-6)
+    assert costs["c2"] == pytest.approx(20000 * 0.25e-6 + 500 * 2e-6)
+    assert costs["c3"] is None  # an unknown model: no price, never a made-up one
+    assert costs["c4"] is None  # no tokens counted
+    assert page.totals.model_dump() == {
+        "prompt_tokens": 21300,
+        "completion_tokens": 620,
+        "total_tokens": 21920,
+        "cost_usd": pytest.approx(costs["c1"] + costs["c2"]),
+        "unpriced_calls": 1,
+    }
+    # The totals are those of every call the filters select, not only of the page.
+    only = await storage.list_calls(CallQuery(model="gpt", limit=1))
+    assert (only.total, len(only.calls)) == (3, 1)  # c4, blocked, counted no tokens
+    assert (only.totals.total_tokens, only.totals.unpriced_calls) == (21600, 0)
+    assert only.totals.cost_usd == pytest.approx(costs["c1"] + costs["c2"])
+    unpriced = await storage.list_calls(CallQuery(model="acme"))
+    assert (unpriced.totals.total_tokens, unpriced.totals.cost_usd, unpriced.totals.unpriced_calls) == (
+        320,
+        None,
+        1,
+    )
+    nothing = await storage.list_calls(CallQuery(model="nowhere"))
+    assert nothing.totals.model_dump() == {
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cost_usd": None,
+        "unpriced_calls": 0,
+    }
 
 
 async def test_debug_events_round_trip_oldest_first(storage: Storage) -> None:

@@ -6,9 +6,9 @@ in the data dir) and PostgreSQL (``DATABASE_URL=postgresql://…``).
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controlplane.credentials import redact_query
 from controlplane.models import WireFormat
@@ -23,12 +23,20 @@ class StorageRefused(Exception):
     """The database refused the data itself (a value out of range, say): retrying cannot help."""
 
 
+#: What the calls list can be sorted by. A call without the value (no TTFB, no tokens, no cost
+#: estimate) comes last in either order.
+CallSort = Literal["time", "duration", "ttfb", "tokens", "cost"]
+
+
 class CallQuery(BaseModel):
     """Filters for the calls list; every filter is optional and they combine with AND."""
 
+    # A parameter the list does not know would otherwise be ignored, showing every call.
+    model_config = ConfigDict(extra="forbid")
+
     search: str | None = Field(default=None, description="Case-insensitive text in prompts or answers.")
-    host: str | None = None
-    model: str | None = None
+    host: str | None = Field(default=None, description="Any part of the host, ignoring case.")
+    model: str | None = Field(default=None, description="Any part of the model name, ignoring case.")
     outcome: CallOutcome | None = None
     status: int | None = None
     blocked: bool | None = None
@@ -36,6 +44,8 @@ class CallQuery(BaseModel):
     modified: bool | None = None
     since: datetime | None = None
     until: datetime | None = None
+    sort: CallSort = "time"
+    order: Literal["asc", "desc"] = "desc"
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0)
 
@@ -55,6 +65,7 @@ class CallSummary(BaseModel):
     stream: bool
     agent: str | None
     user_id: str | None
+    session_id: str | None
     status: int | None
     outcome: CallOutcome
     blocked: bool
@@ -62,6 +73,7 @@ class CallSummary(BaseModel):
     request_modified: bool
     response_modified: bool
     usage: Usage | None
+    cost_usd: float | None = Field(description="Estimated when recorded; None without a price or tokens.")
     decision_count: int
     preview: str = Field(description="The start of the last user message, for the list.")
 
@@ -72,9 +84,20 @@ class CallSummary(BaseModel):
         return redact_query(path)
 
 
+class CallTotals(BaseModel):
+    """Sums over every call the filters select, not only the page."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None = Field(description="Over the calls with an estimate; None when none has one.")
+    unpriced_calls: int = Field(description="Calls that counted tokens but have no estimate (unknown model).")
+
+
 class CallPage(BaseModel):
     calls: list[CallSummary]
     total: int
+    totals: CallTotals
     limit: int
     offset: int
 
@@ -92,7 +115,7 @@ class Storage(Protocol):
     async def get_call(self, call_id: str) -> CallRecord | None: ...
 
     async def list_calls(self, query: CallQuery) -> CallPage:
-        """Newest first."""
+        """In the query's order (newest first by default); ties newest first."""
         ...
 
     async def debug_events(self, call_id: str) -> list[DebugEvent]:

@@ -21,6 +21,58 @@ class Migration:
 #: LIKE wildcard, hence escaped.
 _REMOVED_TOOL = """decisions.metadata LIKE '%"blocked\\_tool":%' ESCAPE '\\'"""
 
+# The calls table from migration 3 on: every small column before the text that can be long (the
+# search text, headers and bodies). cost_usd is estimated when a call is stored
+# (controlplane.pricing); calls stored before have none.
+_CALLS_V3 = """
+    call_id TEXT PRIMARY KEY,
+    started_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION NOT NULL,
+    method TEXT NOT NULL,
+    host TEXT NOT NULL,
+    path TEXT NOT NULL,
+    wire_format TEXT,
+    model TEXT,
+    stream INTEGER NOT NULL,
+    agent TEXT,
+    user_agent TEXT,
+    user_id TEXT,
+    session_id TEXT,
+    api_key_hash TEXT NOT NULL,
+    trace_id TEXT,
+    status INTEGER,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    request_modified INTEGER NOT NULL,
+    response_modified INTEGER NOT NULL,
+    policy_version TEXT,
+    unpoliced INTEGER NOT NULL,
+    blocked INTEGER NOT NULL,
+    block_kind TEXT,
+    modified INTEGER NOT NULL,
+    ttfb_ms DOUBLE PRECISION,
+    duration_ms DOUBLE PRECISION NOT NULL,
+    prompt_tokens BIGINT,
+    completion_tokens BIGINT,
+    total_tokens BIGINT,
+    cost_usd DOUBLE PRECISION,
+    preview TEXT NOT NULL,
+    search_text TEXT NOT NULL,
+    request_headers TEXT NOT NULL,
+    original_request TEXT,
+    final_request TEXT,
+    original_response TEXT,
+    final_response TEXT,
+    original_events TEXT,
+    final_events TEXT,
+    original_output TEXT,
+    final_output TEXT
+"""
+# The columns of the calls table of migration 2, copied over by migration 3.
+_V2_COLUMNS = ", ".join(
+    line.split()[0] for line in _CALLS_V3.strip().splitlines() if not line.lstrip().startswith("cost_usd")
+)
+
 SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,
@@ -125,6 +177,30 @@ MIGRATIONS: tuple[Migration, ...] = (
                  ORDER BY decisions.seq DESC LIMIT 1),
                 'request_blocked')
             WHERE outcome = 'blocked'""",
+        ),
+    ),
+    Migration(
+        3,
+        "cost estimates, the small columns first, and indexes to sort by",
+        (
+            # A rebuild, not ALTER TABLE ADD COLUMN: SQLite reads a column by walking the row up
+            # to it, and a column added after the bodies (block_kind, or cost_usd, which the
+            # totals of every listed call read) would mean reading every body of every call.
+            f"CREATE TABLE calls_v3 ({_CALLS_V3})",
+            f"INSERT INTO calls_v3 ({_V2_COLUMNS}) SELECT {_V2_COLUMNS} FROM calls",
+            "DROP TABLE calls",
+            "ALTER TABLE calls_v3 RENAME TO calls",
+            # The list's order, and every column its totals and its host and model filters (any
+            # part of the name, so no index seeks them) read: those read this index, not the rows.
+            """
+            CREATE INDEX calls_list ON calls (
+                started_at, call_id, host, model, prompt_tokens, completion_tokens, total_tokens, cost_usd
+            )""",
+            "CREATE INDEX calls_block_kind ON calls (block_kind)",
+            "CREATE INDEX calls_duration_ms ON calls (duration_ms)",
+            "CREATE INDEX calls_ttfb_ms ON calls (ttfb_ms)",
+            "CREATE INDEX calls_total_tokens ON calls (total_tokens)",
+            "CREATE INDEX calls_cost_usd ON calls (cost_usd)",
         ),
     ),
 )

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageRefused, StorageUnavailable
+from controlplane.storage.base import CallPage, CallQuery, CallTotals, StorageRefused, StorageUnavailable
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
 from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, summary_from_row
 
@@ -69,13 +69,19 @@ class PostgresStorage:
         return call_from_row(dict(row), [dict(decision) for decision in decisions])
 
     async def list_calls(self, query: CallQuery) -> CallPage:
-        (count_sql, count_params), (page_sql, page_params) = _SQL.list_calls(query)
-        # One snapshot, so the total and the page see the same calls.
+        (totals_sql, totals_params), (page_sql, page_params) = _SQL.list_calls(query)
+        # One snapshot, so the totals and the page see the same calls.
         async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
-            total = await connection.fetchval(count_sql, *count_params)
+            totals = dict(await connection.fetchrow(totals_sql, *totals_params))
             rows = await connection.fetch(page_sql, *page_params)
         calls = [summary_from_row(dict(row)) for row in rows]
-        return CallPage(calls=calls, total=total, limit=query.limit, offset=query.offset)
+        return CallPage(
+            calls=calls,
+            total=totals["total"],
+            totals=CallTotals.model_validate(totals),
+            limit=query.limit,
+            offset=query.offset,
+        )
 
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         async with self._connection() as connection:

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from controlplane.pricing import estimate_cost
 from controlplane.recording.records import CallRecord, DebugEvent, Record, Usage
-from controlplane.storage.base import CallQuery, CallSummary
+from controlplane.storage.base import CallQuery, CallSort, CallSummary
 
 PREVIEW_CHARS = 200
 
@@ -40,16 +41,33 @@ _JSON_FIELDS = (
 _USAGE_COLUMNS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _CALL_COLUMNS = (
     *_SCALAR_FIELDS,
-    *("started_at", "finished_at", "blocked", "block_kind", "modified", *_USAGE_COLUMNS),
+    *("started_at", "finished_at", "blocked", "block_kind", "modified", *_USAGE_COLUMNS, "cost_usd"),
     *("preview", "search_text"),
     *_JSON_FIELDS,
 )
 # CallSummary fields read from a column of the same name, as they are.
 _SUMMARY_FIELDS = (
     "call_id", "duration_ms", "ttfb_ms", "method", "host", "path", "wire_format", "model", "stream",
-    "agent", "user_id", "status", "outcome", "blocked", "block_kind", "request_modified",
-    "response_modified", "preview",
+    "agent", "user_id", "session_id", "status", "outcome", "blocked", "block_kind", "request_modified",
+    "response_modified", "cost_usd", "preview",
 )  # fmt: skip
+_SORT_COLUMNS: dict[CallSort, str] = {
+    "time": "started_at",
+    "duration": "duration_ms",
+    "ttfb": "ttfb_ms",
+    "tokens": "total_tokens",
+    "cost": "cost_usd",
+}
+# Sums of no rows are NULL; the casts keep PostgreSQL's SUM of BIGINT (a NUMERIC) an integer.
+_TOTALS = (
+    "COUNT(*) AS total, "
+    "CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, "
+    "CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, "
+    "CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) AS total_tokens, "
+    "SUM(cost_usd) AS cost_usd, "
+    "COUNT(CASE WHEN cost_usd IS NULL AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL) "
+    "THEN 1 END) AS unpriced_calls"
+)
 _DECISION_COLUMNS = ("call_id", "seq", "stage", "allowed", "reason", "metadata")
 _DEBUG_EVENT_COLUMNS = ("id", "call_id", "at", "type", "payload")
 
@@ -87,22 +105,20 @@ class Sql:
         return [(sql, rows) for sql, rows in statements if rows]
 
     def list_calls(self, query: CallQuery) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
-        """Two statements with their parameters: the count of matching calls, and the page."""
+        """Two statements with their parameters: the count and totals of matching calls, and the page."""
         where, params = self._where(query)
         limit, offset = self._placeholder(len(params) + 1), self._placeholder(len(params) + 2)
-        count = f"SELECT COUNT(*) AS total FROM calls{where}"
+        totals = f"SELECT {_TOTALS} FROM calls{where}"
         page = (
             f"SELECT {', '.join((*_SUMMARY_FIELDS, 'started_at', *_USAGE_COLUMNS))}, "
             "(SELECT COUNT(*) FROM decisions WHERE decisions.call_id = calls.call_id) AS decision_count "
-            f"FROM calls{where} ORDER BY started_at DESC, call_id DESC LIMIT {limit} OFFSET {offset}"
+            f"FROM calls{where} ORDER BY {_order(query)} LIMIT {limit} OFFSET {offset}"
         )
-        return (count, params), (page, [*params, query.limit, query.offset])
+        return (totals, params), (page, [*params, query.limit, query.offset])
 
     def _where(self, query: CallQuery) -> tuple[str, list[Any]]:
         conditions: list[tuple[str, Any]] = []  # (condition with {} for its placeholder, parameter)
         equal = {
-            "host": query.host,
-            "model": query.model,
             "outcome": query.outcome,
             "status": query.status,
             "blocked": query.blocked,
@@ -116,15 +132,34 @@ class Sql:
             conditions.append(("started_at >= {}", epoch(query.since)))
         if query.until is not None:
             conditions.append(("started_at < {}", epoch(query.until)))
+        # Any part of the name, as the live monitor matches; LOWER because PostgreSQL's LIKE,
+        # unlike SQLite's, minds case.
+        conditions += [
+            (f"LOWER({column}) LIKE {{}} ESCAPE '\\'", _containing(wanted))
+            for column, wanted in (("host", query.host), ("model", query.model))
+            if wanted
+        ]
         if query.search:
             # search_text is lowercase, so lowering the needle makes the match case-insensitive.
-            needle = _storable(query.search.lower())
-            needle = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            conditions.append(("search_text LIKE {} ESCAPE '\\'", f"%{needle}%"))
+            conditions.append(("search_text LIKE {} ESCAPE '\\'", _containing(query.search)))
         if not conditions:
             return "", []
         clauses = [sql.format(self._placeholder(n)) for n, (sql, _) in enumerate(conditions, 1)]
         return " WHERE " + " AND ".join(clauses), [param for _, param in conditions]
+
+
+def _containing(text: str) -> str:
+    """A LIKE pattern for lowercase text containing ``text``, its wildcards taken literally."""
+    needle = _storable(text.lower()).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{needle}%"
+
+
+def _order(query: CallQuery) -> str:
+    """The page's order. Calls without the sorted value come last either way; ties go newest first."""
+    column, direction = _SORT_COLUMNS[query.sort], query.order.upper()
+    if query.sort == "time":  # never NULL
+        return f"{column} {direction}, call_id {direction}"
+    return f"{column} {direction} NULLS LAST, started_at DESC, call_id DESC"
 
 
 def call_values(record: CallRecord) -> tuple[Any, ...]:
@@ -141,6 +176,7 @@ def call_values(record: CallRecord) -> tuple[Any, ...]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
+        "cost_usd": estimate_cost(record.model, record.usage),
         "preview": _storable(preview(record.original_request)),
         "search_text": _storable(search_text(record)),
     }

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
+from controlplane.storage.base import CallPage, CallQuery, CallTotals, StorageUnavailable
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
 from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, qmark, summary_from_row
 
@@ -65,15 +65,21 @@ class SQLiteStorage:
         return await self._run(work)
 
     async def list_calls(self, query: CallQuery) -> CallPage:
-        (count_sql, count_params), (page_sql, page_params) = _SQL.list_calls(query)
+        (totals_sql, totals_params), (page_sql, page_params) = _SQL.list_calls(query)
 
         def work(connection: sqlite3.Connection) -> CallPage:
-            # One read transaction, so the total and the page see the same calls.
+            # One read transaction, so the totals and the page see the same calls.
             with _transaction(connection, "BEGIN"):
-                total = connection.execute(count_sql, count_params).fetchone()["total"]
+                totals = dict(connection.execute(totals_sql, totals_params).fetchone())
                 rows = connection.execute(page_sql, page_params).fetchall()
             calls = [summary_from_row(dict(row)) for row in rows]
-            return CallPage(calls=calls, total=total, limit=query.limit, offset=query.offset)
+            return CallPage(
+                calls=calls,
+                total=totals["total"],
+                totals=CallTotals.model_validate(totals),
+                limit=query.limit,
+                offset=query.offset,
+            )
 
         return await self._run(work)
 

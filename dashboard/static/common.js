@@ -64,6 +64,11 @@ export function formatTokens(usage) {
   return usage.total_tokens.toLocaleString("en-US");
 }
 
+// US dollars: cents are too coarse for one call, which often costs a fraction of a cent.
+export function formatCost(usd) {
+  return `$${usd.toFixed(usd >= 1 ? 2 : 4)}`;
+}
+
 const BADGE_KINDS = {
   completed: "ok",
   blocked: "bad",
