@@ -98,19 +98,17 @@ async def sse_frames(
         yield "retry: 2000\n\n"
         reach = bus.reach()
         yield _status(reach)
-        quiet = 0.0
+        quiet, tick = 0.0, min(STATUS_SECONDS, KEEPALIVE_SECONDS)
         while True:
             # asyncio.wait, not wait_for: a timeout must not cancel the read (and so the subscription).
-            done, _ = await asyncio.wait(
-                {next_event, stopping}, timeout=STATUS_SECONDS, return_when="FIRST_COMPLETED"
-            )
+            done, _ = await asyncio.wait({next_event, stopping}, timeout=tick, return_when="FIRST_COMPLETED")
             if stopping in done:
                 return
             if (now := bus.reach()) != reach:
                 reach = now
                 yield _status(reach)
             if not done:
-                quiet += STATUS_SECONDS
+                quiet += tick
                 if quiet >= KEEPALIVE_SECONDS:
                     quiet = 0.0
                     yield ": keepalive\n\n"

@@ -5,7 +5,7 @@ also runs on the real Redis through a relay cut under it."""
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -831,6 +831,17 @@ async def activities(stream: AsyncIterator[dict[str, str]], count: int) -> list[
     return received
 
 
+async def statuses(
+    stream: AsyncIterator[dict[str, str]], until: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The stream's ``status`` events, read until one matches ``until`` (keepalives skipped)."""
+    async with asyncio.timeout(10):
+        while True:
+            frame = await anext(stream)
+            if frame.get("event") == "status" and until(status := json.loads(frame["data"])):
+                return status
+
+
 async def test_published_events_arrive_on_the_stream_with_their_ids(
     dashboard: Dashboard, client: httpx.AsyncClient
 ) -> None:
@@ -910,6 +921,7 @@ async def test_an_idle_stream_sends_keepalive_comments(
 ) -> None:
     monkeypatch.setattr(activity, "KEEPALIVE_SECONDS", 0.1)
     async with sse(client) as stream, asyncio.timeout(5):
+        assert json.loads((await anext(stream))["data"])["reachable"]  # the bus's status comes first
         assert await anext(stream) == {"": "keepalive"}
 
 
@@ -985,9 +997,11 @@ async def test_the_activity_stream_outlives_redis_going_down_and_misses_nothing(
         [(_, before)] = await activities(stream, 1)
         relay.cut()
         await publisher.publish(event("during", ActivityType.COMPLETED))
-        async with asyncio.timeout(5):
-            assert await anext(stream) == {"": "keepalive"}  # still open, though nothing can come
+        # Still open, though nothing can come, and it says so.
+        down = await statuses(stream, until=lambda status: not status["reachable"])
+        assert "cannot be reached" in down["detail"]
         relay.restore()
+        assert (await statuses(stream, until=lambda status: status["reachable"]))["shared"]
         await publisher.publish(event("after", ActivityType.COMPLETED))
         received = [before.call_id, *(e.call_id for _, e in await activities(stream, 2))]
     await publisher.close()
