@@ -10,6 +10,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,18 +85,25 @@ def site(tmp_path: Path) -> Iterator[Site]:
     server.stop()
 
 
-@pytest.fixture
-def page(browser: Browser, site: Site) -> Iterator[Page]:
-    """A logged-in page. Any console error (a CSP violation, a script error) fails the test."""
+@contextmanager
+def watched_page(browser: Browser, login_url: str) -> Iterator[Page]:
+    """A page logged in at ``login_url``. Any console error (a CSP violation, a script error)
+    fails the test."""
     context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{site.url}/login?token={TOKEN}")
+    page.goto(login_url)
     yield page
     context.close()
     assert errors == []
+
+
+@pytest.fixture
+def page(browser: Browser, site: Site) -> Iterator[Page]:
+    with watched_page(browser, f"{site.url}/login?token={TOKEN}") as page:
+        yield page
 
 
 def screenshot(page: Page, tmp_path: Path, name: str, for_docs: bool = True) -> None:

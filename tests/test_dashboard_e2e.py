@@ -16,7 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
-from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, screenshot
+from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, screenshot, watched_page
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 __all__ = ["browser"]  # the Chromium fixture, shared with the dashboard's own browser tests
@@ -53,15 +53,8 @@ def login_link(proxy: RunningProxy) -> str:
 
 @pytest.fixture
 def page(browser: Browser, luthien_up: RunningProxy) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(login_link(luthien_up))
-    yield page
-    context.close()
-    assert errors == []
+    with watched_page(browser, login_link(luthien_up)) as page:
+        yield page
 
 
 def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
@@ -139,15 +132,8 @@ def investigated(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture
 def investigator(browser: Browser, investigated: RunningProxy) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(login_link(investigated))
-    yield page
-    context.close()
-    assert errors == []
+    with watched_page(browser, login_link(investigated)) as page:
+        yield page
 
 
 def recorded_call(proxy: RunningProxy, model: str) -> dict[str, object]:
