@@ -105,6 +105,7 @@ def test_the_models_redact_the_path_themselves() -> None:
         **{"duration_ms": 1.0, "ttfb_ms": None, "wire_format": None, "model": None, "agent": None},
         **{"user_id": None, "status": 200, "blocked": False, "request_modified": False},
         **{"response_modified": False, "usage": None, "decision_count": 0, "preview": ""},
+        **{"session_id": None, "cost_usd": None},
     }
     assert CallSummary(**summary, path=path).path == expected
 
