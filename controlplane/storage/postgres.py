@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, CallTotals, StorageRefused, StorageUnavailable
+from controlplane.storage.base import CallPage, CallQuery, StorageRefused, StorageUnavailable
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
-from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, summary_from_row
+from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, page_from_rows
 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
@@ -74,14 +74,7 @@ class PostgresStorage:
         async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
             totals = dict(await connection.fetchrow(totals_sql, *totals_params))
             rows = await connection.fetch(page_sql, *page_params)
-        calls = [summary_from_row(dict(row)) for row in rows]
-        return CallPage(
-            calls=calls,
-            total=totals["total"],
-            totals=CallTotals.model_validate(totals),
-            limit=query.limit,
-            offset=query.offset,
-        )
+        return page_from_rows(totals, [dict(row) for row in rows], query)
 
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         async with self._connection() as connection:

@@ -11,7 +11,7 @@ from typing import Any
 
 from controlplane.pricing import estimate_cost
 from controlplane.recording.records import CallRecord, DebugEvent, Record, Usage
-from controlplane.storage.base import CallQuery, CallSort, CallSummary
+from controlplane.storage.base import CallPage, CallQuery, CallSort, CallSummary, CallTotals
 
 PREVIEW_CHARS = 200
 
@@ -215,6 +215,19 @@ def call_from_row(row: Mapping[str, Any], decisions: Iterable[Mapping[str, Any]]
             "usage": _usage(row),
             "decisions": [{**decision, "metadata": _load(decision["metadata"])} for decision in decisions],
         }
+    )
+
+
+def page_from_rows(
+    totals: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], query: CallQuery
+) -> CallPage:
+    """The calls page from ``list_calls``' two statements: its totals row and its page rows."""
+    return CallPage(
+        calls=[summary_from_row(dict(row)) for row in rows],
+        total=totals["total"],
+        totals=CallTotals.model_validate(dict(totals)),
+        limit=query.limit,
+        offset=query.offset,
     )
 
 

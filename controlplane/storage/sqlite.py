@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, CallTotals, StorageUnavailable
+from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
-from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, qmark, summary_from_row
+from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, page_from_rows, qmark
 
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock before giving up
 
@@ -72,14 +72,7 @@ class SQLiteStorage:
             with _transaction(connection, "BEGIN"):
                 totals = dict(connection.execute(totals_sql, totals_params).fetchone())
                 rows = connection.execute(page_sql, page_params).fetchall()
-            calls = [summary_from_row(dict(row)) for row in rows]
-            return CallPage(
-                calls=calls,
-                total=totals["total"],
-                totals=CallTotals.model_validate(totals),
-                limit=query.limit,
-                offset=query.offset,
-            )
+            return page_from_rows(totals, [dict(row) for row in rows], query)
 
         return await self._run(work)
 
