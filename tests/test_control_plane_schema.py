@@ -25,6 +25,7 @@ from controlplane.local import ControlPlaneLocal
 from controlplane.policies.uppercase_nth_word import UppercaseNthWordPolicy
 from controlplane.recording.records import CallOutcome, CallRecord
 from controlplane.remote.server import create_control_plane_app
+from formats.policing import Policing
 from luthien.backends import Backends, open_backends
 from tests.background_server import BackgroundServer
 
@@ -79,7 +80,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         control_plane = ControlPlaneLocal(
             UppercaseNthWordPolicy(UppercaseNthWordPolicy.Config(n=2)), backends.bus, backends.writer
         )
-        holder["app"] = create_control_plane_app(control_plane, backends.storage, TOKEN, backends.writer)
+        holder["app"] = create_control_plane_app(
+            control_plane, Policing(control_plane), backends.storage, TOKEN, backends.writer
+        )
         return backends
 
     backends = asyncio.run_coroutine_threadsafe(open_service(), server.loop).result(30)

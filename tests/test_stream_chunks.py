@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from addon.sse import SSEEvent, SSEParser, encode_event
-from controlplane.chunks import chunk_model
+from controlplane.chunk_views import chunk_model
 from controlplane.llm import AnthropicStreamParser, OpenAiResponsesToChatCompletionStreamIterator
 from controlplane.policies.noop import NoOpPolicy
 from controlplane.recording.records import OutputAssembler
+from formats.sse import SSEEvent, SSEParser, encode_event
 from tests.control_planes import Kind
 from tests.policies import PassEveryChunk
 from tests.test_stream_errors import transcoder_for
