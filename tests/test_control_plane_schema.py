@@ -100,8 +100,8 @@ def api_schema(service: Service) -> OpenApiSchema:
 
 #: Every operation in the schema (checked below, so a new one cannot go untested).
 OPERATIONS = [
-    ("POST", "/v1/request-policy"),
-    ("POST", "/v1/response-policy"),
+    ("POST", "/v1/police-request"),
+    ("POST", "/v1/police-response"),
     ("POST", "/v1/records"),
     ("POST", "/v1/activity"),
     ("GET", "/v1/policy"),

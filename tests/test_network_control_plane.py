@@ -134,10 +134,14 @@ def messages(prompt: str, stream: bool = True) -> dict[str, Any]:
 
 async def test_unauthenticated_calls_get_401(control_plane: ControlPlane) -> None:
     async with httpx.AsyncClient(base_url=control_plane.url) as client:
-        body = {"request_data": {}, "metadata": {"call_id": "x", "host": "h", "path": "/"}}
-        assert (await client.post("/v1/request-policy", json=body)).status_code == 401
+        body = {
+            "wire_format": "openai_chat",
+            "body": {},
+            "metadata": {"call_id": "x", "host": "h", "path": "/"},
+        }
+        assert (await client.post("/v1/police-request", json=body)).status_code == 401
         wrong = {"authorization": "Bearer not-the-token"}
-        assert (await client.post("/v1/request-policy", json=body, headers=wrong)).status_code == 401
+        assert (await client.post("/v1/police-request", json=body, headers=wrong)).status_code == 401
         assert (await client.get("/v1/policy")).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
         right = {"authorization": f"Bearer {TOKEN}"}

@@ -48,6 +48,7 @@ from controlplane.remote.wire import (
     STREAMS_PATH,
     ActivityBatch,
     PoliceCall,
+    PoliceResponseCall,
     RecordBatch,
     StreamChunks,
     StreamClose,
@@ -163,7 +164,7 @@ class ControlPlaneHTTP:
     async def police_response(
         self, wire_format: WireFormat, body: JSON, metadata: RequestMetadata
     ) -> ResponseVerdict:
-        call = PoliceCall(wire_format=wire_format, body=body, metadata=metadata)
+        call = PoliceResponseCall.model_construct(wire_format=wire_format, body=body, metadata=metadata)
         try:
             answer = await self._post("police-response", call)
         except ControlPlaneUnavailable as exc:

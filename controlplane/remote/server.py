@@ -47,6 +47,7 @@ from controlplane.remote.wire import (
     STREAMS_PATH,
     ActivityBatch,
     PoliceCall,
+    PoliceResponseCall,
     RecordBatch,
     StreamDone,
     StreamOpen,
@@ -142,7 +143,7 @@ def create_control_plane_app(
         return verdict
 
     @app.post(f"{API}/police-response", dependencies=guarded, responses=with_body)
-    async def police_response(call: PoliceCall, request: Request) -> ResponseVerdict:
+    async def police_response(call: PoliceResponseCall, request: Request) -> ResponseVerdict:
         with _span("response_policy", request.headers, call.metadata.call_id):
             verdict = await policing.police_response(call.wire_format, call.body, call.metadata)
         _observe(decisions, "response", verdict.result)

@@ -25,11 +25,17 @@ STREAMS_PATH = f"{API}/streams"
 
 
 class PoliceCall(BaseModel):
-    """A request or whole response body to police, as the provider's format has it."""
+    """A request body to police, as the provider's format has it."""
 
     wire_format: WireFormat
     body: dict[str, Any]
     metadata: RequestMetadata
+
+
+class PoliceResponseCall(PoliceCall):
+    """A whole response body to police: of a format with responses."""
+
+    wire_format: Literal[WireFormat.OPENAI_CHAT, WireFormat.OPENAI_RESPONSES, WireFormat.ANTHROPIC_MESSAGES]
 
 
 class WireResult(BaseModel):
