@@ -539,7 +539,7 @@ def chat_usage(usage: JSON) -> JSON:
     counts: JSON = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
-        "total_tokens": count(usage, "total_tokens") or prompt + completion,
+        "total_tokens": prompt + completion,
     }
     if isinstance(details := usage.get("input_tokens_details"), dict):
         counts["prompt_tokens_details"] = {"cached_tokens": details.get("cached_tokens")}
