@@ -184,3 +184,35 @@ def test_an_unknown_scenario_is_a_400_invalid_argument(fake: FakeProvider, gemin
 async def test_the_async_client_streams_too(fake: FakeProvider, gemini: genai.Client) -> None:
     stream = await gemini.aio.models.generate_content_stream(model=MODEL, contents="Hi")
     assert [chunk.text async for chunk in stream] == words(DEFAULT_TEXT)
+
+
+def test_json_mode_answers_an_instance_of_the_schema(gemini: genai.Client) -> None:
+    """As Gemini CLI's router asks for a complexity score before each prompt."""
+    schema = {
+        "type": "OBJECT",
+        "properties": {
+            "reasoning": {"type": "STRING"},
+            "score": {"type": "INTEGER"},
+            "level": {"type": "string", "enum": ["low", "high"]},
+        },
+        "required": ["reasoning", "score"],
+    }
+    config = types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=schema)
+    answer = gemini.models.generate_content(
+        model=MODEL, contents="Rate this [scenario:tool_call]", config=config
+    )
+    assert json.loads(answer.text or "") == {"reasoning": "fake", "score": 1, "level": "low"}
+    assert not answer.function_calls
+
+
+def test_the_model_calls_the_shell_tool_the_request_declares(
+    fake: FakeProvider, gemini: genai.Client
+) -> None:
+    shell = types.Tool(
+        function_declarations=[types.FunctionDeclaration(name="run_shell_command", description="Run")]
+    )
+    config = types.GenerateContentConfig(tools=[shell])
+    answer = gemini.models.generate_content(model=MODEL, contents="[scenario:tool_call ls]", config=config)
+    assert [(call.name, call.args) for call in answer.function_calls or []] == [
+        ("run_shell_command", {"command": "ls"})
+    ]

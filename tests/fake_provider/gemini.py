@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .scenarios import MIDSTREAM_WORDS, Plan, words
@@ -93,6 +93,11 @@ def render(call: Call, plan: Plan, ctx: Context) -> Reply:
         return error(400, f"unknown method {call.action} for models/{call.model}")
     if plan.http_error is not None:
         return error(plan.http_error, _MESSAGES.get(plan.http_error, "error"))
+    if (schema := _json_schema(ctx.body)) is not None:
+        plan = replace(plan, text=json.dumps(_instance(schema)), thinking=None, tool_calls=())
+    plan = replace(
+        plan, tool_calls=tuple(replace(t, name=_shell_tool(ctx.body, t.name)) for t in plan.tool_calls)
+    )
     answer = _Answer(call, plan, ctx)
     if not call.stream:
         return json_reply(200, answer.whole(), _headers())
@@ -183,6 +188,51 @@ class _Answer:
                 usage["thoughtsTokenCount"] = thoughts
         usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": prompt}]
         return usage
+
+
+def _json_schema(body: dict[str, Any]) -> Any:
+    """The schema a JSON-mode request wants its answer in (Gemini CLI routes each prompt by asking
+    for a complexity score so), or None."""
+    config = _field(body, "generationConfig")
+    if _field(config, "responseMimeType") != "application/json":
+        return None
+    schema = _field(config, "responseJsonSchema") or _field(config, "responseSchema")
+    return schema if isinstance(schema, dict) else {}
+
+
+def _instance(schema: Any) -> Any:
+    """A small value of the schema's type: every property filled, the first of an enum. Types are
+    spelled as in JSON Schema (``object``) or in Gemini's OpenAPI subset (``OBJECT``)."""
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    kind = str(schema.get("type", "object")).lower()
+    if kind == "object":
+        properties = schema.get("properties")
+        properties = properties if isinstance(properties, dict) else {}
+        return {name: _instance(value) for name, value in properties.items()}
+    if kind == "array":
+        return []
+    return {"string": "fake", "integer": 1, "number": 1.0, "boolean": False}.get(kind)
+
+
+#: Agents' shell tools. The model calls the request's own when it declares one, so that an agent
+#: test sees whether the command ran; otherwise it calls "bash", as in the other dialects.
+_SHELL_TOOLS = ("run_shell_command",)
+
+
+def _shell_tool(body: dict[str, Any], name: str) -> str:
+    if name != "bash":
+        return name
+    tools = body.get("tools")
+    declared = {
+        declaration.get("name")
+        for tool in (tools if isinstance(tools, list) else [])
+        for declaration in (_field(tool, "functionDeclarations") or [])
+        if isinstance(declaration, dict)
+    }
+    return next((shell for shell in _SHELL_TOOLS if shell in declared), name)
 
 
 def _field(value: Any, name: str) -> Any:
