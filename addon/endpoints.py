@@ -5,8 +5,8 @@ A path that carries model input or output is policed, or refused when Luthien ca
 only paths that carry no model content are forwarded as they are. A path the table does not
 know is forwarded and recorded as unpoliced, or refused with ``--unknown-endpoints refuse``.
 
-The table is the union of the OpenAI and Anthropic APIs (each entry says whose it is): their
-paths do not collide, so every provider host (including OpenAI-compatible ones added with
+The table is the union of the OpenAI, Anthropic and Gemini APIs (each entry says whose it is):
+their paths do not collide, so every provider host (including OpenAI-compatible ones added with
 ``--provider-host``) gets the same table. docs/architecture.md shows it; a test keeps the two in step.
 """
 
@@ -30,6 +30,7 @@ class Family(StrEnum):
 
     OPENAI = "openai"
     ANTHROPIC = "anthropic"
+    GOOGLE = "google"  # the Gemini API
     BOTH = "both"  # a path both APIs have (files, models): not a host's family
 
 
@@ -41,7 +42,9 @@ class UnknownEndpoints(StrEnum):
 @dataclass(frozen=True)
 class Endpoint:
     method: str
-    template: str  # `{id}` matches one path segment, a trailing `/**` any number of them
+    # `{id}` matches one path segment, `{id}:name` one that ends in that method (`{id}:*`: any
+    # method), a trailing `/**` any number of segments.
+    template: str
     treatment: Treatment
     family: Family
     note: str
@@ -51,7 +54,7 @@ class Endpoint:
         return self.template.strip("/").split("/")
 
 
-_O, _A, _B = Family.OPENAI, Family.ANTHROPIC, Family.BOTH
+_O, _A, _G, _B = Family.OPENAI, Family.ANTHROPIC, Family.GOOGLE, Family.BOTH
 _P, _Q, _R, _X, _F = (
     Treatment.POLICED,
     Treatment.REQUEST_ONLY,
@@ -66,6 +69,49 @@ _CHAT, _RESPONSES, _MESSAGES = (
 )
 _STORED_INPUT = "returns stored conversation input that may never have passed a policy"
 _UNPOLICED_API = "carries model input or output Luthien does not police"
+
+
+def _gemini(version: str) -> tuple[Endpoint, ...]:
+    """The Gemini API under one of its versions (its models list and files at ``/v1`` are
+    OpenAI's paths too: listed once, under both)."""
+    at = f"/{version}"
+    own = (
+        Endpoint("GET", f"{at}/models", _F, _G, "lists models"),
+        Endpoint("GET", f"{at}/models/{{id}}", _F, _G, "describes a model"),
+        Endpoint("*", f"{at}/files/**", _X, _G, "file contents: uploads and downloads"),
+        Endpoint("*", f"{at}/batches/**", _X, _G, "batches run stored requests and store their outputs"),
+    )
+    return (
+        Endpoint("POST", f"{at}/models/{{id}}:generateContent", _P, _G, "a model call", WireFormat.GEMINI),
+        Endpoint(
+            "POST",
+            f"{at}/models/{{id}}:streamGenerateContent",
+            _P,
+            _G,
+            "a streamed model call",
+            WireFormat.GEMINI,
+        ),
+        Endpoint(
+            "POST",
+            f"{at}/models/{{id}}:countTokens",
+            _Q,
+            _G,
+            "counts a request's tokens",
+            WireFormat.GEMINI_COUNT_TOKENS,
+        ),
+        Endpoint(
+            "POST", f"{at}/models/{{id}}:*", _X, _G, "embeddings, batches, predictions: " + _UNPOLICED_API
+        ),
+        Endpoint(
+            "*", f"{at}/cachedContents/**", _X, _G, "cached contents: stored conversation that no policy saw"
+        ),
+        Endpoint("*", f"{at}/tunedModels/**", _X, _G, "tuned models: " + _UNPOLICED_API),
+        Endpoint("*", f"{at}/corpora/**", _X, _G, "semantic retrieval corpora and their documents"),
+        Endpoint("*", f"{at}/fileSearchStores/**", _X, _G, "file search stores"),
+        Endpoint("*", f"{at}/operations/**", _X, _G, "long-running operations and their outputs"),
+        *(own if version != "v1" else ()),
+    )
+
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     # OpenAI Chat Completions
@@ -120,6 +166,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("*", "/v1/files/**", _X, _B, "file contents: uploads and downloads"),
     Endpoint("GET", "/v1/models", _F, _B, "lists models"),
     Endpoint("GET", "/v1/models/{id}", _F, _B, "describes a model"),
+    # Gemini
+    *_gemini("v1"),
+    *_gemini("v1beta"),
+    *_gemini("v1alpha"),
+    Endpoint("*", "/upload/**", _X, _G, "file uploads"),
 )
 
 #: Methods that never carry content: forwarded (without a body) on any known path.
@@ -145,11 +196,15 @@ class Route:
 
 
 def family_for_host(host: str) -> Family:
+    if host.endswith("googleapis.com"):
+        return Family.GOOGLE
     return Family.ANTHROPIC if "anthropic" in host else Family.OPENAI
 
 
 def error_format(family: Family) -> WireFormat:
     """The format of the errors a host of ``family`` answers with (its SDK's)."""
+    if family is Family.GOOGLE:
+        return WireFormat.GEMINI
     return WireFormat.ANTHROPIC_MESSAGES if family is Family.ANTHROPIC else WireFormat.OPENAI_CHAT
 
 
@@ -205,7 +260,15 @@ def _matches(template: list[str], segments: list[str]) -> list[str] | None:
         if index >= len(segments):
             return None
         segment = segments[index]
-        if part == "{id}":
+        if part.startswith("{id}:"):
+            model, colon, method = segment.rpartition(":")
+            wanted = part.removeprefix("{id}:")
+            if not colon or not _SEGMENT.fullmatch(model) or not method:
+                return None
+            if wanted != "*" and wanted.lower() != method.lower():
+                return None
+            spelled.append(f"{model}:{method if wanted == '*' else wanted}")
+        elif part == "{id}":
             if not _SEGMENT.fullmatch(segment):
                 return None
             spelled.append(segment)
@@ -214,6 +277,15 @@ def _matches(template: list[str], segments: list[str]) -> list[str] | None:
         else:
             return None
     return spelled if len(segments) == len(template) else None
+
+
+def _rank(template: str) -> int:
+    """Which of the templates that match one path says most about it (lowest first)."""
+    if template.endswith("/**"):
+        return 3
+    if template.endswith(":*"):
+        return 1
+    return 0 if "}:" in template else 2
 
 
 def resolve(method: str, raw_path: str) -> Route:
@@ -227,8 +299,9 @@ def resolve(method: str, raw_path: str) -> Route:
         spelled = _matches(endpoint.segments(), segments)
         if spelled is not None:
             known.append((endpoint, spelled))
-    # An exact template beats a `/**` prefix: /v1/messages/batches is not /v1/messages/{id}.
-    known.sort(key=lambda pair: pair[0].template.endswith("/**"))
+    # A named method beats any method, and an exact template a `/**` prefix:
+    # /v1/messages/batches is not /v1/messages/{id}.
+    known.sort(key=lambda pair: _rank(pair[0].template))
     for endpoint, spelled in known:
         if endpoint.method in (method, "*"):
             return Route("/" + "/".join(spelled) + question + query, endpoint.treatment, endpoint)

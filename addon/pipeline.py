@@ -38,6 +38,7 @@ from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, 
 from controlplane.recording.records import CallOutcome, Usage, block_kind, settled_outcome
 from controlplane.tracing import CALL_ID, context_from, tracer
 from formats import error_body, transcoder
+from formats.gemini_stream import model_call
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,19 @@ async def _batched(outputs: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 def credential_hash(request: ProxyRequest) -> str:
     """A stable, non-reversible name for the caller's credential (never the credential)."""
-    credential = request.header("authorization") or request.header("x-api-key") or ""
+    credential = (
+        request.header("authorization")
+        or request.header("x-api-key")
+        or request.header("x-goog-api-key")
+        or _query_key(request.path)
+    )
     return hashlib.sha256(credential.encode()).hexdigest()[:16] if credential else ""
+
+
+def _query_key(path: str) -> str:
+    """Google's credential given as ``?key=``."""
+    pairs = path.partition("?")[2].split("&")
+    return next((pair[4:] for pair in pairs if pair.startswith("key=")), "")
 
 
 def _trace_id(request: ProxyRequest) -> str | None:
@@ -518,10 +530,17 @@ class Pipeline:
         except (ValueError, TypeError) as exc:
             raise _Refusal(400, f"Luthien could not read this request: {exc}") from exc
         metadata.wire_format = wire_format
-        # The three formats name these alike.
+        metadata.user_id = _user_id(body)
+        if wire_format in (WireFormat.GEMINI, WireFormat.GEMINI_COUNT_TOKENS):
+            metadata.model, method, sse = model_call(request.path)
+            metadata.stream = method == "streamGenerateContent"
+            if metadata.stream and not sse:
+                # The answer would be one JSON array written piece by piece, which is not policed.
+                raise _Refusal(400, "Luthien polices Gemini streams sent as server-sent events: add ?alt=sse")
+            return body
+        # The other formats name these alike.
         metadata.model = body.get("model")
         metadata.stream = bool(body.get("stream"))
-        metadata.user_id = _user_id(body)
         return body
 
     async def _apply_request_policy(

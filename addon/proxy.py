@@ -24,7 +24,7 @@ from controlplane.interface import PolicingService
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com")
+DEFAULT_PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
 #: On SIGTERM, once calls in progress had their grace period, the ones cut get this long to be
 #: recorded (each is, as it winds down).
 _RECORDING_GRACE = 5.0

@@ -29,6 +29,8 @@ class WireFormat(StrEnum):
     ANTHROPIC_MESSAGES = "anthropic_messages"
     OPENAI_EMBEDDINGS = "openai_embeddings"
     OPENAI_MODERATIONS = "openai_moderations"
+    GEMINI = "gemini"  # generateContent and streamGenerateContent
+    GEMINI_COUNT_TOKENS = "gemini_count_tokens"
 
 
 def utcnow() -> datetime:

@@ -1,5 +1,6 @@
 """The provider wire formats, one place per format (OpenAI Chat Completions, OpenAI Responses,
-Anthropic Messages; embeddings and moderations for requests).
+Anthropic Messages, Gemini generateContent; embeddings, moderations and Gemini countTokens for
+requests).
 
 Both planes use them, so they are a package of their own. What this module exports (errors, SSE
 framing, stream transcoders) is plain data and never imports LiteLLM: it is all a proxy needs,
@@ -11,6 +12,7 @@ policies' view, with LiteLLM's adapters, is in ``formats.codecs`` and runs where
 from controlplane.models import WireFormat
 from formats.anthropic_messages_stream import AnthropicTranscoder, anthropic_error_body
 from formats.base import JSON, FormatError, MalformedStream, StreamTranscoder
+from formats.gemini_stream import GeminiTranscoder, gemini_error_body
 from formats.openai_chat_stream import OpenAIChatTranscoder, openai_error_body
 from formats.openai_responses_stream import OpenAIResponsesTranscoder
 
@@ -18,6 +20,7 @@ _TRANSCODERS: dict[WireFormat, type[StreamTranscoder]] = {
     WireFormat.OPENAI_CHAT: OpenAIChatTranscoder,
     WireFormat.OPENAI_RESPONSES: OpenAIResponsesTranscoder,
     WireFormat.ANTHROPIC_MESSAGES: AnthropicTranscoder,
+    WireFormat.GEMINI: GeminiTranscoder,
 }
 
 
@@ -30,6 +33,8 @@ def error_body(wire_format: WireFormat, status: int, message: str) -> JSON:
     """An error in the format's own shape, which its official SDK raises."""
     if wire_format is WireFormat.ANTHROPIC_MESSAGES:
         return anthropic_error_body(status, message)
+    if wire_format in (WireFormat.GEMINI, WireFormat.GEMINI_COUNT_TOKENS):
+        return gemini_error_body(status, message)
     return openai_error_body(status, message)
 
 

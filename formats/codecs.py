@@ -8,6 +8,7 @@ from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, WireFormat
 from formats.anthropic_messages import AnthropicMessagesCodec
 from formats.base import JSON
+from formats.gemini import GeminiCodec, GeminiCountTokensCodec
 from formats.openai_chat import OpenAIChatCodec
 from formats.openai_responses import OpenAIResponsesCodec
 from formats.text_inputs import TextInputsCodec
@@ -35,11 +36,13 @@ _CODECS: dict[WireFormat, WireFormatCodec] = {
     WireFormat.OPENAI_CHAT: OpenAIChatCodec(),
     WireFormat.OPENAI_RESPONSES: OpenAIResponsesCodec(),
     WireFormat.ANTHROPIC_MESSAGES: AnthropicMessagesCodec(),
+    WireFormat.GEMINI: GeminiCodec(),
 }
 _REQUEST_CODECS: dict[WireFormat, RequestCodec] = {
     **_CODECS,
     WireFormat.OPENAI_EMBEDDINGS: TextInputsCodec(WireFormat.OPENAI_EMBEDDINGS),
     WireFormat.OPENAI_MODERATIONS: TextInputsCodec(WireFormat.OPENAI_MODERATIONS),
+    WireFormat.GEMINI_COUNT_TOKENS: GeminiCountTokensCodec(),
 }
 
 

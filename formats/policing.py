@@ -59,6 +59,8 @@ class Policing:
         codec_ = request_codec(wire_format)
         try:
             normalized = codec_.normalize_request(body)
+            if "model" not in normalized and metadata.model:  # named by the path (Gemini)
+                normalized = {**normalized, "model": metadata.model}
         except _UNREADABLE as exc:
             message = f"Luthien could not read this request: {exc}"
             return RequestVerdict(unpoliceable=Unpoliceable(status=400, message=message))

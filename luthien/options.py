@@ -149,7 +149,7 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="HOST",
         help="a host to intercept and police; repeatable (env LUTHIEN_PROVIDER_HOSTS, comma-separated; "
-        "default api.openai.com and api.anthropic.com)",
+        "default api.openai.com, api.anthropic.com and generativelanguage.googleapis.com)",
     )
     parser.add_argument(
         "--metrics-port",

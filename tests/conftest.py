@@ -202,7 +202,7 @@ def start_proxy(
     args = [sys.executable, "-m", "luthien", command, "--port", str(port), "--data-dir", str(data_dir)]
     args += ["--database-url", database_url, *extra_args]
     args += ["--log-level", "DEBUG"]  # the most verbose logging must still never show a secret
-    for host in ("api.openai.com", "api.anthropic.com"):
+    for host in ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"):
         args += ["--provider-host", host, "--upstream", f"{host}={fake.url}"]
     # A provider host whose upstream is down (nothing listens on that port).
     args += [

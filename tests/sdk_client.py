@@ -13,6 +13,9 @@ from typing import Any
 
 import anthropic
 import openai
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types as genai_types
 
 BASH_TOOL = {
     "name": "bash",
@@ -115,7 +118,53 @@ def messages(call: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-APIS = {"chat": chat, "responses": responses, "messages": messages}
+def gemini(call: dict[str, Any]) -> dict[str, Any]:
+    """``generate_content`` (``stream``: ``generate_content_stream``, SSE), or ``count_tokens``
+    with ``"count": true``; the API version is ``version`` (default v1beta)."""
+    options = genai_types.HttpOptions(
+        api_version=call.get("version", "v1beta"), retry_options=genai_types.HttpRetryOptions(attempts=1)
+    )
+    client = genai.Client(api_key=call.get("key", "AIza-test-key"), http_options=options)
+    model = call.get("model", "gemini-2.5-flash")
+    if call.get("count"):
+        counted = client.models.count_tokens(model=model, contents=call["prompt"])
+        return {"total_tokens": counted.total_tokens}
+    declaration = genai_types.FunctionDeclaration(
+        name=BASH_TOOL["name"],
+        description=BASH_TOOL["description"],
+        parameters_json_schema=BASH_TOOL["schema"],
+    )
+    config = genai_types.GenerateContentConfig(
+        tools=[genai_types.Tool(function_declarations=[declaration])],
+        automatic_function_calling=genai_types.AutomaticFunctionCallingConfig(disable=True),
+    )
+    kwargs: dict[str, Any] = {"model": model, "contents": call["prompt"], "config": config}
+    if call["stream"]:
+        chunks = list(client.models.generate_content_stream(**kwargs))
+    else:
+        chunks = [client.models.generate_content(**kwargs)]
+    parts = [
+        part
+        for chunk in chunks
+        for candidate in chunk.candidates or []
+        if candidate.content is not None
+        for part in candidate.content.parts or []
+    ]
+    reasons = [c.finish_reason for chunk in chunks for c in chunk.candidates or [] if c.finish_reason]
+    return {
+        "text": "".join(p.text for p in parts if p.text and not p.thought),
+        "tool_calls": [
+            {"name": p.function_call.name, "arguments": json.dumps(p.function_call.args)}
+            for p in parts
+            if p.function_call is not None
+        ],
+        "stop_reason": reasons[-1].value if reasons else None,
+        "thinking": "".join(p.text for p in parts if p.text and p.thought),
+        "events": len(chunks),
+    }
+
+
+APIS = {"chat": chat, "responses": responses, "messages": messages, "gemini": gemini}
 
 
 def run(call: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +177,8 @@ def run(call: dict[str, Any]) -> dict[str, Any]:
             "status": getattr(exc, "status_code", None),
             "message": str(exc),
         }
+    except genai_errors.APIError as exc:
+        return {"ok": False, "error_type": type(exc).__name__, "status": exc.code, "message": str(exc)}
 
 
 if __name__ == "__main__":
