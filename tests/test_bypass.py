@@ -59,7 +59,7 @@ from tests.scripted import (
     sse_json,
 )
 
-OPENAI, ANTHROPIC = "api.openai.com", "api.anthropic.com"
+OPENAI, ANTHROPIC, GOOGLE = "api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"
 PROVIDERS = (OPENAI, ANTHROPIC)
 PROBE = "x-bypass-probe"
 DEFAULT = "\x00default"  # a name no test spells: "the host given"
@@ -112,6 +112,10 @@ def refuse(bypass_proxies: dict[str, RunningProxy]) -> RunningProxy:
 
 
 # --- Helpers ---------------------------------------------------------------------------------
+
+#: Google's credential, sent to Google's host only (the fake answers the models list in the
+#: format of the credential it is given).
+_GOOGLE_KEY = [("x-goog-api-key", "AIza-test-key")]
 
 
 class Call:
@@ -169,7 +173,7 @@ class Call:
             path,
             host if host_header is DEFAULT else host_header,
             raw,
-            [*self.headers, *(extra_headers or [])],
+            [*self.headers, *(_GOOGLE_KEY if host == GOOGLE else []), *(extra_headers or [])],
         )
         server_name = host if sni is DEFAULT else sni
         return raw_request(proxy.port, proxy.bundle, connect or f"{host}:443", server_name, request)
@@ -201,7 +205,7 @@ class Call:
 
 
 def host_of(family: Family) -> str:
-    return ANTHROPIC if family is Family.ANTHROPIC else OPENAI
+    return {Family.ANTHROPIC: ANTHROPIC, Family.GOOGLE: GOOGLE}.get(family, OPENAI)
 
 
 def provider_error(response: RawResponse, status: int | tuple[int, ...], *hosts: str) -> dict[str, Any]:
@@ -211,7 +215,15 @@ def provider_error(response: RawResponse, status: int | tuple[int, ...], *hosts:
     body = json.loads(response.body)
     formats = []
     for host in hosts:
-        if host == ANTHROPIC:
+        if host == GOOGLE:
+            error = body.get("error")
+            formats.append(
+                isinstance(error, dict)
+                and error.get("code") == response.status
+                and isinstance(error.get("message"), str)
+                and isinstance(error.get("status"), str)
+            )
+        elif host == ANTHROPIC:
             formats.append(
                 body.get("type") == "error"
                 and isinstance(body.get("error"), dict)
@@ -226,6 +238,11 @@ def provider_error(response: RawResponse, status: int | tuple[int, ...], *hosts:
             )
     assert any(formats), f"not an error in the format of {hosts}: {body}"
     return body
+
+
+def gemini_request(text: str, **extra: Any) -> dict[str, Any]:
+    tool = {"functionDeclarations": [{"name": "bash", "parameters": {"type": "OBJECT"}}]}
+    return {"contents": [{"role": "user", "parts": [{"text": text}]}], "tools": [tool], **extra}
 
 
 def chat_request(text: str, stream: bool = False, **extra: Any) -> dict[str, Any]:
@@ -734,7 +751,10 @@ def test_stored_inputs_lists_batches_and_files_are_refused_with_403(
 # =============================================================================================
 
 
-def concrete(template: str) -> str:
+def concrete(template: str, family: Family = Family.OPENAI) -> str:
+    if family is Family.GOOGLE:  # a model the fake knows; a stream asked for as SSE
+        template = template.replace("{id}", "gemini-2.5-flash")
+        template += "?alt=sse" if template.endswith(":streamGenerateContent") else ""
     return template.replace("{id}", "resp_abc123").replace("/**", "/x")
 
 
@@ -753,6 +773,8 @@ def _secret_body(endpoint: Endpoint) -> dict[str, Any]:
         return {"model": "text-embedding-3-small", "input": text}
     if template == "/v1/moderations":
         return {"model": "omni-moderation-latest", "input": [text, "and more"]}
+    if endpoint.family is Family.GOOGLE:
+        return gemini_request(text)
     if endpoint.family is Family.ANTHROPIC:
         body = messages_request(text)
         if "count_tokens" in template:
@@ -768,6 +790,7 @@ def _secret_body(endpoint: Endpoint) -> dict[str, Any]:
 
 
 _REQUEST_ONLY_ANSWERS = {
+    **{e.template: {"totalTokens": 17} for e in ENDPOINTS if e.template.endswith(":countTokens")},
     "/v1/messages/count_tokens": {"input_tokens": 17},
     "/v1/responses/input_tokens": {"object": "response.input_tokens", "input_tokens": 17},
     "/v1/embeddings": {
@@ -801,7 +824,7 @@ def test_every_endpoint_in_the_table_gets_its_treatment(
     secrets_proxy: RunningProxy, fake: FakeProvider, endpoint: Endpoint, method: str
 ) -> None:
     host = host_of(endpoint.family)
-    path = concrete(endpoint.template)
+    path = concrete(endpoint.template, endpoint.family)
     call = Call(fake)
     match endpoint.treatment:
         case Treatment.POLICED:
@@ -855,7 +878,9 @@ def test_a_forwarded_endpoint_with_a_body_is_refused_with_400(
 ) -> None:
     host = host_of(endpoint.family)
     call = Call(fake)
-    response = call.http1(secrets_proxy, endpoint.method, concrete(endpoint.template), host, {"note": SECRET})
+    response = call.http1(
+        secrets_proxy, endpoint.method, concrete(endpoint.template, endpoint.family), host, {"note": SECRET}
+    )
     provider_error(response, 400, host)
     assert call.nothing_upstream()
 
