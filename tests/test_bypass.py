@@ -2064,3 +2064,171 @@ def test_claude_code_and_codex_work_with_unknown_endpoints_refused(
     ]
     model_calls = ("/v1/messages", "/v1/responses", "/v1/chat/completions")
     assert not [c for c in refused if c[1].split("?")[0] in model_calls], refused
+
+
+# --- Gemini: every field under both spellings ------------------------------------------------
+
+GEMINI_CALL = "/v1beta/models/gemini-2.5-flash:generateContent"
+GEMINI_STREAM = "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+#: The structural fields Google reads under their lowerCamel and their snake_case names.
+_GEMINI_FIELDS = frozenset(
+    {
+        "contents", "parts", "role", "text", "thought", "thoughtSignature", "systemInstruction",
+        "functionCall", "functionResponse", "executableCode", "inlineData", "mimeType", "data",
+        "generationConfig", "stopSequences", "tools", "functionDeclarations", "description",
+        "name", "args", "response", "code", "language", "candidates", "content", "finishReason",
+        "index", "usageMetadata", "promptTokenCount", "modelVersion",
+    }
+)  # fmt: skip
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+@st.composite
+def _respelled(draw: st.DrawFn, value: Any) -> Any:
+    """``value`` with each structural field under a spelling Google reads, chosen at random (the
+    values of a call's ``args`` and a result's ``response`` are the caller's, kept as they are)."""
+    if isinstance(value, list):
+        return [draw(_respelled(item)) for item in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, item in value.items():
+        spelled = draw(st.sampled_from([key, _snake(key)])) if key in _GEMINI_FIELDS else key
+        out[spelled] = item if key in ("args", "response") else draw(_respelled(item))
+    return out
+
+
+def _gemini_secret_bodies(secret: str) -> dict[str, dict[str, Any]]:
+    user = {"role": "user", "parts": [{"text": "hello"}]}
+    model = {"role": "model", "parts": [{"text": "ok"}]}
+    return {
+        "user text": {"contents": [{"role": "user", "parts": [{"text": f"key {secret}"}]}]},
+        "system instruction": {"systemInstruction": {"parts": [{"text": secret}]}, "contents": [user]},
+        "function result": {
+            "contents": [
+                user,
+                {"role": "model", "parts": [{"functionCall": {"name": "bash", "args": {"command": "env"}}}]},
+                {
+                    "role": "user",
+                    "parts": [{"functionResponse": {"name": "bash", "response": {"out": secret}}}],
+                },
+            ]
+        },
+        "earlier function call": {
+            "contents": [
+                user,
+                {"role": "model", "parts": [{"functionCall": {"name": "bash", "args": {"command": secret}}}]},
+            ]
+        },
+        "thought": {
+            "contents": [user, {"role": "model", "parts": [{"text": secret, "thought": True}]}, user]
+        },
+        "executable code": {
+            "contents": [
+                user,
+                {"role": "model", "parts": [{"executableCode": {"language": "PYTHON", "code": secret}}]},
+            ]
+        },
+        "tool description": {
+            "contents": [user],
+            "tools": [{"functionDeclarations": [{"name": "bash", "description": secret}]}],
+        },
+        "stop sequence": {"contents": [user], "generationConfig": {"stopSequences": [secret]}},
+        "invented top-level field": {"contents": [user], "futureField": {"note": secret}},
+        "invented part": {"contents": [{"role": "user", "parts": [{"futurePart": {"text": secret}}]}]},
+        "non-image inline data": {
+            "contents": [
+                {"role": "user", "parts": [{"inlineData": {"mimeType": "text/plain", "data": secret}}]}
+            ]
+        },
+        "model turn then user": {"contents": [user, model, {"role": "user", "parts": [{"text": secret}]}]},
+    }
+
+
+@SETTINGS
+@given(
+    case=st.sampled_from(sorted(_gemini_secret_bodies(""))),
+    data=st.data(),
+    stream=st.booleans(),
+)
+def test_a_secret_in_any_gemini_field_under_any_spelling_never_reaches_the_provider(
+    secrets_proxy: RunningProxy, fake: FakeProvider, case: str, data: st.DataObject, stream: bool
+) -> None:
+    body = data.draw(_respelled(_gemini_secret_bodies(SECRET)[case]))
+    note(json.dumps(body))
+    call = Call(fake)
+    response = call.http1(secrets_proxy, "POST", GEMINI_STREAM if stream else GEMINI_CALL, GOOGLE, body)
+    if call.upstream():
+        _secret_free(call.received())
+    else:
+        provider_error(response, (400, 500), GOOGLE)
+        assert call.nothing_upstream()
+
+
+def _gemini_parts(kind: str) -> list[dict[str, Any]]:
+    if kind == "functionCall":
+        return [{"functionCall": {"name": "bash", "args": {"command": DANGER}}, "thoughtSignature": "c2ln"}]
+    if kind == "executableCode":
+        return [{"executableCode": {"language": "PYTHON", "code": f"import os; os.system('{DANGER}')"}}]
+    return [{kind: {"command": DANGER}}]  # a kind of part invented after this was written
+
+
+def _gemini_answer(parts: list[dict[str, Any]], finished: bool = True) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+    if finished:
+        candidate["finishReason"] = "STOP"
+    return {"candidates": [candidate], "modelVersion": "gemini-2.5-flash"}
+
+
+def _gemini_events(body: bytes) -> list[dict[str, Any]]:
+    text = body.decode()
+    events = [
+        line[len("data: ") :] for line in text.replace("\r\n", "\n").split("\n") if line.startswith("data: ")
+    ]
+    return [json.loads(event) for event in events]
+
+
+def _dangerous_parts(answers: list[dict[str, Any]]) -> list[Any]:
+    """Every part, in any spelling, that is not text and holds the command."""
+    found = []
+    for answer in answers:
+        for candidate in answer.get("candidates") or []:
+            content = candidate.get("content") or {}
+            for part in content.get("parts") or []:
+                if set(part) - {"text", "thought"} - {"thoughtSignature", "thought_signature"}:
+                    if BLOCKED_RE.search(json.dumps(part)):
+                        found.append(part)
+    return found
+
+
+@SETTINGS
+@given(
+    kind=st.sampled_from(["functionCall", "executableCode", "futureToolCall"]),
+    data=st.data(),
+    stream=st.booleans(),
+)
+def test_a_dangerous_gemini_part_of_any_kind_and_spelling_never_reaches_the_client(
+    blocklist: RunningProxy, fake: FakeProvider, kind: str, data: st.DataObject, stream: bool
+) -> None:
+    call = Call(fake)
+    if stream:
+        words = [_gemini_answer([{"text": w}], finished=False) for w in ("Let", " me", " run it.")]
+        events = [data.draw(_respelled(e)) for e in [*words, _gemini_answer(_gemini_parts(kind))]]
+        wire = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
+        cuts = sorted(set(data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=6))))
+        call.script(
+            ScriptedReply.sse(*(wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)))
+        )
+    else:
+        answer = data.draw(_respelled(_gemini_answer([{"text": "Let me run it."}, *_gemini_parts(kind)])))
+        call.script(ScriptedReply.json(answer))
+    note(repr(fake))
+    response = ok(
+        call.http1(blocklist, "POST", GEMINI_STREAM if stream else GEMINI_CALL, GOOGLE, gemini_request("run"))
+    )
+    answers = _gemini_events(response.body) if stream else [json.loads(response.body)]
+    assert not _dangerous_parts(answers), answers
+    assert NOTE in json.dumps(answers)
