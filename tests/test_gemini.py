@@ -178,17 +178,23 @@ def test_a_json_array_stream_is_refused_until_asked_as_sse(raw: httpx.Client, fa
     assert not fake.requests
 
 
-def test_a_query_key_is_neither_recorded_nor_forwarded_wrong(
+def test_a_gemini_credential_is_forwarded_but_never_recorded(
     gproxies: dict[str, RunningProxy], fake: FakeProvider
 ) -> None:
     proxy = gproxies["noop"]
     context = ssl.create_default_context(cafile=str(proxy.bundle))
-    secret = "AIzaSyQUERYKEY-do-not-store-0123456789"
+    secret, header_secret = "AIzaSyQUERYKEY-do-not-store-0123456789", "AIzaSyHEADERKEY-do-not-store-987654"
     with httpx.Client(proxy=proxy.url, verify=context, timeout=10) as client:
         url = f"{HOST}/v1beta/models/{MODEL}:generateContent?key={secret}"
         assert client.post(url, json=body("hello")).status_code == 200
-    assert secret in fake.requests[-1].path  # the provider needs it
+        url = f"{HOST}/v1beta/models/{MODEL}:streamGenerateContent?alt=sse"
+        assert (
+            client.post(url, json=body("hello"), headers={"x-goog-api-key": header_secret}).status_code == 200
+        )
+    assert secret in fake.requests[-2].path and fake.requests[-1].headers["x-goog-api-key"] == header_secret
     db = Path(proxy.database_url.removeprefix("sqlite://"))
     stored = [path.read_bytes() for path in db.parent.glob(db.name + "*")]
-    assert stored and not any(secret.encode() in data for data in stored)
-    assert secret not in proxy.log()
+    assert stored and b"generateContent?key=" in b"".join(stored)  # the calls are recorded...
+    for key in (secret, header_secret):  # ...without their credentials
+        assert not any(key.encode() in data for data in stored)
+        assert key not in proxy.log()

@@ -1,5 +1,6 @@
-"""The real agents, unmodified: Claude Code and Codex CLI (pinned in tests/agents/package.json,
-installed from the npm registry) run through `luthien run` against the fake provider."""
+"""The real agents, unmodified: Claude Code, Codex CLI and Gemini CLI (pinned in
+tests/agents/package.json, installed from the npm registry) run through `luthien run` against the
+fake provider."""
 
 import json
 import os
@@ -18,6 +19,13 @@ AGENTS = ROOT / "tests" / "agents"
 FAKE_TEXT = "Hello from the fake provider. The quick brown fox jumps over the lazy dog."
 # Never a real target: even if a policy failed, the agents run without permission to execute it.
 DANGEROUS = "[scenario:tool_call rm -rf /tmp/luthien-canary]"
+#: No usage log calls, update checks or retries; the API key as its way to sign in (without
+#: selectedType headless Gemini CLI says "Invalid auth method selected").
+GEMINI_SETTINGS = {
+    "privacy": {"usageStatisticsEnabled": False},
+    "general": {"enableAutoUpdate": False, "maxAttempts": 1},
+    "security": {"auth": {"selectedType": "gemini-api-key"}},
+}
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +35,7 @@ def agent_bin() -> Path:
             pytest.fail("npm is needed to install the real agents (Debian package npm)")
         pytest.skip("npm is not installed, so the real agents cannot be installed")
     bin_dir = AGENTS / "node_modules" / ".bin"
-    if not (bin_dir / "claude").exists() or not (bin_dir / "codex").exists():
+    if not all((bin_dir / agent).exists() for agent in ("claude", "codex", "gemini")):
         done = subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"], cwd=AGENTS, capture_output=True, text=True, timeout=600
         )
@@ -141,3 +149,48 @@ def test_codex_never_sees_a_blocked_tool_call(
 ) -> None:
     output = codex(proxies["blocklist"], home, agent_bin, DANGEROUS)
     assert "[Luthien] Blocked the tool call `bash`" in output
+
+
+def gemini(proxy: RunningProxy, home: Path, bin_dir: Path, prompt: str) -> str:
+    """Gemini CLI's printed answer, headless, allowed to run its shell tool (yolo)."""
+    (home / ".gemini").mkdir(exist_ok=True)
+    (home / ".gemini" / "settings.json").write_text(json.dumps(GEMINI_SETTINGS))
+    argv = [str(bin_dir / "gemini"), "-p", prompt, "--approval-mode", "yolo", "--skip-trust"]
+    done = luthien_run(proxy, home, [*argv, "--output-format", "text"], GEMINI_API_KEY="AIza-test-key")
+    assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{proxy.log()[-2000:]}"
+    return done.stdout
+
+
+def scratch(home: Path) -> Path:
+    """A directory the model will ask to delete."""
+    directory = home / "scratch"
+    directory.mkdir()
+    (directory / "keep.txt").write_text("precious")
+    return directory
+
+
+def test_gemini_cli_works_through_the_proxy(
+    noop: RunningProxy, fake: FakeProvider, home: Path, agent_bin: Path
+) -> None:
+    before = len(fake.requests)
+    assert FAKE_TEXT in gemini(noop, home, agent_bin, "Say hello")
+    paths = [r.path for r in fake.requests[before:]]
+    assert any(":streamGenerateContent?alt=sse" in p for p in paths), paths
+
+
+def test_gemini_cli_runs_the_models_command_when_no_policy_stops_it(
+    noop: RunningProxy, home: Path, agent_bin: Path
+) -> None:
+    """The blocklist test below means something: unpoliced, the command really runs."""
+    directory = scratch(home)
+    gemini(noop, home, agent_bin, f"[scenario:tool_call rm -rf {directory}]")
+    assert not directory.exists()
+
+
+def test_gemini_cli_never_runs_a_blocked_command(
+    proxies: dict[str, RunningProxy], home: Path, agent_bin: Path
+) -> None:
+    directory = scratch(home)
+    output = gemini(proxies["blocklist"], home, agent_bin, f"[scenario:tool_call rm -rf {directory}]")
+    assert (directory / "keep.txt").read_text() == "precious"
+    assert "[Luthien] Blocked the tool call `run_shell_command`" in output
