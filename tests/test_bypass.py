@@ -2198,9 +2198,9 @@ def _dangerous_parts(answers: list[dict[str, Any]]) -> list[Any]:
         for candidate in answer.get("candidates") or []:
             content = candidate.get("content") or {}
             for part in content.get("parts") or []:
-                if set(part) - {"text", "thought"} - {"thoughtSignature", "thought_signature"}:
-                    if BLOCKED_RE.search(json.dumps(part)):
-                        found.append(part)
+                kinds = set(part) - {"text", "thought", "thoughtSignature", "thought_signature"}
+                if kinds and BLOCKED_RE.search(json.dumps(part)):
+                    found.append(part)
     return found
 
 
