@@ -19,7 +19,7 @@ from controlplane.recording.records import (
     StoredEvent,
     Usage,
 )
-from formats.sse import SSEEvent, SSEParser
+from formats.sse import EventParser, SSEEvent, SSEParser
 
 _SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id")
 #: A provider's error body kept for the record; longer ones are cut (they are not the point).
@@ -88,13 +88,13 @@ class StreamCapture:
     written for the client rather than forwarded.
     """
 
-    def __init__(self, *, mirrored: bool = False) -> None:
+    def __init__(self, *, mirrored: bool = False, parser: EventParser | None = None) -> None:
         self.original_events = EventLog()
         self.original = OutputAssembler()
         self._mirrored = mirrored
         self._final_events = EventLog()
         self._final = OutputAssembler()
-        self._sent = SSEParser()
+        self._sent = parser or SSEParser()  # framed as the stream is
 
     @property
     def final_events(self) -> EventLog:

@@ -39,6 +39,8 @@ from controlplane.recording.records import CallOutcome, Usage, block_kind, settl
 from controlplane.tracing import CALL_ID, context_from, tracer
 from formats import error_body, transcoder
 from formats.gemini_stream import model_call
+from formats.json_array import JSONArrayParser
+from formats.sse import SSEParser
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +495,10 @@ class Pipeline:
             )
             forwarded = await _started(self._forwarded(upstream, trace, decoded=True))
             return ProxyResponse(upstream.status_code, headers, forwarded)
-        if upstream.headers.get("content-type", "").startswith("text/event-stream"):
+        sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        # A Gemini stream asked for without ?alt=sse: one JSON array, written piece by piece.
+        json_array = wire_format is WireFormat.GEMINI and metadata.stream and not sse
+        if sse or json_array:
             metadata.stream = True  # a retrieval asks with a query parameter, not in a body
             trace.stream_span = tracer.start_span("luthien.stream", attributes={CALL_ID: metadata.call_id})
             try:
@@ -504,8 +509,10 @@ class Pipeline:
                 raise
             trace.policy_version = context.policy_version or trace.policy_version
             trace.unpoliced |= context.unpoliced
-            trace.stream = StreamCapture(mirrored=not context.inspects_chunks)
-            relay = relay_for(transcoder(wire_format), self._control_plane, context, trace.stream)
+            framing = JSONArrayParser if json_array else SSEParser
+            trace.stream = StreamCapture(mirrored=not context.inspects_chunks, parser=framing())
+            stream_transcoder = transcoder(wire_format, json_array=json_array)
+            relay = relay_for(stream_transcoder, self._control_plane, context, trace.stream, framing())
             streamed = await _started(self._streamed(upstream, relay, trace))
             return ProxyResponse(upstream.status_code, headers, streamed)
         return await self._whole_response(upstream, wire_format, trace)
@@ -532,11 +539,8 @@ class Pipeline:
         metadata.wire_format = wire_format
         metadata.user_id = _user_id(body)
         if wire_format in (WireFormat.GEMINI, WireFormat.GEMINI_COUNT_TOKENS):
-            metadata.model, method, sse = model_call(request.path)
+            metadata.model, method = model_call(request.path)
             metadata.stream = method == "streamGenerateContent"
-            if metadata.stream and not sse:
-                # The answer would be one JSON array written piece by piece, which is not policed.
-                raise _Refusal(400, "Luthien polices Gemini streams sent as server-sent events: add ?alt=sse")
             return body
         # The other formats name these alike.
         metadata.model = body.get("model")

@@ -18,7 +18,7 @@ from controlplane.chunks import StreamChunk, same_content
 from controlplane.interface import ControlPlaneUnavailable, StreamsAndRecords
 from controlplane.models import ChunkVerdict, StreamingContext
 from formats.base import StreamTranscoder
-from formats.sse import SSEEvent, SSEParser, parse_event
+from formats.sse import EventParser, SSEEvent, SSEParser
 
 #: How long an abandoned stream waits for the control plane to release its policy state.
 _RELEASE_TIMEOUT = 2.0
@@ -54,12 +54,13 @@ class StreamRelay:
         control_plane: StreamsAndRecords,
         context: StreamingContext,
         capture: StreamCapture | None = None,
+        parser: EventParser | None = None,
     ) -> None:
         self._transcoder = transcoder
         self._capture = capture
         self._control_plane = control_plane
         self._context = context
-        self._parser = SSEParser()
+        self._parser = parser or SSEParser()
         self._pending: deque[_PendingEvent] = deque()
         self._deferred_errors: list[SSEEvent] = []
         self.outcome = StreamOutcome()
@@ -117,7 +118,7 @@ class StreamRelay:
         if leftover := self._parser.flush():
             # The stream ended mid-event: a client may still read what arrived, so it is policed
             # like any event (and forwarded as it came when the policy lets it pass).
-            async for out in self._events([parse_event(leftover)]):
+            async for out in self._events([self._parser.leftover(leftover)]):
                 yield out
         if self.ended:
             return  # nothing to release: the control plane is gone, or the stream was ended
@@ -307,7 +308,7 @@ class PassiveRelay(StreamRelay):
 
     async def close(self) -> AsyncIterator[bytes]:
         if leftover := self._parser.flush():  # the stream ended mid-event: forwarded as it came
-            async for out in self._events([parse_event(leftover)]):
+            async for out in self._events([self._parser.leftover(leftover)]):
                 yield out
 
     async def abandon(self) -> None:
@@ -319,7 +320,9 @@ def relay_for(
     control_plane: StreamsAndRecords,
     context: StreamingContext,
     capture: StreamCapture | None = None,
+    parser: EventParser | None = None,
 ) -> StreamRelay:
-    """The relay for a stream: the passive one when no policy inspects its chunks."""
+    """The relay for a stream (SSE unless ``parser`` frames it otherwise): the passive one when
+    no policy inspects its chunks."""
     kind = StreamRelay if context.inspects_chunks else PassiveRelay
-    return kind(transcoder, control_plane, context, capture)
+    return kind(transcoder, control_plane, context, capture, parser)

@@ -24,8 +24,11 @@ _TRANSCODERS: dict[WireFormat, type[StreamTranscoder]] = {
 }
 
 
-def transcoder(wire_format: WireFormat) -> StreamTranscoder:
-    """A new transcoder for one stream of a format with streams."""
+def transcoder(wire_format: WireFormat, *, json_array: bool = False) -> StreamTranscoder:
+    """A new transcoder for one stream of a format with streams; ``json_array``: a Gemini stream
+    written as one JSON array (framed by ``JSONArrayParser``), not SSE."""
+    if json_array:
+        return GeminiTranscoder(json_array=True)
     return _TRANSCODERS[wire_format]()
 
 
@@ -38,4 +41,11 @@ def error_body(wire_format: WireFormat, status: int, message: str) -> JSON:
     return openai_error_body(status, message)
 
 
-__all__ = ["JSON", "FormatError", "MalformedStream", "StreamTranscoder", "error_body", "transcoder"]
+__all__ = [
+    "JSON",
+    "FormatError",
+    "MalformedStream",
+    "StreamTranscoder",
+    "error_body",
+    "transcoder",
+]

@@ -162,9 +162,13 @@ def candidate_index(candidate: JSON, position: int) -> int:
 
 class GeminiTranscoder:
     """Decodes each event into one chunk per candidate; once a policy changed the stream, writes
-    events of its own (function calls whole, as Gemini sends them, with their thought signatures)."""
+    events of its own (function calls whole, as Gemini sends them, with their thought signatures).
+    ``json_array``: the stream is one JSON array (``formats.json_array`` frames it), not SSE."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, json_array: bool = False) -> None:
+        self._json_array = json_array
+        self._opened = False  # the client has the array's `[`
+        self._closed = False  # ... and its `]`
         self._template: JSON = {}
         self._usage_metadata: Any = None
         self._signatures: dict[str, str] = {}  # tool call id -> its thoughtSignature
@@ -176,6 +180,8 @@ class GeminiTranscoder:
         self._done = False
 
     def decode(self, event: SSEEvent) -> list[StreamChunk]:
+        if self._json_array and not event.data:
+            return []  # the array's `]`
         data = event.json()
         if not isinstance(data, dict):
             raise MalformedStream("an event that is not a JSON object")
@@ -246,10 +252,15 @@ class GeminiTranscoder:
 
     @property
     def ended(self) -> bool:
-        # Gemini's stream has no terminal event: the SDK reads to the end of the body.
-        return self._done
+        # An SSE stream has no terminal event (the SDK reads to the end of the body); an array
+        # ends at its `]`.
+        return self._closed if self._json_array else self._done
 
     def observe_emitted(self, event: SSEEvent) -> None:
+        self._opened = True
+        if self._json_array and not event.data:
+            self._done = self._closed = True
+            return
         data = event.json()
         if not isinstance(data, dict):
             return
@@ -270,7 +281,20 @@ class GeminiTranscoder:
         return self._event(payload) if payload else b""
 
     def _event(self, payload: JSON) -> bytes:
-        return _sse({**payload, **self._template})
+        return self._framed({**payload, **self._template})
+
+    def _framed(self, payload: JSON) -> bytes:
+        if not self._json_array:
+            return _sse(payload)
+        separator = b",\r\n" if self._opened else b"["
+        self._opened = True
+        return separator + json.dumps(payload, ensure_ascii=False).encode()
+
+    def _close_array(self) -> bytes:
+        if not self._json_array or self._closed:
+            return b""
+        self._closed = True
+        return b"]" if self._opened else b"[]"
 
     def _candidate(self, choice: ChunkChoice) -> JSON:
         index = choice.get("index", 0)
@@ -325,7 +349,7 @@ class GeminiTranscoder:
 
     def finish(self) -> bytes:
         if self._done:
-            return b""
+            return self._close_array()
         candidates = []
         for index in sorted(({k[0] for k in self._open_calls} | self._candidates or {0}) - self._finished):
             parts = self._whole_calls(index, final=True)
@@ -333,13 +357,14 @@ class GeminiTranscoder:
             candidates.append({**candidate, "finishReason": "STOP", "index": index})
             self._finished.add(index)
         self._done = True
-        return self._event({"candidates": candidates}) if candidates else b""
+        closing = self._event({"candidates": candidates}) if candidates else b""
+        return closing + self._close_array()
 
     def error_event(self, message: str) -> bytes:
-        if self._done:
+        if self.ended or self._done:
             return b""
         self._done = True
-        return _sse(gemini_error_body(500, message))
+        return self._framed(gemini_error_body(500, message)) + self._close_array()
 
 
 def _sse(payload: JSON) -> bytes:
@@ -355,9 +380,8 @@ def _usage_metadata(usage: JSON) -> JSON:
     }
 
 
-def model_call(path: str) -> tuple[str, str, bool]:
-    """The model, the method and whether a stream is asked for as SSE, of a
-    ``/{version}/models/{model}:{method}`` path (its query string included)."""
-    route, _, query = path.partition("?")
-    model, _, method = route.rsplit("/", 1)[-1].rpartition(":")
-    return model, method, "alt=sse" in query.split("&")
+def model_call(path: str) -> tuple[str, str]:
+    """The model and the method of a ``/{version}/models/{model}:{method}`` path (its query
+    string included)."""
+    model, _, method = path.partition("?")[0].rsplit("/", 1)[-1].rpartition(":")
+    return model, method

@@ -8,7 +8,7 @@ import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 # An event ends at a blank line: two line ends in a row, each CRLF, LF or CR (the WHATWG grammar),
 # so `\n\r\n` and `\r\n\n` end events too.
@@ -88,6 +88,20 @@ class SSEParser:
         self._buffer.clear()
         self._searched = 0
         return rest
+
+    #: What the stream ended with, mid-event: read as an event all the same.
+    leftover = staticmethod(parse_event)
+
+
+class EventParser(Protocol):
+    """Cuts a stream's bytes into events that keep their exact bytes: ``SSEParser``, or
+    ``JSONArrayParser`` for a stream written as one JSON array."""
+
+    def feed(self, data: bytes) -> list[SSEEvent]: ...
+
+    def flush(self) -> bytes: ...
+
+    def leftover(self, raw: bytes) -> SSEEvent: ...
 
 
 def encode_event(data: Any, event: str | None = None) -> bytes:

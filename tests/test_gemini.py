@@ -5,6 +5,7 @@ import json
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -27,14 +28,15 @@ def gproxies(
         yield running
 
 
+def raw_client(proxy: RunningProxy) -> httpx.Client:
+    context = ssl.create_default_context(cafile=str(proxy.bundle))
+    return httpx.Client(proxy=proxy.url, verify=context, headers={"x-goog-api-key": "AIza-raw"}, timeout=10)
+
+
 @pytest.fixture
 def raw(gproxies: dict[str, RunningProxy]) -> Iterator[httpx.Client]:
-    proxy = gproxies["noop"]
-    context = ssl.create_default_context(cafile=str(proxy.bundle))
-    with httpx.Client(
-        proxy=proxy.url, verify=context, headers={"x-goog-api-key": "AIza-raw"}, timeout=10
-    ) as c:
-        yield c
+    with raw_client(gproxies["noop"]) as client:
+        yield client
 
 
 def calls(prompt: str, **extra: object) -> list[dict[str, object]]:
@@ -112,7 +114,9 @@ def test_text_is_rewritten_whole_and_streamed(gproxies: dict[str, RunningProxy])
 
 
 @pytest.mark.parametrize("scenario", ["text", "tool_call rm -rf /tmp/x", "thinking", "midstream_error"])
-@pytest.mark.parametrize("method", ["generateContent", "streamGenerateContent?alt=sse"])
+@pytest.mark.parametrize(
+    "method", ["generateContent", "streamGenerateContent?alt=sse", "streamGenerateContent"]
+)
 def test_noop_is_byte_identical(raw: httpx.Client, fake: FakeProvider, scenario: str, method: str) -> None:
     if scenario == "midstream_error" and not method.startswith("stream"):
         pytest.skip("a mid-stream error exists only in streams")
@@ -171,11 +175,41 @@ def test_what_a_policy_cannot_see_is_refused(
     assert not fake.requests
 
 
-def test_a_json_array_stream_is_refused_until_asked_as_sse(raw: httpx.Client, fake: FakeProvider) -> None:
-    fake.reset()
-    response = raw.post(f"{HOST}/v1beta/models/{MODEL}:streamGenerateContent", json=body("hi"))
-    assert response.status_code == 400 and "alt=sse" in response.json()["error"]["message"]
-    assert not fake.requests
+@pytest.mark.parametrize("sse", [True, False])
+def test_a_removed_call_in_a_stream_leaves_a_valid_stream_with_the_explanation(
+    gproxies: dict[str, RunningProxy], sse: bool
+) -> None:
+    url = f"{HOST}/v1beta/models/{MODEL}:streamGenerateContent" + ("?alt=sse" if sse else "")
+    with raw_client(gproxies["blocklist"]) as client:
+        response = client.post(url, json=body("[scenario:tool_call rm -rf /tmp/x]"))
+    assert response.status_code == 200
+    events = _events(response.content, sse)
+    parts = [p for e in events for c in e["candidates"] for p in c.get("content", {}).get("parts", [])]
+    assert not any("functionCall" in part for part in parts)
+    assert "Blocked the tool call `bash`" in "".join(p.get("text", "") for p in parts)
+    assert events[-1]["candidates"][0]["finishReason"] == "STOP"
+
+
+@pytest.mark.parametrize("sse", [True, False])
+def test_a_kept_call_in_a_rewritten_stream_keeps_its_thought_signature(
+    gproxies: dict[str, RunningProxy], fake: FakeProvider, sse: bool
+) -> None:
+    url = f"{HOST}/v1beta/models/{MODEL}:streamGenerateContent" + ("?alt=sse" if sse else "")
+    with raw_client(gproxies["uppercase"]) as client:
+        response = client.post(url, json=body("[scenario:tool_call ls -la]"))
+    sent = [p for e in _events(fake.sent(-1), sse) for c in e["candidates"] for p in c["content"]["parts"]]
+    got = [p for e in _events(response.content, sse) for c in e["candidates"] for p in c["content"]["parts"]]
+    assert response.content != fake.sent(-1)  # the text was rewritten: the stream was written anew
+    assert [p for p in got if "functionCall" in p] == [p for p in sent if "functionCall" in p]
+    assert any("thoughtSignature" in p for p in got if "functionCall" in p)
+
+
+def _events(data: bytes, sse: bool) -> list[dict[str, Any]]:
+    if not sse:
+        return json.loads(data)
+    lines = data.decode().split("\r\n\r\n")
+    assert lines[-1] == "", "an SSE stream ends with a whole event"
+    return [json.loads(line.removeprefix("data: ")) for line in lines[:-1]]
 
 
 def test_a_gemini_credential_is_forwarded_but_never_recorded(
