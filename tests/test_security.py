@@ -51,6 +51,14 @@ client = openai.OpenAI(api_key=sys.argv[1], max_retries=0,
 reply = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": sys.argv[3]}])
 print(reply.choices[0].message.content)
 """
+#: Google's credential in the query string, as the Gemini REST API also takes it.
+QUERY_KEY_CALL = """
+import os, sys, httpx
+url = "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
+body = {"contents": [{"parts": [{"text": sys.argv[2]}]}]}
+reply = httpx.post(url, params={"key": sys.argv[1]}, json=body, timeout=30)
+print(reply.status_code)
+"""
 
 
 # --- canaries: credentials never stored, logged or published --------------------------------
@@ -92,7 +100,8 @@ async def test_canary_credentials_appear_in_no_log_row_or_activity_event(
     openai_key = f"sk-canary-{uuid.uuid4()}"
     anthropic_key = f"sk-ant-canary-{uuid.uuid4()}"
     header_secret = f"canary-header-{uuid.uuid4()}"
-    canaries = (openai_key, anthropic_key, header_secret)
+    google_key, query_key = f"AIza-canary-{uuid.uuid4()}", f"AIza-query-canary-{uuid.uuid4()}"
+    canaries = (openai_key, anthropic_key, header_secret, google_key, query_key)
     word = f"tag{uuid.uuid4().hex[:12]}"
     started_ms = int(time.time() * 1000) - 1000  # Redis stream ids are milliseconds since the epoch
 
@@ -112,21 +121,31 @@ async def test_canary_credentials_appear_in_no_log_row_or_activity_event(
             await asyncio.to_thread(wait_until_listening, proxy)
             calls = [
                 {"api": api, "stream": stream, "prompt": f"{word} {api} {stream}", "key": key}
-                for api, key in (("chat", openai_key), ("responses", openai_key), ("messages", anthropic_key))
+                for api, key in (
+                    ("chat", openai_key),
+                    ("responses", openai_key),
+                    ("messages", anthropic_key),
+                    ("gemini", google_key),
+                )
                 for stream in (False, True)
             ]
             results = await asyncio.to_thread(proxy.sdk, *calls)
             assert all(r["ok"] for r in results), results
             custom = await asyncio.to_thread(_custom_header_call, proxy, openai_key, header_secret, word)
             assert custom.returncode == 0, custom.stderr
+            queried = await asyncio.to_thread(_query_key_call, proxy, query_key, f"{word} query key")
+            assert queried.stdout.strip() == "200", queried.stderr
 
-            records = await recorded(database_url, word, len(calls) + 1)
+            records = await recorded(database_url, word, len(calls) + 2)
             for record in records:
                 headers = {name.lower(): value for name, value in record.request_headers}
-                credential = headers.get("authorization") or headers.get("x-api-key")
-                assert credential == REDACTED
+                credential = (
+                    headers.get("authorization") or headers.get("x-api-key") or headers.get("x-goog-api-key")
+                )
+                assert credential == REDACTED or "key=[redacted]" in record.path, record.path
                 assert record.api_key_hash and record.status == 200
-            assert {r.host for r in records} == {"api.openai.com", "api.anthropic.com"}
+            hosts = {"api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"}
+            assert {r.host for r in records} == hosts
             (with_header,) = [r for r in records if "x-custom-authorization" in dict(r.request_headers)]
             assert dict(with_header.request_headers)["x-custom-authorization"] == REDACTED
 
@@ -150,6 +169,17 @@ def _custom_header_call(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CUSTOM_HEADER_CALL, key, secret, f"{word} custom header"],
+        env=proxy.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+
+
+def _query_key_call(proxy: RunningProxy, key: str, word: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", QUERY_KEY_CALL, key, word],
         env=proxy.client_env(),
         capture_output=True,
         text=True,

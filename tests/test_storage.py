@@ -558,6 +558,16 @@ async def test_a_summary_has_the_fields_of_its_call(storage: Storage) -> None:
             "exit 0",
         ),
         ({"messages": [{"role": "user", "content": "x" * 500}]}, "x" * 200),
+        (
+            {
+                "systemInstruction": {"parts": [{"text": "ignored"}]},
+                "contents": [
+                    {"role": "user", "parts": [{"text": "to"}, {"inlineData": {}}, {"text": "Gemini"}]},
+                    {"role": "model", "parts": [{"text": "a reply"}]},
+                ],
+            },
+            "to Gemini",
+        ),
         (None, ""),
     ],
 )

@@ -268,6 +268,9 @@ def search_text(record: CallRecord) -> str:
     provider's and the client's answer, with tool-call arguments."""
     body = record.original_request if isinstance(record.original_request, dict) else {}
     parts = [*_texts(body.get("system")), *_texts(body.get("instructions"))]
+    for key in ("systemInstruction", "system_instruction"):  # Gemini's, a content of parts
+        instruction = body.get(key)
+        parts += _texts(instruction.get("parts") if isinstance(instruction, dict) else instruction)
     for message in _messages(body):
         parts += _message_texts(message)
     for output in (record.original_output, record.final_output):
@@ -278,19 +281,20 @@ def search_text(record: CallRecord) -> str:
 
 
 def _messages(body: Any) -> list[dict[str, Any]]:
-    """The conversation: Chat and Anthropic ``messages``, or Responses ``input`` (where a string
-    is one user message)."""
+    """The conversation: Chat and Anthropic ``messages``, Responses ``input`` (where a string
+    is one user message), or Gemini ``contents``."""
     if not isinstance(body, dict):
         return []
-    items = body.get("messages", body.get("input"))
+    items = body.get("messages", body.get("input", body.get("contents")))
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     return [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
 
 
 def _message_texts(message: dict[str, Any]) -> list[str]:
-    # Responses tool results (function_call_output items) carry their text in ``output``.
-    return _texts(message.get("content", message.get("output")))
+    # Responses tool results (function_call_output items) carry their text in ``output``, a
+    # Gemini content in its ``parts``.
+    return _texts(message.get("content", message.get("output", message.get("parts"))))
 
 
 def _texts(content: Any) -> list[str]:
