@@ -197,12 +197,12 @@ async def test_a_sidecar_polices_every_format_without_loading_litellm(
     lean_sidecar: RunningProxy, control_plane: ControlPlane
 ) -> None:
     """LiteLLM is what normalises bodies, and the control plane does that: a sidecar that has
-    served all three APIs, whole and streamed, under a policy that rewrites them, has not loaded
+    served all four APIs, whole and streamed, under a policy that rewrites them, has not loaded
     it (importing it costs seconds and about 200 MB)."""
     word = f"lean{uuid.uuid4().hex[:8]}"
     calls = [
         {"api": api, "stream": stream, "prompt": f"{word} {api} {stream}"}
-        for api in ("chat", "responses", "messages")
+        for api in ("chat", "responses", "messages", "gemini")
         for stream in (False, True)
     ]
     for call, result in zip(calls, lean_sidecar.sdk(*calls), strict=True):

@@ -35,7 +35,9 @@ class PoliceCall(BaseModel):
 class PoliceResponseCall(PoliceCall):
     """A whole response body to police: of a format with responses."""
 
-    wire_format: Literal[WireFormat.OPENAI_CHAT, WireFormat.OPENAI_RESPONSES, WireFormat.ANTHROPIC_MESSAGES]
+    wire_format: Literal[
+        WireFormat.OPENAI_CHAT, WireFormat.OPENAI_RESPONSES, WireFormat.ANTHROPIC_MESSAGES, WireFormat.GEMINI
+    ]
 
 
 class WireResult(BaseModel):

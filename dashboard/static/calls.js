@@ -24,6 +24,8 @@ const API_LABELS = {
   anthropic_messages: "Messages",
   openai_embeddings: "Embeddings",
   openai_moderations: "Moderations",
+  gemini: "Gemini",
+  gemini_count_tokens: "Gemini countTokens",
 };
 const SESSION_CHARS = 8;
 const NO_PRICE =
