@@ -32,6 +32,7 @@ from controlplane.recording.records import (
 )
 from controlplane.storage import (
     CallQuery,
+    PolicyVersion,
     PostgresStorage,
     SQLiteStorage,
     Storage,
@@ -815,3 +816,58 @@ def test_a_missing_service_fails_in_ci_and_skips_elsewhere(
     port = _free_port()
     with pytest.raises(outcome, match=f"PostgreSQL is not reachable at 127.0.0.1:{port}"):
         require_service("PostgreSQL", "127.0.0.1", port)
+
+
+def policy_version(document: dict[str, Any], version: str, by: str = "alice") -> PolicyVersion:
+    return PolicyVersion(
+        version=version, document=document, created_at=T0, created_by=by, note=f"note {version}"
+    )
+
+
+async def test_policy_versions_are_stored_once_and_every_activation_is_audited(storage: Storage) -> None:
+    assert await storage.active_policy() is None
+    assert await storage.policy_history(10) == []
+    first = policy_version({"policy": {"class": "NoOpPolicy", "config": {"note": UNICODE}}}, "v1")
+    second = policy_version({"policy": {"class": "AllCapsPolicy"}}, "v2", by="bob")
+    one = await storage.activate_policy(first, "alice", "api", "first", unless_active=False)
+    two = await storage.activate_policy(second, "bob", "file", "", unless_active=False)
+    # A rollback to v1: a new activation; the version keeps who stored it first and when.
+    back = await storage.activate_policy(
+        first.model_copy(update={"created_by": "carol"}), "carol", "cli", "back", unless_active=False
+    )
+    assert [a.seq for a in (one, two, back)] == [1, 2, 3]
+    active = await storage.active_policy()
+    assert active is not None and active.activation == back and active.version == first
+    assert (back.version, back.activated_by, back.source, back.note) == ("v1", "carol", "cli", "back")
+    assert abs(back.activated_at - datetime.now(UTC)) < timedelta(seconds=60)
+    assert await storage.policy_history(10) == [back, two, one]
+    assert await storage.policy_history(1) == [back]
+    assert await storage.policy_version("v2") == second
+    assert await storage.policy_version("nope") is None
+
+
+async def test_an_active_version_is_activated_again_only_when_asked(storage: Storage) -> None:
+    version = policy_version({"policy": {"class": "NoOpPolicy"}}, "v1")
+    first = await storage.activate_policy(version, "file", "file", "", unless_active=True)
+    assert await storage.activate_policy(version, "file", "file", "", unless_active=True) == first
+    again = await storage.activate_policy(version, "alice", "api", "", unless_active=False)
+    assert again.seq == 2
+
+
+async def test_concurrent_activations_from_many_processes_are_numbered_without_gaps(backend: Backend) -> None:
+    """Replicas that see one file change together record it once; distinct activations all get
+    a number of their own."""
+    storages = [backend.open() for _ in range(4)]
+    await storages[0].migrate()
+    same = policy_version({"policy": {"class": "NoOpPolicy"}}, "same")
+    await asyncio.gather(*(s.activate_policy(same, "file", "file", "", unless_active=True) for s in storages))
+    distinct = [policy_version({"policy": {"class": "NoOpPolicy"}, "n": n}, f"v{n}") for n in range(8)]
+    await asyncio.gather(
+        *(
+            storages[n % 4].activate_policy(v, "x", "api", "", unless_active=False)
+            for n, v in enumerate(distinct)
+        )
+    )
+    history = await storages[1].policy_history(100)
+    assert sorted(a.seq for a in history) == list(range(1, 10))
+    assert [a.version for a in history].count("same") == 1

@@ -3,10 +3,14 @@
 from pathlib import Path
 
 from controlplane.storage.base import (
+    ActivePolicy,
     CallPage,
     CallQuery,
     CallSummary,
     CallTotals,
+    PolicyActivation,
+    PolicySourceKind,
+    PolicyVersion,
     Storage,
     StorageRefused,
     StorageUnavailable,
@@ -15,10 +19,14 @@ from controlplane.storage.postgres import PostgresStorage
 from controlplane.storage.sqlite import SQLiteStorage
 
 __all__ = [
+    "ActivePolicy",
     "CallPage",
     "CallQuery",
     "CallSummary",
     "CallTotals",
+    "PolicyActivation",
+    "PolicySourceKind",
+    "PolicyVersion",
     "PostgresStorage",
     "SQLiteStorage",
     "Storage",

@@ -6,7 +6,7 @@ in the data dir) and PostgreSQL (``DATABASE_URL=postgresql://…``).
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -102,6 +102,36 @@ class CallPage(BaseModel):
     offset: int
 
 
+#: Where an activation came from: the policy file, the control-plane API, or ``luthien policy``.
+PolicySourceKind = Literal["file", "api", "cli"]
+
+
+class PolicyVersion(BaseModel):
+    """A policy document as stored: once per content, under its hash."""
+
+    version: str = Field(description="The start of the SHA-256 of the document as canonical JSON.")
+    document: dict[str, Any]
+    created_at: datetime
+    created_by: str = Field(description="The name of the credential that stored it first (never a secret).")
+    note: str
+
+
+class PolicyActivation(BaseModel):
+    """One change of the active policy: an entry of the audit log."""
+
+    seq: int = Field(description="Activations are numbered from 1, in order.")
+    version: str
+    activated_at: datetime
+    activated_by: str = Field(description="The name of the credential that activated it (never a secret).")
+    source: PolicySourceKind
+    note: str
+
+
+class ActivePolicy(BaseModel):
+    activation: PolicyActivation
+    version: PolicyVersion
+
+
 class Storage(Protocol):
     async def migrate(self) -> None:
         """Applies the migrations this database has not seen yet (safe with many processes)."""
@@ -120,6 +150,25 @@ class Storage(Protocol):
 
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         """Oldest first."""
+        ...
+
+    async def activate_policy(
+        self, version: PolicyVersion, by: str, source: PolicySourceKind, note: str, *, unless_active: bool
+    ) -> PolicyActivation:
+        """Stores ``version`` (kept as first stored if its hash is known) and makes it the active
+        one, atomically, one activation at a time across processes. With ``unless_active``, a
+        version already active is left as it is and its activation returned: replicas that all
+        see the same file change record it once."""
+        ...
+
+    async def active_policy(self) -> ActivePolicy | None:
+        """The version the last activation names; None before the first."""
+        ...
+
+    async def policy_version(self, version: str) -> PolicyVersion | None: ...
+
+    async def policy_history(self, limit: int) -> list[PolicyActivation]:
+        """The latest ``limit`` activations, newest first."""
         ...
 
     async def ping(self) -> None:

@@ -203,6 +203,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX calls_cost_usd ON calls (cost_usd)",
         ),
     ),
+    Migration(
+        5,
+        "policy versions and their activations",
+        (
+            # A version is its document, stored once under its content hash, whoever stored it first.
+            """
+            CREATE TABLE policy_versions (
+                version TEXT PRIMARY KEY,
+                document TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                created_by TEXT NOT NULL,
+                note TEXT NOT NULL
+            )""",
+            # Every activation, in order (seq): the active version is the last one's, and the
+            # table is the audit log of who changed the policy when.
+            """
+            CREATE TABLE policy_activations (
+                seq INTEGER PRIMARY KEY,
+                version TEXT NOT NULL REFERENCES policy_versions (version),
+                activated_at DOUBLE PRECISION NOT NULL,
+                activated_by TEXT NOT NULL,
+                source TEXT NOT NULL,
+                note TEXT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 

@@ -14,8 +14,24 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageRefused, StorageUnavailable
+from controlplane.storage.base import (
+    ActivePolicy,
+    CallPage,
+    CallQuery,
+    PolicyActivation,
+    PolicySourceKind,
+    PolicyVersion,
+    StorageRefused,
+    StorageUnavailable,
+)
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
+from controlplane.storage.policy_rows import (
+    PolicySql,
+    activation_from_row,
+    active_from_rows,
+    version_from_row,
+    version_values,
+)
 from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, page_from_rows
 
 CONNECT_TIMEOUT = 5.0
@@ -24,6 +40,8 @@ CLOSE_TIMEOUT = 2.0  # a server that has not acknowledged the goodbye by then is
 POOL_SIZE = 4
 # Any constant that every Luthien process shares: it names the advisory lock migrations hold.
 _MIGRATION_LOCK = 0x6C7574686965_6E
+#: Held by an activation: one at a time, so activations are numbered without gaps or duplicates.
+_ACTIVATION_LOCK = _MIGRATION_LOCK + 1
 
 # asyncpg reports a dead socket as OSError or InterfaceError, the server's refusals (and lost
 # connections) as PostgresError, and timeouts as TimeoutError.
@@ -31,6 +49,7 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceE
 _REFUSED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 
 _SQL = Sql(numbered)
+_POLICY_SQL = PolicySql(numbered)
 
 
 class PostgresStorage:
@@ -80,6 +99,38 @@ class PostgresStorage:
         async with self._connection() as connection:
             rows = await connection.fetch(_SQL.debug_events, call_id)
         return [debug_event_from_row(dict(row)) for row in rows]
+
+    async def activate_policy(
+        self, version: PolicyVersion, by: str, source: PolicySourceKind, note: str, *, unless_active: bool
+    ) -> PolicyActivation:
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _ACTIVATION_LOCK)
+            last = await connection.fetchrow(_POLICY_SQL.last_activation)
+            if unless_active and last is not None and last["version"] == version.version:
+                return activation_from_row(dict(last))
+            await connection.execute(_POLICY_SQL.insert_version, *version_values(version))
+            await connection.execute(
+                _POLICY_SQL.insert_activation, version.version, time.time(), by, source, note
+            )
+            return activation_from_row(dict(await connection.fetchrow(_POLICY_SQL.last_activation)))
+
+    async def active_policy(self) -> ActivePolicy | None:
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            last = await connection.fetchrow(_POLICY_SQL.last_activation)
+            if last is None:
+                return None
+            version = await connection.fetchrow(_POLICY_SQL.get_version, last["version"])
+        return active_from_rows(dict(last), dict(version))
+
+    async def policy_version(self, version: str) -> PolicyVersion | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_POLICY_SQL.get_version, version)
+        return None if row is None else version_from_row(dict(row))
+
+    async def policy_history(self, limit: int) -> list[PolicyActivation]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(_POLICY_SQL.history, limit)
+        return [activation_from_row(dict(row)) for row in rows]
 
     async def ping(self) -> None:
         async with self._connection() as connection:

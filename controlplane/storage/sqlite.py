@@ -13,13 +13,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
+from controlplane.storage.base import (
+    ActivePolicy,
+    CallPage,
+    CallQuery,
+    PolicyActivation,
+    PolicySourceKind,
+    PolicyVersion,
+    StorageUnavailable,
+)
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
+from controlplane.storage.policy_rows import (
+    PolicySql,
+    activation_from_row,
+    active_from_rows,
+    version_from_row,
+    version_values,
+)
 from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, page_from_rows, qmark
 
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock before giving up
 
 _SQL = Sql(qmark)
+_POLICY_SQL = PolicySql(qmark)
 
 
 class SQLiteStorage:
@@ -80,6 +96,48 @@ class SQLiteStorage:
         def work(connection: sqlite3.Connection) -> list[DebugEvent]:
             rows = connection.execute(_SQL.debug_events, (call_id,)).fetchall()
             return [debug_event_from_row(dict(row)) for row in rows]
+
+        return await self._run(work)
+
+    async def activate_policy(
+        self, version: PolicyVersion, by: str, source: PolicySourceKind, note: str, *, unless_active: bool
+    ) -> PolicyActivation:
+        def work(connection: sqlite3.Connection) -> PolicyActivation:
+            # BEGIN IMMEDIATE (the write lock first): one activation at a time, across processes.
+            with _transaction(connection):
+                last = connection.execute(_POLICY_SQL.last_activation).fetchone()
+                if unless_active and last is not None and last["version"] == version.version:
+                    return activation_from_row(dict(last))
+                connection.execute(_POLICY_SQL.insert_version, version_values(version))
+                connection.execute(
+                    _POLICY_SQL.insert_activation, (version.version, time.time(), by, source, note)
+                )
+                return activation_from_row(dict(connection.execute(_POLICY_SQL.last_activation).fetchone()))
+
+        return await self._run(work)
+
+    async def active_policy(self) -> ActivePolicy | None:
+        def work(connection: sqlite3.Connection) -> ActivePolicy | None:
+            with _transaction(connection, "BEGIN"):
+                last = connection.execute(_POLICY_SQL.last_activation).fetchone()
+                if last is None:
+                    return None
+                version = connection.execute(_POLICY_SQL.get_version, (last["version"],)).fetchone()
+            return active_from_rows(dict(last), dict(version))
+
+        return await self._run(work)
+
+    async def policy_version(self, version: str) -> PolicyVersion | None:
+        def work(connection: sqlite3.Connection) -> PolicyVersion | None:
+            row = connection.execute(_POLICY_SQL.get_version, (version,)).fetchone()
+            return None if row is None else version_from_row(dict(row))
+
+        return await self._run(work)
+
+    async def policy_history(self, limit: int) -> list[PolicyActivation]:
+        def work(connection: sqlite3.Connection) -> list[PolicyActivation]:
+            rows = connection.execute(_POLICY_SQL.history, (limit,)).fetchall()
+            return [activation_from_row(dict(row)) for row in rows]
 
         return await self._run(work)
 
