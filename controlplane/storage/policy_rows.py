@@ -20,7 +20,8 @@ class PolicySql:
         )
         self.insert_activation = (
             f"INSERT INTO policy_activations ({_ACTIVATION_COLUMNS}) "
-            f"SELECT COALESCE(MAX(seq), 0) + 1, {p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)} FROM policy_activations"
+            f"SELECT COALESCE(MAX(seq), 0) + 1, {p(1)}, {p(2)}, {p(3)}, {p(4)}, {p(5)} "
+            "FROM policy_activations"
         )
         self.last_activation = (
             f"SELECT {_ACTIVATION_COLUMNS} FROM policy_activations ORDER BY seq DESC LIMIT 1"
