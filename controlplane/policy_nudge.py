@@ -123,6 +123,7 @@ class RedisNudge:
                         exc,
                     )
                 self._listening = False
+                self._nudged.set()  # a waiter on the long interval checks now, then every second
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()

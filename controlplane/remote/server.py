@@ -239,7 +239,9 @@ def create_control_plane_app(
     ) -> PolicyInfo:
         """Stores a new version (a policy file's content, as JSON) and activates it on every
         replica; this one enforces it before answering."""
-        return await change(versions.activate_document(document, "request body", credential.name, note, "api"))
+        return await change(
+            versions.activate_document(document, "request body", credential.name, note, "api")
+        )
 
     @app.post(
         f"{API}/policy/activations",

@@ -1,0 +1,253 @@
+"""Policy versions in a cluster: two `luthien controlplane` replicas sharing one database (SQLite
+file, or PostgreSQL) and Redis, three sidecar proxies spread over them. A version activated
+through one replica's API is enforced by every proxy within 2 s; a restart keeps it; a broken
+document is refused; the roles of the tokens are enforced and every change is in the audit log;
+with the policy file as the source, API writes are refused and the file's versions recorded."""
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.databases import fresh_postgres_database, require_service
+from tests.fake_provider import FakeProvider
+from tests.fake_provider.scenarios import DEFAULT_TEXT
+from tests.tcp_relay import TcpRelay
+from tests.test_network_control_plane import ALL_CAPS, UPPERCASE, ControlPlane
+
+pytestmark = pytest.mark.timeout(400)
+SUFFIX = uuid.uuid4().hex[:8]
+ADMIN, READER, PROXIES = f"admin-{SUFFIX}", f"read-{SUFFIX}", f"proxy-{SUFFIX}"
+NAMED_TOKENS = f"alice:admin:{ADMIN},grafana:read:{READER},sidecars:proxy:{PROXIES}"
+#: Generous for a loaded two-core machine; the measured times are printed.
+WITHIN = 2.0
+Seen = Literal["noop", "uppercase", "allcaps"]
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def seen(proxy: RunningProxy) -> Seen:
+    """Which policy handled a call through ``proxy``, from what the official SDK got back."""
+    (result,) = proxy.sdk({"api": "messages", "stream": False, "prompt": "hello"})
+    assert result["ok"], result
+    text = result["text"]
+    if text == DEFAULT_TEXT:
+        return "noop"
+    if text == DEFAULT_TEXT.upper():
+        return "allcaps"
+    assert text.lower() == DEFAULT_TEXT.lower(), text
+    return "uppercase"
+
+
+def time_to_enforce(proxies: list[RunningProxy], expected: Seen, since: float) -> list[float]:
+    """Seconds from ``since`` until each proxy's calls get ``expected``, asking them in turn."""
+    times: dict[int, float] = {}
+    while len(times) < len(proxies):
+        for n, proxy in enumerate(proxies):
+            if n not in times and seen(proxy) == expected:
+                times[n] = time.monotonic() - since
+        assert time.monotonic() - since < 15, f"not enforced everywhere after 15 s: {times}"
+    return [times[n] for n in range(len(proxies))]
+
+
+def activate(
+    replica: ControlPlane, document: dict[str, Any], note: str, token: str = ADMIN
+) -> httpx.Response:
+    return httpx.put(f"{replica.url}/v1/policy", json=document, params={"note": note}, headers=auth(token))
+
+
+def history(replica: ControlPlane) -> list[dict[str, Any]]:
+    response = httpx.get(f"{replica.url}/v1/policy/activations", headers=auth(READER))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@contextlib.asynccontextmanager
+async def shared_database(kind: str, root: Path) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite://{root / 'shared.db'}"
+    else:
+        async with fresh_postgres_database() as url:
+            yield url
+
+
+@contextlib.contextmanager
+def sidecars(
+    provider: FakeProvider, replicas: list[ControlPlane], root: Path
+) -> Iterator[list[RunningProxy]]:
+    """Three proxies: two on the first replica, one on the second, all with the proxy-role token."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUTHIEN_CONTROL_PLANE_TOKEN", PROXIES)
+        proxies = [
+            start_proxy(
+                f"p{n}", None, provider, root, root / f"p{n}-data", extra_args=["--control-plane", plane.url]
+            )
+            for n, plane in enumerate((replicas[0], replicas[0], replicas[1]))
+        ]
+    try:
+        for proxy in proxies:
+            wait_until_listening(proxy)
+            proxy.start_sdk()
+        yield proxies
+    finally:
+        for proxy in proxies:
+            proxy.terminate()
+        for proxy in proxies:
+            proxy.wait()
+
+
+def replica(
+    root: Path, name: str, database_url: str, redis_port: int, source_args: tuple[str, ...]
+) -> ControlPlane:
+    port = free_port()
+    (home := root / name).mkdir()
+    return ControlPlane(
+        f"http://127.0.0.1:{port}",
+        port,
+        None,
+        database_url,
+        home,
+        extra_args=("--redis-url", f"redis://127.0.0.1:{redis_port}/0", *source_args),
+        env={"LUTHIEN_CONTROL_PLANE_TOKEN": "", "LUTHIEN_CONTROL_PLANE_TOKENS": NAMED_TOKENS},
+    )
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+async def test_a_version_activated_on_one_replica_is_enforced_by_every_proxy_within_2_s(
+    database: str, tmp_path: Path
+) -> None:
+    require_service("Redis", "127.0.0.1", 6379)
+    with FakeProvider() as provider, TcpRelay("127.0.0.1", 6379) as redis:
+        async with shared_database(database, tmp_path) as url:
+            replicas = [
+                replica(tmp_path, f"cp{n}", url, redis.port, ("--policy-source", "database"))
+                for n in range(2)
+            ]
+            try:
+                for plane in replicas:
+                    plane.start()
+                    assert "Policy source: the database; no version activated yet" in plane.log()
+                with sidecars(provider, replicas, tmp_path) as proxies:
+                    assert [seen(proxy) for proxy in proxies] == ["noop"] * 3
+                    check_roles(replicas[0])
+
+                    for document, expected, note in (
+                        (UPPERCASE, "uppercase", "first"),
+                        (ALL_CAPS, "allcaps", "louder"),
+                    ):
+                        since = time.monotonic()
+                        response = activate(replicas[0], document, note)
+                        assert response.status_code == 200, response.text
+                        times = time_to_enforce(proxies, expected, since)
+                        print(f"\n[{database}] {note}: enforced by the 3 proxies after {fmt(times)} (nudged)")
+                        assert max(times) < WITHIN, times
+
+                    first, *_ = reversed(history(replicas[1]))
+                    assert (first["activated_by"], first["source"], first["note"]) == (
+                        "alice",
+                        "api",
+                        "first",
+                    )
+
+                    broken = {"policy": {"class": "ToolCallBlocklistPolicy", "config": {"patterns": "rm"}}}
+                    refused = activate(replicas[1], broken, "broken")
+                    assert refused.status_code == 400
+                    assert (
+                        refused.json()["error"]
+                        == "request body: policy.config.patterns: Input should be a valid list"
+                    )
+                    assert len(history(replicas[0])) == 2 and seen(proxies[2]) == "allcaps"
+
+                    # A rollback through the other replica, with the nudge channel down: the
+                    # periodic check alone brings the first replica's proxies along.
+                    redis.cut()
+                    since = time.monotonic()
+                    back = httpx.post(
+                        f"{replicas[1].url}/v1/policy/activations",
+                        json={"version": first["version"], "note": "roll back"},
+                        headers=auth(ADMIN),
+                    )
+                    assert back.status_code == 200, back.text
+                    times = time_to_enforce(proxies, "uppercase", since)
+                    print(f"[{database}] rollback: enforced by the 3 proxies after {fmt(times)} (Redis down)")
+                    assert max(times) < WITHIN, times
+                    redis.restore()
+                    latest = history(replicas[0])[0]
+                    assert (latest["version"], latest["note"], latest["seq"]) == (
+                        first["version"],
+                        "roll back",
+                        3,
+                    )
+
+                    for plane in replicas:
+                        plane.stop()
+                    for plane in replicas:
+                        plane.start()
+                        assert (
+                            f"Policy source: the database; version {first['version']} activated by alice"
+                            in plane.log()
+                        )
+                    assert [seen(proxy) for proxy in proxies] == ["uppercase"] * 3
+            finally:
+                for plane in replicas:
+                    plane.stop()
+
+
+def check_roles(plane: ControlPlane) -> None:
+    """A read token reads and a proxy token polices; neither changes the policy."""
+    for token in (READER, PROXIES):
+        response = activate(plane, ALL_CAPS, "not allowed", token)
+        assert response.status_code == 403, response.text
+        assert "needs admin" in response.json()["error"]
+    assert httpx.get(f"{plane.url}/v1/policy", headers=auth(READER)).json()["source"] == "database"
+    refused = httpx.post(f"{plane.url}/v1/request-policy", json={}, headers=auth(READER))
+    assert refused.status_code == 403 and "needs proxy" in refused.json()["error"]
+    assert history(plane) == []
+    for token in (ADMIN, READER, PROXIES):
+        assert token not in plane.log()
+
+
+def fmt(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f} s" for t in times)
+
+
+async def test_with_the_file_as_the_source_api_writes_are_refused_and_file_versions_recorded(
+    tmp_path: Path,
+) -> None:
+    require_service("Redis", "127.0.0.1", 6379)
+    url = f"sqlite://{tmp_path / 'shared.db'}"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(UPPERCASE))
+    planes = [replica(tmp_path, f"cp{n}", url, 6379, ("--policy", str(policy))) for n in range(2)]
+    try:
+        for plane in planes:
+            plane.start()
+            assert f"Policy source: the file {policy} (API writes are refused)" in plane.log()
+        refused = activate(planes[0], ALL_CAPS, "via the API")
+        assert refused.status_code == 409
+        assert "the policy's source of truth is the policy file" in refused.json()["error"]
+        (recorded,) = history(planes[1])  # both replicas saw the file; it is one activation
+        assert (recorded["source"], recorded["activated_by"]) == ("file", "policy file policy.yaml")
+
+        policy.write_text(yaml.safe_dump(ALL_CAPS))
+        deadline = time.monotonic() + 10
+        while len(entries := history(planes[0])) < 2:
+            assert time.monotonic() < deadline, entries
+            time.sleep(0.2)
+        time.sleep(1.5)  # the second replica's check too: it must not record the change again
+        assert [e["seq"] for e in history(planes[0])] == [2, 1]
+        for plane in planes:
+            info = httpx.get(f"{plane.url}/v1/policy", headers=auth(READER)).json()
+            assert info == {"policy": "AllCapsPolicy", "version": entries[0]["version"], "source": "file"}
+    finally:
+        for plane in planes:
+            plane.stop()
