@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(dashboard)
     _add_backend_options(dashboard)
     _add_dashboard_options(dashboard)
+    _add_policy_options(
+        dashboard, "the control planes' policy file: with it, the file is the source (env LUTHIEN_POLICY)"
+    )
 
     login = _command(
         commands, "login", "print the dashboard's login link (the same across restarts, until rotated)"

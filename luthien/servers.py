@@ -93,6 +93,20 @@ async def start_policy(
     return keeper, versions
 
 
+def dashboard_tokens() -> "Tokens":
+    """The named tokens of ``LUTHIEN_DASHBOARD_TOKENS``, besides the dashboard token (an admin)."""
+    from controlplane.access import TokenListError, Tokens, parse_tokens
+
+    try:
+        return Tokens(
+            parse_tokens(
+                os.environ.get("LUTHIEN_DASHBOARD_TOKENS", ""), "LUTHIEN_DASHBOARD_TOKENS", ("read", "admin")
+            )
+        )
+    except TokenListError as exc:
+        sys.exit(f"luthien: {exc}")
+
+
 def login_link(host: str, port: int, token: "TokenSource") -> str:
     from dashboard.token import FixedToken
 
@@ -163,12 +177,13 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
         print(f"luthien: {exc}", file=sys.stderr)
         return 2
     token = dashboard_token(args) if with_dashboard else None
+    named = dashboard_tokens() if with_dashboard else None
 
     async def serve() -> int:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
             control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, backends.writer)
             try:
-                keeper, _ = await start_policy(args, control_plane, backends)
+                keeper, versions = await start_policy(args, control_plane, backends)
             except PolicyFileError as exc:
                 print(f"luthien: {exc}", file=sys.stderr)
                 return 2
@@ -182,7 +197,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                 await metrics_server.start()
             dashboard = None
             if token is not None:
-                app = create_app(backends.storage, backends.bus, token)
+                app = create_app(backends.storage, backends.bus, token, named, versions)
                 dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
                 await dashboard.start()
 
@@ -299,17 +314,22 @@ def serve_control_plane(args: argparse.Namespace) -> int:
 def serve_dashboard(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from controlplane.policy_versions import PolicyVersions
     from dashboard.app import create_app, end_live_streams
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-dashboard")
     token = dashboard_token(args)
+    named = dashboard_tokens()
+    source = policy_source(args)
 
     async def serve() -> None:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=False) as backends:
             if args.redis_url is None:
                 print("No REDIS_URL: the live monitor shows only this process's events (none).", flush=True)
-            app = create_app(backends.storage, backends.bus, token)
+            # Changes are nudged to the control planes, which enforce them; this process only stores them.
+            versions = PolicyVersions(backends.storage, backends.nudge, source, args.policy)
+            app = create_app(backends.storage, backends.bus, token, named, versions)
             config = uvicorn.Config(
                 # No access log: the login link carries the token.
                 app,

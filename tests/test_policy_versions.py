@@ -15,6 +15,13 @@ import httpx
 import pytest
 import yaml
 
+from controlplane.access import Tokens, parse_tokens
+from controlplane.activity import InMemoryBus
+from controlplane.policy_nudge import NoNudge
+from controlplane.policy_versions import PolicyVersions
+from controlplane.storage import SQLiteStorage
+from dashboard.app import create_app
+from dashboard.auth import COOKIE
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_provider import FakeProvider
@@ -251,3 +258,68 @@ async def test_with_the_file_as_the_source_api_writes_are_refused_and_file_versi
     finally:
         for plane in planes:
             plane.stop()
+
+
+async def test_dashboard_read_tokens_read_and_only_admin_tokens_change_the_policy(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    named = Tokens(parse_tokens(f"alice:admin:{ADMIN},grafana:read:{READER}", "LUTHIEN_DASHBOARD_TOKENS"))
+    owner = f"owner-{SUFFIX}"
+    app = create_app(storage, InMemoryBus(), owner, named)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://dashboard") as client:
+            assert (await client.get("/api/calls")).status_code == 401
+            assert (await client.get("/api/calls", headers=auth(READER))).status_code == 200
+            state = await client.get("/api/policy", headers=auth(READER))
+            assert state.json() == {"source": "database", "active": None, "history": []}
+            refused = await client.put("/api/policy", json=ALL_CAPS, headers=auth(READER))
+            assert refused.status_code == 403
+            assert refused.json() == {"error": "the token 'grafana' has the role read; this needs admin"}
+
+            first = await client.put(
+                "/api/policy", json=UPPERCASE, params={"note": "hi"}, headers=auth(ADMIN)
+            )
+            assert first.status_code == 200, first.text
+            second = await client.put("/api/policy", json=ALL_CAPS, headers=auth(owner))
+            broken = await client.put("/api/policy", json={"policy": {"class": "Nope"}}, headers=auth(ADMIN))
+            assert broken.status_code == 400 and broken.json()["error"].startswith(
+                "request body: policy.class: unknown policy 'Nope'"
+            )
+            # A browser logged in with the read token has its rights, no more.
+            login = await client.get("/login", params={"token": READER})
+            assert login.status_code == 303 and client.cookies[COOKIE] == READER
+            back = {"version": first.json()["version"], "note": "back"}
+            assert (await client.post("/api/policy/activations", json=back)).status_code == 403
+            assert (
+                await client.post("/api/policy/activations", json=back, headers=auth(ADMIN))
+            ).status_code == 200
+            state = (await client.get("/api/policy")).json()
+        who = [(a["seq"], a["activated_by"], a["note"]) for a in state["history"]]
+        assert who == [(3, "alice", "back"), (2, "dashboard token", ""), (1, "alice", "hi")]
+        assert state["active"]["version"]["document"] == UPPERCASE
+        assert second.json()["version"] != first.json()["version"]
+        dump = (tmp_path / "luthien.db").read_bytes()
+        for token in (ADMIN, READER, owner):
+            assert token.encode() not in dump  # names only, never a token
+    finally:
+        await storage.close()
+
+
+async def test_a_dashboard_beside_file_sourced_control_planes_refuses_changes_with_409(
+    tmp_path: Path,
+) -> None:
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    versions = PolicyVersions(storage, NoNudge(), "file", tmp_path / "policy.yaml")
+    app = create_app(storage, InMemoryBus(), ADMIN, versions=versions)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://d") as client:
+            response = await client.put("/api/policy", json=ALL_CAPS, headers=auth(ADMIN))
+        assert response.status_code == 409
+        assert response.json()["error"].startswith(
+            f"the policy's source of truth is the policy file {tmp_path / 'policy.yaml'} (--policy-source file)"
+        )
+        assert await storage.policy_history(10) == []
+    finally:
+        await storage.close()

@@ -7,7 +7,7 @@ need ``proxy``, changing the policy needs ``admin``."""
 
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextlib import AbstractContextManager
 from typing import Annotated, Any
 
@@ -38,16 +38,10 @@ from controlplane.metrics import (
     register_recording_metrics,
 )
 from controlplane.models import ChunkResult, StreamingContext
-from controlplane.policy_file import PolicyFileError
 from controlplane.policy_nudge import NoNudge
-from controlplane.policy_versions import (
-    FileIsTheSource,
-    PolicyKeeper,
-    PolicySource,
-    PolicyVersions,
-    UnknownVersion,
-)
+from controlplane.policy_versions import PolicyKeeper, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.writer import RecordWriter
+from controlplane.remote.policy_changes import http_change
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
@@ -167,17 +161,8 @@ def create_control_plane_app(
         policy, version = control_plane.policy, control_plane.policy_version
         return PolicyInfo(policy=type(policy).__name__, version=version, source=versions.source)
 
-    async def change(activation: Any) -> PolicyInfo:
-        try:
-            await activation
-        except FileIsTheSource as exc:
-            raise HTTPException(409, str(exc)) from exc
-        except PolicyFileError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        except UnknownVersion as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except StorageUnavailable as exc:
-            raise HTTPException(503, f"nothing activated: {exc}") from exc
+    async def change(activation: Awaitable[PolicyActivation]) -> PolicyInfo:
+        await http_change(activation)
         return info()
 
     @app.get("/healthz")
