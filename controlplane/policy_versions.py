@@ -9,6 +9,9 @@ activated, and how every control-plane replica comes to enforce the active one.
   periodic check, so every replica enforces a new version within about a second.
 
 A broken document is never stored nor activated: ``PolicyFileError`` says what is wrong, where.
+Nor is a credential: a document that would be the truth (the API's, the CLI's, a file seeding the
+database) is refused while it holds one (an inline ``api_key``); a file's version is recorded with
+its credentials redacted, the file itself staying the truth.
 """
 
 import asyncio
@@ -19,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from controlplane.credentials import REDACTED, scrub_body
 from controlplane.local import ControlPlaneLocal
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.noop import NoOpPolicy
@@ -70,17 +74,55 @@ def document_version(document: dict[str, Any]) -> str:
 
 
 def validated(document: Any, where: str, by: str, note: str) -> tuple[PolicyHandler, PolicyVersion]:
-    """The policy a document builds and the version to store it as; ``PolicyFileError`` when it
-    is not a policy that can run."""
+    """The policy a document builds and the version to store it as (its credentials redacted);
+    ``PolicyFileError`` when it is not a policy that can run."""
     policy = policy_from_document(document, where)
     version = PolicyVersion(
         version=document_version(document),
-        document=document,
+        document=scrub_body(document),
         created_at=datetime.now(UTC),
         created_by=by,
         note=note,
     )
     return policy, version
+
+
+def without_credentials(document: Any, where: str) -> None:
+    """Refuses a document that would be stored as the truth while it holds a credential: stored, it
+    would be readable by every dashboard user; redacted, it would no longer work."""
+    found = _credential_paths(document, scrub_body(document), "")
+    if found:
+        raise PolicyFileError(
+            *(
+                f"{where}: {path}: holds a credential, which would be stored with the version and "
+                "shown on the dashboard; give it by environment variable instead (for a judge: api_key_env)"
+                for path in found
+            )
+        )
+
+
+def _credential_paths(given: Any, scrubbed: Any, at: str) -> list[str]:
+    if isinstance(given, dict) and isinstance(scrubbed, dict):
+        return [
+            p for k in given for p in _credential_paths(given[k], scrubbed[k], f"{at}.{k}" if at else str(k))
+        ]
+    if isinstance(given, list) and isinstance(scrubbed, list):
+        return [
+            p
+            for i, (g, c) in enumerate(zip(given, scrubbed, strict=True))
+            for p in _credential_paths(g, c, f"{at}[{i}]")
+        ]
+    return [at] if given != scrubbed else []
+
+
+def _redacted(node: Any) -> bool:
+    """Whether a credential of ``node`` was redacted when it was recorded."""
+    if isinstance(node, dict):
+        return any(
+            (value == REDACTED and scrub_body("probe", key) == REDACTED) or _redacted(value)
+            for key, value in node.items()
+        )
+    return isinstance(node, list) and any(_redacted(item) for item in node)
 
 
 def file_credential(path: Path) -> str:
@@ -106,9 +148,17 @@ class PolicyVersions:
         self, document: Any, where: str, by: str, note: str, source: PolicySourceKind
     ) -> PolicyActivation:
         """``where`` names the document in errors (a file's path, "request body")."""
-        self._refuse_in_file_mode()
-        policy, version = validated(document, where, by, note)
+        policy, version = self.check(document, where, by, note)
         return await self._activate(policy, version, by, note, source)
+
+    def check(
+        self, document: Any, where: str, by: str, note: str = ""
+    ) -> tuple[PolicyHandler, PolicyVersion]:
+        """What ``activate_document`` would activate, without activating it: refused in file mode,
+        for a document that is not a policy that runs, or one that holds a credential."""
+        self._refuse_in_file_mode()
+        without_credentials(document, where)
+        return validated(document, where, by, note)
 
     async def activate_stored(
         self, version: str, by: str, note: str, source: PolicySourceKind
@@ -118,6 +168,11 @@ class PolicyVersions:
         stored = await self.storage.policy_version(version)
         if stored is None:
             raise UnknownVersion(version)
+        if _redacted(stored.document):
+            raise PolicyFileError(
+                f"version {version}: recorded from a policy file with its credentials redacted, so it "
+                "cannot run from the database; activate a document that names them by environment variable"
+            )
         # Built again here: a stored version may need what this process lacks (an env var, a module).
         policy = policy_from_document(stored.document, f"version {version}")
         return await self._activate(policy, stored, by, note, source)
@@ -186,9 +241,9 @@ class PolicyKeeper:
         active = await self._active_waiting()
         if active is None and self.path is not None:
             # An empty database takes the file as its first version; from then on the database rules.
-            _, seed = validated(
-                read_policy_document(self.path), str(self.path), file_credential(self.path), "seed"
-            )
+            document = read_policy_document(self.path)
+            without_credentials(document, str(self.path))
+            _, seed = validated(document, str(self.path), file_credential(self.path), "seed")
             await self.storage.activate_policy(seed, seed.created_by, "file", "seed", unless_active=True)
             active = await self.storage.active_policy()
         if active is None:

@@ -1,6 +1,7 @@
 // One call: its facts, the conversation, the policy decisions, what policy changed, both sides
 // raw, headers and debug events. Everything comes from /api/calls/{id}, diffs included.
 import { badge, blockBadge, compactJSON, el, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
+import { diffBadge, diffTable } from "/static/diff.js";
 
 const content = document.getElementById("content");
 const callId = decodeURIComponent(location.pathname.slice("/calls/".length));
@@ -32,7 +33,11 @@ function header(call) {
     ["User", call.user_id],
     ["Session", call.session_id],
     ["HTTP status", call.status],
-    ["Policy version", call.policy_version],
+    [
+      "Policy version",
+      call.policy_version &&
+        el("a", { href: `/policy?version=${encodeURIComponent(call.policy_version)}` }, call.policy_version),
+    ],
     ["Time to first byte", formatMs(call.ttfb_ms)],
     ["Duration", formatMs(call.duration_ms)],
     [
@@ -134,64 +139,6 @@ function decisions(call) {
   return section("Policy decisions", table(["Stage", "Verdict", "Rule", "Reason", "Details"], rows));
 }
 
-// A run of a long line longer than this, changed or not, shows only its two ends until opened.
-const FOLD_ENDS = 160;
-const FOLD_MIN = 2 * FOLD_ENDS + 80;
-
-function runs(parts, folded) {
-  return parts.map((part) => {
-    const text = part.text;
-    const shown =
-      folded && text.length > FOLD_MIN
-        ? [
-            text.slice(0, FOLD_ENDS),
-            el("button", { type: "button", class: "unfold" }, `… ${text.length - 2 * FOLD_ENDS} more characters …`),
-            text.slice(-FOLD_ENDS),
-          ]
-        : [text];
-    return part.changed ? el("mark", {}, shown) : shown;
-  });
-}
-
-// A line of a diff: its changed words marked (when the API compared them), long runs folded.
-function codeCell(side, text, parts) {
-  const cell = el("td", { class: `code ${side}` });
-  if (text === null) return cell;
-  const all = parts ?? [{ text, changed: false }];
-  cell.append(...runs(all, true).flat());
-  cell.addEventListener("click", (event) => {
-    if (event.target.closest("button.unfold")) cell.replaceChildren(...runs(all, false).flat());
-  });
-  return cell;
-}
-
-function diffTable(diff, leftLabel, rightLabel) {
-  if (diff.only) {
-    const missing = diff.only === "left" ? rightLabel : leftLabel;
-    return el("p", { class: "muted" }, `${missing}: nothing. The Raw section below shows the other side.`);
-  }
-  if (!diff.changed) return el("p", { class: "muted" }, "No changes");
-  const rows = diff.rows.map((row) =>
-    row.op === "skip"
-      ? el("tr", { class: "skip" }, el("td", { colspan: 4 }, `⋯ ${row.count} unchanged lines`))
-      : el(
-          "tr",
-          { class: `op-${row.op}` },
-          el("td", { class: "no" }, row.left_no ?? ""),
-          codeCell("left", row.left, row.left_parts),
-          el("td", { class: "no" }, row.right_no ?? ""),
-          codeCell("right", row.right, row.right_parts),
-        ),
-  );
-  return el(
-    "table",
-    { class: "diff" },
-    el("colgroup", {}, el("col", { class: "no" }), el("col"), el("col", { class: "no" }), el("col")),
-    el("thead", {}, el("tr", {}, el("th", { colspan: 2 }, leftLabel), el("th", { colspan: 2 }, rightLabel))),
-    el("tbody", {}, rows),
-  );
-}
-
 function diffs(call, diffs) {
   // What the agent was told and asked to run comes first; the wire-level detail after.
   const parts = [
@@ -213,10 +160,6 @@ function diffs(call, diffs) {
   );
 }
 
-function diffBadge(diff) {
-  if (diff.only) return badge("one side only");
-  return diff.changed ? badge("changed", "warn") : badge("no changes");
-}
 
 // A body as recorded: JSON pretty-printed, text (a body that was not JSON) as it is, a stream
 // one event per line.

@@ -19,8 +19,8 @@ export function el(tag, attrs = {}, ...children) {
 
 export class NotLoggedIn extends Error {}
 
-export async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+async function requestJSON(url, init) {
+  const response = await fetch(url, { ...init, headers: { Accept: "application/json", ...init.headers } });
   if (response.status === 401) throw new NotLoggedIn("Not logged in");
   const body = await response.json().catch(() => null);
   if (!response.ok) {
@@ -29,6 +29,15 @@ export async function getJSON(url) {
     throw error;
   }
   return body;
+}
+
+export function getJSON(url) {
+  return requestJSON(url, {});
+}
+
+// A request that changes something (or asks the server to check something): a JSON body.
+export function sendJSON(method, url, body) {
+  return requestJSON(url, { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 }
 
 // A message in place of the page's content, e.g. when the API cannot be reached.
