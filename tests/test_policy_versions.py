@@ -5,6 +5,10 @@ document is refused; the roles of the tokens are enforced and every change is in
 with the policy file as the source, API writes are refused and the file's versions recorded."""
 
 import contextlib
+import getpass
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +26,7 @@ from controlplane.policy_versions import PolicyVersions
 from controlplane.storage import SQLiteStorage
 from dashboard.app import create_app
 from dashboard.auth import COOKIE
-from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.conftest import ROOT, RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
@@ -323,3 +327,56 @@ async def test_a_dashboard_beside_file_sourced_control_planes_refuses_changes_wi
         assert await storage.policy_history(10) == []
     finally:
         await storage.close()
+
+
+def luthien_policy(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "luthien", "policy", *args, "--data-dir", str(data_dir)]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LUTHIEN_POLICY", "LUTHIEN_POLICY_SOURCE", "REDIS_URL")
+    }
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_luthien_policy_activates_lists_and_rolls_back_versions_of_the_embedded_default(
+    tmp_path: Path,
+) -> None:
+    """``luthien up`` with no setup (SQLite in the data dir, no Redis, no policy file) follows
+    versions that ``luthien policy`` activates in its database."""
+    data_dir = tmp_path / "data"
+    (upper := tmp_path / "upper.yaml").write_text(yaml.safe_dump(UPPERCASE))
+    (caps := tmp_path / "caps.yaml").write_text(yaml.safe_dump(ALL_CAPS))
+    (broken := tmp_path / "broken.yaml").write_text("policy:\n  class: ToolCallBlocklistPolicy\n")
+    with FakeProvider() as provider:
+        up = start_proxy(
+            "up", None, provider, tmp_path, data_dir, f"sqlite://{data_dir / 'luthien.db'}",
+            ["--dashboard-port", "0", "--metrics-port", "0"], command="up",
+        )  # fmt: skip
+        try:
+            wait_until_listening(up)
+            assert "Policy source: the database; no version activated yet (NoOpPolicy)" in up.log()
+            assert seen(up) == "noop"
+            for path, expected in ((upper, "uppercase"), (caps, "allcaps")):
+                done = luthien_policy("activate", str(path), "--note", f"try {path.stem}", data_dir=data_dir)
+                assert done.returncode == 0, done.stderr
+                (took,) = time_to_enforce([up], expected, time.monotonic())
+                print(f"\nluthien up enforces {path.name} {took:.2f} s after `luthien policy activate` ended")
+                assert took < WITHIN
+
+            refused = luthien_policy("activate", str(broken), data_dir=data_dir)
+            assert refused.returncode == 1
+            assert (
+                refused.stderr
+                == f"luthien: {broken}: policy.config.patterns: Field required: give `patterns`, `block` rules, or both\n"
+            )
+            assert luthien_policy("rollback", "--note", "too loud", data_dir=data_dir).returncode == 0
+            listed = luthien_policy("history", data_dir=data_dir)
+            lines = listed.stdout.splitlines()
+            assert len(lines) == 3 and lines[0].startswith("*    3 ") and lines[0].endswith("too loud")
+            assert f"luthien policy ({getpass.getuser()})" in lines[0] and " cli " in lines[0]
+            assert lines[0].split()[2] == lines[2].split()[1]  # the rollback's version is the first's
+            time_to_enforce([up], "uppercase", time.monotonic())
+        finally:
+            up.terminate()
+            up.wait()
