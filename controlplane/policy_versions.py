@@ -26,6 +26,7 @@ from controlplane.policy_file import (
     PolicyFileError,
     parse_policy_yaml,
     policy_from_document,
+    read_policy_bytes,
     read_policy_document,
 )
 from controlplane.policy_nudge import PolicyNudge
@@ -158,6 +159,8 @@ class PolicyKeeper:
         self._file_bytes: bytes | None = None
         self._unrecorded: PolicyVersion | None = None  # a file version the database has not taken yet
         self._refused: str | None = None  # a stored version that does not build here, reported once
+        self._migrated = False
+        self._unreadable = False  # the database failed the last check (reported once per outage)
 
     def enforce(self, policy: PolicyHandler, version: str | None) -> None:
         """New calls get ``policy``; streams already running keep theirs."""
@@ -170,10 +173,7 @@ class PolicyKeeper:
         Raises ``PolicyFileError`` for a file source whose file is broken."""
         if self.source == "file":
             assert self.path is not None, "a file source needs a file"
-            try:
-                self._file_bytes = self.path.read_bytes()
-            except OSError as exc:
-                raise PolicyFileError(f"{self.path}: cannot read the policy file: {exc.strerror}") from exc
+            self._file_bytes = read_policy_bytes(self.path)
             document = parse_policy_yaml(self._file_bytes, str(self.path))
             policy, version = validated(document, str(self.path), file_credential(self.path), "")
             self.enforce(policy, version.version)
@@ -184,11 +184,12 @@ class PolicyKeeper:
                 f"{type(policy).__name__} version {version.version}"
             )
         active = await self._active_waiting()
-        if active is None and self.path is not None:
+        seeded = active is None and self.path is not None
+        if seeded:
+            assert self.path is not None
             # An empty database takes the file as its first version; from then on the database rules.
-            _, seed = validated(
-                read_policy_document(self.path), str(self.path), file_credential(self.path), "seed"
-            )
+            document = read_policy_document(self.path)
+            _, seed = validated(document, str(self.path), file_credential(self.path), "seed")
             await self.storage.activate_policy(seed, seed.created_by, "file", "seed", unless_active=True)
             active = await self.storage.active_policy()
         if active is None:
@@ -196,10 +197,13 @@ class PolicyKeeper:
             return "Policy source: the database; no version activated yet (NoOpPolicy)"
         self._enforce_stored(active)
         activation = active.activation
-        return (
+        said = (
             f"Policy source: the database; version {activation.version} "
             f"activated by {activation.activated_by} at {activation.activated_at:%Y-%m-%d %H:%M:%S} UTC"
         )
+        if self.path is not None and not seeded:
+            said += f" (the --policy file {self.path} only seeds an empty database)"
+        return said
 
     async def run(self) -> None:
         """Follows the source until cancelled."""
@@ -212,23 +216,38 @@ class PolicyKeeper:
         while True:
             await self.nudge.wait(NUDGED_CHECK_SECONDS if self.nudge.listening else CHECK_SECONDS)
             try:
-                active = await self.storage.active_policy()
+                active = await self._read_active()
             except StorageUnavailable as exc:
-                log.warning(
-                    "cannot read the active policy version (%s); keeping %s",
-                    exc,
-                    self.control_plane.policy_version,
-                )
+                if not self._unreadable:
+                    log.warning(
+                        "cannot read the active policy version (%s); keeping %s until the database answers",
+                        exc,
+                        self.control_plane.policy_version,
+                    )
+                self._unreadable = True
                 continue
+            if self._unreadable:
+                log.info("the active policy version can be read again")
+            self._unreadable = False
             if active is not None:
                 self._enforce_stored(active)
+
+    async def _ready(self) -> None:
+        """Migrates once: a database that was down at start-up may not have the tables yet."""
+        if not self._migrated:
+            await self.storage.migrate()
+            self._migrated = True
+
+    async def _read_active(self) -> ActivePolicy | None:
+        await self._ready()
+        return await self.storage.active_policy()
 
     async def _active_waiting(self) -> ActivePolicy | None:
         """The active version; while the database cannot say, start-up waits (proxies fail
         closed meanwhile) rather than enforce a policy that may not be the active one."""
         while True:
             try:
-                return await self.storage.active_policy()
+                return await self._read_active()
             except StorageUnavailable as exc:
                 log.warning("waiting for the database to read the active policy version: %s", exc)
                 await asyncio.sleep(CHECK_SECONDS)
@@ -279,9 +298,15 @@ class PolicyKeeper:
             return
         version = self._unrecorded
         try:
+            await self._ready()
             await self.storage.activate_policy(version, version.created_by, "file", "", unless_active=True)
         except StorageUnavailable as exc:
-            log.warning("cannot record policy version %s yet: %s", version.version, exc)
+            if not self._unreadable:
+                log.warning(
+                    "cannot record policy version %s yet (%s): trying every second", version.version, exc
+                )
+            self._unreadable = True
             return
+        self._unreadable = False
         if self._unrecorded is version:
             self._unrecorded = None

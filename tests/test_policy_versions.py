@@ -21,8 +21,10 @@ import yaml
 
 from controlplane.access import Tokens, parse_tokens
 from controlplane.activity import InMemoryBus
+from controlplane.local import ControlPlaneLocal
+from controlplane.policies import NoOpPolicy
 from controlplane.policy_nudge import NoNudge
-from controlplane.policy_versions import PolicyVersions
+from controlplane.policy_versions import PolicyKeeper, PolicyVersions
 from controlplane.storage import SQLiteStorage
 from dashboard.app import create_app
 from dashboard.auth import COOKIE
@@ -380,3 +382,27 @@ def test_luthien_policy_activates_lists_and_rolls_back_versions_of_the_embedded_
         finally:
             up.terminate()
             up.wait()
+
+
+async def test_a_policy_file_seeds_an_empty_database_and_is_ignored_after(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    (seed := tmp_path / "seed.yaml").write_text(yaml.safe_dump(UPPERCASE))
+    try:
+        first = ControlPlaneLocal(NoOpPolicy())
+        said = await PolicyKeeper(first, storage, NoNudge(), "database", seed).start()
+        assert said.startswith("Policy source: the database; version ") and "only seeds" not in said
+        assert type(first.policy).__name__ == "UppercaseNthWordPolicy"
+        seed.write_text(yaml.safe_dump(ALL_CAPS))  # a later file does not override the database
+        again = ControlPlaneLocal(NoOpPolicy())
+        said = await PolicyKeeper(again, storage, NoNudge(), "database", seed).start()
+        assert said.endswith(f"(the --policy file {seed} only seeds an empty database)")
+        assert again.policy_version == first.policy_version
+        (activation,) = await storage.policy_history(10)
+        assert (activation.source, activation.activated_by, activation.note) == (
+            "file",
+            "policy file seed.yaml",
+            "seed",
+        )
+    finally:
+        await storage.close()
