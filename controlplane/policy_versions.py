@@ -64,10 +64,16 @@ class UnknownVersion(LookupError):
         super().__init__(f"no stored policy version {version!r}")
 
 
-def document_version(document: dict[str, Any]) -> str:
+def document_version(document: dict[str, Any], where: str) -> str:
     """A document's version: the start of the SHA-256 of its canonical JSON (so a file's
     comments and layout do not make a new version)."""
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
+    try:
+        canonical = json.dumps(document, sort_keys=True)
+    except (TypeError, ValueError) as exc:  # YAML can hold what JSON cannot: a date, a set
+        raise PolicyFileError(
+            f"{where}: holds a value that cannot be stored as JSON (quote it): {exc}"
+        ) from exc
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def validated(document: Any, where: str, by: str, note: str) -> tuple[PolicyHandler, PolicyVersion]:
@@ -75,7 +81,7 @@ def validated(document: Any, where: str, by: str, note: str) -> tuple[PolicyHand
     is not a policy that can run."""
     policy = policy_from_document(document, where)
     version = PolicyVersion(
-        version=document_version(document),
+        version=document_version(document, where),
         document=document,
         created_at=datetime.now(UTC),
         created_by=by,

@@ -23,6 +23,7 @@ from controlplane.access import Tokens, parse_tokens
 from controlplane.activity import InMemoryBus
 from controlplane.local import ControlPlaneLocal
 from controlplane.policies import NoOpPolicy
+from controlplane.policy_file import PolicyFileError
 from controlplane.policy_nudge import NoNudge
 from controlplane.policy_versions import PolicyKeeper, PolicyVersions
 from controlplane.storage import SQLiteStorage
@@ -404,5 +405,22 @@ async def test_a_policy_file_seeds_an_empty_database_and_is_ignored_after(tmp_pa
             "policy file seed.yaml",
             "seed",
         )
+    finally:
+        await storage.close()
+
+
+async def test_a_document_json_cannot_hold_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    """YAML reads an unquoted date as a date, which JSON (how versions are stored) cannot hold."""
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    (policy := tmp_path / "policy.yaml").write_text("policy:\n  class: NoOpPolicy\nreviewed: 2026-12-04\n")
+    try:
+        keeper = PolicyKeeper(ControlPlaneLocal(NoOpPolicy()), storage, NoNudge(), "file", policy)
+        with pytest.raises(PolicyFileError) as refused:
+            await keeper.start()
+        assert str(refused.value).startswith(
+            f"{policy}: holds a value that cannot be stored as JSON (quote it): "
+        )
+        assert await storage.policy_history(10) == []
     finally:
         await storage.close()
