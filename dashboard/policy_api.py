@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from controlplane.access import Credential
 from controlplane.policy_versions import PolicySource, PolicyVersions, UnknownVersion
-from controlplane.remote.policy_changes import http_change
+from controlplane.remote.policy_changes import Activate, http_change
 from controlplane.storage.base import ActivePolicy, PolicyActivation, PolicyVersion
 from dashboard.auth import require_admin
 
@@ -20,11 +20,6 @@ class PolicyState(BaseModel):
     source: PolicySource
     active: ActivePolicy | None
     history: list[PolicyActivation]
-
-
-class Activate(BaseModel):
-    version: str
-    note: str = ""
 
 
 def router(versions: PolicyVersions) -> APIRouter:

@@ -41,7 +41,7 @@ from controlplane.models import ChunkResult, StreamingContext
 from controlplane.policy_nudge import NoNudge
 from controlplane.policy_versions import PolicyKeeper, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.writer import RecordWriter
-from controlplane.remote.policy_changes import http_change
+from controlplane.remote.policy_changes import Activate, http_change
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
@@ -65,13 +65,6 @@ class PolicyInfo(BaseModel):
     policy: str
     version: str | None
     source: PolicySource = Field(description="Where the truth is: the policy file, or the database.")
-
-
-class Activate(BaseModel):
-    """Activates a stored version (a rollback, or a roll forward again)."""
-
-    version: str
-    note: str = ""
 
 
 class ErrorBody(BaseModel):
