@@ -139,7 +139,7 @@ class PolicyVersions:
         activation = await self.storage.activate_policy(version, by, source, note, unless_active=False)
         log.info("policy version %s activated by %s (%s)", version.version, by, source)
         if self.keeper is not None:
-            self.keeper.enforce(policy, version.version)
+            self.keeper.enforce_activation(policy, activation)
         await self.nudge.publish(version.version)
         return activation
 
@@ -165,6 +165,7 @@ class PolicyKeeper:
         self._file_bytes: bytes | None = None
         self._unrecorded: PolicyVersion | None = None  # a file version the database has not taken yet
         self._refused: str | None = None  # a stored version that does not build here, reported once
+        self._seq = 0  # the activation enforced last (database source)
         self._migrated = False
         self._unreadable = False  # the database failed the last check (reported once per outage)
 
@@ -173,6 +174,13 @@ class PolicyKeeper:
         if version != self.control_plane.policy_version:
             self.control_plane.replace_policy(policy, version)
             log.info("policy now %s version %s", type(policy).__name__, version)
+
+    def enforce_activation(self, policy: PolicyHandler, activation: PolicyActivation) -> None:
+        """Enforces an activation unless a later one is enforced already: a check that read the
+        database just before this activation must not take the replica back."""
+        if activation.seq >= self._seq:
+            self._seq = activation.seq
+            self.enforce(policy, activation.version)
 
     async def start(self) -> str:
         """Puts the control plane on its source's active version; returns what to say at start-up.
@@ -201,7 +209,7 @@ class PolicyKeeper:
         if active is None:
             self.enforce(NoOpPolicy(), None)
             return "Policy source: the database; no version activated yet (NoOpPolicy)"
-        self._enforce_stored(active)
+        self.follow(active)
         activation = active.activation
         said = (
             f"Policy source: the database; version {activation.version} "
@@ -236,7 +244,7 @@ class PolicyKeeper:
                 log.info("the active policy version can be read again")
             self._unreadable = False
             if active is not None:
-                self._enforce_stored(active)
+                self.follow(active)
 
     async def _ready(self) -> None:
         """Migrates once: a database that was down at start-up may not have the tables yet."""
@@ -258,9 +266,14 @@ class PolicyKeeper:
                 log.warning("waiting for the database to read the active policy version: %s", exc)
                 await asyncio.sleep(CHECK_SECONDS)
 
-    def _enforce_stored(self, active: ActivePolicy) -> None:
-        version = active.version
+    def follow(self, active: ActivePolicy) -> None:
+        """Enforces the active version as read from the database, unless the read is older than
+        what this replica enforces (a check racing an activation made here)."""
+        activation, version = active.activation, active.version
+        if activation.seq < self._seq:  # read before an activation this replica made since
+            return
         if version.version in (self.control_plane.policy_version, self._refused):
+            self._seq = activation.seq
             return
         try:
             policy = policy_from_document(version.document, f"version {version.version}")
@@ -272,7 +285,7 @@ class PolicyKeeper:
                 exc,
             )
             return
-        self.enforce(policy, version.version)
+        self.enforce_activation(policy, activation)
 
     def _check_file(self) -> None:
         assert self.path is not None

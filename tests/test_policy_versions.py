@@ -424,3 +424,26 @@ async def test_a_document_json_cannot_hold_is_refused_before_anything_is_stored(
         assert await storage.policy_history(10) == []
     finally:
         await storage.close()
+
+
+async def test_a_check_that_read_the_database_before_an_activation_does_not_take_the_replica_back(
+    tmp_path: Path,
+) -> None:
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    control_plane = ControlPlaneLocal(NoOpPolicy())
+    keeper = PolicyKeeper(control_plane, storage, NoNudge(), "database", None)
+    versions = PolicyVersions(storage, NoNudge(), "database", keeper=keeper)
+    try:
+        await keeper.start()
+        await versions.activate_document(UPPERCASE, "upper", "alice", "", "api")
+        stale = await storage.active_policy()  # what a periodic check read, just before…
+        assert stale is not None
+        louder = await versions.activate_document(ALL_CAPS, "caps", "alice", "", "api")  # …this one
+        keeper.follow(stale)
+        assert control_plane.policy_version == louder.version
+        rollback = await versions.activate_stored(stale.version.version, "bob", "", "api")
+        keeper.follow(stale)  # the same version, now current again
+        assert control_plane.policy_version == rollback.version == stale.version.version
+    finally:
+        await storage.close()
