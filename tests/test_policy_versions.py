@@ -18,6 +18,8 @@ from typing import Any, Literal
 import httpx
 import pytest
 import yaml
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from controlplane.access import Tokens, parse_tokens
 from controlplane.activity import InMemoryBus
@@ -225,6 +227,9 @@ def check_roles(plane: ControlPlane) -> None:
     assert httpx.get(f"{plane.url}/v1/policy", headers=auth(READER)).json()["source"] == "database"
     refused = httpx.post(f"{plane.url}/v1/request-policy", json={}, headers=auth(READER))
     assert refused.status_code == 403 and "needs proxy" in refused.json()["error"]
+    with pytest.raises(InvalidStatus) as denied:  # nor open a stream
+        connect(plane.url.replace("http", "ws") + "/v1/streams", additional_headers=auth(READER)).close()
+    assert denied.value.response.status_code == 403
     assert history(plane) == []
     for token in (ADMIN, READER, PROXIES):
         assert token not in plane.log()

@@ -132,9 +132,7 @@ def create_control_plane_app(
                     401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
                 )
             if not credential.allows(role):
-                raise HTTPException(
-                    403, f"the token {credential.name!r} has the role {credential.role}; this needs {role}"
-                )
+                raise HTTPException(403, credential.refusal(role))
             return credential
 
         return check
@@ -255,7 +253,9 @@ def create_control_plane_app(
         credential = _credential(websocket.headers.get("authorization"), tokens)
         if credential is None or not credential.allows("proxy"):
             status, error = (
-                (401, "missing or wrong bearer token") if credential is None else (403, "needs proxy")
+                (401, "missing or wrong bearer token")
+                if credential is None
+                else (403, credential.refusal("proxy"))
             )
             await websocket.send_denial_response(JSONResponse({"error": error}, status))
             return
