@@ -8,7 +8,6 @@ from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
-from addon.sse import SSEEvent, SSEParser
 from controlplane.chunks import StreamChunk
 from controlplane.models import PolicyResult, RequestMetadata, utcnow
 from controlplane.recording.records import (
@@ -20,6 +19,7 @@ from controlplane.recording.records import (
     StoredEvent,
     Usage,
 )
+from formats.sse import SSEEvent, SSEParser
 
 _SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id")
 #: A provider's error body kept for the record; longer ones are cut (they are not the point).

@@ -174,6 +174,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from addon.proxy import run_proxy
     from controlplane.metrics import register_policy_stream_metrics, register_recording_metrics
     from dashboard.app import create_app, end_live_streams
+    from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-proxy")
@@ -217,7 +218,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                     )
 
             try:
-                await run_proxy(config, control_plane, ready, metrics)
+                await run_proxy(config, Policing(control_plane), ready, metrics)
             finally:
                 watcher.cancel()
                 if dashboard is not None:
@@ -232,7 +233,8 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
 
 def serve_sidecar(args: argparse.Namespace) -> int:
     """``luthien proxy --control-plane URL``: policies, recording and activity are remote, so
-    none of the in-process control plane, storage or dashboard is loaded."""
+    none of the in-process control plane, storage or dashboard is loaded, nor LiteLLM: the
+    control plane normalises the bodies this proxy sends as they are."""
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.metrics import register_recording_metrics
@@ -282,6 +284,7 @@ def serve_control_plane(args: argparse.Namespace) -> int:
     import uvicorn
 
     from controlplane.remote.server import create_control_plane_app
+    from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-controlplane")
@@ -295,7 +298,9 @@ def serve_control_plane(args: argparse.Namespace) -> int:
                 return 2
             control_plane, keeper, versions = policed
             watcher = asyncio.create_task(keeper.run())
-            app = create_control_plane_app(control_plane, backends.storage, tokens, backends.writer, versions)
+            app = create_control_plane_app(
+                control_plane, Policing(control_plane), backends.storage, tokens, backends.writer, versions
+            )
             # No access log: request lines say nothing the activity bus does not, at a cost per call.
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level="warning", access_log=False

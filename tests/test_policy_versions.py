@@ -225,7 +225,7 @@ def check_roles(plane: ControlPlane) -> None:
         assert response.status_code == 403, response.text
         assert "needs admin" in response.json()["error"]
     assert httpx.get(f"{plane.url}/v1/policy", headers=auth(READER)).json()["source"] == "database"
-    refused = httpx.post(f"{plane.url}/v1/request-policy", json={}, headers=auth(READER))
+    refused = httpx.post(f"{plane.url}/v1/police-request", json={}, headers=auth(READER))
     assert refused.status_code == 403 and "needs proxy" in refused.json()["error"]
     with pytest.raises(InvalidStatus) as denied:  # nor open a stream
         connect(plane.url.replace("http", "ws") + "/v1/streams", additional_headers=auth(READER)).close()
