@@ -22,7 +22,14 @@ def test_claude_codes_user_id_names_its_session(user_id: str) -> None:
 
 @pytest.mark.parametrize(
     "user_id",
-    ["end-user-42", "user_42", "{not json", '{"session_id": 7}', '["session_id"]', f"xuser_{DEVICE}_session_{SESSION}"],
+    [
+        "end-user-42",
+        "user_42",
+        "{not json",
+        '{"session_id": 7}',
+        '["session_id"]',
+        f"xuser_{DEVICE}_session_{SESSION}",
+    ],
 )
 def test_another_user_id_is_no_claude_code_session_but_is_the_apps_session(user_id: str) -> None:
     assert claude_code_session(user_id) is None

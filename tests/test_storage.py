@@ -709,7 +709,9 @@ async def test_calls_are_grouped_into_sessions_newest_first(storage: Storage) ->
     assert (claude.first_call_at, claude.last_call_at) == (T0, T0 + timedelta(minutes=2))
     assert claude.duration_ms == pytest.approx(121_000)  # the last call ends a second after it starts
     assert (claude.prompt_tokens, claude.completion_tokens, claude.total_tokens) == (300, 30, 330)
-    assert claude.cost_usd == pytest.approx(3 * estimate_cost("gpt-5", Usage(prompt_tokens=100, completion_tokens=10)))
+    assert claude.cost_usd == pytest.approx(
+        3 * estimate_cost("gpt-5", Usage(prompt_tokens=100, completion_tokens=10))
+    )
     assert (claude.preview, codex.preview) == ("fix the test", "add a flag")
     assert (codex.turns, codex.blocks, codex.total_tokens, codex.cost_usd) == (2, 0, 0, None)
     assert page.agents == [Facet(value="claude-cli", sessions=1), Facet(value="codex_cli_rs", sessions=1)]
@@ -739,7 +741,11 @@ async def test_the_calls_list_filters_by_session_agent_and_key(storage: Storage)
     assert await ids(storage, api_key_hash="key-a", blocked=True) == ["claude-2"]
     assert await ids(storage, session_id="3f9c2a1e") == []  # the whole id, not a part
     (summary,) = (await storage.list_calls(CallQuery(session_id=CODEX_SESSION, limit=1))).calls[:1]
-    assert (summary.agent, summary.api_key_hash, summary.session_id) == ("codex_cli_rs", "key-b", CODEX_SESSION)
+    assert (summary.agent, summary.api_key_hash, summary.session_id) == (
+        "codex_cli_rs",
+        "key-b",
+        CODEX_SESSION,
+    )
 
 
 async def test_a_sessions_calls_come_in_order_with_their_decisions_and_neighbours(storage: Storage) -> None:
@@ -753,7 +759,10 @@ async def test_a_sessions_calls_come_in_order_with_their_decisions_and_neighbour
     assert [d.reason for d in calls[1].decisions] == ["rm -rf"]
     assert calls[3].decisions == stream.decisions
     # What the turn asked and answered, without the stream's events.
-    assert (calls[3].original_request, calls[3].final_output) == (stream.original_request, stream.final_output)
+    assert (calls[3].original_request, calls[3].final_output) == (
+        stream.original_request,
+        stream.final_output,
+    )
     assert (calls[3].original_events, calls[3].final_events) == (None, None)
     page = await storage.session_calls(CLAUDE_SESSION, offset=1, limit=2)
     assert [call.call_id for call in page] == ["claude-2", "claude-3"]

@@ -9,6 +9,7 @@ import {
   formatMs,
   formatTokens,
   getJSON,
+  sessionHref,
   showProblem,
 } from "/static/common.js";
 
@@ -92,10 +93,16 @@ function policyBadges(call) {
   return badges.flatMap((part) => [part, " "]);
 }
 
+// The session links to its page; the agent to the list of its calls.
 function sessionLabel(sessionId) {
   if (!sessionId) return "no session";
   const short = sessionId.length > SESSION_CHARS ? `${sessionId.slice(0, SESSION_CHARS)}…` : sessionId;
-  return el("span", { class: "mono", title: sessionId }, short);
+  return el("a", { class: "mono session", href: sessionHref(sessionId), title: sessionId }, short);
+}
+
+function agentLabel(agent) {
+  if (!agent) return "—";
+  return el("a", { class: "agent", href: `/calls?${new URLSearchParams({ agent })}`, title: `Calls of ${agent}` }, agent);
 }
 
 // No estimate is shown as such: "unknown" for tokens at a price LiteLLM's map does not know.
@@ -119,7 +126,7 @@ function row(call) {
       call.stream ? "stream" : "whole",
       { class: "nowrap" },
     ),
-    stacked(call.agent ?? "—", sessionLabel(call.session_id), { class: "nowrap" }),
+    stacked(agentLabel(call.agent), sessionLabel(call.session_id), { class: "nowrap" }),
     stacked([el("span", { class: "mono" }, call.status ?? "—"), " ", badge(call.outcome)], policyBadges(call)),
     el("td", { class: "num nowrap" }, formatMs(call.duration_ms)),
     el("td", { class: "num nowrap" }, formatMs(call.ttfb_ms)),

@@ -97,3 +97,7 @@ export function blockBadge(kind) {
 export function compactJSON(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
 }
+
+export function sessionHref(sessionId) {
+  return `/sessions/${encodeURIComponent(sessionId)}`;
+}
