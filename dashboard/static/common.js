@@ -59,6 +59,14 @@ export function formatMs(ms) {
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
 }
 
+// A span that may last minutes or hours (a session), to the second.
+export function formatDuration(ms) {
+  if (ms < 60_000) return formatMs(ms);
+  const seconds = Math.round(ms / 1000);
+  const [h, m, s] = [Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60), seconds % 60];
+  return h ? `${h} h ${m} min` : `${m} min ${s} s`;
+}
+
 export function formatTokens(usage) {
   if (!usage || usage.total_tokens === null || usage.total_tokens === undefined) return "—";
   return usage.total_tokens.toLocaleString("en-US");

@@ -1,6 +1,6 @@
 // One session read as the conversation: each turn's new input, the answer the agent received and
 // what policy did, in order, with links to each call. Everything comes from /api/sessions/{id}.
-import { badge, blockBadge, el, formatCost, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
+import { badge, blockBadge, el, formatCost, formatDateTime, formatDuration, formatMs, getJSON, showProblem } from "/static/common.js";
 
 const TURNS_PER_PAGE = 100;
 const content = document.getElementById("content");
@@ -18,7 +18,7 @@ function header(session) {
     ["Key hash", session.api_key_hash],
     ["First call", formatDateTime(session.first_call_at)],
     ["Last call", formatDateTime(session.last_call_at)],
-    ["Duration", formatMs(session.duration_ms)],
+    ["Duration", formatDuration(session.duration_ms)],
     ["Turns", `${session.turns} · ${session.blocks} blocked · ${session.modified} changed by policy`],
     ["Tokens", `${session.prompt_tokens} in · ${session.completion_tokens} out · ${session.total_tokens} total${cost}`],
   ].filter(([, value]) => value !== null && value !== undefined && value !== "");
@@ -81,7 +81,9 @@ function actions(turn) {
 function turnView(turn, number) {
   const href = `/calls/${encodeURIComponent(turn.call_id)}`;
   const tokens = turn.usage?.total_tokens;
+  // In the order things happened: what the agent sent, what policy did, what the agent got.
   const parts = turn.input.map((m) => message(m.role, m.parts));
+  parts.push(actions(turn));
   if (turn.output.length) parts.push(message("assistant", turn.output));
   else if (turn.outcome !== "completed") parts.push(el("p", { class: "muted" }, `No answer reached the agent (${turn.outcome}).`));
   return el(
@@ -98,8 +100,7 @@ function turnView(turn, number) {
       tokens !== null && tokens !== undefined && el("span", { class: "muted" }, `${tokens.toLocaleString("en-US")} tokens`),
       el("a", { href, class: "call-link" }, "call →"),
     ),
-    actions(turn),
-    parts.length ? parts : el("p", { class: "muted" }, "No messages recorded."),
+    parts.some(Boolean) ? parts : el("p", { class: "muted" }, "No messages recorded."),
   );
 }
 

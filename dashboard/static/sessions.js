@@ -1,6 +1,6 @@
 // The sessions list: one row per session, the one with the latest call first. The filters live
 // in the page's query string, as on the calls list; the agent and key options come with the page.
-import { badge, el, formatCost, formatDateTime, formatMs, getJSON, sessionHref, showProblem } from "/static/common.js";
+import { badge, el, formatCost, formatDateTime, formatDuration, getJSON, sessionHref, showProblem } from "/static/common.js";
 
 const DEFAULT_LIMIT = 50;
 const SHORT_CHARS = 8;
@@ -52,7 +52,7 @@ function row(session) {
     stacked(session.agent ?? "—", key ? el("span", { class: "mono", title: key }, short(key)) : "no key", { class: "nowrap" }),
     el("td", { class: "nowrap" }, el("a", { href, class: "mono session", title: session.session_id }, short(session.session_id))),
     el("td", { class: "nowrap" }, formatDateTime(session.first_call_at)),
-    el("td", { class: "num nowrap" }, formatMs(session.duration_ms)),
+    el("td", { class: "num nowrap" }, formatDuration(session.duration_ms)),
     el("td", { class: "num" }, session.turns),
     el("td", { class: "num" }, session.blocks ? badge(String(session.blocks), "bad") : "0"),
     el("td", { class: "num" }, session.total_tokens.toLocaleString("en-US")),
