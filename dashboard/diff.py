@@ -51,6 +51,9 @@ class Skip(BaseModel):
 class Diff(BaseModel):
     changed: bool
     rows: list[Annotated[Row | Skip, Field(discriminator="op")]]
+    #: The one side recorded when the other has nothing (a blocked request was never sent; the
+    #: client's error came from Luthien, not the provider): that is not a change to show line by line.
+    only: Literal["left", "right"] | None = None
 
 
 class CallDiffs(BaseModel):
@@ -70,13 +73,19 @@ def call_diffs(call: CallRecord) -> CallDiffs:
             [_event_key(e) for e in final],
         )
     else:
-        response = diff_lines(_json_lines(call.original_response), _json_lines(call.final_response))
+        response = diff_bodies(call.original_response, call.final_response)
     return CallDiffs(
-        request=diff_lines(_json_lines(call.original_request), _json_lines(call.final_request)),
+        request=diff_bodies(call.original_request, call.final_request),
         response=response,
         output_text=diff_lines(_text_lines(call.original_output), _text_lines(call.final_output)),
         tool_calls=diff_lines(_tool_lines(call.original_output), _tool_lines(call.final_output)),
     )
+
+
+def diff_bodies(left: Any, right: Any) -> Diff:
+    if (left is None) != (right is None):
+        return Diff(changed=False, rows=[], only="left" if right is None else "right")
+    return diff_lines(_json_lines(left), _json_lines(right))
 
 
 def diff_lines(

@@ -600,10 +600,11 @@ async def test_the_detail_of_a_rewritten_stream_shows_what_changed(
     ]
 
     diffs = detail["diffs"]
-    assert diffs["request"] == {"changed": False, "rows": [{"op": "skip", "count": 12}]}
-    assert diffs["tool_calls"] == {"changed": False, "rows": []}
+    assert diffs["request"] == {"changed": False, "rows": [{"op": "skip", "count": 12}], "only": None}
+    assert diffs["tool_calls"] == {"changed": False, "rows": [], "only": None}
     assert diffs["output_text"] == {
         "changed": True,
+        "only": None,
         "rows": [
             {
                 "op": "replace",
@@ -721,24 +722,14 @@ async def test_the_detail_of_an_unchanged_call_shows_no_changes(
         assert {row["op"] for diff in diffs.values() for row in diff["rows"]} <= {"equal", "skip"}
 
 
-async def test_a_request_blocked_before_sending_diffs_against_nothing(
+async def test_a_request_blocked_before_sending_has_one_side_only(
     storage: SQLiteStorage, client: httpx.AsyncClient
 ) -> None:
+    """The provider never saw it: that is said, not shown as a body deleted line by line."""
     await storage.write(sample_calls())
     diffs = (await client.get("/api/calls/c2")).json()["diffs"]
-    request = diffs["request"]
-    assert request["changed"] is True
-    assert {(row["op"], row["right"], row["right_no"]) for row in request["rows"]} == {("delete", None, None)}
-    assert request["rows"][0] == {
-        "op": "delete",
-        "left": "{",
-        "right": None,
-        "left_no": 1,
-        "right_no": None,
-        "left_parts": None,
-        "right_parts": None,
-    }
-    assert diffs["response"] == {"changed": False, "rows": []}
+    assert diffs["request"] == {"changed": False, "rows": [], "only": "left"}
+    assert diffs["response"]["only"] is None
 
 
 async def test_an_unknown_call_is_404(client: httpx.AsyncClient) -> None:

@@ -1,13 +1,12 @@
 """The dashboard's pages in a real browser (Debian's Chromium through Playwright), served by
 uvicorn over SQLite and the in-memory bus, with data written through the real storage and bus.
-
-Run with LUTHIEN_UPDATE_SCREENSHOTS=1 to refresh the screenshots in docs/images/.
+The screenshots of docs/dashboard.md are taken by scripts/screenshots (tests/screenshots.py) over
+the sample session below.
 """
 
 import asyncio
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -39,7 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS_IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 XSS_IMG = '<img src=x onerror="window.__xss=1">'
 XSS_SCRIPT = "<script>window.__xss=2</script>"
 
@@ -107,15 +105,7 @@ def page(browser: Browser, site: Site) -> Iterator[Page]:
         yield page
 
 
-def screenshot(page: Page, tmp_path: Path, name: str, for_docs: bool = True) -> None:
-    path = tmp_path / f"dashboard-{name}.png"
-    page.screenshot(path=path, full_page=True)
-    if for_docs and os.environ.get("LUTHIEN_UPDATE_SCREENSHOTS") == "1":
-        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, DOCS_IMAGES / path.name)
-
-
-# --- A realistic session: what the screenshots show --------------------------------------------
+# --- A realistic session: what the docs' screenshots show --------------------------------------------
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 ANTHROPIC, OPENAI = "api.anthropic.com", "api.openai.com"
@@ -140,7 +130,12 @@ def session() -> tuple[list[CallRecord], list[ActivityEvent]]:
     redaction = Decision(
         stage="stream", allowed=True, reason="redacted 1 secret", metadata={"kinds": ["stripe_key"]}
     )
-    blocklist = Decision(stage="request", allowed=False, reason="matches blocked command pattern rm\\s+-rf")
+    blocklist = Decision(
+        stage="request",
+        allowed=False,
+        reason="matches blocked command pattern rm\\s+-rf",
+        metadata={"rule_id": "no-recursive-delete"},
+    )
     calls = [
         call_record(
             "7f3a9c2e41d04b8e",
@@ -267,9 +262,7 @@ def session() -> tuple[list[CallRecord], list[ActivityEvent]]:
 # --- The pages ---------------------------------------------------------------------------------
 
 
-def test_the_live_monitor_shows_a_row_per_call_updated_in_place(
-    site: Site, page: Page, tmp_path: Path
-) -> None:
+def test_the_live_monitor_shows_a_row_per_call_updated_in_place(site: Site, page: Page) -> None:
     calls, events = session()
     site.add(calls, events)
     page.goto(site.url)
@@ -329,7 +322,6 @@ def test_the_live_monitor_shows_a_row_per_call_updated_in_place(
     page.select_option("select[name=type]", "")
     page.fill("input[name=model]", "")
     expect(visible).to_have_count(len(calls) + 1)
-    screenshot(page, tmp_path, "monitor")
 
 
 def test_the_monitor_says_when_its_redis_cannot_be_read_and_when_it_is_back(
@@ -363,14 +355,13 @@ def test_the_monitor_says_when_its_redis_cannot_be_read_and_when_it_is_back(
             server.stop()
 
 
-def test_the_calls_list_searches_filters_and_pages(site: Site, page: Page, tmp_path: Path) -> None:
+def test_the_calls_list_searches_filters_and_pages(site: Site, page: Page) -> None:
     site.add(*session())
     page.goto(f"{site.url}/calls")
     rows = page.locator("#calls tbody tr")
     expect(rows).to_have_count(6)
     expect(page.locator("#range")).to_have_text("1\N{EN DASH}6 of 6 calls")
     expect(rows.first).to_contain_text("Write a commit message for: add retry")
-    screenshot(page, tmp_path, "calls")
 
     page.fill("input[name=search]", "stripe")
     page.click("button[type=submit]")
@@ -484,7 +475,7 @@ def test_new_calls_are_announced_and_shown_only_on_click(site: Site, page: Page)
     expect(notice).to_be_hidden()
 
 
-def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page, tmp_path: Path) -> None:
+def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page) -> None:
     site.add(*session())
     page.goto(f"{site.url}/calls/e5b2f8a6c1d94e07")
     expect(page.locator("h1")).to_have_text(SONNET)
@@ -505,7 +496,19 @@ def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page, tmp
     expect(page.locator("[data-diff=request]")).to_contain_text("No changes")
     expect(page.locator("[data-diff=tool_calls]")).to_contain_text("No changes")
     expect(page.get_by_role("row", name="x-api-key [redacted]")).to_be_visible()
-    screenshot(page, tmp_path, "call-detail")
+
+
+def test_a_blocked_request_says_it_was_never_sent(site: Site, page: Page) -> None:
+    site.add(*session())
+    page.goto(f"{site.url}/calls/c90d1e5f3a7b4c22")
+    expect(
+        page.get_by_role("row", name=re.compile("request.*request blocked.*no-recursive-delete.*rm"))
+    ).to_be_visible()
+    request = page.locator("[data-diff=request]")
+    expect(request.locator("h3")).to_contain_text("one side only")
+    expect(request).to_contain_text("Sent to provider: nothing.")
+    expect(request.locator("table.diff")).to_have_count(0)
+    expect(page.locator("[data-raw] pre").first).to_contain_text("rm -rf ./build")
 
 
 def test_a_long_changed_line_is_folded_around_its_marked_words(site: Site, page: Page) -> None:
@@ -528,7 +531,7 @@ def test_a_long_changed_line_is_folded_around_its_marked_words(site: Site, page:
     expect(cell.locator("mark")).to_have_text(["[REDACTED]"])
 
 
-def test_payloads_render_as_text_and_never_run(site: Site, page: Page, tmp_path: Path) -> None:
+def test_payloads_render_as_text_and_never_run(site: Site, page: Page) -> None:
     evil = f"{XSS_IMG} {XSS_SCRIPT}"
     call = call_record(
         "xss0000000000001", f"Summarise {evil}", f"Sure: {evil}", host=f"{XSS_IMG}.example", model=XSS_SCRIPT
@@ -547,20 +550,12 @@ def test_payloads_render_as_text_and_never_run(site: Site, page: Page, tmp_path:
     )
 
     session_path = f"/sessions/{quote(call.session_id, safe='')}"
-    pages = [
-        ("/", "monitor"),
-        ("/calls", "calls"),
-        (f"/calls/{call.call_id}", "call-detail"),
-        ("/sessions", "sessions"),
-        (session_path, "session"),
-    ]
-    for path, name in pages:
+    for path in ["/", "/calls", f"/calls/{call.call_id}", "/sessions", session_path]:
         page.goto(site.url + path)
         expect(page.locator("main")).to_contain_text(XSS_SCRIPT)
         expect(page.locator("main")).to_contain_text(XSS_IMG)
         assert page.locator("main img, main script").count() == 0
         assert page.evaluate("typeof window.__xss") == "undefined", path
-        screenshot(page, tmp_path, f"xss-{name}", for_docs=False)
     expect(page.locator(".message.role-user .block")).to_have_text(f"Summarise {evil}")
 
 
@@ -586,7 +581,6 @@ def test_sessions_are_listed_and_read_as_conversations(site: Site, page: Page, t
     expect(claude.locator("td").nth(5)).to_have_text("4")  # turns
     expect(claude.locator("td").nth(6)).to_have_text("1")  # the blocked rm -rf
     expect(claude).to_contain_text("Add a retry with exponential backoff")  # its first prompt
-    screenshot(page, tmp_path, "sessions")
 
     page.select_option("select[name=agent]", "codex_cli_rs")
     page.click("button[type=submit]")
@@ -617,7 +611,6 @@ def test_sessions_are_listed_and_read_as_conversations(site: Site, page: Page, t
     saved = tmp_path / "session.md"
     download.value.save_as(saved)
     assert saved.read_text().startswith(f"# Session {CLAUDE_CODE}")
-    screenshot(page, tmp_path, "session")
 
     # A turn's call page steps through the session.
     redacted.locator("a.call-link").click()
@@ -648,7 +641,7 @@ def test_sessions_are_listed_and_read_as_conversations(site: Site, page: Page, t
 DARK_BG, DARK_CARD = "rgb(15, 18, 24)", "rgb(23, 27, 35)"
 
 
-def test_every_page_follows_a_dark_system_setting(site: Site, page: Page, tmp_path: Path) -> None:
+def test_every_page_follows_a_dark_system_setting(site: Site, page: Page) -> None:
     site.add(*session())
     page.emulate_media(color_scheme="dark")
     pages = [
@@ -667,10 +660,9 @@ def test_every_page_follows_a_dark_system_setting(site: Site, page: Page, tmp_pa
     page.goto(f"{site.url}/calls")
     expect(page.locator("#calls tbody tr")).to_have_count(6)
     expect(page.locator("input[name=search]")).to_have_css("background-color", "rgb(16, 20, 27)")
-    screenshot(page, tmp_path, "calls-dark")
 
 
-def test_the_login_page_is_styled_light_and_dark(browser: Browser, site: Site, tmp_path: Path) -> None:
+def test_the_login_page_is_styled_light_and_dark(browser: Browser, site: Site) -> None:
     context = browser.new_context(viewport={"width": 1000, "height": 600})
     anonymous = context.new_page()
     refused: list[str] = []  # what the Content-Security-Policy refused to load or apply
@@ -683,7 +675,6 @@ def test_the_login_page_is_styled_light_and_dark(browser: Browser, site: Site, t
     expect(anonymous.locator("main h1")).to_have_text("Log in to the Luthien dashboard")
     expect(anonymous.locator("body")).to_have_css("background-color", "rgb(246, 247, 249)")
     expect(anonymous.locator("main")).to_have_css("background-color", "rgb(255, 255, 255)")
-    screenshot(anonymous, tmp_path, "login")
     anonymous.emulate_media(color_scheme="dark")
     expect(anonymous.locator("body")).to_have_css("background-color", DARK_BG)
     expect(anonymous.locator("main")).to_have_css("background-color", DARK_CARD)

@@ -17,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
-from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, screenshot, watched_page
+from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, watched_page
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 __all__ = ["browser"]  # the Chromium fixture, shared with the dashboard's own browser tests
@@ -73,7 +73,6 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
     # The live monitor shows the call's events within a few seconds, without a reload.
     live = page.locator("#events tbody tr", has_text=model)
     expect(live.filter(has_text="completed")).to_have_count(1, timeout=5000)
-    screenshot(page, tmp_path, "e2e-monitor", for_docs=False)
 
     # The API has both sides of the stream, and they differ.
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}) as api:
@@ -102,7 +101,6 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
     expect(page.locator("#content")).to_contain_text(XSS_SCRIPT)
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("#content img").count() == 0
-    screenshot(page, tmp_path, "e2e-detail", for_docs=False)
 
 
 # --- What an investigator needs: blocks of every kind, readable diffs, raw bodies ---------------
@@ -200,7 +198,6 @@ def test_a_removed_tool_call_is_listed_under_blocked_only_with_its_rule_and_kind
     expect(decision).to_contain_text("tool call removed")
     expect(decision).to_contain_text("no-rm")
     expect(page.locator(".heading .badge", has_text="tool call removed")).to_have_count(1)
-    screenshot(page, tmp_path, "e2e-removed-tool-call", for_docs=False)
 
 
 @pytest.mark.parametrize("api", ["chat", "messages"])
@@ -297,7 +294,7 @@ def claude_code_user_id(session: str) -> str:
 
 
 def test_a_claude_code_and_a_codex_session_are_grouped_with_their_policy_actions(
-    investigated: RunningProxy, investigator: Page, tmp_path: Path
+    investigated: RunningProxy, investigator: Page
 ) -> None:
     base, token = login_link(investigated).split("/login?token=")
     page = investigator
@@ -393,7 +390,6 @@ def test_a_claude_code_and_a_codex_session_are_grouped_with_their_policy_actions
     expect(turns.nth(1).locator(".message.role-assistant")).to_contain_text(
         "[Luthien] Blocked the tool call `bash`"
     )
-    screenshot(page, tmp_path, "e2e-session", for_docs=False)
 
     # Exported, it says the same.
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}) as api:

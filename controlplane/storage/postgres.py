@@ -96,12 +96,11 @@ class PostgresStorage:
         return page_from_rows(totals, [dict(row) for row in rows], query)
 
     async def list_sessions(self, query: SessionQuery) -> SessionPage:
-        (total_sql, total_params), (page_sql, page_params) = _SQL.list_sessions(query)
+        page_sql, page_params = _SQL.list_sessions(query)
         async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
-            total = await connection.fetchval(total_sql, *total_params)
             rows = await connection.fetch(page_sql, *page_params)
             facets = await connection.fetch(_SQL.session_facets)
-        return sessions_page_from_rows(total, [dict(r) for r in rows], [dict(r) for r in facets], query)
+        return sessions_page_from_rows([dict(r) for r in rows], [dict(r) for r in facets], query)
 
     async def get_session(self, session_id: str) -> SessionSummary | None:
         async with self._connection() as connection:

@@ -116,11 +116,12 @@ class Sql:
             f"SELECT page.*, {_OPENING_PREVIEW} FROM (SELECT {_SESSION} FROM calls "
             f"WHERE session_id = {placeholder(1)} GROUP BY session_id) AS page"
         )
-        # Sessions by agent and credential: the sessions list's filter options.
+        # Sessions by agent, credential and whether one was blocked: the sessions list's filter
+        # options, and the count of the sessions any of its filters selects.
         self.session_facets = (
-            "SELECT agent, api_key_hash, COUNT(*) AS sessions FROM (SELECT MAX(agent) AS agent, "
-            "MAX(api_key_hash) AS api_key_hash FROM calls WHERE session_id IS NOT NULL "
-            "GROUP BY session_id) AS s GROUP BY agent, api_key_hash"
+            "SELECT agent, api_key_hash, blocked, COUNT(*) AS sessions FROM (SELECT MAX(agent) AS agent, "
+            "MAX(api_key_hash) AS api_key_hash, MAX(blocked) AS blocked FROM calls "
+            "WHERE session_id IS NOT NULL GROUP BY session_id) AS s GROUP BY agent, api_key_hash, blocked"
         )
         page = f"LIMIT {placeholder(2)} OFFSET {placeholder(3)}"
         in_order = f"FROM calls WHERE session_id = {placeholder(1)} ORDER BY started_at, call_id {page}"
@@ -165,8 +166,8 @@ class Sql:
         )
         return (totals, params), (page, [*params, query.limit, query.offset])
 
-    def list_sessions(self, query: SessionQuery) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
-        """Two statements with their parameters: the count of matching sessions, and the page."""
+    def list_sessions(self, query: SessionQuery) -> tuple[str, list[Any]]:
+        """The page of sessions, with its parameters (``session_facets`` counts them all)."""
         having: list[tuple[str, Any]] = [
             (f"MAX({column}) = {{}}", value)
             for column, value in (("agent", query.agent), ("api_key_hash", query.api_key_hash))
@@ -174,19 +175,18 @@ class Sql:
         ]
         clauses = [sql.format(self._placeholder(n)) for n, (sql, _) in enumerate(having, 1)]
         if query.blocked is not None:
-            clauses.append("SUM(blocked) > 0" if query.blocked else "SUM(blocked) = 0")
+            clauses.append(f"MAX(blocked) = {int(query.blocked)}")
         params = [_column(value) for _, value in having]
         grouped = "FROM calls WHERE session_id IS NOT NULL GROUP BY session_id"
         if clauses:
             grouped += " HAVING " + " AND ".join(clauses)
-        total = f"SELECT COUNT(*) AS total FROM (SELECT session_id {grouped}) AS s"
         limit, offset = self._placeholder(len(params) + 1), self._placeholder(len(params) + 2)
         # The preview is read for the page's sessions only, as the calls list counts decisions.
         page = (
             f"SELECT page.*, {_OPENING_PREVIEW} FROM (SELECT {_SESSION} {grouped} "
             f"ORDER BY {_SESSION_ORDER} LIMIT {limit} OFFSET {offset}) AS page ORDER BY {_SESSION_ORDER}"
         )
-        return (total, params), (page, [*params, query.limit, query.offset])
+        return page, [*params, query.limit, query.offset]
 
     def _where(self, query: CallQuery) -> tuple[str, list[Any]]:
         conditions: list[tuple[str, Any]] = []  # (condition with {} for its placeholder, parameter)
@@ -341,15 +341,18 @@ def session_from_row(row: Mapping[str, Any]) -> SessionSummary:
 
 
 def sessions_page_from_rows(
-    total: int,
-    rows: Sequence[Mapping[str, Any]],
-    facets: Sequence[Mapping[str, Any]],
-    query: SessionQuery,
+    rows: Sequence[Mapping[str, Any]], facets: Sequence[Mapping[str, Any]], query: SessionQuery
 ) -> SessionPage:
-    """The sessions page from ``list_sessions``' statements and the facets statement."""
+    """The sessions page from the ``list_sessions`` and ``session_facets`` statements."""
+    wanted = {"agent": query.agent, "api_key_hash": query.api_key_hash, "blocked": query.blocked}
+    selected = [
+        facet
+        for facet in facets
+        if all(value is None or _column(value) == facet[name] for name, value in wanted.items())
+    ]
     return SessionPage(
         sessions=[session_from_row(row) for row in rows],
-        total=total,
+        total=sum(facet["sessions"] for facet in selected),
         agents=_facets(facets, "agent"),
         api_key_hashes=_facets(facets, "api_key_hash"),
         limit=query.limit,

@@ -95,14 +95,14 @@ class SQLiteStorage:
         return await self._run(work)
 
     async def list_sessions(self, query: SessionQuery) -> SessionPage:
-        (total_sql, total_params), (page_sql, page_params) = _SQL.list_sessions(query)
+        page_sql, page_params = _SQL.list_sessions(query)
 
         def work(connection: sqlite3.Connection) -> SessionPage:
+            # One read transaction, so the count and the page see the same calls.
             with _transaction(connection, "BEGIN"):
-                total = connection.execute(total_sql, total_params).fetchone()["total"]
                 rows = connection.execute(page_sql, page_params).fetchall()
                 facets = connection.execute(_SQL.session_facets).fetchall()
-            return sessions_page_from_rows(total, [dict(r) for r in rows], [dict(r) for r in facets], query)
+            return sessions_page_from_rows([dict(r) for r in rows], [dict(r) for r in facets], query)
 
         return await self._run(work)
 

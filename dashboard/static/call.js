@@ -193,6 +193,10 @@ function codeCell(side, text, parts) {
 }
 
 function diffTable(diff, leftLabel, rightLabel) {
+  if (diff.only) {
+    const missing = diff.only === "left" ? rightLabel : leftLabel;
+    return el("p", { class: "muted" }, `${missing}: nothing. The Raw section below shows the other side.`);
+  }
   if (!diff.changed) return el("p", { class: "muted" }, "No changes");
   const rows = diff.rows.map((row) =>
     row.op === "skip"
@@ -229,11 +233,16 @@ function diffs(call, diffs) {
       el(
         "div",
         { class: "diff-part", "data-diff": key },
-        el("h3", {}, title, " ", diffs[key].changed ? badge("changed", "warn") : badge("no changes")),
+        el("h3", {}, title, " ", diffBadge(diffs[key])),
         diffTable(diffs[key], left, right),
       ),
     ),
   );
+}
+
+function diffBadge(diff) {
+  if (diff.only) return badge("one side only");
+  return diff.changed ? badge("changed", "warn") : badge("no changes");
 }
 
 // A body as recorded: JSON pretty-printed, text (a body that was not JSON) as it is, a stream

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from tests.background_server import BackgroundServer
 
-from . import anthropic_messages, openai_chat, openai_responses
+from . import anthropic_messages, gemini, openai_chat, openai_responses
 from .scenarios import (
     Plan,
     UnknownScenarioError,
@@ -250,8 +251,16 @@ class FakeProvider:
         return None
 
     def _reply(self, record: RecordedRequest, index: int) -> tuple[Reply, Plan | None]:
-        dialect = _DIALECTS.get(_without_query(record.path)) if record.method == "POST" else None
-        if dialect is None:
+        path, _, query = record.path.partition("?")
+        if (call := gemini.call_for(record.method, path, query)) is not None:
+            dialect = _Dialect(
+                gemini.user_text, functools.partial(gemini.render, call), gemini.invalid_request
+            )
+        elif (models := gemini.models_for(record.method, path, query, record.headers)) is not None:
+            return models, None
+        elif record.method == "POST" and path in _DIALECTS:
+            dialect = _DIALECTS[path]
+        else:
             return json_reply(200, _MODELS), None
         body = record.json if isinstance(record.json, dict) else {}
         ctx = Context(body, IdFactory(seed=index))
@@ -284,7 +293,3 @@ class FakeProvider:
         # A forgotten release() should slow a test down, not hang it.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(record._gate.wait(), GATE_TIMEOUT)
-
-
-def _without_query(path: str) -> str:
-    return path.partition("?")[0]
