@@ -5,6 +5,7 @@ import {
   blockBadge,
   compactJSON,
   el,
+  factList,
   formatDateTime,
   formatMs,
   getJSON,
@@ -67,7 +68,7 @@ function header(call) {
       usage && `${usage.prompt_tokens ?? "?"} in · ${usage.completion_tokens ?? "?"} out · ${usage.total_tokens ?? "?"} total`,
     ],
     ["Error", call.error],
-  ].filter(([, value]) => value !== null && value !== undefined && value !== "");
+  ];
   return el(
     "section",
     { class: "card" },
@@ -85,7 +86,7 @@ function header(call) {
           "warn",
         ),
     ),
-    el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
+    factList(facts),
   );
 }
 

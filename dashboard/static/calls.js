@@ -11,6 +11,7 @@ import {
   getJSON,
   sessionHref,
   showProblem,
+  showRange,
 } from "/static/common.js";
 
 const DEFAULT_LIMIT = 50;
@@ -54,12 +55,6 @@ function apiQuery() {
   }
   if (!query.has("limit")) query.set("limit", DEFAULT_LIMIT);
   return query;
-}
-
-function pageLink(offset) {
-  const params = new URLSearchParams(pageParams);
-  params.set("offset", offset);
-  return `/calls?${params}`;
 }
 
 // Each sortable header links to the list sorted by it: descending first, then the other way.
@@ -146,16 +141,8 @@ function totalsText({ total_tokens, cost_usd, unpriced_calls }) {
 function show(page) {
   document.querySelector("#calls tbody").replaceChildren(...page.calls.map(row));
   document.getElementById("empty").hidden = page.calls.length > 0;
-  const first = page.total ? page.offset + 1 : 0;
-  const last = page.offset + page.calls.length;
-  document.getElementById("range").textContent = `${first}–${last} of ${page.total} calls`;
+  showRange(page, page.calls.length, "calls", "/calls", pageParams);
   document.getElementById("totals").textContent = page.total ? totalsText(page.totals) : "";
-  const newer = document.getElementById("newer");
-  const older = document.getElementById("older");
-  newer.hidden = page.offset === 0;
-  newer.href = pageLink(Math.max(0, page.offset - page.limit));
-  older.hidden = last >= page.total;
-  older.href = pageLink(last);
 }
 
 async function load() {

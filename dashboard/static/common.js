@@ -109,3 +109,28 @@ export function compactJSON(value) {
 export function sessionHref(sessionId) {
   return `/sessions/${encodeURIComponent(sessionId)}`;
 }
+
+// A list's range ("1–50 of 230 calls") and its Newer and Older links, which keep the page's
+// other parameters.
+export function showRange(page, shown, noun, path, params) {
+  const link = (offset) => {
+    const linked = new URLSearchParams(params);
+    linked.set("offset", offset);
+    return `${path}?${linked}`;
+  };
+  const first = page.total ? page.offset + 1 : 0;
+  const last = page.offset + shown;
+  document.getElementById("range").textContent = `${first}–${last} of ${page.total} ${noun}`;
+  const newer = document.getElementById("newer");
+  const older = document.getElementById("older");
+  newer.hidden = page.offset === 0;
+  newer.href = link(Math.max(0, page.offset - page.limit));
+  older.hidden = last >= page.total;
+  older.href = link(last);
+}
+
+// Named facts, those without a value left out.
+export function factList(facts) {
+  const known = facts.filter(([, value]) => value !== null && value !== undefined && value !== "");
+  return el("dl", { class: "facts" }, known.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value))));
+}

@@ -1,6 +1,17 @@
 // One session read as the conversation: each turn's new input, the answer the agent received and
 // what policy did, in order, with links to each call. Everything comes from /api/sessions/{id}.
-import { badge, blockBadge, el, formatCost, formatDateTime, formatDuration, formatMs, getJSON, showProblem } from "/static/common.js";
+import {
+  badge,
+  blockBadge,
+  el,
+  factList,
+  formatCost,
+  formatDateTime,
+  formatDuration,
+  formatMs,
+  getJSON,
+  showProblem,
+} from "/static/common.js";
 
 const TURNS_PER_PAGE = 100;
 const content = document.getElementById("content");
@@ -21,7 +32,7 @@ function header(session) {
     ["Duration", formatDuration(session.duration_ms)],
     ["Turns", `${session.turns} · ${session.blocks} blocked · ${session.modified} changed by policy`],
     ["Tokens", `${session.prompt_tokens} in · ${session.completion_tokens} out · ${session.total_tokens} total${cost}`],
-  ].filter(([, value]) => value !== null && value !== undefined && value !== "");
+  ];
   const calls = `/calls?${new URLSearchParams({ session_id: session.session_id })}`;
   return el(
     "section",
@@ -39,7 +50,7 @@ function header(session) {
         el("a", { href: calls }, "Its calls in the list"),
       ),
     ),
-    el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
+    factList(facts),
   );
 }
 

@@ -1,6 +1,16 @@
 // The sessions list: one row per session, the one with the latest call first. The filters live
 // in the page's query string, as on the calls list; the agent and key options come with the page.
-import { badge, el, formatCost, formatDateTime, formatDuration, getJSON, sessionHref, showProblem } from "/static/common.js";
+import {
+  badge,
+  el,
+  formatCost,
+  formatDateTime,
+  formatDuration,
+  getJSON,
+  sessionHref,
+  showProblem,
+  showRange,
+} from "/static/common.js";
 
 const DEFAULT_LIMIT = 50;
 const SHORT_CHARS = 8;
@@ -17,12 +27,6 @@ function apiQuery() {
   for (const [name, value] of pageParams) if (value) query.set(name, value);
   if (!query.has("limit")) query.set("limit", DEFAULT_LIMIT);
   return query;
-}
-
-function pageLink(offset) {
-  const params = new URLSearchParams(pageParams);
-  params.set("offset", offset);
-  return `/sessions?${params}`;
 }
 
 // The agent and key selects list every value with sessions, and show the one in force.
@@ -67,15 +71,7 @@ function show(page) {
   form.elements.namedItem("blocked").value = pageParams.get("blocked") ?? "";
   document.querySelector("#sessions tbody").replaceChildren(...page.sessions.map(row));
   document.getElementById("empty").hidden = page.sessions.length > 0;
-  const first = page.total ? page.offset + 1 : 0;
-  const last = page.offset + page.sessions.length;
-  document.getElementById("range").textContent = `${first}–${last} of ${page.total} sessions`;
-  const newer = document.getElementById("newer");
-  const older = document.getElementById("older");
-  newer.hidden = page.offset === 0;
-  newer.href = pageLink(Math.max(0, page.offset - page.limit));
-  older.hidden = last >= page.total;
-  older.href = pageLink(last);
+  showRange(page, page.sessions.length, "sessions", "/sessions", pageParams);
 }
 
 form.addEventListener("submit", (event) => {
