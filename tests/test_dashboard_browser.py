@@ -638,6 +638,23 @@ def test_sessions_are_listed_and_read_as_conversations(site: Site, page: Page, t
     expect(page).to_have_url(f"{site.url}/sessions/{CLAUDE_CODE}")
 
 
+def test_a_long_session_shows_its_turns_a_hundred_at_a_time(site: Site, page: Page) -> None:
+    turns = [
+        call_record(f"long{n:012d}", f"Step {n}", f"Done {n}", started_at=NOW + timedelta(seconds=n))
+        for n in range(1, 103)
+    ]
+    site.add([call.model_copy(update={"session_id": "long-session"}) for call in turns], [])
+    page.goto(f"{site.url}/sessions/long-session")
+    shown = page.locator("article.turn")
+    expect(shown).to_have_count(100)
+    expect(shown.last).to_contain_text("Step 100")
+    page.click("#more-turns")
+    expect(shown).to_have_count(102)
+    expect(shown.last.locator(".turn-no")).to_have_text("Turn 102")
+    expect(shown.last).to_contain_text("Done 102")
+    expect(page.locator("#more-turns")).to_be_hidden()
+
+
 DARK_BG, DARK_CARD = "rgb(15, 18, 24)", "rgb(23, 27, 35)"
 
 
