@@ -3,8 +3,8 @@
 - Claude Code sends ``x-claude-code-session-id``, and its session in ``metadata.user_id``:
   ``user_<hash>_account_<uuid>_session_<uuid>`` up to 2.1.77, from 2.1.78 on a JSON string
   ``{"device_id": …, "account_uuid": …, "session_id": …}``.
-- Codex sends its conversation as the ``session_id`` header (older releases also
-  ``conversation_id``).
+- Codex sends its session as the ``session-id`` header (0.169; older releases ``session_id``
+  and ``conversation_id``).
 - An app on the SDKs that names its end user (``user``, ``safety_identifier``, Anthropic's
   ``metadata.user_id``) has that user's calls as one session.
 

@@ -283,7 +283,7 @@ def test_the_events_before_a_cut_are_visible_raw(investigated: RunningProxy, inv
 # --- Sessions: what Claude Code, Codex and an SDK app send, grouped -----------------------------
 
 CLAUDE_CODE_UA = "claude-cli/2.1.330 (external, cli)"
-CODEX_UA = "codex_cli_rs/0.169.0 (Debian 13.0.0; x86_64) xterm-256color"
+CODEX_UA = "codex_exec/0.169.0 (Debian 12.0.0; x86_64) unknown (codex_exec; 0.169.0)"
 
 
 def claude_code_user_id(session: str) -> str:
@@ -304,7 +304,14 @@ def test_a_claude_code_and_a_codex_session_are_grouped_with_their_policy_actions
         "metadata": {"user_id": claude_code_user_id(claude)},
         "headers": {"User-Agent": CLAUDE_CODE_UA},
     }
-    codex_sends = {"headers": {"User-Agent": CODEX_UA, "originator": "codex_cli_rs", "session_id": codex}}
+    codex_sends = {
+        "headers": {
+            "User-Agent": CODEX_UA,
+            "originator": "codex_exec",
+            "session-id": codex,
+            "thread-id": codex,
+        }
+    }
     first_prompt = f"Say hello ({tag})"
     results = investigated.sdk(
         # Claude Code: a greeting (rewritten by policy), then a command policy removes.
@@ -357,14 +364,14 @@ def test_a_claude_code_and_a_codex_session_are_grouped_with_their_policy_actions
         "app-1": app_user,
         "app-2": app_user,
     }
-    assert (calls["cc-1"]["agent"], calls["cx-1"]["agent"]) == ("claude-cli", "codex_cli_rs")
+    assert (calls["cc-1"]["agent"], calls["cx-1"]["agent"]) == ("claude-cli", "codex_exec")
 
     # The sessions page lists each with its agent, turns and blocks.
     page.goto(f"{base}/sessions")
     rows = page.locator("#sessions tbody tr")
     for session, agent, blocks in [
         (claude, "claude-cli", "1"),
-        (codex, "codex_cli_rs", "0"),
+        (codex, "codex_exec", "0"),
         (app_user, "OpenAI", "0"),
     ]:
         row = rows.filter(has=page.locator(f'a.session[title="{session}"]'))
@@ -372,7 +379,7 @@ def test_a_claude_code_and_a_codex_session_are_grouped_with_their_policy_actions
         expect(row).to_contain_text(agent)
         expect(row.locator("td").nth(5)).to_have_text("2")
         expect(row.locator("td").nth(6)).to_have_text(blocks)
-    page.select_option("select[name=agent]", "codex_cli_rs")
+    page.select_option("select[name=agent]", "codex_exec")
     page.click("#filters button[type=submit]")
     expect(rows.filter(has=page.locator(f'a.session[title="{claude}"]'))).to_have_count(0)
     expect(rows.filter(has=page.locator(f'a.session[title="{codex}"]'))).to_have_count(1)

@@ -43,7 +43,9 @@ class CallQuery(BaseModel):
     block_kind: BlockKind | None = Field(default=None, description="What the call's last block stopped.")
     modified: bool | None = None
     session_id: str | None = Field(default=None, description="Exactly this session.")
-    agent: str | None = Field(default=None, description="Exactly this agent (``claude-cli``, ``codex``).")
+    agent: str | None = Field(
+        default=None, description="Exactly this agent (``claude-cli``, ``codex_exec``)."
+    )
     api_key_hash: str | None = Field(default=None, description="Exactly this credential hash.")
     since: datetime | None = None
     until: datetime | None = None
