@@ -638,6 +638,16 @@ def test_sessions_are_listed_and_read_as_conversations(site: Site, page: Page, t
     expect(page).to_have_url(f"{site.url}/sessions/{CLAUDE_CODE}")
 
 
+def test_without_sessions_the_pages_say_so(site: Site, page: Page) -> None:
+    site.add([call_record("nosession000001", "Hello", "Hi")], [])  # a call naming no session
+    page.goto(f"{site.url}/sessions")
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#range")).to_have_text("0\N{EN DASH}0 of 0 sessions")
+    page.goto(f"{site.url}/calls/nosession000001")
+    expect(page.locator("dl.facts")).to_be_visible()
+    expect(page.locator(".session-nav")).to_have_count(0)
+
+
 def test_a_long_session_shows_its_turns_a_hundred_at_a_time(site: Site, page: Page) -> None:
     turns = [
         call_record(f"long{n:012d}", f"Step {n}", f"Done {n}", started_at=NOW + timedelta(seconds=n))
