@@ -9,7 +9,6 @@ from typing import Any
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from addon.session_identity import session_id
-from addon.sse import SSEEvent, SSEParser
 from controlplane.chunks import StreamChunk
 from controlplane.models import PolicyResult, RequestMetadata, utcnow
 from controlplane.recording.records import (
@@ -21,6 +20,7 @@ from controlplane.recording.records import (
     StoredEvent,
     Usage,
 )
+from formats.sse import SSEEvent, SSEParser
 
 #: A provider's error body kept for the record; longer ones are cut (they are not the point).
 _MAX_ERROR_BODY = 64 * 1024

@@ -112,6 +112,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from controlplane.policy_file import PolicyFileError, load_policy_file
     from controlplane.policy_reload import file_version, watch_policy_file
     from dashboard.app import create_app, end_live_streams
+    from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-proxy")
@@ -154,7 +155,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                     )
 
             try:
-                await run_proxy(config, control_plane, ready, metrics)
+                await run_proxy(config, Policing(control_plane), ready, metrics)
             finally:
                 if args.policy:
                     watcher.cancel()
@@ -170,7 +171,8 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
 
 def serve_sidecar(args: argparse.Namespace) -> int:
     """``luthien proxy --control-plane URL``: policies, recording and activity are remote, so
-    none of the in-process control plane, storage or dashboard is loaded."""
+    none of the in-process control plane, storage or dashboard is loaded, nor LiteLLM: the
+    control plane normalises the bodies this proxy sends as they are."""
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.metrics import register_recording_metrics
@@ -223,6 +225,7 @@ def serve_control_plane(args: argparse.Namespace) -> int:
     from controlplane.policy_file import PolicyFileError, load_policy_file
     from controlplane.policy_reload import file_version, watch_policy_file
     from controlplane.remote.server import create_control_plane_app
+    from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-controlplane")
@@ -243,7 +246,9 @@ def serve_control_plane(args: argparse.Namespace) -> int:
             control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
             if args.policy:
                 watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
-            app = create_control_plane_app(control_plane, backends.storage, token, backends.writer)
+            app = create_control_plane_app(
+                control_plane, Policing(control_plane), backends.storage, token, backends.writer
+            )
             # No access log: request lines say nothing the activity bus does not, at a cost per call.
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level="warning", access_log=False

@@ -1,5 +1,7 @@
-"""The control-plane service: every ControlPlaneService operation over HTTP, for proxies that run
-as thin sidecars. JSON for the request and response policies and for records and activity; streams
+"""The control-plane service: every PolicingService operation over HTTP, for proxies that run as
+thin sidecars. Request and response bodies arrive as the provider's format has them: the service
+normalises them (the sidecar never loads LiteLLM), runs the policy and answers with the body to
+send. JSON for those and for records and activity; streams
 over WebSockets (one stream at a time on each, one after another), never one request per chunk. A
 bearer token guards everything but the health checks and ``/metrics`` (Prometheus, for scraping
 inside the cluster)."""
@@ -10,7 +12,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import (
     Depends,
@@ -29,14 +31,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from controlplane.llm import ModelResponse
+from controlplane.interface import PolicingService, RequestVerdict, ResponseVerdict
 from controlplane.local import ControlPlaneLocal
 from controlplane.metrics import (
     PolicyDecisionMetrics,
     register_policy_stream_metrics,
     register_recording_metrics,
 )
-from controlplane.models import ChunkResult, StreamingContext
+from controlplane.models import ChunkVerdict, PolicyResult, StreamingContext
 from controlplane.policy_file import PolicyFileError, policy_from_document
 from controlplane.policy_reload import document_version
 from controlplane.recording.writer import RecordWriter
@@ -44,9 +46,9 @@ from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
     ActivityBatch,
+    PoliceCall,
+    PoliceResponseCall,
     RecordBatch,
-    RequestPolicyCall,
-    ResponsePolicyCall,
     StreamDone,
     StreamOpen,
     StreamOpened,
@@ -86,9 +88,15 @@ def _authorized(header: str | None, token: str) -> bool:
 
 
 def create_control_plane_app(
-    control_plane: ControlPlaneLocal, storage: Storage, token: str, recorder: RecordWriter | None = None
+    control_plane: ControlPlaneLocal,
+    policing: PolicingService,
+    storage: Storage,
+    token: str,
+    recorder: RecordWriter | None = None,
 ) -> FastAPI:
-    """``recorder``, the writer behind ``control_plane``, is only read for ``/metrics``."""
+    """``policing`` normalises bodies for ``control_plane`` (the formats' ``Policing``, given by
+    whoever composes the service: the control plane imports no wire format). ``recorder``, the
+    writer behind ``control_plane``, is only read for ``/metrics``."""
     if not token:
         raise ValueError("the control plane needs a non-empty token")
     app = FastAPI(title="Luthien control plane", version="1")
@@ -127,20 +135,19 @@ def create_control_plane_app(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(f"{API}/request-policy", dependencies=guarded, responses=with_body)
-    async def request_policy(call: RequestPolicyCall, request: Request) -> WireResult:
+    @app.post(f"{API}/police-request", dependencies=guarded, responses=with_body)
+    async def police_request(call: PoliceCall, request: Request) -> RequestVerdict:
         with _span("request_policy", request.headers, call.metadata.call_id):
-            result = await control_plane.apply_request_policies(call.request_data, call.metadata)
-        decisions.observe("request", result)
-        return WireResult.of(result)
+            verdict = await policing.police_request(call.wire_format, call.body, call.metadata)
+        _observe(decisions, "request", verdict.result)
+        return verdict
 
-    @app.post(f"{API}/response-policy", dependencies=guarded, responses=with_body)
-    async def response_policy(call: ResponsePolicyCall, request: Request) -> WireResult:
-        response = ModelResponse(**call.response)
+    @app.post(f"{API}/police-response", dependencies=guarded, responses=with_body)
+    async def police_response(call: PoliceResponseCall, request: Request) -> ResponseVerdict:
         with _span("response_policy", request.headers, call.metadata.call_id):
-            result = await control_plane.apply_response_policy(response, call.metadata)
-        decisions.observe("response", result)
-        return WireResult.of(result)
+            verdict = await policing.police_response(call.wire_format, call.body, call.metadata)
+        _observe(decisions, "response", verdict.result)
+        return verdict
 
     @app.post(f"{API}/records", status_code=204, dependencies=guarded, responses=with_body)
     async def records(batch: RecordBatch) -> Response:
@@ -188,6 +195,13 @@ def create_control_plane_app(
                 await _serve_stream(websocket, control_plane, decisions)
 
     return app
+
+
+def _observe(
+    decisions: PolicyDecisionMetrics, stage: Literal["request", "response"], result: PolicyResult[Any] | None
+) -> None:
+    if result is not None:  # None: the body could not be read, so no policy decided
+        decisions.observe(stage, result)
 
 
 def _span(operation: str, headers: Mapping[str, str], call_id: str) -> AbstractContextManager[Span]:
@@ -242,7 +256,7 @@ async def _answer(
     message: dict[str, Any],
     decisions: PolicyDecisionMetrics,
 ) -> None:
-    async def send(result: ChunkResult) -> None:
+    async def send(result: ChunkVerdict) -> None:
         decisions.observe("stream", result)
         answer = StreamResult(result=WireResult.of(result), index=result.answers, passed=result.unchanged)
         await websocket.send_text(answer.model_dump_json())

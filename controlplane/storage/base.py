@@ -14,14 +14,9 @@ from controlplane.credentials import redact_query
 from controlplane.models import WireFormat
 from controlplane.recording.records import BlockKind, CallOutcome, CallRecord, DebugEvent, Record, Usage
 
-
-class StorageUnavailable(Exception):
-    """The database cannot be reached or refused the operation; the caller may retry later."""
-
-
-class StorageRefused(Exception):
-    """The database refused the data itself (a value out of range, say): retrying cannot help."""
-
+# A storage is a record sink: these are the writer's (a sidecar proxy has a sink but no storage).
+from controlplane.recording.writer import StorageRefused as StorageRefused
+from controlplane.recording.writer import StorageUnavailable as StorageUnavailable
 
 #: What the calls list can be sorted by. A call without the value (no TTFB, no tokens, no cost
 #: estimate) comes last in either order.
