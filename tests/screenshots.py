@@ -44,6 +44,8 @@ SHOTS = (
     Shot("calls", "/calls", "#calls tbody tr >> nth=5"),
     Shot("call-detail", "/calls/e5b2f8a6c1d94e07", "[data-diff=output_text] tr.op-replace"),
     Shot("call-blocked", "/calls/c90d1e5f3a7b4c22", "dl.facts"),
+    Shot("sessions", "/sessions", "#sessions tbody tr >> nth=1"),
+    Shot("session", "/sessions/3f9c2a1e-8b7d-4c6f-9e21-5d4a3b2c1f00", "article.turn >> nth=3"),
 )
 
 
