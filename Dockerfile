@@ -20,6 +20,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project --no-editable
 COPY addon ./addon
+COPY formats ./formats
 COPY certs ./certs
 COPY controlplane ./controlplane
 COPY dashboard ./dashboard

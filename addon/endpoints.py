@@ -148,6 +148,11 @@ def family_for_host(host: str) -> Family:
     return Family.ANTHROPIC if "anthropic" in host else Family.OPENAI
 
 
+def error_format(family: Family) -> WireFormat:
+    """The format of the errors a host of ``family`` answers with (its SDK's)."""
+    return WireFormat.ANTHROPIC_MESSAGES if family is Family.ANTHROPIC else WireFormat.OPENAI_CHAT
+
+
 def canonical_path(raw: str) -> str:
     """The path in one spelling: repeated slashes collapsed, dot segments resolved and
     percent-encoded unreserved characters decoded. Raises UnsafePath for spellings that servers

@@ -13,8 +13,8 @@ import logging
 
 from mitmproxy import http
 
-from addon.endpoints import family_for_host
-from addon.formats import error_codec
+from addon.endpoints import error_format, family_for_host
+from formats import error_body
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class ProviderInterceptor:
 
     @staticmethod
     def _refuse(flow: http.HTTPFlow, host: str, status: int, message: str, kind: str | None = None) -> None:
-        body = error_codec(family_for_host(host)).error_body(status, message)
+        body = error_body(error_format(family_for_host(host)), status, message)
         if kind is not None and isinstance(body.get("error"), dict) and "code" in body["error"]:
             body["error"].update(type=kind, code=kind)
         flow.response = http.Response.make(

@@ -6,7 +6,6 @@ back. Every step that can fail answers the client in the provider's own error fo
 
 import asyncio
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
@@ -21,16 +20,24 @@ import httpx
 from opentelemetry import trace as otel
 
 from addon.call_trace import CallTrace, StreamCapture, body_for_record
-from addon.endpoints import Route, Treatment, UnknownEndpoints, UnsafePath, family_for_host, resolve
-from addon.formats import FormatError, RequestCodec, WireFormatCodec, codec, error_codec, request_codec
+from addon.endpoints import (
+    Route,
+    Treatment,
+    UnknownEndpoints,
+    UnsafePath,
+    error_format,
+    family_for_host,
+    resolve,
+)
 from addon.joined_reads import joined_reads
 from addon.metrics import ProxyMetrics
 from addon.stream_relay import StreamRelay, relay_for
 from addon.upstream import Upstream
-from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
-from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata
-from controlplane.recording.records import CallOutcome, Output, Usage, block_kind, settled_outcome
+from controlplane.interface import ControlPlaneUnavailable, PolicingService
+from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata, WireFormat
+from controlplane.recording.records import CallOutcome, Usage, block_kind, settled_outcome
 from controlplane.tracing import CALL_ID, context_from, tracer
+from formats import error_body, transcoder
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +178,7 @@ def _passthrough_headers(upstream: httpx.Response) -> list[tuple[str, str]]:
 class Pipeline:
     def __init__(
         self,
-        control_plane: ControlPlaneService,
+        control_plane: PolicingService,
         upstream: Upstream,
         metrics: ProxyMetrics | None = None,
         unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD,
@@ -231,7 +238,7 @@ class Pipeline:
         self, request: ProxyRequest, route: Route | UnsafePath, trace: CallTrace
     ) -> ProxyResponse:
         """Does with the call what the endpoint table says (addon/endpoints.py)."""
-        errors = error_codec(family_for_host(request.host))  # the client speaks the host's SDK
+        errors = error_format(family_for_host(request.host))  # the client speaks the host's SDK
         if isinstance(route, UnsafePath):
             return await self._refuse(errors, trace, _Refusal(400, f"Luthien refuses this path: {route}"))
         endpoint = route.endpoint
@@ -259,21 +266,21 @@ class Pipeline:
         if route.treatment is Treatment.REQUEST_ONLY:
             return await self._policed(
                 request,
-                request_codec(endpoint.wire_format),
+                endpoint.wire_format,
                 trace,
                 lambda upstream, _: self._unpoliced_answer(upstream, trace),
             )
-        model_api = codec(endpoint.wire_format)
+        wire_format = endpoint.wire_format
         if route.treatment is Treatment.RETRIEVAL:
-            return await self._retrieval(request, model_api, trace)
+            return await self._retrieval(request, wire_format, trace)
         return await self._policed(
             request,
-            model_api,
+            wire_format,
             trace,
-            lambda upstream, policed: self._respond(upstream, model_api, trace, policed),
+            lambda upstream, policed: self._respond(upstream, wire_format, trace, policed),
         )
 
-    async def _refuse(self, errors: RequestCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
+    async def _refuse(self, errors: WireFormat, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
         blocked = refusal.activity is ActivityType.BLOCKED
         kind = block_kind(CallOutcome.BLOCKED, trace.decisions) if blocked else None
         await self._publish(
@@ -325,8 +332,8 @@ class Pipeline:
             )
         )
 
-    def _error(self, codec: RequestCodec, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
-        error = codec.error_body(refusal.status, refusal.message)
+    def _error(self, wire_format: WireFormat, trace: CallTrace, refusal: _Refusal) -> ProxyResponse:
+        error = error_body(wire_format, refusal.status, refusal.message)
         outcome = CallOutcome.BLOCKED if refusal.activity is ActivityType.BLOCKED else CallOutcome.ERROR
         trace.fail(outcome, refusal.status, refusal.message)
         trace.final_response = error
@@ -389,47 +396,45 @@ class Pipeline:
             await self._publish(trace.metadata, ActivityType.COMPLETED, status=upstream.status_code)
 
     async def _policed(
-        self, request: ProxyRequest, codec: RequestCodec, trace: CallTrace, answer: _Answer
+        self, request: ProxyRequest, wire_format: WireFormat, trace: CallTrace, answer: _Answer
     ) -> ProxyResponse:
         """Polices the request, sends it, and lets ``answer`` turn the provider's answer into the
         client's response."""
         metadata = trace.metadata
         try:
-            body, normalized = self._read_request(request, codec, trace)
+            body = self._read_request(request, wire_format, trace)
             await self._publish(
                 metadata,
                 ActivityType.REQUEST_RECEIVED,
-                format=codec.wire_format,
+                format=wire_format,
                 stream=metadata.stream,
             )
-            policed, content = await self._apply_request_policy(request, codec, trace, body, normalized)
+            policed, content = await self._apply_request_policy(request, wire_format, trace, body)
             return await self._answered(await self._send(request, content, metadata), trace, policed, answer)
         except ControlPlaneUnavailable as exc:
-            return self._error(codec, trace, await self._control_plane_lost(metadata, exc))
+            return self._error(wire_format, trace, await self._control_plane_lost(metadata, exc))
         except _Refusal as refusal:
-            return await self._refuse(codec, trace, refusal)
+            return await self._refuse(wire_format, trace, refusal)
 
     async def _retrieval(
-        self, request: ProxyRequest, codec: WireFormatCodec, trace: CallTrace
+        self, request: ProxyRequest, wire_format: WireFormat, trace: CallTrace
     ) -> ProxyResponse:
         """A stored output read back (``GET /v1/responses/{id}``): policed like a live answer."""
         metadata = trace.metadata
-        metadata.wire_format = codec.wire_format
+        metadata.wire_format = wire_format
         try:
             if request.body:
                 raise _Refusal(400, "Luthien refuses a body on a retrieval: there is nothing to police it as")
-            await self._publish(
-                metadata, ActivityType.REQUEST_RECEIVED, format=codec.wire_format, retrieval=True
-            )
+            await self._publish(metadata, ActivityType.REQUEST_RECEIVED, format=wire_format, retrieval=True)
             upstream = await self._send(request, b"", metadata)
             policed: NormalizedRequest = {"messages": []}  # the request that produced it is not known
             return await self._answered(
-                upstream, trace, policed, lambda up, p: self._respond(up, codec, trace, p)
+                upstream, trace, policed, lambda up, p: self._respond(up, wire_format, trace, p)
             )
         except ControlPlaneUnavailable as exc:
-            return self._error(codec, trace, await self._control_plane_lost(metadata, exc))
+            return self._error(wire_format, trace, await self._control_plane_lost(metadata, exc))
         except _Refusal as refusal:
-            return await self._refuse(codec, trace, refusal)
+            return await self._refuse(wire_format, trace, refusal)
 
     async def _answered(
         self, upstream: httpx.Response, trace: CallTrace, policed: NormalizedRequest, answer: _Answer
@@ -461,7 +466,7 @@ class Pipeline:
     async def _respond(
         self,
         upstream: httpx.Response,
-        codec: WireFormatCodec,
+        wire_format: WireFormat,
         trace: CallTrace,
         policed: NormalizedRequest,
     ) -> ProxyResponse:
@@ -488,16 +493,15 @@ class Pipeline:
             trace.policy_version = context.policy_version or trace.policy_version
             trace.unpoliced |= context.unpoliced
             trace.stream = StreamCapture(mirrored=not context.inspects_chunks)
-            relay = relay_for(codec.stream_transcoder(), self._control_plane, context, trace.stream)
+            relay = relay_for(transcoder(wire_format), self._control_plane, context, trace.stream)
             streamed = await _started(self._streamed(upstream, relay, trace))
             return ProxyResponse(upstream.status_code, headers, streamed)
-        return await self._whole_response(upstream, codec, trace)
+        return await self._whole_response(upstream, wire_format, trace)
 
     @staticmethod
-    def _read_request(
-        request: ProxyRequest, codec: RequestCodec, trace: CallTrace
-    ) -> tuple[dict[str, Any], NormalizedRequest]:
-        """Parses and normalises the body, and fills in what the metadata learns from it."""
+    def _read_request(request: ProxyRequest, wire_format: WireFormat, trace: CallTrace) -> dict[str, Any]:
+        """Parses the body, and fills in what the metadata learns from it (the control plane
+        normalises it, where the policy runs)."""
         metadata = trace.metadata
         encoding = (request.header("content-encoding") or "identity").strip().lower()
         if encoding != "identity":
@@ -511,51 +515,41 @@ class Pipeline:
             body = json.loads(request.body, object_pairs_hook=_no_duplicate_keys)
             if not isinstance(body, dict):
                 raise ValueError("the body is not a JSON object")
-            normalized = codec.normalize_request(body)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise _Refusal(400, f"Luthien could not read this request: {exc}") from exc
-        metadata.wire_format = codec.wire_format
+        metadata.wire_format = wire_format
         # The three formats name these alike.
         metadata.model = body.get("model")
         metadata.stream = bool(body.get("stream"))
         metadata.user_id = _user_id(body)
-        return body, normalized
+        return body
 
     async def _apply_request_policy(
-        self,
-        request: ProxyRequest,
-        codec: RequestCodec,
-        trace: CallTrace,
-        body: dict[str, Any],
-        normalized: NormalizedRequest,
+        self, request: ProxyRequest, wire_format: WireFormat, trace: CallTrace, body: dict[str, Any]
     ) -> tuple[NormalizedRequest, bytes]:
-        """The request the policy let through, and the bytes to send for it (the original bytes
-        when it changed nothing)."""
+        """The request the policy let through (normalised), and the bytes to send for it (the
+        original bytes when it changed nothing)."""
         trace.span.set_attribute("gen_ai.request.model", trace.metadata.model or "")
         with tracer.start_as_current_span(
             "luthien.request_policy", attributes={CALL_ID: trace.metadata.call_id}
         ):
-            result = await self._control_plane.apply_request_policies(
-                copy.deepcopy(normalized), trace.metadata
-            )
-        trace.decide("request", result)
-        trace.policy_version, trace.unpoliced = result.policy_version, result.unpoliced
-        if not result.allowed or result.value is None:
-            reason = result.reason or "blocked by policy"
+            verdict = await self._control_plane.police_request(wire_format, body, trace.metadata)
+        result = verdict.result
+        if result is not None:
+            trace.decide("request", result)
+            trace.policy_version, trace.unpoliced = result.policy_version, result.unpoliced
+        if verdict.unpoliceable is not None:
+            raise _Refusal(verdict.unpoliceable.status, verdict.unpoliceable.message)
+        if result is None or not result.allowed or result.value is None:
+            reason = (result.reason if result is not None else None) or "blocked by policy"
             raise _Refusal(
                 403, f"Request blocked by Luthien policy: {reason}", ActivityType.BLOCKED, stage="request"
             )
-        if result.value == normalized:
+        if verdict.body is None:
             trace.final_request = trace.original_request
             return result.value, request.body
-        try:
-            rendered = codec.render_request(body, normalized, result.value)
-        except FormatError as exc:
-            raise _Refusal(
-                500, f"Luthien could not apply the policy's change to this request: {exc}"
-            ) from exc
-        trace.final_request, trace.request_modified = rendered, True
-        return result.value, json.dumps(rendered).encode()
+        trace.final_request, trace.request_modified = verdict.body, True
+        return result.value, json.dumps(verdict.body).encode()
 
     async def _send(self, request: ProxyRequest, content: bytes, metadata: RequestMetadata) -> httpx.Response:
         try:
@@ -672,7 +666,7 @@ class Pipeline:
         )
 
     async def _whole_response(
-        self, upstream: httpx.Response, codec: WireFormatCodec, trace: CallTrace
+        self, upstream: httpx.Response, wire_format: WireFormat, trace: CallTrace
     ) -> ProxyResponse:
         metadata = trace.metadata
         trace.first_byte()
@@ -683,27 +677,29 @@ class Pipeline:
         trace.original_response = trace.final_response = body_for_record(raw)
         try:
             original = json.loads(raw)
-            response = codec.parse_response(original)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            if not isinstance(original, dict):
+                raise ValueError("the body is not a JSON object")
+        except ValueError as exc:
             raise _Refusal(502, f"Luthien could not read the provider's response: {exc}") from exc
-        before = response.model_dump()
-        trace.original_output = Output.from_response(response)
-        trace.usage = Usage.from_mapping(before.get("usage"))
         with tracer.start_as_current_span("luthien.response_policy", attributes={CALL_ID: metadata.call_id}):
-            result = await self._control_plane.apply_response_policy(response, metadata)
+            verdict = await self._control_plane.police_response(wire_format, original, metadata)
+        trace.original_output, trace.usage = verdict.original_output, verdict.usage
+        if verdict.unpoliceable is not None:
+            raise _Refusal(verdict.unpoliceable.status, verdict.unpoliceable.message)
+        result = verdict.result
+        assert result is not None  # a response that could be read was policed
         trace.decide("response", result)
         trace.unpoliced |= result.unpoliced
-        if not result.allowed or result.value is None:
+        if not result.allowed:
             reason = result.reason or "blocked by policy"
             raise _Refusal(
                 403, f"Response blocked by Luthien policy: {reason}", ActivityType.BLOCKED, stage="response"
             )
-        trace.final_output = Output.from_response(result.value)
-        modified = result.value.model_dump() != before
-        if modified:
-            rendered = codec.render_response(original, result.value)
-            trace.final_response, trace.response_modified = rendered, True
-            raw = json.dumps(rendered).encode()
+        trace.final_output = verdict.final_output
+        modified = verdict.body is not None
+        if verdict.body is not None:
+            trace.final_response, trace.response_modified = verdict.body, True
+            raw = json.dumps(verdict.body).encode()
         trace.outcome = settled_outcome(trace.outcome, trace.decisions)
         await self._publish(
             metadata,

@@ -20,7 +20,7 @@ from addon.pipeline import Pipeline
 from addon.provider_calls import ProviderCalls
 from addon.relay_server import RelayServer
 from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT, Upstream
-from controlplane.interface import ControlPlaneService
+from controlplane.interface import PolicingService
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class _FreezeStartup:
 
 async def run_proxy(
     config: ProxyConfig,
-    control_plane: ControlPlaneService,
+    control_plane: PolicingService,
     on_ready: Callable[[], None],
     metrics: ProxyMetrics | None = None,
 ) -> None:

@@ -12,40 +12,24 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
 
 from addon.call_trace import StreamCapture
-from addon.formats.base import StreamTranscoder
-from addon.sse import SSEEvent, SSEParser, parse_event
-from controlplane.chunks import StreamChunk, chunk_data, chunk_model, fingerprint
-from controlplane.interface import ControlPlaneService, ControlPlaneUnavailable
-from controlplane.llm import ModelResponseStream
-from controlplane.models import ChunkResult, StreamingContext
+from controlplane.chunks import StreamChunk, same_content
+from controlplane.interface import ControlPlaneUnavailable, StreamsAndRecords
+from controlplane.models import ChunkVerdict, StreamingContext
+from formats.base import StreamTranscoder
+from formats.sse import SSEEvent, SSEParser, parse_event
 
 #: How long an abandoned stream waits for the control plane to release its policy state.
 _RELEASE_TIMEOUT = 2.0
 
 
 @dataclass
-class _Expected:
-    """A chunk of an upstream event, as decoded: what the policy is given, and what the record
-    keeps when the policy gives it back unchanged."""
-
-    chunk: StreamChunk
-    _fingerprint: dict[str, Any] | None = None
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Built only to compare a result that is not this chunk's own verdict (a held chunk the
-        policy releases later, say): the control plane tells the usual case, at no cost here."""
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint(chunk_model(self.chunk))
-        return self._fingerprint
-
-
-@dataclass
 class _PendingEvent:
     event: SSEEvent
-    expected: deque[_Expected] = field(default_factory=deque)
+    # The event's chunks, as decoded, that the policy has not given back yet: what it is given,
+    # and what the record keeps when it gives them back unchanged.
+    expected: deque[StreamChunk] = field(default_factory=deque)
 
 
 @dataclass
@@ -60,14 +44,14 @@ class StreamOutcome:
     control_plane_lost: str | None = None  # why the stream was ended with an error event
     malformed: str | None = None  # the provider's stream could not be policed: ended with an error
     unpoliced: bool = False
-    decisions: list[ChunkResult] = field(default_factory=list)
+    decisions: list[ChunkVerdict] = field(default_factory=list)
 
 
 class StreamRelay:
     def __init__(
         self,
         transcoder: StreamTranscoder,
-        control_plane: ControlPlaneService,
+        control_plane: StreamsAndRecords,
         context: StreamingContext,
         capture: StreamCapture | None = None,
     ) -> None:
@@ -186,7 +170,7 @@ class StreamRelay:
         came once the policy has given back each of its chunks unchanged."""
         chunks = self._decoded(event)
         if not self.outcome.diverged:
-            self._pending.append(_PendingEvent(event, deque(_Expected(c) for c in chunks)))
+            self._pending.append(_PendingEvent(event, deque(chunks)))
         return chunks
 
     def _decoded(self, event: SSEEvent) -> list[StreamChunk]:
@@ -210,7 +194,7 @@ class StreamRelay:
         except ControlPlaneUnavailable as exc:
             yield self._lose_control_plane(exc)
 
-    def _applied(self, result: ChunkResult, given: Sequence[StreamChunk]) -> bytes:
+    def _applied(self, result: ChunkVerdict, given: Sequence[StreamChunk]) -> bytes:
         """``_apply``; a stream the transcoder cannot continue (events that break their format,
         a policy's chunk it cannot write) ends with an error instead."""
         try:
@@ -218,7 +202,7 @@ class StreamRelay:
         except Exception as exc:
             return self._malformed(exc)
 
-    def _apply(self, result: ChunkResult, given: Sequence[StreamChunk]) -> bytes:
+    def _apply(self, result: ChunkVerdict, given: Sequence[StreamChunk]) -> bytes:
         """``given``: the chunks the result may answer (``result.answers`` indexes them)."""
         self.outcome.unpoliced |= result.unpoliced
         if result.reason is not None or not result.allowed:
@@ -232,27 +216,28 @@ class StreamRelay:
             out += self._end_by_policy()
         return out
 
-    def _emit_chunk(self, value: ModelResponseStream | None, answered: StreamChunk | None) -> bytes:
+    def _emit_chunk(self, value: StreamChunk | None, answered: StreamChunk | None) -> bytes:
         """A chunk for the client: ``value``, or (``answered``) an upstream chunk given back as
         it came, which may leave out ``value``."""
         if not self.outcome.diverged and self._pending:
             head = self._pending[0]
             if head.expected and self._is_next(head.expected[0], value, answered):
-                self._policy_chunk(head.expected.popleft().chunk)
+                self._policy_chunk(head.expected.popleft())
                 return self._drain()
-        chunk = value if value is not None else chunk_model(cast(StreamChunk, answered))
-        self._policy_chunk(answered if answered is not None else chunk_data(chunk))
+        chunk = answered if answered is not None else value
+        assert chunk is not None
+        self._policy_chunk(chunk)
         self._diverge()
         return self._written(self._transcoder.encode(chunk))
 
     @staticmethod
-    def _is_next(
-        expected: _Expected, value: ModelResponseStream | None, answered: StreamChunk | None
-    ) -> bool:
-        """Whether the chunk is the one the client's next original bytes carry."""
-        if answered is expected.chunk:
+    def _is_next(expected: StreamChunk, value: StreamChunk | None, answered: StreamChunk | None) -> bool:
+        """Whether the chunk is the one the client's next original bytes carry: the chunk itself
+        (the control plane tells the usual case, at no cost here), or one that says the same (a
+        held chunk the policy releases later, say)."""
+        if answered is expected:
             return True
-        return value is not None and fingerprint(value) == expected.fingerprint()
+        return value is not None and same_content(value, expected)
 
     def _policy_chunk(self, chunk: StreamChunk) -> None:
         if self._capture is not None:
@@ -331,7 +316,7 @@ class PassiveRelay(StreamRelay):
 
 def relay_for(
     transcoder: StreamTranscoder,
-    control_plane: ControlPlaneService,
+    control_plane: StreamsAndRecords,
     context: StreamingContext,
     capture: StreamCapture | None = None,
 ) -> StreamRelay:

@@ -22,6 +22,10 @@ class Credential(BaseModel):
     def allows(self, needed: Role) -> bool:
         return ROLES.index(self.role) >= ROLES.index(needed)
 
+    def refusal(self, needed: Role) -> str:
+        """Why a request needing ``needed`` is refused (a 403's message): names, never tokens."""
+        return f"the token {self.name!r} has the role {self.role}; this needs {needed}"
+
 
 class TokenListError(ValueError):
     pass

@@ -4,12 +4,12 @@
 Policies see LiteLLM's ``ModelResponseStream``, but building one costs more than everything else
 the proxy does with an event, and most streams go to no policy that reads chunks (the passive
 path). So the wire formats decode events into these dicts, which the record is assembled from,
-and a ``ModelResponseStream`` is built from one only when a policy is about to see it.
+the control plane is given and gives back; it builds a ``ModelResponseStream`` from one only when
+a policy is about to see it (``controlplane.chunk_views``). Nothing here imports LiteLLM: a
+sidecar proxy never loads it.
 """
 
-from typing import Any, NotRequired, TypedDict, cast
-
-from controlplane.llm import ModelResponseStream
+from typing import Any, NotRequired, TypedDict
 
 
 class FunctionDelta(TypedDict, total=False):
@@ -46,42 +46,48 @@ class StreamChunk(TypedDict, total=False):
     usage: dict[str, Any] | None
 
 
-def chunk_model(chunk: StreamChunk) -> ModelResponseStream:
-    """The chunk as policies see it."""
-    return ModelResponseStream(**cast(dict[str, Any], chunk))
+def without_none(value: Any) -> Any:
+    """``value`` without the None fields of its objects, at any depth (as a provider writes them)."""
+    if isinstance(value, dict):
+        return {k: without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_none(v) for v in value]
+    return value
 
 
-def fingerprint(chunk: ModelResponseStream) -> dict[str, Any]:
-    """What tells a chunk a policy changed from one it gave back as it was given."""
-    return chunk.model_dump(mode="json")
+def same_content(a: StreamChunk, b: StreamChunk) -> bool:
+    """Whether two chunks say the same to a client: what a policy can change of a chunk (texts, tool
+    calls, finish reasons, token counts), whichever form each came in (decoded from the wire, or
+    given back by a policy through the control plane)."""
+    return _content(a) == _content(b)
 
 
-def chunk_data(chunk: ModelResponseStream) -> StreamChunk:
-    """What a policy's chunk carries, as plain data (for the record)."""
-    choices: list[ChunkChoice] = []
-    for choice in chunk.choices:
-        delta = choice.delta
-        calls: list[ToolCallDelta] = [
-            {
-                "index": call.index or 0,
-                "id": call.id,
-                "function": {"name": call.function.name, "arguments": call.function.arguments or ""}
-                if call.function is not None
-                else {},
-            }
-            for call in getattr(delta, "tool_calls", None) or []
+def _content(chunk: StreamChunk) -> tuple[Any, ...]:
+    choices = []
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        calls = [
+            (call.get("index") or 0, call.get("id"), *_function(call.get("function") or {}))
+            for call in delta.get("tool_calls") or []
+        ]
+        blocks = [
+            tuple(block.get(k) for k in ("type", "thinking", "signature", "data"))
+            for block in delta.get("thinking_blocks") or []
         ]
         choices.append(
-            {
-                "index": choice.index,
-                "delta": {
-                    "content": getattr(delta, "content", None),
-                    "reasoning_content": getattr(delta, "reasoning_content", None),
-                    "thinking_blocks": getattr(delta, "thinking_blocks", None),
-                    "tool_calls": calls,
-                },
-                "finish_reason": choice.finish_reason,
-            }
+            (
+                choice.get("index", 0),
+                delta.get("content") or "",
+                delta.get("reasoning_content") or "",
+                blocks,
+                calls,
+                choice.get("finish_reason"),
+            )
         )
-    usage = getattr(chunk, "usage", None)
-    return {"choices": choices, "usage": usage.model_dump() if usage is not None else None}
+    usage = chunk.get("usage") or {}
+    counts = tuple(usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+    return (choices, counts if any(c is not None for c in counts) else None)
+
+
+def _function(function: FunctionDelta) -> tuple[str | None, str]:
+    return function.get("name"), function.get("arguments") or ""

@@ -8,19 +8,20 @@ from typing import Any, Literal
 
 from controlplane.activity.bus import ActivityBus
 from controlplane.activity.memory import InMemoryBus
-from controlplane.chunks import StreamChunk, chunk_model, fingerprint
+from controlplane.chunk_views import chunk_data, chunk_model, fingerprint
+from controlplane.chunks import StreamChunk
 from controlplane.credentials import scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
     ActivityEvent,
     ActivityType,
-    ChunkResult,
+    ChunkVerdict,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
-from controlplane.policies.base import PolicyHandler
+from controlplane.policies.base import ChunkResult, PolicyHandler
 from controlplane.policies.chunks import text_chunk
 from controlplane.recording.records import CallRecord, DebugEvent, Decision, Record
 from controlplane.recording.redact import redact_record
@@ -62,6 +63,23 @@ def _as_choice(chunk: ModelResponseStream | None, choice: int) -> ModelResponseS
     for item in moved.choices:
         item.index = choice
     return moved
+
+
+def _verdict(
+    result: ChunkResult, value: ModelResponseStream | None, answers: int | None, unchanged: bool
+) -> ChunkVerdict:
+    """The policy's result as the data plane gets it: its chunk as plain data, or none when it
+    gives back the chunk it answers as it was."""
+    return ChunkVerdict.model_construct(  # built here from the policy's own result: not validated again
+        value=chunk_data(value) if value is not None else None,
+        allowed=result.allowed,
+        reason=result.reason,
+        metadata=result.metadata,
+        policy_version=result.policy_version,
+        unpoliced=result.unpoliced,
+        answers=answers,
+        unchanged=unchanged,
+    )
 
 
 class ControlPlaneLocal:
@@ -125,7 +143,7 @@ class ControlPlaneLocal:
 
     async def process_streaming_chunks(
         self, chunks: Sequence[StreamChunk], context: StreamingContext
-    ) -> AsyncIterator[ChunkResult]:
+    ) -> AsyncIterator[ChunkVerdict]:
         stream = self._streams[context.stream_id]
         for index, data in enumerate(chunks):
             chunk = chunk_model(data)  # what the policy reads, built only now
@@ -135,22 +153,20 @@ class ControlPlaneLocal:
                 _as_choice(chunk, 0) or chunk, stream.context_for(choice)
             )
             async for result in self._guarded(results, stream, chunk):
-                result.value = _as_choice(result.value, choice)
-                result.answers = index
-                result.unchanged = result.value is not None and fingerprint(result.value) == given
-                yield result
+                value = _as_choice(result.value, choice)
+                unchanged = value is not None and fingerprint(value) == given
+                yield _verdict(result, None if unchanged else value, index, unchanged)
                 if not result.allowed:
                     return
 
-    async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
+    async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkVerdict]:
         stream = self._streams.pop(context.stream_id, None)
         if stream is None:
             return
         for choice in (0, *sorted(stream.choices)):
             ended = stream.policy.on_stream_end(stream.context_for(choice))
             async for result in self._guarded(ended, stream, None):
-                result.value = _as_choice(result.value, choice)
-                yield result
+                yield _verdict(result, _as_choice(result.value, choice), None, False)
                 if not result.allowed:
                     return
 

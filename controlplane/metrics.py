@@ -3,16 +3,18 @@ policy decisions it made. Each holder takes a ``CollectorRegistry`` of its own, 
 one, so that several instances (and tests) in one process do not collide."""
 
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controlplane.local import ControlPlaneLocal
 from controlplane.models import PolicyResult
 from controlplane.recording.records import Decision
 from controlplane.recording.writer import RecordWriter
+
+if TYPE_CHECKING:  # a sidecar proxy counts decisions but runs no policy (and loads no LiteLLM)
+    from controlplane.local import ControlPlaneLocal
 
 
 class RecordingCollector(Collector):
@@ -57,7 +59,7 @@ def register_recording_metrics(
     registry.register(RecordingCollector(writer, destination))
 
 
-def register_policy_stream_metrics(control_plane: ControlPlaneLocal, registry: CollectorRegistry) -> None:
+def register_policy_stream_metrics(control_plane: "ControlPlaneLocal", registry: CollectorRegistry) -> None:
     """Streams whose policy state the control plane holds. Above the proxies' open streams for
     long, it means streams that ended were not released."""
     Gauge(

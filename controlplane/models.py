@@ -11,8 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from controlplane.chunks import StreamChunk
 from controlplane.credentials import redact_query, scrub_credentials, scrub_strings
-from controlplane.llm import ModelResponse, ModelResponseStream
 
 #: The normalised request every policy sees: an OpenAI Chat Completions request body, plus what
 #: the provider's body carries that it has no place for (see EXTRA_BODY and UNMAPPED_TEXT).
@@ -92,9 +92,8 @@ class PolicyResult[T](BaseModel):
         return cls(value=value, allowed=False, reason=reason, metadata=metadata)
 
 
-RequestResult = PolicyResult[NormalizedRequest]
-ResponseResult = PolicyResult[ModelResponse]
-ChunkResult = PolicyResult[ModelResponseStream]
+#: What the control plane answers for a stream chunk: plain data, whatever the policy saw.
+ChunkVerdict = PolicyResult[StreamChunk]
 
 
 class StreamingContext(BaseModel):

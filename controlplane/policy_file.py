@@ -46,11 +46,14 @@ def load_policy_file(path: Path | None) -> PolicyHandler:
 
 def read_policy_document(path: Path) -> Any:
     """The YAML document in ``path``, not yet checked to be a policy."""
+    return parse_policy_yaml(read_policy_bytes(path), str(path))
+
+
+def read_policy_bytes(path: Path) -> bytes:
     try:
-        content = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise PolicyFileError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
-    return parse_policy_yaml(content, str(path))
 
 
 def parse_policy_yaml(content: bytes, source: str) -> Any:

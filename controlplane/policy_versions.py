@@ -30,6 +30,7 @@ from controlplane.policy_file import (
     PolicyFileError,
     parse_policy_yaml,
     policy_from_document,
+    read_policy_bytes,
     read_policy_document,
 )
 from controlplane.policy_nudge import PolicyNudge
@@ -67,10 +68,16 @@ class UnknownVersion(LookupError):
         super().__init__(f"no stored policy version {version!r}")
 
 
-def document_version(document: dict[str, Any]) -> str:
+def document_version(document: dict[str, Any], where: str) -> str:
     """A document's version: the start of the SHA-256 of its canonical JSON (so a file's
     comments and layout do not make a new version)."""
-    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()[:12]
+    try:
+        canonical = json.dumps(document, sort_keys=True)
+    except (TypeError, ValueError) as exc:  # YAML can hold what JSON cannot: a date, a set
+        raise PolicyFileError(
+            f"{where}: holds a value that cannot be stored as JSON (quote it): {exc}"
+        ) from exc
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def validated(document: Any, where: str, by: str, note: str) -> tuple[PolicyHandler, PolicyVersion]:
@@ -78,7 +85,7 @@ def validated(document: Any, where: str, by: str, note: str) -> tuple[PolicyHand
     ``PolicyFileError`` when it is not a policy that can run."""
     policy = policy_from_document(document, where)
     version = PolicyVersion(
-        version=document_version(document),
+        version=document_version(document, where),
         document=scrub_body(document),
         created_at=datetime.now(UTC),
         created_by=by,
@@ -187,7 +194,7 @@ class PolicyVersions:
         activation = await self.storage.activate_policy(version, by, source, note, unless_active=False)
         log.info("policy version %s activated by %s (%s)", version.version, by, source)
         if self.keeper is not None:
-            self.keeper.enforce(policy, version.version)
+            self.keeper.enforce_activation(policy, activation)
         await self.nudge.publish(version.version)
         return activation
 
@@ -213,6 +220,9 @@ class PolicyKeeper:
         self._file_bytes: bytes | None = None
         self._unrecorded: PolicyVersion | None = None  # a file version the database has not taken yet
         self._refused: str | None = None  # a stored version that does not build here, reported once
+        self._seq = 0  # the activation enforced last (database source)
+        self._migrated = False
+        self._unreadable = False  # the database failed the last check (reported once per outage)
 
     def enforce(self, policy: PolicyHandler, version: str | None) -> None:
         """New calls get ``policy``; streams already running keep theirs."""
@@ -220,15 +230,19 @@ class PolicyKeeper:
             self.control_plane.replace_policy(policy, version)
             log.info("policy now %s version %s", type(policy).__name__, version)
 
+    def enforce_activation(self, policy: PolicyHandler, activation: PolicyActivation) -> None:
+        """Enforces an activation unless a later one is enforced already: a check that read the
+        database just before this activation must not take the replica back."""
+        if activation.seq >= self._seq:
+            self._seq = activation.seq
+            self.enforce(policy, activation.version)
+
     async def start(self) -> str:
         """Puts the control plane on its source's active version; returns what to say at start-up.
         Raises ``PolicyFileError`` for a file source whose file is broken."""
         if self.source == "file":
             assert self.path is not None, "a file source needs a file"
-            try:
-                self._file_bytes = self.path.read_bytes()
-            except OSError as exc:
-                raise PolicyFileError(f"{self.path}: cannot read the policy file: {exc.strerror}") from exc
+            self._file_bytes = read_policy_bytes(self.path)
             document = parse_policy_yaml(self._file_bytes, str(self.path))
             policy, version = validated(document, str(self.path), file_credential(self.path), "")
             self.enforce(policy, version.version)
@@ -239,7 +253,9 @@ class PolicyKeeper:
                 f"{type(policy).__name__} version {version.version}"
             )
         active = await self._active_waiting()
-        if active is None and self.path is not None:
+        seeded = active is None and self.path is not None
+        if seeded:
+            assert self.path is not None
             # An empty database takes the file as its first version; from then on the database rules.
             document = read_policy_document(self.path)
             without_credentials(document, str(self.path))
@@ -249,12 +265,15 @@ class PolicyKeeper:
         if active is None:
             self.enforce(NoOpPolicy(), None)
             return "Policy source: the database; no version activated yet (NoOpPolicy)"
-        self._enforce_stored(active)
+        self.follow(active)
         activation = active.activation
-        return (
+        said = (
             f"Policy source: the database; version {activation.version} "
             f"activated by {activation.activated_by} at {activation.activated_at:%Y-%m-%d %H:%M:%S} UTC"
         )
+        if self.path is not None and not seeded:
+            said += f" (the --policy file {self.path} only seeds an empty database)"
+        return said
 
     async def run(self) -> None:
         """Follows the source until cancelled."""
@@ -267,30 +286,50 @@ class PolicyKeeper:
         while True:
             await self.nudge.wait(NUDGED_CHECK_SECONDS if self.nudge.listening else CHECK_SECONDS)
             try:
-                active = await self.storage.active_policy()
+                active = await self._read_active()
             except StorageUnavailable as exc:
-                log.warning(
-                    "cannot read the active policy version (%s); keeping %s",
-                    exc,
-                    self.control_plane.policy_version,
-                )
+                if not self._unreadable:
+                    log.warning(
+                        "cannot read the active policy version (%s); keeping %s until the database answers",
+                        exc,
+                        self.control_plane.policy_version,
+                    )
+                self._unreadable = True
                 continue
+            if self._unreadable:
+                log.info("the active policy version can be read again")
+            self._unreadable = False
             if active is not None:
-                self._enforce_stored(active)
+                self.follow(active)
+
+    async def _ready(self) -> None:
+        """Migrates once: a database that was down at start-up may not have the tables yet."""
+        if not self._migrated:
+            await self.storage.migrate()
+            self._migrated = True
+
+    async def _read_active(self) -> ActivePolicy | None:
+        await self._ready()
+        return await self.storage.active_policy()
 
     async def _active_waiting(self) -> ActivePolicy | None:
         """The active version; while the database cannot say, start-up waits (proxies fail
         closed meanwhile) rather than enforce a policy that may not be the active one."""
         while True:
             try:
-                return await self.storage.active_policy()
+                return await self._read_active()
             except StorageUnavailable as exc:
                 log.warning("waiting for the database to read the active policy version: %s", exc)
                 await asyncio.sleep(CHECK_SECONDS)
 
-    def _enforce_stored(self, active: ActivePolicy) -> None:
-        version = active.version
+    def follow(self, active: ActivePolicy) -> None:
+        """Enforces the active version as read from the database, unless the read is older than
+        what this replica enforces (a check racing an activation made here)."""
+        activation, version = active.activation, active.version
+        if activation.seq < self._seq:  # read before an activation this replica made since
+            return
         if version.version in (self.control_plane.policy_version, self._refused):
+            self._seq = activation.seq
             return
         try:
             policy = policy_from_document(version.document, f"version {version.version}")
@@ -302,7 +341,7 @@ class PolicyKeeper:
                 exc,
             )
             return
-        self.enforce(policy, version.version)
+        self.enforce_activation(policy, activation)
 
     def _check_file(self) -> None:
         assert self.path is not None
@@ -334,9 +373,15 @@ class PolicyKeeper:
             return
         version = self._unrecorded
         try:
+            await self._ready()
             await self.storage.activate_policy(version, version.created_by, "file", "", unless_active=True)
         except StorageUnavailable as exc:
-            log.warning("cannot record policy version %s yet: %s", version.version, exc)
+            if not self._unreadable:
+                log.warning(
+                    "cannot record policy version %s yet (%s): trying every second", version.version, exc
+                )
+            self._unreadable = True
             return
+        self._unreadable = False
         if self._unrecorded is version:
             self._unrecorded = None

@@ -85,9 +85,7 @@ def require_admin(request: Request) -> Credential:
     """A route dependency: the request's credential, when it may change the policy."""
     credential: Credential = request.state.credential
     if not credential.allows("admin"):
-        raise HTTPException(
-            403, f"the token {credential.name!r} has the role {credential.role}; this needs admin"
-        )
+        raise HTTPException(403, credential.refusal("admin"))
     return credential
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from controlplane.chunks import without_none
 from controlplane.recording.records import CallRecord, Output, StoredEvent
 
 #: Unchanged lines kept around each change when a long unchanged run is collapsed.
@@ -183,15 +184,7 @@ def _event_key(event: StoredEvent) -> str:
         content = json.loads(data)
     except ValueError:
         return f"{name}: {data}"
-    return f"{name}: {json.dumps(_without_nulls(content), sort_keys=True)}"
-
-
-def _without_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
-    if isinstance(value, list):
-        return [_without_nulls(item) for item in value]
-    return value
+    return f"{name}: {json.dumps(without_none(content), sort_keys=True)}"
 
 
 def _text_lines(output: Output | None) -> list[str]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from controlplane.access import Credential
 from controlplane.policy_file import PolicyFileError, parse_policy_yaml
 from controlplane.policy_versions import FileIsTheSource, PolicySource, PolicyVersions, UnknownVersion
-from controlplane.remote.policy_changes import http_change
+from controlplane.remote.policy_changes import Activate, http_change
 from controlplane.storage.base import ActivePolicy, PolicyActivation, PolicyVersion
 from dashboard.auth import require_admin
 from dashboard.diff import Diff, diff_bodies
@@ -22,11 +22,6 @@ class PolicyState(BaseModel):
     source: PolicySource
     active: ActivePolicy | None
     history: list[PolicyActivation]
-
-
-class Activate(BaseModel):
-    version: str
-    note: str = ""
 
 
 class PolicyText(BaseModel):

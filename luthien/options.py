@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         # For tests: a directory standing in for the filesystem root; commands are then printed, not run.
         trust.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
 
-    policy = _command(commands, "policy", "built-in policies; check a policy file")
+    policy = _command(commands, "policy", "built-in policies; check a policy file; stored versions")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     policy_commands.add_parser("list", help="the built-in policies, a line each")
     check = _command(
@@ -284,6 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     policy_commands.add_parser("schema", help="print the JSON Schema of policy files")
+    history = _command(
+        policy_commands, "history", "the policy's activations, newest first (* the active one)"
+    )
+    activate = _command(
+        policy_commands,
+        "activate",
+        "validate a policy file, store it as a version and activate it everywhere",
+    )
+    activate.add_argument("file", type=Path)
+    rollback = _command(
+        policy_commands, "rollback", "activate a stored version again (default: the one active before)"
+    )
+    rollback.add_argument("version", nargs="?", default=None)
+    for command in (history, activate, rollback):
+        _add_data_dir(command)
+        _add_backend_options(command)
+        _add_policy_options(
+            command, "the policy file the deployment runs on: with it, the file is the source"
+        )
+    history.add_argument("--limit", type=int, default=20, help="how many activations to list (default 20)")
+    for command in (activate, rollback):
+        command.add_argument("--note", default="", help="why, recorded with the activation")
 
     run = _command(commands, "run", "run a command with the proxy exports set: luthien run -- CMD ARGS")
     _add_common(run)

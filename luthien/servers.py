@@ -79,18 +79,29 @@ def control_plane_tokens() -> "Tokens":
     return Tokens(entries)
 
 
-async def start_policy(
-    args: argparse.Namespace, control_plane: "ControlPlaneLocal", backends: "Backends"
-) -> tuple["PolicyKeeper", "PolicyVersions"]:
-    """Puts ``control_plane`` on the active version of the configured source, and says which
-    (raises ``PolicyFileError`` for a broken file source)."""
+async def policed_control_plane(
+    args: argparse.Namespace, backends: "Backends"
+) -> tuple["ControlPlaneLocal", "PolicyKeeper", "PolicyVersions"] | None:
+    """A control plane on the active version of the configured source, saying which; None (the
+    problems printed) when the source is a policy file that cannot be used."""
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policies.noop import NoOpPolicy
+    from controlplane.policy_file import PolicyFileError
     from controlplane.policy_versions import PolicyKeeper, PolicyVersions
 
     source = policy_source(args)
+    control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, backends.writer)
     keeper = PolicyKeeper(control_plane, backends.storage, backends.nudge, source, args.policy)
-    print(await keeper.start(), flush=True)
-    versions = PolicyVersions(backends.storage, backends.nudge, source, args.policy, keeper)
-    return keeper, versions
+    try:
+        print(await keeper.start(), flush=True)
+    except PolicyFileError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return None
+    return (
+        control_plane,
+        keeper,
+        PolicyVersions(backends.storage, backends.nudge, source, args.policy, keeper),
+    )
 
 
 def dashboard_tokens() -> "Tokens":
@@ -161,11 +172,9 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from addon.embedded import EmbeddedServer
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
-    from controlplane.local import ControlPlaneLocal
     from controlplane.metrics import register_policy_stream_metrics, register_recording_metrics
-    from controlplane.policies.noop import NoOpPolicy
-    from controlplane.policy_file import PolicyFileError
     from dashboard.app import create_app, end_live_streams
+    from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-proxy")
@@ -181,12 +190,9 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
 
     async def serve() -> int:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
-            control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, backends.writer)
-            try:
-                keeper, versions = await start_policy(args, control_plane, backends)
-            except PolicyFileError as exc:
-                print(f"luthien: {exc}", file=sys.stderr)
+            if (policed := await policed_control_plane(args, backends)) is None:
                 return 2
+            control_plane, keeper, versions = policed
             watcher = asyncio.create_task(keeper.run())
             metrics = ProxyMetrics()
             register_policy_stream_metrics(control_plane, metrics.registry)
@@ -212,7 +218,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                     )
 
             try:
-                await run_proxy(config, control_plane, ready, metrics)
+                await run_proxy(config, Policing(control_plane), ready, metrics)
             finally:
                 watcher.cancel()
                 if dashboard is not None:
@@ -227,7 +233,8 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
 
 def serve_sidecar(args: argparse.Namespace) -> int:
     """``luthien proxy --control-plane URL``: policies, recording and activity are remote, so
-    none of the in-process control plane, storage or dashboard is loaded."""
+    none of the in-process control plane, storage or dashboard is loaded, nor LiteLLM: the
+    control plane normalises the bodies this proxy sends as they are."""
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
     from controlplane.metrics import register_recording_metrics
@@ -276,10 +283,8 @@ def serve_sidecar(args: argparse.Namespace) -> int:
 def serve_control_plane(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from controlplane.local import ControlPlaneLocal
-    from controlplane.policies.noop import NoOpPolicy
-    from controlplane.policy_file import PolicyFileError
     from controlplane.remote.server import create_control_plane_app
+    from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-controlplane")
@@ -289,14 +294,13 @@ def serve_control_plane(args: argparse.Namespace) -> int:
 
     async def serve() -> int:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
-            control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, backends.writer)
-            try:
-                keeper, versions = await start_policy(args, control_plane, backends)
-            except PolicyFileError as exc:
-                print(f"luthien: {exc}", file=sys.stderr)
+            if (policed := await policed_control_plane(args, backends)) is None:
                 return 2
+            control_plane, keeper, versions = policed
             watcher = asyncio.create_task(keeper.run())
-            app = create_control_plane_app(control_plane, backends.storage, tokens, backends.writer, versions)
+            app = create_control_plane_app(
+                control_plane, Policing(control_plane), backends.storage, tokens, backends.writer, versions
+            )
             # No access log: request lines say nothing the activity bus does not, at a cost per call.
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level="warning", access_log=False

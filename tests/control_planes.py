@@ -28,16 +28,28 @@ from typing import Any, Literal, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from controlplane.chunks import StreamChunk, chunk_model
+from controlplane.chunk_views import chunk_model
+from controlplane.chunks import StreamChunk
 from controlplane.interface import ControlPlaneService
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.local import ControlPlaneLocal
-from controlplane.models import ActivityEvent, NormalizedRequest, PolicyResult, RequestMetadata
+from controlplane.models import (
+    ActivityEvent,
+    ChunkVerdict,
+    NormalizedRequest,
+    PolicyResult,
+    RequestMetadata,
+    StreamingContext,
+    WireFormat,
+)
 from controlplane.policies.base import PolicyHandler
+from controlplane.policies.chunks import chunk_text
+from controlplane.recording.records import CallRecord
 from controlplane.recording.spool import Spool
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from controlplane.storage.sqlite import SQLiteStorage
+from formats.policing import Policing
 from tests.background_server import BackgroundServer
 
 Kind = Literal["local", "http"]  # the params of the control_plane_kind fixture (tests/conftest.py)
@@ -110,12 +122,15 @@ def plain(*chunks: ModelResponseStream) -> list[StreamChunk]:
     return [cast(StreamChunk, chunk.model_dump()) for chunk in chunks]
 
 
-def delivered(
-    result: PolicyResult[ModelResponseStream], given: Sequence[StreamChunk]
-) -> ModelResponseStream | None:
+def text_of(chunk: StreamChunk) -> str:
+    """The text a plain chunk carries, as a policy reads it."""
+    return chunk_text(chunk_model(chunk))
+
+
+def delivered(result: ChunkVerdict, given: Sequence[StreamChunk]) -> ModelResponseStream | None:
     """What the client gets from a result: its value, or the given chunk a verdict passes on."""
     if result.value is not None:
-        return result.value
+        return chunk_model(result.value)
     if result.unchanged and result.answers is not None:
         return chunk_model(given[result.answers])
     return None
@@ -136,6 +151,61 @@ def stop_service_host() -> None:
         _host = None
 
 
+class OverTheNetwork:
+    """The policies' door (normalised requests and responses) through a ``ControlPlaneHTTP``,
+    which sends provider bodies: the normalised view is a Chat Completions body, sent as one."""
+
+    def __init__(self, client: ControlPlaneHTTP) -> None:
+        self.client = client
+
+    async def apply_request_policies(
+        self, request_data: NormalizedRequest, metadata: RequestMetadata
+    ) -> PolicyResult[NormalizedRequest]:
+        verdict = await self.client.police_request(WireFormat.OPENAI_CHAT, request_data, metadata)
+        assert verdict.result is not None, verdict.unpoliceable
+        return verdict.result
+
+    async def apply_response_policy(
+        self, response: ModelResponse, metadata: RequestMetadata
+    ) -> PolicyResult[ModelResponse]:
+        body = response.model_dump(mode="json")
+        verdict = await self.client.police_response(WireFormat.OPENAI_CHAT, body, metadata)
+        result = verdict.result
+        assert result is not None, verdict.unpoliceable
+        value = None if not result.allowed else ModelResponse(**verdict.body) if verdict.body else response
+        return PolicyResult[ModelResponse](value=value, **result.model_dump(exclude={"value"}))
+
+    async def create_streaming_context(
+        self, request_data: NormalizedRequest, metadata: RequestMetadata
+    ) -> StreamingContext:
+        return await self.client.create_streaming_context(request_data, metadata)
+
+    def process_streaming_chunks(
+        self, chunks: Sequence[StreamChunk], context: StreamingContext
+    ) -> AsyncIterator[ChunkVerdict]:
+        return self.client.process_streaming_chunks(chunks, context)
+
+    def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkVerdict]:
+        return self.client.close_streaming_context(context)
+
+    async def publish_activity(self, event: ActivityEvent) -> None:
+        await self.client.publish_activity(event)
+
+    async def log_debug_event(self, debug_type: str, payload: dict[str, Any]) -> None:
+        await self.client.log_debug_event(debug_type, payload)
+
+    def record_call_started(self, stand_in: CallRecord) -> None:
+        self.client.record_call_started(stand_in)
+
+    async def record_call(self, record: CallRecord) -> None:
+        await self.client.record_call(record)
+
+
+def control_plane_app(served: ControlPlaneLocal, storage: SQLiteStorage) -> Any:
+    """The service's app for ``served``, normalising as ``luthien controlplane`` does."""
+    return create_control_plane_app(served, Policing(served), storage, TOKEN)
+
+
 @asynccontextmanager
 async def control_plane_for(policy: PolicyHandler, kind: Kind) -> AsyncIterator[ControlPlaneService]:
     """A control plane running ``policy``: in-process (``local``) or over the network (``http``)."""
@@ -146,13 +216,13 @@ async def control_plane_for(policy: PolicyHandler, kind: Kind) -> AsyncIterator[
         raise ValueError(f"unknown control plane kind {kind!r}")
     host = service_host()
     served = ControlPlaneLocal(policy)
-    url = host.add(create_control_plane_app(served, host.storage, TOKEN))
+    url = host.add(control_plane_app(served, host.storage))
     spool_dir = Path(tempfile.mkdtemp(prefix="spool-", dir=host.root))
     client = ControlPlaneHTTP(url, TOKEN, Spool(spool_dir))
     _served[client] = served
     client.start()
     try:
-        yield client
+        yield OverTheNetwork(client)
     finally:
         try:
             await client.aclose()
@@ -182,8 +252,9 @@ def serving(control_plane: ControlPlaneService) -> ControlPlaneLocal:
     service holds behind a ControlPlaneHTTP."""
     if isinstance(control_plane, ControlPlaneLocal):
         return control_plane
-    if isinstance(control_plane, ControlPlaneHTTP) and control_plane in _served:
-        return _served[control_plane]
+    client = control_plane.client if isinstance(control_plane, OverTheNetwork) else control_plane
+    if isinstance(client, ControlPlaneHTTP) and client in _served:
+        return _served[client]
     raise TypeError(f"not a control plane from control_plane_for: {control_plane!r}")
 
 

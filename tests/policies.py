@@ -7,13 +7,13 @@ from pydantic import BaseModel, ConfigDict
 
 from controlplane.llm import ModelResponseStream
 from controlplane.models import (
-    ChunkResult,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
 from controlplane.policies import PolicyHandler
+from controlplane.policies.base import ChunkResult
 from controlplane.policies.chunks import text_chunk
 
 

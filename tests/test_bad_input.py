@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from addon.sse import SSEEvent, SSEParser, parse_event
+from formats.sse import SSEEvent, SSEParser, parse_event
 from tests.conftest import RunningProxy
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.server import HEADER_LIMIT

@@ -3,10 +3,10 @@
 import pytest
 import yaml
 
-from addon.sse import SSEParser
 from controlplane.models import RequestMetadata
 from controlplane.policies import PolicyHandler
 from controlplane.policy_file import PolicyFileError, policy_from_document
+from formats.sse import SSEParser
 from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import provider_stream, relay
 

@@ -6,19 +6,19 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
-from addon.sse import SSEParser
 from controlplane.llm import ModelResponseStream
 from controlplane.models import (
     ActivityType,
-    ChunkResult,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
 from controlplane.policies import PolicyHandler
+from controlplane.policies.base import ChunkResult
 from controlplane.policies.chunks import chunk_text, text_chunk
-from tests.control_planes import Kind, control_plane_for, delivered, plain
+from formats.sse import SSEParser
+from tests.control_planes import Kind, control_plane_for, delivered, plain, text_of
 from tests.test_stream_relay import activity, pieces, provider_stream, relay, run_relay
 
 METADATA = RequestMetadata(call_id="call-1", host="api.openai.com", path="/v1/chat/completions")
@@ -99,12 +99,12 @@ async def test_results_left_unread_are_not_given_to_the_next_chunk(control_plane
     async with control_plane_for(Triples(), control_plane_kind) as control_plane:
         context = await control_plane.create_streaming_context({"messages": []}, METADATA)
         async for result in control_plane.process_streaming_chunks(plain(text_chunk(LIKE, "1")), context):
-            assert result.value is not None and chunk_text(result.value) == "1a"
+            assert result.value is not None and text_of(result.value) == "1a"
             break
         second = control_plane.process_streaming_chunks(plain(text_chunk(LIKE, "2")), context)
-        assert [chunk_text(r.value) async for r in second if r.value] == ["2a", "2b", "2c"]
+        assert [text_of(r.value) async for r in second if r.value] == ["2a", "2b", "2c"]
         async for result in control_plane.close_streaming_context(context):
-            assert result.value is not None and chunk_text(result.value) == "end"
+            assert result.value is not None and text_of(result.value) == "end"
             break  # and the stream is closed all the same
         assert [r async for r in control_plane.close_streaming_context(context)] == []
 

@@ -25,6 +25,7 @@ from controlplane.local import ControlPlaneLocal
 from controlplane.policies.uppercase_nth_word import UppercaseNthWordPolicy
 from controlplane.recording.records import CallOutcome, CallRecord
 from controlplane.remote.server import create_control_plane_app
+from formats.policing import Policing
 from luthien.backends import Backends, open_backends
 from tests.background_server import BackgroundServer
 
@@ -79,7 +80,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         control_plane = ControlPlaneLocal(
             UppercaseNthWordPolicy(UppercaseNthWordPolicy.Config(n=2)), backends.bus, backends.writer
         )
-        holder["app"] = create_control_plane_app(control_plane, backends.storage, TOKEN, backends.writer)
+        holder["app"] = create_control_plane_app(
+            control_plane, Policing(control_plane), backends.storage, TOKEN, backends.writer
+        )
         return backends
 
     backends = asyncio.run_coroutine_threadsafe(open_service(), server.loop).result(30)
@@ -97,8 +100,8 @@ def api_schema(service: Service) -> OpenApiSchema:
 
 #: Every operation in the schema (checked below, so a new one cannot go untested).
 OPERATIONS = [
-    ("POST", "/v1/request-policy"),
-    ("POST", "/v1/response-policy"),
+    ("POST", "/v1/police-request"),
+    ("POST", "/v1/police-response"),
     ("POST", "/v1/records"),
     ("POST", "/v1/activity"),
     ("GET", "/v1/policy"),

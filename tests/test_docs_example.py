@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from addon.sse import SSEParser
 from controlplane.llm import ModelResponse
 from controlplane.models import RequestMetadata
 from controlplane.policy_file import load_policy_file
+from formats.sse import SSEParser
 from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import provider_stream, relay
 

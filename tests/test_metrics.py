@@ -19,6 +19,7 @@ from controlplane.recording.spool import Spool
 from controlplane.recording.writer import RecordWriter
 from controlplane.remote.server import create_control_plane_app
 from controlplane.storage.sqlite import SQLiteStorage
+from formats.policing import Policing
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
 from tests.test_spool import call, unstorable
@@ -137,7 +138,7 @@ async def test_the_control_plane_serves_its_recording_metrics_without_a_token(tm
     storage = SQLiteStorage(tmp_path / "calls.db")
     writer = RecordWriter(storage, Spool(tmp_path / "spool"))
     control_plane = ControlPlaneLocal(NoOpPolicy(), recorder=writer)
-    app = create_control_plane_app(control_plane, storage, "a-token", writer)
+    app = create_control_plane_app(control_plane, Policing(control_plane), storage, "a-token", writer)
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://controlplane") as client:

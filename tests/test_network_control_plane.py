@@ -138,10 +138,14 @@ def messages(prompt: str, stream: bool = True) -> dict[str, Any]:
 
 async def test_unauthenticated_calls_get_401(control_plane: ControlPlane) -> None:
     async with httpx.AsyncClient(base_url=control_plane.url) as client:
-        body = {"request_data": {}, "metadata": {"call_id": "x", "host": "h", "path": "/"}}
-        assert (await client.post("/v1/request-policy", json=body)).status_code == 401
+        body = {
+            "wire_format": "openai_chat",
+            "body": {},
+            "metadata": {"call_id": "x", "host": "h", "path": "/"},
+        }
+        assert (await client.post("/v1/police-request", json=body)).status_code == 401
         wrong = {"authorization": "Bearer not-the-token"}
-        assert (await client.post("/v1/request-policy", json=body, headers=wrong)).status_code == 401
+        assert (await client.post("/v1/police-request", json=body, headers=wrong)).status_code == 401
         assert (await client.get("/v1/policy")).status_code == 401
         assert (await client.get("/healthz")).status_code == 200
         right = {"authorization": f"Bearer {TOKEN}"}
@@ -164,6 +168,56 @@ async def test_calls_through_three_proxies_are_policed_and_recorded_by_one_contr
     records = await recorded(control_plane.database_url, word, 6)
     assert {r.outcome for r in records} == {CallOutcome.COMPLETED}
     assert all(r.response_modified and r.policy_version and not r.unpoliced for r in records)
+
+
+@pytest.fixture(scope="module")
+def lean_sidecar(
+    provider: FakeProvider, control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningProxy]:
+    """A sidecar whose log lists every module it imports, whenever it imports it (Python's
+    ``-X importtime``, set by the environment: the proxy is run as a user runs it)."""
+    root = tmp_path_factory.mktemp("lean")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LUTHIEN_CONTROL_PLANE_TOKEN", TOKEN)
+        patch.setenv("PYTHONPROFILEIMPORTTIME", "1")
+        proxy = start_proxy(
+            "lean", None, provider, root, root / "data", extra_args=["--control-plane", control_plane.url]
+        )
+    try:
+        wait_until_listening(proxy)
+        yield proxy
+    finally:
+        proxy.terminate()
+        proxy.wait()
+
+
+def imported_packages(proxy: RunningProxy) -> set[str]:
+    """The top-level packages the proxy's process has imported so far."""
+    lines = re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*([\w.]+)\s*$", proxy.log(), re.M)
+    return {line.group(1).split(".")[0] for line in lines}
+
+
+async def test_a_sidecar_polices_every_format_without_loading_litellm(
+    lean_sidecar: RunningProxy, control_plane: ControlPlane
+) -> None:
+    """LiteLLM is what normalises bodies, and the control plane does that: a sidecar that has
+    served all three APIs, whole and streamed, under a policy that rewrites them, has not loaded
+    it (importing it costs seconds and about 200 MB)."""
+    word = f"lean{uuid.uuid4().hex[:8]}"
+    calls = [
+        {"api": api, "stream": stream, "prompt": f"{word} {api} {stream}"}
+        for api in ("chat", "responses", "messages")
+        for stream in (False, True)
+    ]
+    for call, result in zip(calls, lean_sidecar.sdk(*calls), strict=True):
+        assert result["ok"], (call, result)
+        assert result["text"] != DEFAULT_TEXT and result["text"].lower() == DEFAULT_TEXT.lower(), call
+    records = await recorded(control_plane.database_url, word, len(calls))
+    assert {r.outcome for r in records} == {CallOutcome.COMPLETED}
+    assert all(r.response_modified and r.final_output is not None for r in records)
+    packages = imported_packages(lean_sidecar)
+    assert {"mitmproxy", "httpx", "addon"} <= packages  # the log lists its imports
+    assert "litellm" not in packages
 
 
 def test_the_control_plane_token_reaches_no_log(

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from addon.formats import codec_for
-from addon.sse import SSEParser, encode_event
 from controlplane.models import RequestMetadata
 from controlplane.policies import NoOpPolicy, ToolCallBlocklistPolicy
+from formats.sse import SSEParser, encode_event
+from tests.codecs import codec_for
 from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import run_relay
 

@@ -68,7 +68,7 @@ async def test_a_policy_file_version_is_recorded_redacted_and_cannot_run_from_th
     active = await storage.active_policy()
     assert active is not None
     # The version is the file's own (calls carry it), the stored copy has no key.
-    assert active.version.version == document_version(JUDGE)
+    assert active.version.version == document_version(JUDGE, "test")
     judge = active.version.document["policy"]["config"]["policies"][1]["config"]
     assert judge["api_key"] == REDACTED and KEY not in str(active.version.document)
     # Once the database is the source, that record cannot be activated: it would run without its key.

@@ -5,6 +5,10 @@ document is refused; the roles of the tokens are enforced and every change is in
 with the policy file as the source, API writes are refused and the file's versions recorded."""
 
 import contextlib
+import getpass
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,15 +18,20 @@ from typing import Any, Literal
 import httpx
 import pytest
 import yaml
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from controlplane.access import Tokens, parse_tokens
 from controlplane.activity import InMemoryBus
+from controlplane.local import ControlPlaneLocal
+from controlplane.policies import NoOpPolicy
+from controlplane.policy_file import PolicyFileError
 from controlplane.policy_nudge import NoNudge
-from controlplane.policy_versions import PolicyVersions
+from controlplane.policy_versions import PolicyKeeper, PolicyVersions
 from controlplane.storage import SQLiteStorage
 from dashboard.app import create_app
 from dashboard.auth import COOKIE
-from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
+from tests.conftest import ROOT, RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
@@ -216,8 +225,11 @@ def check_roles(plane: ControlPlane) -> None:
         assert response.status_code == 403, response.text
         assert "needs admin" in response.json()["error"]
     assert httpx.get(f"{plane.url}/v1/policy", headers=auth(READER)).json()["source"] == "database"
-    refused = httpx.post(f"{plane.url}/v1/request-policy", json={}, headers=auth(READER))
+    refused = httpx.post(f"{plane.url}/v1/police-request", json={}, headers=auth(READER))
     assert refused.status_code == 403 and "needs proxy" in refused.json()["error"]
+    with pytest.raises(InvalidStatus) as denied:  # nor open a stream
+        connect(plane.url.replace("http", "ws") + "/v1/streams", additional_headers=auth(READER)).close()
+    assert denied.value.response.status_code == 403
     assert history(plane) == []
     for token in (ADMIN, READER, PROXIES):
         assert token not in plane.log()
@@ -321,5 +333,122 @@ async def test_a_dashboard_beside_file_sourced_control_planes_refuses_changes_wi
             f"the policy's source of truth is the policy file {tmp_path / 'policy.yaml'} (--policy-source file)"
         )
         assert await storage.policy_history(10) == []
+    finally:
+        await storage.close()
+
+
+def luthien_policy(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "luthien", "policy", *args, "--data-dir", str(data_dir)]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LUTHIEN_POLICY", "LUTHIEN_POLICY_SOURCE", "REDIS_URL")
+    }
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_luthien_policy_activates_lists_and_rolls_back_versions_of_the_embedded_default(
+    tmp_path: Path,
+) -> None:
+    """``luthien up`` with no setup (SQLite in the data dir, no Redis, no policy file) follows
+    versions that ``luthien policy`` activates in its database."""
+    data_dir = tmp_path / "data"
+    (upper := tmp_path / "upper.yaml").write_text(yaml.safe_dump(UPPERCASE))
+    (caps := tmp_path / "caps.yaml").write_text(yaml.safe_dump(ALL_CAPS))
+    (broken := tmp_path / "broken.yaml").write_text("policy:\n  class: ToolCallBlocklistPolicy\n")
+    with FakeProvider() as provider:
+        up = start_proxy(
+            "up", None, provider, tmp_path, data_dir, f"sqlite://{data_dir / 'luthien.db'}",
+            ["--dashboard-port", "0", "--metrics-port", "0"], command="up",
+        )  # fmt: skip
+        try:
+            wait_until_listening(up)
+            assert "Policy source: the database; no version activated yet (NoOpPolicy)" in up.log()
+            assert seen(up) == "noop"
+            for path, expected in ((upper, "uppercase"), (caps, "allcaps")):
+                done = luthien_policy("activate", str(path), "--note", f"try {path.stem}", data_dir=data_dir)
+                assert done.returncode == 0, done.stderr
+                (took,) = time_to_enforce([up], expected, time.monotonic())
+                print(f"\nluthien up enforces {path.name} {took:.2f} s after `luthien policy activate` ended")
+                assert took < WITHIN
+
+            refused = luthien_policy("activate", str(broken), data_dir=data_dir)
+            assert refused.returncode == 1
+            assert (
+                refused.stderr
+                == f"luthien: {broken}: policy.config.patterns: Field required: give `patterns`, `block` rules, or both\n"
+            )
+            assert luthien_policy("rollback", "--note", "too loud", data_dir=data_dir).returncode == 0
+            listed = luthien_policy("history", data_dir=data_dir)
+            lines = listed.stdout.splitlines()
+            assert len(lines) == 3 and lines[0].startswith("*    3 ") and lines[0].endswith("too loud")
+            assert f"luthien policy ({getpass.getuser()})" in lines[0] and " cli " in lines[0]
+            assert lines[0].split()[2] == lines[2].split()[1]  # the rollback's version is the first's
+            time_to_enforce([up], "uppercase", time.monotonic())
+        finally:
+            up.terminate()
+            up.wait()
+
+
+async def test_a_policy_file_seeds_an_empty_database_and_is_ignored_after(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    (seed := tmp_path / "seed.yaml").write_text(yaml.safe_dump(UPPERCASE))
+    try:
+        first = ControlPlaneLocal(NoOpPolicy())
+        said = await PolicyKeeper(first, storage, NoNudge(), "database", seed).start()
+        assert said.startswith("Policy source: the database; version ") and "only seeds" not in said
+        assert type(first.policy).__name__ == "UppercaseNthWordPolicy"
+        seed.write_text(yaml.safe_dump(ALL_CAPS))  # a later file does not override the database
+        again = ControlPlaneLocal(NoOpPolicy())
+        said = await PolicyKeeper(again, storage, NoNudge(), "database", seed).start()
+        assert said.endswith(f"(the --policy file {seed} only seeds an empty database)")
+        assert again.policy_version == first.policy_version
+        (activation,) = await storage.policy_history(10)
+        assert (activation.source, activation.activated_by, activation.note) == (
+            "file",
+            "policy file seed.yaml",
+            "seed",
+        )
+    finally:
+        await storage.close()
+
+
+async def test_a_document_json_cannot_hold_is_refused_before_anything_is_stored(tmp_path: Path) -> None:
+    """YAML reads an unquoted date as a date, which JSON (how versions are stored) cannot hold."""
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    (policy := tmp_path / "policy.yaml").write_text("policy:\n  class: NoOpPolicy\nreviewed: 2026-12-04\n")
+    try:
+        keeper = PolicyKeeper(ControlPlaneLocal(NoOpPolicy()), storage, NoNudge(), "file", policy)
+        with pytest.raises(PolicyFileError) as refused:
+            await keeper.start()
+        assert str(refused.value).startswith(
+            f"{policy}: holds a value that cannot be stored as JSON (quote it): "
+        )
+        assert await storage.policy_history(10) == []
+    finally:
+        await storage.close()
+
+
+async def test_a_check_that_read_the_database_before_an_activation_does_not_take_the_replica_back(
+    tmp_path: Path,
+) -> None:
+    storage = SQLiteStorage(tmp_path / "luthien.db")
+    await storage.migrate()
+    control_plane = ControlPlaneLocal(NoOpPolicy())
+    keeper = PolicyKeeper(control_plane, storage, NoNudge(), "database", None)
+    versions = PolicyVersions(storage, NoNudge(), "database", keeper=keeper)
+    try:
+        await keeper.start()
+        await versions.activate_document(UPPERCASE, "upper", "alice", "", "api")
+        stale = await storage.active_policy()  # what a periodic check read, just before…
+        assert stale is not None
+        louder = await versions.activate_document(ALL_CAPS, "caps", "alice", "", "api")  # …this one
+        keeper.follow(stale)
+        assert control_plane.policy_version == louder.version
+        rollback = await versions.activate_stored(stale.version.version, "bob", "", "api")
+        keeper.follow(stale)  # the same version, now current again
+        assert control_plane.policy_version == rollback.version == stale.version.version
     finally:
         await storage.close()

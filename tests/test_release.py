@@ -23,6 +23,7 @@ from controlplane.recording.writer import RecordWriter
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from controlplane.storage import CallQuery, SQLiteStorage
+from formats.policing import Policing
 from tests.fake_provider import FakeProvider
 from tests.policies import PassEveryChunk
 from tests.tcp_relay import TcpRelay
@@ -59,7 +60,7 @@ async def recording(fake: FakeProvider, tmp_path: Path) -> AsyncIterator[Recorde
     control_plane = ControlPlaneLocal(PassEveryChunk(), recorder=writer)
     upstream = Upstream({"api.anthropic.com": fake.url})
     try:
-        yield Recorded(storage, writer, control_plane, Pipeline(control_plane, upstream))
+        yield Recorded(storage, writer, control_plane, Pipeline(Policing(control_plane), upstream))
     finally:
         for index in range(len(fake.requests)):
             fake.release(index)
@@ -123,7 +124,9 @@ async def test_a_stream_abandoned_while_its_control_plane_hangs_is_released_and_
 ) -> None:
     server_storage = SQLiteStorage(tmp_path / "cp.db")
     server_cp = ControlPlaneLocal(PassEveryChunk())
-    server = EmbeddedServer(create_control_plane_app(server_cp, server_storage, TOKEN), "127.0.0.1", 0)
+    server = EmbeddedServer(
+        create_control_plane_app(server_cp, Policing(server_cp), server_storage, TOKEN), "127.0.0.1", 0
+    )
     await server.start()
     link = TcpRelay("127.0.0.1", server.port)
     client = ControlPlaneHTTP(f"http://127.0.0.1:{link.port}", TOKEN, Spool(tmp_path / "spool"))

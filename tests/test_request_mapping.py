@@ -4,7 +4,8 @@ import copy
 
 import pytest
 
-from addon.formats import FormatError, codec_for
+from formats import FormatError
+from tests.codecs import codec_for
 
 ANTHROPIC = {
     "model": "claude-sonnet-4-6",

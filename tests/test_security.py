@@ -32,6 +32,7 @@ from controlplane.recording.records import REDACTED, CallRecord
 from controlplane.remote import server as control_plane_server
 from controlplane.storage import CallQuery, SQLiteStorage, open_storage
 from dashboard.app import create_app
+from formats.policing import Policing
 from luthien.options import build_parser
 from tests.conftest import ROOT, RunningProxy, luthien, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
@@ -388,7 +389,8 @@ async def test_dashboard_refuses_missing_wrong_and_near_miss_tokens(tmp_path: Pa
 async def test_control_plane_refuses_missing_wrong_and_near_miss_tokens(tmp_path: Path) -> None:
     storage = SQLiteStorage(tmp_path / "calls.db")
     await storage.migrate()
-    app = control_plane_server.create_control_plane_app(ControlPlaneLocal(NoOpPolicy()), storage, TOKEN)
+    served = ControlPlaneLocal(NoOpPolicy())
+    app = control_plane_server.create_control_plane_app(served, Policing(served), storage, TOKEN)
     transport = httpx.ASGITransport(app=app)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://controlplane") as client:

@@ -1,7 +1,8 @@
 """The plain chunks the wire formats decode events into (``controlplane.chunks``).
 
-The frequent events are decoded by our own code rather than LiteLLM's parsers, for speed: what a
-policy sees of them must be what LiteLLM's parser reads. And since the passive path assembles the
+Every event is decoded by our own code rather than LiteLLM's parsers: the frequent ones for
+speed, the rare ones (finish reasons, usage, signatures) so that a sidecar proxy never loads
+LiteLLM. What a policy sees of them must be what LiteLLM's parser reads. And since the passive path assembles the
 record straight from these chunks, whatever a compromised upstream sends either decodes into
 chunks the record can hold or ends the stream as malformed.
 """
@@ -13,11 +14,11 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from addon.sse import SSEEvent, SSEParser, encode_event
-from controlplane.chunks import chunk_model
+from controlplane.chunk_views import chunk_model
 from controlplane.llm import AnthropicStreamParser, OpenAiResponsesToChatCompletionStreamIterator
 from controlplane.policies.noop import NoOpPolicy
 from controlplane.recording.records import OutputAssembler
+from formats.sse import SSEEvent, SSEParser, encode_event
 from tests.control_planes import Kind
 from tests.policies import PassEveryChunk
 from tests.test_stream_errors import transcoder_for
@@ -79,6 +80,100 @@ def test_a_responses_reasoning_summary_delta_is_what_litellms_parser_reads(text:
     ours = [chunk_model(c) for c in transcoder_for(RESPONSES).decode(sse(data))]
     parser = OpenAiResponsesToChatCompletionStreamIterator(streaming_response=None, sync_stream=False)  # type: ignore[arg-type]
     assert [seen_by_policy(c) for c in ours] == [seen_by_policy(parser.chunk_parser(data))]
+
+
+COUNTS = st.none() | st.integers(min_value=0, max_value=10**6)
+
+
+def read_by_policy(chunk: Any) -> dict[str, Any]:
+    """What a policy reads of a rare event's chunk: its finish reason, token counts and blocks."""
+    usage = getattr(chunk, "usage", None)
+    choice = chunk.choices[0] if chunk.choices else None
+    return {
+        "finish_reason": choice.finish_reason if choice else None,
+        "thinking_blocks": getattr(choice.delta, "thinking_blocks", None) if choice else None,
+        "usage": {k: getattr(usage, k) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+        if usage is not None
+        else None,
+        "cached": usage.prompt_tokens_details.cached_tokens
+        if usage is not None and usage.prompt_tokens_details
+        else None,
+    }
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stop=st.sampled_from(
+        [None, "end_turn", "max_tokens", "tool_use", "stop_sequence", "refusal", "pause_turn"]
+    ),
+    counts=st.fixed_dictionaries(
+        {},
+        optional={
+            name: COUNTS
+            for name in (
+                "input_tokens",
+                "output_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            )
+        },
+    ),
+)
+def test_an_anthropic_message_delta_is_what_litellms_parser_reads(
+    stop: str | None, counts: dict[str, Any]
+) -> None:
+    data = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": counts}
+    (ours,) = [chunk_model(c) for c in started_anthropic_stream().decode(sse(data, data["type"]))]
+    litellm = AnthropicStreamParser(streaming_response=None, sync_stream=False).chunk_parser(data)
+    assert read_by_policy(ours) == read_by_policy(litellm)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "c2ln"},
+        },
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "redacted_thinking", "data": "ZW5j"},
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "citations_delta", "citation": {}}},
+    ],
+    ids=["signature", "redacted thinking", "thinking start", "citation"],
+)
+def test_anthropic_blocks_carry_what_litellms_parser_reads(data: dict[str, Any]) -> None:
+    ours = [chunk_model(c) for c in started_anthropic_stream().decode(sse(data, data["type"]))]
+    litellm = AnthropicStreamParser(streaming_response=None, sync_stream=False).chunk_parser(data)
+    if not getattr(litellm.choices[0].delta, "thinking_blocks", None):
+        assert ours == []  # nothing a policy reads, as LiteLLM's chunk says
+        return
+    assert [read_by_policy(c) for c in ours] == [read_by_policy(litellm)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    counts=st.none()
+    | st.fixed_dictionaries(
+        {"input_tokens": st.integers(0, 10**6), "output_tokens": st.integers(0, 10**6)},
+        optional={
+            "total_tokens": st.integers(0, 10**6),
+            "input_tokens_details": st.fixed_dictionaries({"cached_tokens": st.integers(0, 1000)}),
+        },
+    )
+)
+def test_a_responses_completed_usage_is_what_litellms_parser_reads(counts: dict[str, Any] | None) -> None:
+    response = {"id": "resp_1", "status": "completed", "output": [], "usage": counts}
+    data = {"type": "response.completed", "response": response}
+    (ours,) = [chunk_model(c) for c in transcoder_for(RESPONSES).decode(sse(data))]
+    parser = OpenAiResponsesToChatCompletionStreamIterator(streaming_response=None, sync_stream=False)  # type: ignore[arg-type]
+    litellm = parser.chunk_parser(data)
+    assert read_by_policy(ours)["usage"] == read_by_policy(litellm)["usage"]
+    assert read_by_policy(ours)["cached"] == read_by_policy(litellm)["cached"]
 
 
 def test_a_responses_raw_reasoning_delta_reaches_the_policy_as_reasoning() -> None:

@@ -16,7 +16,8 @@ from controlplane.policies.noop import NoOpPolicy
 from controlplane.recording.spool import Spool
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
-from tests.control_planes import TOKEN, delivered, plain, service_host
+from formats.policing import Policing
+from tests.control_planes import TOKEN, delivered, plain, service_host, text_of
 from tests.policies import PassEveryChunk
 from tests.tcp_relay import TcpRelay
 from tests.test_control_plane import LIKE, METADATA, Triples
@@ -29,7 +30,7 @@ async def through_relay(
     """A control plane reached through a TCP relay that counts connections and can cut them."""
     host = service_host()
     served = ControlPlaneLocal(policy or PassEveryChunk())
-    url = host.add(create_control_plane_app(served, host.storage, TOKEN))
+    url = host.add(create_control_plane_app(served, Policing(served), host.storage, TOKEN))
     port = int(host.url.rsplit(":", 1)[1])
     spool_dir = Path(tempfile.mkdtemp(prefix="spool-", dir=host.root))
     with TcpRelay("127.0.0.1", port) as relay:
@@ -98,9 +99,7 @@ async def test_a_connection_is_lent_only_once_every_answer_on_it_was_read() -> N
         context = await client.create_streaming_context({"messages": []}, METADATA)
         async for _ in client.process_streaming_chunks(plain(text_chunk(LIKE, "x")), context):
             break
-        assert [chunk_text(r.value) async for r in client.close_streaming_context(context) if r.value] == [
-            "end"
-        ]
+        assert [text_of(r.value) async for r in client.close_streaming_context(context) if r.value] == ["end"]
         assert await one_stream(client, "next") == ["nexta", "nextb", "nextc", "end"]
         assert relay.connections == 1
         # The close's own answers left unread: nothing would skip them, so the connection is closed.
@@ -122,8 +121,6 @@ async def test_a_chunk_passed_unchanged_comes_back_as_a_verdict_not_a_copy() -> 
     async with through_relay(Triples()) as (client, _, _):
         context = await client.create_streaming_context({"messages": []}, METADATA)
         results = [r async for r in client.process_streaming_chunks(chunk, context)]
-        assert [chunk_text(r.value) for r in results if r.value] == ["samea", "sameb", "samec"]
+        assert [text_of(r.value) for r in results if r.value] == ["samea", "sameb", "samec"]
         assert not any(r.unchanged for r in results)
-        assert [chunk_text(r.value) async for r in client.close_streaming_context(context) if r.value] == [
-            "end"
-        ]
+        assert [text_of(r.value) async for r in client.close_streaming_context(context) if r.value] == ["end"]

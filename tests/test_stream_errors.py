@@ -12,10 +12,11 @@ import httpx2
 import openai
 import pytest
 
-from addon.formats import codec_for
-from addon.formats.base import StreamTranscoder
-from addon.sse import SSEEvent, SSEParser
-from controlplane.llm import Delta, ModelResponseStream, StreamingChoices
+from controlplane.chunks import StreamChunk
+from formats import transcoder
+from formats.base import StreamTranscoder
+from formats.sse import SSEEvent, SSEParser
+from tests.codecs import codec_for
 from tests.test_stream_relay import RENDERERS, client_text, provider_stream
 
 MESSAGE = "control plane unavailable"
@@ -28,7 +29,7 @@ PROMPT = [{"role": "user", "content": "hi"}]
 def transcoder_for(path: str) -> StreamTranscoder:
     codec = codec_for("POST", path)
     assert codec is not None
-    return codec.stream_transcoder()
+    return transcoder(codec.wire_format)
 
 
 def upstream_events(path: str, scenario: str) -> list[SSEEvent]:
@@ -241,7 +242,7 @@ def test_an_error_after_a_rewritten_stream_continues_from_what_the_client_saw(pa
     events = upstream_events(path, "text")
     cut = terminal_index(path, events) // 2
     forwarded, transcoder = forward(path, events[:cut])
-    rewritten = ModelResponseStream(choices=[StreamingChoices(index=0, delta=Delta(content=" [changed]"))])
+    rewritten: StreamChunk = {"choices": [{"index": 0, "delta": {"content": " [changed]"}}]}
     synthesised = transcoder.encode(rewritten)
     assert synthesised
     body = forwarded + synthesised + transcoder.error_event(MESSAGE)

@@ -9,13 +9,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from addon.call_trace import StreamCapture
-from addon.formats import codec_for
-from addon.sse import SSEParser
 from addon.stream_relay import relay_for
 from controlplane.interface import ControlPlaneService
 from controlplane.llm import ModelResponseStream
-from controlplane.models import ActivityEvent, ChunkResult, PolicyResult, RequestMetadata, StreamingContext
+from controlplane.models import ActivityEvent, PolicyResult, RequestMetadata, StreamingContext
 from controlplane.policies import NoOpPolicy, PolicyHandler, ToolCallBlocklistPolicy
+from controlplane.policies.base import ChunkResult
+from formats import transcoder
+from formats.sse import SSEParser
+from tests.codecs import codec_for
 from tests.control_planes import Kind, control_plane_for, published
 from tests.fake_provider import anthropic_messages, openai_chat, openai_responses
 from tests.fake_provider.scenarios import find_scenario, plan_for
@@ -64,7 +66,7 @@ async def run_relay(
     context = await control_plane.create_streaming_context({"messages": []}, metadata)
     codec = codec_for("POST", path)
     assert codec is not None
-    stream = relay_for(codec.stream_transcoder(), control_plane, context)
+    stream = relay_for(transcoder(codec.wire_format), control_plane, context)
     out = bytearray()
     for piece in data:
         async for emitted in stream.feed(piece):
@@ -193,7 +195,7 @@ async def test_the_passive_path_records_what_an_inspecting_policy_would(
             capture = StreamCapture(mirrored=not context.inspects_chunks)
             codec = codec_for("POST", path)
             assert codec is not None
-            stream = relay_for(codec.stream_transcoder(), control_plane, context, capture)
+            stream = relay_for(transcoder(codec.wire_format), control_plane, context, capture)
             for piece in data:
                 async for _ in stream.feed(piece):
                     pass

@@ -11,17 +11,18 @@ from collections.abc import Callable
 import pytest
 from pydantic import ValidationError
 
-from addon.formats import codec_for
-from addon.sse import SSEParser
+from controlplane.chunk_views import chunk_model
 from controlplane.interface import ControlPlaneService
 from controlplane.llm import ModelResponse, ModelResponseStream
-from controlplane.models import ChunkResult, RequestMetadata, StreamingContext
+from controlplane.models import ChunkVerdict, RequestMetadata, StreamingContext
 from controlplane.policies.all_caps import AllCapsPolicy
-from controlplane.policies.base import PolicyHandler
+from controlplane.policies.base import ChunkResult, PolicyHandler
 from controlplane.policies.chunks import chunk_text, finish_chunk, text_chunk, tool_call_chunk
 from controlplane.policies.secret_redaction import DETECTORS, SecretRedactionPolicy
 from controlplane.policies.string_replacement import StringReplacementPolicy, match_case
 from controlplane.policies.text_stream import PatternSet, Rule, StreamingTextRewriter, compile_pattern
+from formats.sse import SSEParser
+from tests.codecs import codec_for
 from tests.control_planes import (
     Kind,
     control_plane_for,
@@ -92,7 +93,7 @@ async def run_chunks(
 
 async def stream_chunks(
     control_plane: ControlPlaneService, chunks: list[ModelResponseStream]
-) -> tuple[list[ModelResponseStream], list[ChunkResult]]:
+) -> tuple[list[ModelResponseStream], list[ChunkVerdict]]:
     """Like ``run_chunks``, as one stream through a control plane (see ``control_plane_for``)."""
     context = await control_plane.create_streaming_context({"messages": []}, METADATA)
     results, out = [], []
@@ -102,7 +103,7 @@ async def stream_chunks(
         out += [c for r in answers if (c := delivered(r, given)) is not None]
         results += answers
     closing = [r async for r in control_plane.close_streaming_context(context)]
-    return out + [r.value for r in closing if r.value is not None], results + closing
+    return out + [chunk_model(r.value) for r in closing if r.value is not None], results + closing
 
 
 LIKE = text_chunk(

@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from addon.formats import codec_for
-from addon.sse import SSEParser
 from addon.stream_relay import relay_for
-from controlplane.chunks import chunk_model
+from controlplane.chunk_views import chunk_model
 from controlplane.llm import ModelResponse, acompletion
 from controlplane.models import ActivityEvent, ActivityType, RequestMetadata
 from controlplane.policies.chunks import ToolCall, ToolCallAccumulator, chunk_text, finish_reason
@@ -25,6 +23,9 @@ from controlplane.policies.tool_call_judge import (
     parse_judgement,
 )
 from controlplane.policy_file import policy_from_document
+from formats import transcoder as new_transcoder
+from formats.sse import SSEParser
+from tests.codecs import codec_for
 from tests.control_planes import Kind, control_plane_for, response_decision
 from tests.fake_judge import FakeJudge
 from tests.fake_provider.scenarios import find_scenario, plan_for
@@ -73,7 +74,7 @@ class Seen:
 def client_view(path: str, out: bytes) -> Seen:
     codec = codec_for("POST", path)
     assert codec is not None
-    transcoder = codec.stream_transcoder()
+    transcoder = new_transcoder(codec.wire_format)
     seen, calls = Seen(), ToolCallAccumulator()
     for event in SSEParser().feed(out):
         for chunk in map(chunk_model, transcoder.decode(event)):
@@ -321,7 +322,7 @@ async def test_text_reaches_the_client_before_the_verdict(
     out = bytearray()
     async with control_plane_for(make_policy(judge), control_plane_kind) as control_plane:
         context = await control_plane.create_streaming_context({"messages": []}, metadata(path))
-        stream = relay_for(codec.stream_transcoder(), control_plane, context)
+        stream = relay_for(new_transcoder(codec.wire_format), control_plane, context)
 
         async def drive() -> None:
             for event in events:  # one upstream event at a time

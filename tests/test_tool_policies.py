@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from addon.sse import SSEParser
 from controlplane.llm import ModelResponse
 from controlplane.models import RequestMetadata
 from controlplane.policies.base import PolicyHandler
@@ -21,6 +20,7 @@ from controlplane.policies.dangerous_command import (
 )
 from controlplane.policies.tool_call_blocklist import ToolCallBlocklistPolicy
 from controlplane.policy_file import PolicyFileError, load_policy_file
+from formats.sse import SSEParser
 from tests.control_planes import Kind, control_plane_for
 from tests.test_stream_relay import RENDERERS, pieces, provider_stream, relay
 

@@ -21,6 +21,7 @@ from controlplane.recording.spool import Spool
 from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from controlplane.storage import SQLiteStorage
+from formats.policing import Policing
 from tests.fake_provider import FakeProvider
 
 TOKEN = "trace-token"
@@ -41,7 +42,8 @@ def spans() -> Iterator[InMemorySpanExporter]:
 @pytest_asyncio.fixture(loop_scope="function")  # the server must run in the test's own loop
 async def pipeline(fake: FakeProvider, tmp_path: Path) -> AsyncIterator[Pipeline]:
     storage = SQLiteStorage(tmp_path / "cp.db")
-    app = create_control_plane_app(ControlPlaneLocal(AllCapsPolicy()), storage, TOKEN)
+    served = ControlPlaneLocal(AllCapsPolicy())
+    app = create_control_plane_app(served, Policing(served), storage, TOKEN)
     server = EmbeddedServer(app, "127.0.0.1", 0)
     await server.start()
     client = ControlPlaneHTTP(f"http://127.0.0.1:{server.port}", TOKEN, Spool(tmp_path / "spool"))

@@ -11,12 +11,14 @@ from pydantic import BaseModel, ConfigDict
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
-    ChunkResult,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
+
+#: What a policy yields for a stream chunk: the chunk as it saw it (LiteLLM's type).
+ChunkResult = PolicyResult[ModelResponseStream]
 
 
 class NoConfig(BaseModel):

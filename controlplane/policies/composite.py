@@ -10,13 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from controlplane import policy_file
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
-    ChunkResult,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
-from controlplane.policies.base import PolicyHandler
+from controlplane.policies.base import ChunkResult, PolicyHandler
 
 
 class PolicySpec(BaseModel):

@@ -19,13 +19,12 @@ import regex
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
-    ChunkResult,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
-from controlplane.policies.base import PolicyHandler
+from controlplane.policies.base import ChunkResult, PolicyHandler
 from controlplane.policies.chunks import chunk_text, finish_reason, text_chunk, with_text
 
 #: A pure text transformation.

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.llm import ChatCompletionMessageToolCall, ModelResponse, ModelResponseStream
-from controlplane.models import REMOVED_TOOL, ChunkResult, PolicyResult, RequestMetadata, StreamingContext
-from controlplane.policies.base import PolicyHandler
+from controlplane.models import REMOVED_TOOL, PolicyResult, RequestMetadata, StreamingContext
+from controlplane.policies.base import ChunkResult, PolicyHandler
 from controlplane.policies.chunks import (
     ToolCall,
     ToolCallAccumulator,

@@ -5,12 +5,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
-    ChunkResult,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
-from controlplane.policies.base import PolicyHandler
+from controlplane.policies.base import ChunkResult, PolicyHandler
 from controlplane.policies.chunks import chunk_text, with_text
 
 

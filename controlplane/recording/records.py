@@ -18,7 +18,6 @@ from pydantic import BaseModel, Field, computed_field, field_validator, model_va
 from controlplane.chunks import StreamChunk
 from controlplane.credentials import REDACTED as REDACTED
 from controlplane.credentials import redact_query, scrub_body, scrub_credentials, scrub_strings
-from controlplane.llm import ModelResponse
 from controlplane.models import REMOVED_TOOL, WireFormat, utcnow
 
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|cookie|session|password|signature", re.IGNORECASE)
@@ -103,21 +102,6 @@ class Output(BaseModel):
     reasoning: str = ""
     tool_calls: list[ToolCall] = Field(default_factory=list)
     finish_reason: str | None = None
-
-    @classmethod
-    def from_response(cls, response: ModelResponse) -> "Output":
-        output = cls()
-        for choice in response.choices[:1]:
-            message = getattr(choice, "message", None)
-            output.text = getattr(message, "content", None) or ""
-            output.reasoning = getattr(message, "reasoning_content", None) or ""
-            output.finish_reason = getattr(choice, "finish_reason", None)
-            for call in getattr(message, "tool_calls", None) or []:
-                function = call.function
-                output.tool_calls.append(
-                    ToolCall(id=call.id, name=function.name, arguments=function.arguments or "")
-                )
-        return output
 
 
 class OutputAssembler:

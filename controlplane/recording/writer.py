@@ -20,13 +20,20 @@ from typing import Protocol
 
 from controlplane.recording.records import CallRecord, Record
 from controlplane.recording.spool import Spool
-from controlplane.storage.base import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 #: Journalled records the writer holds in memory to store without reading them back. Past it (a
 #: database that hangs rather than fails), the writer falls behind and reads them from the spool.
 _HELD_IN_MEMORY = 1000
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached or refused the operation; the caller may retry later."""
+
+
+class StorageRefused(Exception):
+    """The database refused the data itself (a value out of range, say): retrying cannot help."""
 
 
 class RecordSink(Protocol):

@@ -1,5 +1,7 @@
-"""ControlPlaneHTTP: the ControlPlaneService of a proxy whose control plane runs elsewhere.
+"""ControlPlaneHTTP: the PolicingService of a proxy whose control plane runs elsewhere.
 
+Request and response bodies go as they are, in the provider's format: the control plane
+normalises them, runs the policy and maps its change back, so this side never loads LiteLLM.
 Policies are asked over pooled HTTP; a stream talks over a WebSocket, kept open afterwards for a
 later stream. Records go through a local ``RecordWriter`` whose sink is the control plane, so they
 are spooled on this machine while it is away; activity is sent in batches from a bounded buffer.
@@ -28,34 +30,32 @@ from websockets.exceptions import WebSocketException
 from websockets.protocol import State
 
 from controlplane.chunks import StreamChunk
-from controlplane.interface import ControlPlaneUnavailable
-from controlplane.llm import ModelResponse, ModelResponseStream
+from controlplane.interface import JSON, ControlPlaneUnavailable, RequestVerdict, ResponseVerdict
 from controlplane.models import (
     ActivityEvent,
-    ChunkResult,
+    ChunkVerdict,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
+    WireFormat,
 )
 from controlplane.recording.records import CallRecord, DebugEvent, Record
 from controlplane.recording.spool import Spool
-from controlplane.recording.writer import RecordWriter
+from controlplane.recording.writer import RecordWriter, StorageUnavailable
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
     ActivityBatch,
+    PoliceCall,
+    PoliceResponseCall,
     RecordBatch,
-    RequestPolicyCall,
-    ResponsePolicyCall,
     StreamChunks,
     StreamClose,
     StreamOpen,
     StreamOpened,
     StreamResult,
-    WireResult,
 )
-from controlplane.storage.base import StorageUnavailable
 from controlplane.tracing import trace_headers
 
 log = logging.getLogger(__name__)
@@ -97,17 +97,19 @@ class _Stream:
     unread: int = 0
 
 
-def _result(answer: StreamResult) -> ChunkResult:
+def _result(answer: StreamResult) -> ChunkVerdict:
     """The policy's result; a verdict (``passed``) gives back the chunk it answers, which the
     proxy has."""
-    result = answer.result.chunk()
-    result.answers, result.unchanged = answer.index, answer.passed
-    return result
+    return answer.result.chunk(answer.index, answer.passed)
 
 
-def _unpoliced(index: int) -> ChunkResult:
+def _unpoliced(index: int) -> ChunkVerdict:
     """Fail-open: the chunk passes as it came."""
-    return PolicyResult[ModelResponseStream](answers=index, unchanged=True, unpoliced=True)
+    return ChunkVerdict(answers=index, unchanged=True, unpoliced=True)
+
+
+#: What a stream's policy is given for a request the control plane never saw (fail-open).
+_UNSEEN_REQUEST: NormalizedRequest = {"messages": []}
 
 
 class ControlPlaneHTTP:
@@ -148,26 +150,26 @@ class ControlPlaneHTTP:
 
     # --- policies --------------------------------------------------------------------------
 
-    async def apply_request_policies(
-        self, request_data: NormalizedRequest, metadata: RequestMetadata
-    ) -> PolicyResult[NormalizedRequest]:
+    async def police_request(
+        self, wire_format: WireFormat, body: JSON, metadata: RequestMetadata
+    ) -> RequestVerdict:
+        call = PoliceCall(wire_format=wire_format, body=body, metadata=metadata)
         try:
-            answer = await self._post(
-                "request-policy", RequestPolicyCall(request_data=request_data, metadata=metadata)
-            )
+            answer = await self._post("police-request", call)
         except ControlPlaneUnavailable as exc:
-            return self._unpoliced(request_data, exc)
-        return WireResult.model_validate(answer).request()
+            # The body is sent as it came; a stream's policy, should there be one, never saw it.
+            return RequestVerdict(result=self._unpoliced(_UNSEEN_REQUEST, exc))
+        return RequestVerdict.model_validate(answer)
 
-    async def apply_response_policy(
-        self, response: ModelResponse, metadata: RequestMetadata
-    ) -> PolicyResult[ModelResponse]:
-        call = ResponsePolicyCall(response=response.model_dump(mode="json"), metadata=metadata)
+    async def police_response(
+        self, wire_format: WireFormat, body: JSON, metadata: RequestMetadata
+    ) -> ResponseVerdict:
+        call = PoliceResponseCall.model_construct(wire_format=wire_format, body=body, metadata=metadata)
         try:
-            answer = await self._post("response-policy", call)
+            answer = await self._post("police-response", call)
         except ControlPlaneUnavailable as exc:
-            return self._unpoliced(response, exc)
-        return WireResult.model_validate(answer).response()
+            return ResponseVerdict(result=self._unpoliced(None, exc))
+        return ResponseVerdict.model_validate(answer)
 
     async def create_streaming_context(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
@@ -229,12 +231,12 @@ class ControlPlaneHTTP:
 
     def process_streaming_chunks(
         self, chunks: Sequence[StreamChunk], context: StreamingContext
-    ) -> AsyncIterator[ChunkResult]:
+    ) -> AsyncIterator[ChunkVerdict]:
         # Not validated: the relay's own decoded chunks, serialised at once.
         message = StreamChunks.model_construct(chunks=list(chunks))
         return self._exchange(self._streams.get(context.stream_id), context, message, chunks)
 
-    async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkResult]:
+    async def close_streaming_context(self, context: StreamingContext) -> AsyncIterator[ChunkVerdict]:
         stream = self._streams.pop(context.stream_id, None)  # released even if not read to the end
         try:
             async for result in self._exchange(stream, context, StreamClose(), ()):
@@ -260,7 +262,7 @@ class ControlPlaneHTTP:
         context: StreamingContext,
         message: BaseModel,
         chunks: Sequence[StreamChunk],
-    ) -> AsyncIterator[ChunkResult]:
+    ) -> AsyncIterator[ChunkVerdict]:
         if stream is None:  # an unpoliced stream (fail-open): everything passes
             for index in range(len(chunks)):
                 yield _unpoliced(index)

@@ -4,10 +4,18 @@
 from collections.abc import Awaitable
 
 from fastapi import HTTPException
+from pydantic import BaseModel
 
 from controlplane.policy_file import PolicyFileError
 from controlplane.policy_versions import FileIsTheSource, UnknownVersion
 from controlplane.storage.base import PolicyActivation, StorageUnavailable
+
+
+class Activate(BaseModel):
+    """Activates a stored version again (a rollback, or a roll forward)."""
+
+    version: str
+    note: str = ""
 
 
 async def http_change(activation: Awaitable[PolicyActivation]) -> PolicyActivation:

@@ -1,5 +1,7 @@
-"""The control-plane service: every ControlPlaneService operation over HTTP, for proxies that run
-as thin sidecars. JSON for the request and response policies and for records and activity; streams
+"""The control-plane service: every PolicingService operation over HTTP, for proxies that run as
+thin sidecars. Request and response bodies arrive as the provider's format has them: the service
+normalises them (the sidecar never loads LiteLLM), runs the policy and answers with the body to
+send. JSON for those and for records and activity; streams
 over WebSockets (one stream at a time on each, one after another), never one request per chunk. A
 bearer token guards everything but the health checks and ``/metrics`` (Prometheus, for scraping
 inside the cluster); its credential's role (``controlplane.access``) says what it may do: proxies
@@ -9,7 +11,7 @@ import contextlib
 import json
 from collections.abc import Awaitable, Mapping
 from contextlib import AbstractContextManager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import (
     Depends,
@@ -30,25 +32,25 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from controlplane.access import Credential, Role, Tokens
-from controlplane.llm import ModelResponse
+from controlplane.interface import PolicingService, RequestVerdict, ResponseVerdict
 from controlplane.local import ControlPlaneLocal
 from controlplane.metrics import (
     PolicyDecisionMetrics,
     register_policy_stream_metrics,
     register_recording_metrics,
 )
-from controlplane.models import ChunkResult, StreamingContext
+from controlplane.models import ChunkVerdict, PolicyResult, StreamingContext
 from controlplane.policy_nudge import NoNudge
 from controlplane.policy_versions import PolicyKeeper, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.writer import RecordWriter
-from controlplane.remote.policy_changes import http_change
+from controlplane.remote.policy_changes import Activate, http_change
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
     ActivityBatch,
+    PoliceCall,
+    PoliceResponseCall,
     RecordBatch,
-    RequestPolicyCall,
-    ResponsePolicyCall,
     StreamDone,
     StreamOpen,
     StreamOpened,
@@ -65,13 +67,6 @@ class PolicyInfo(BaseModel):
     policy: str
     version: str | None
     source: PolicySource = Field(description="Where the truth is: the policy file, or the database.")
-
-
-class Activate(BaseModel):
-    """Activates a stored version (a rollback, or a roll forward again)."""
-
-    version: str
-    note: str = ""
 
 
 class ErrorBody(BaseModel):
@@ -107,14 +102,17 @@ def _credential(header: str | None, tokens: Tokens) -> Credential | None:
 
 def create_control_plane_app(
     control_plane: ControlPlaneLocal,
+    policing: PolicingService,
     storage: Storage,
     tokens: Tokens | str,
     recorder: RecordWriter | None = None,
     versions: PolicyVersions | None = None,
 ) -> FastAPI:
-    """``tokens``: who may call (a plain string is one admin token). ``recorder``, the writer
-    behind ``control_plane``, is only read for ``/metrics``. ``versions`` takes policy changes;
-    by default they are stored in ``storage`` and enforced by ``control_plane`` alone."""
+    """``policing`` normalises bodies for ``control_plane`` (the formats' ``Policing``, given by
+    whoever composes the service: the control plane imports no wire format). ``tokens``: who may
+    call (a plain string is one admin token). ``recorder``, the writer behind ``control_plane``,
+    is only read for ``/metrics``. ``versions`` takes policy changes; by default they are stored
+    in ``storage`` and enforced by ``control_plane`` alone."""
     if isinstance(tokens, str):
         if not tokens:
             raise ValueError("the control plane needs a non-empty token")
@@ -139,9 +137,7 @@ def create_control_plane_app(
                     401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
                 )
             if not credential.allows(role):
-                raise HTTPException(
-                    403, f"the token {credential.name!r} has the role {credential.role}; this needs {role}"
-                )
+                raise HTTPException(403, credential.refusal(role))
             return credential
 
         return check
@@ -181,20 +177,19 @@ def create_control_plane_app(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post(f"{API}/request-policy", dependencies=guarded, responses=with_body)
-    async def request_policy(call: RequestPolicyCall, request: Request) -> WireResult:
+    @app.post(f"{API}/police-request", dependencies=guarded, responses=with_body)
+    async def police_request(call: PoliceCall, request: Request) -> RequestVerdict:
         with _span("request_policy", request.headers, call.metadata.call_id):
-            result = await control_plane.apply_request_policies(call.request_data, call.metadata)
-        decisions.observe("request", result)
-        return WireResult.of(result)
+            verdict = await policing.police_request(call.wire_format, call.body, call.metadata)
+        _observe(decisions, "request", verdict.result)
+        return verdict
 
-    @app.post(f"{API}/response-policy", dependencies=guarded, responses=with_body)
-    async def response_policy(call: ResponsePolicyCall, request: Request) -> WireResult:
-        response = ModelResponse(**call.response)
+    @app.post(f"{API}/police-response", dependencies=guarded, responses=with_body)
+    async def police_response(call: PoliceResponseCall, request: Request) -> ResponseVerdict:
         with _span("response_policy", request.headers, call.metadata.call_id):
-            result = await control_plane.apply_response_policy(response, call.metadata)
-        decisions.observe("response", result)
-        return WireResult.of(result)
+            verdict = await policing.police_response(call.wire_format, call.body, call.metadata)
+        _observe(decisions, "response", verdict.result)
+        return verdict
 
     @app.post(f"{API}/records", status_code=204, dependencies=guarded, responses=with_body)
     async def records(batch: RecordBatch) -> Response:
@@ -262,7 +257,9 @@ def create_control_plane_app(
         credential = _credential(websocket.headers.get("authorization"), tokens)
         if credential is None or not credential.allows("proxy"):
             status, error = (
-                (401, "missing or wrong bearer token") if credential is None else (403, "needs proxy")
+                (401, "missing or wrong bearer token")
+                if credential is None
+                else (403, credential.refusal("proxy"))
             )
             await websocket.send_denial_response(JSONResponse({"error": error}, status))
             return
@@ -272,6 +269,13 @@ def create_control_plane_app(
                 await _serve_stream(websocket, control_plane, decisions)
 
     return app
+
+
+def _observe(
+    decisions: PolicyDecisionMetrics, stage: Literal["request", "response"], result: PolicyResult[Any] | None
+) -> None:
+    if result is not None:  # None: the body could not be read, so no policy decided
+        decisions.observe(stage, result)
 
 
 def _span(operation: str, headers: Mapping[str, str], call_id: str) -> AbstractContextManager[Span]:
@@ -326,7 +330,7 @@ async def _answer(
     message: dict[str, Any],
     decisions: PolicyDecisionMetrics,
 ) -> None:
-    async def send(result: ChunkResult) -> None:
+    async def send(result: ChunkVerdict) -> None:
         decisions.observe("stream", result)
         answer = StreamResult(result=WireResult.of(result), index=result.answers, passed=result.unchanged)
         await websocket.send_text(answer.model_dump_json())

@@ -1,67 +1,74 @@
 """What crosses the network between ControlPlaneHTTP and the control-plane service.
 
-Policy results carry their value as JSON; each side knows which type a value is (a request is a
-dict, a response a ``ModelResponse``, a chunk a ``ModelResponseStream``) and rebuilds it.
+All of it is plain data: request and response bodies go as the provider's format has them (the
+service normalises them, where the policy runs, and answers with a ``RequestVerdict`` or
+``ResponseVerdict``), and stream chunks as the plain dicts the wire formats decode. The proxy's
+side builds no LiteLLM object, so a sidecar never loads LiteLLM.
 """
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, Field
 
-from controlplane.llm import ModelResponse, ModelResponseStream
-from controlplane.models import ActivityEvent, NormalizedRequest, PolicyResult, RequestMetadata
+from controlplane.chunks import StreamChunk
+from controlplane.models import (
+    ActivityEvent,
+    ChunkVerdict,
+    NormalizedRequest,
+    RequestMetadata,
+    WireFormat,
+)
 from controlplane.recording.records import CallRecord, DebugEvent
 
 API = "/v1"
 STREAMS_PATH = f"{API}/streams"
 
 
-class RequestPolicyCall(BaseModel):
-    request_data: NormalizedRequest
+class PoliceCall(BaseModel):
+    """A request body to police, as the provider's format has it."""
+
+    wire_format: WireFormat
+    body: dict[str, Any]
     metadata: RequestMetadata
 
 
-class ResponsePolicyCall(BaseModel):
-    response: dict[str, Any]
-    metadata: RequestMetadata
+class PoliceResponseCall(PoliceCall):
+    """A whole response body to police: of a format with responses."""
+
+    wire_format: Literal[WireFormat.OPENAI_CHAT, WireFormat.OPENAI_RESPONSES, WireFormat.ANTHROPIC_MESSAGES]
 
 
 class WireResult(BaseModel):
-    """A ``PolicyResult`` with its value as JSON."""
+    """A stream chunk's ``PolicyResult``, its value a plain chunk."""
 
-    value: Any = None
+    value: dict[str, Any] | None = None
     allowed: bool = True
     reason: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     policy_version: str | None = None
 
     @classmethod
-    def of(cls, result: PolicyResult[Any]) -> "WireResult":
+    def of(cls, result: ChunkVerdict) -> "WireResult":
         """The result; a chunk given back unchanged travels as a verdict, without its value."""
-        value = None if result.unchanged else result.value
-        if isinstance(value, ModelResponse | ModelResponseStream):
-            value = value.model_dump(mode="json")
-        return cls(
-            value=value,
+        return cls.model_construct(  # the control plane's own result, serialised at once
+            value=None if result.unchanged else result.value,
             allowed=result.allowed,
             reason=result.reason,
             metadata=result.metadata,
             policy_version=result.policy_version,
         )
 
-    def request(self) -> PolicyResult[NormalizedRequest]:
-        return PolicyResult[NormalizedRequest](value=self.value, **self._rest())
-
-    def response(self) -> PolicyResult[ModelResponse]:
-        value = ModelResponse(**self.value) if self.value is not None else None
-        return PolicyResult[ModelResponse](value=value, **self._rest())
-
-    def chunk(self) -> PolicyResult[ModelResponseStream]:
-        value = ModelResponseStream(**self.value) if self.value is not None else None
-        return PolicyResult[ModelResponseStream](value=value, **self._rest())
-
-    def _rest(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"value"})
+    def chunk(self, answers: int | None, unchanged: bool) -> ChunkVerdict:
+        return ChunkVerdict.model_construct(
+            value=cast(StreamChunk | None, self.value),
+            allowed=self.allowed,
+            reason=self.reason,
+            metadata=self.metadata,
+            policy_version=self.policy_version,
+            unpoliced=False,
+            answers=answers,
+            unchanged=unchanged,
+        )
 
 
 class RecordBatch(BaseModel):

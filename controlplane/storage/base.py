@@ -14,14 +14,9 @@ from controlplane.credentials import redact_query
 from controlplane.models import WireFormat
 from controlplane.recording.records import BlockKind, CallOutcome, CallRecord, DebugEvent, Record, Usage
 
-
-class StorageUnavailable(Exception):
-    """The database cannot be reached or refused the operation; the caller may retry later."""
-
-
-class StorageRefused(Exception):
-    """The database refused the data itself (a value out of range, say): retrying cannot help."""
-
+# A storage is a record sink: these are the writer's (a sidecar proxy has a sink but no storage).
+from controlplane.recording.writer import StorageRefused as StorageRefused
+from controlplane.recording.writer import StorageUnavailable as StorageUnavailable
 
 #: What the calls list can be sorted by. A call without the value (no TTFB, no tokens, no cost
 #: estimate) comes last in either order.
@@ -42,6 +37,11 @@ class CallQuery(BaseModel):
     blocked: bool | None = None
     block_kind: BlockKind | None = Field(default=None, description="What the call's last block stopped.")
     modified: bool | None = None
+    session_id: str | None = Field(default=None, description="Exactly this session.")
+    agent: str | None = Field(
+        default=None, description="Exactly this agent (``claude-cli``, ``codex_exec``)."
+    )
+    api_key_hash: str | None = Field(default=None, description="Exactly this credential hash.")
     since: datetime | None = None
     until: datetime | None = None
     sort: CallSort = "time"
@@ -66,6 +66,7 @@ class CallSummary(BaseModel):
     agent: str | None
     user_id: str | None
     session_id: str | None
+    api_key_hash: str = ""
     status: int | None
     outcome: CallOutcome
     blocked: bool
@@ -132,6 +133,65 @@ class ActivePolicy(BaseModel):
     version: PolicyVersion
 
 
+class SessionQuery(BaseModel):
+    """Filters for the sessions list, which is newest (last call) first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(default=None, description="Sessions of exactly this agent.")
+    api_key_hash: str | None = Field(default=None, description="Sessions on exactly this credential hash.")
+    blocked: bool | None = Field(default=None, description="Sessions with (true) or without (false) a block.")
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
+
+
+class SessionSummary(BaseModel):
+    """A session: the calls that carried one session id. A turn is one call (a request and its
+    answer); an agent's tool loop is a turn per step."""
+
+    session_id: str
+    agent: str | None
+    user_id: str | None
+    api_key_hash: str
+    first_call_at: datetime
+    last_call_at: datetime
+    duration_ms: float = Field(description="From the first call's start to the last answer's end.")
+    turns: int
+    blocks: int = Field(description="Turns that policy blocked (a request, a tool call, a stream...).")
+    modified: int = Field(description="Turns whose request or answer policy changed.")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None = Field(description="Over the turns with an estimate; None when none has one.")
+    preview: str = Field(description="The start of the first turn's last user message.")
+
+
+class Facet(BaseModel):
+    """One value of a filter and how many sessions have it."""
+
+    value: str | None
+    sessions: int
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionSummary]
+    total: int
+    agents: list[Facet] = Field(description="Every agent with sessions, most sessions first.")
+    api_key_hashes: list[Facet] = Field(description="Every credential hash with sessions, most first.")
+    limit: int
+    offset: int
+
+
+class SessionPosition(BaseModel):
+    """Where a call stands in its session: its neighbours, oldest first."""
+
+    session_id: str
+    turn: int = Field(description="The call's place, counting from 1.")
+    turns: int
+    previous: str | None
+    next: str | None
+
+
 class Storage(Protocol):
     async def migrate(self) -> None:
         """Applies the migrations this database has not seen yet (safe with many processes)."""
@@ -146,6 +206,21 @@ class Storage(Protocol):
 
     async def list_calls(self, query: CallQuery) -> CallPage:
         """In the query's order (newest first by default); ties newest first."""
+        ...
+
+    async def list_sessions(self, query: SessionQuery) -> SessionPage:
+        """The sessions, the one with the latest call first."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionSummary | None: ...
+
+    async def session_calls(self, session_id: str, offset: int, limit: int) -> list[CallRecord]:
+        """A session's calls oldest first, without their stream events and response bodies
+        (the outputs say what was answered)."""
+        ...
+
+    async def session_position(self, call_id: str) -> SessionPosition | None:
+        """None for an unknown call or one without a session."""
         ...
 
     async def debug_events(self, call_id: str) -> list[DebugEvent]:

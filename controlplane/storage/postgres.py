@@ -21,6 +21,10 @@ from controlplane.storage.base import (
     PolicyActivation,
     PolicySourceKind,
     PolicyVersion,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
     StorageRefused,
     StorageUnavailable,
 )
@@ -32,7 +36,17 @@ from controlplane.storage.policy_rows import (
     version_from_row,
     version_values,
 )
-from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, page_from_rows
+from controlplane.storage.rows import (
+    Sql,
+    call_from_row,
+    calls_from_rows,
+    debug_event_from_row,
+    numbered,
+    page_from_rows,
+    position_from_row,
+    session_from_row,
+    sessions_page_from_rows,
+)
 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
@@ -94,6 +108,29 @@ class PostgresStorage:
             totals = dict(await connection.fetchrow(totals_sql, *totals_params))
             rows = await connection.fetch(page_sql, *page_params)
         return page_from_rows(totals, [dict(row) for row in rows], query)
+
+    async def list_sessions(self, query: SessionQuery) -> SessionPage:
+        page_sql, page_params = _SQL.list_sessions(query)
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            rows = await connection.fetch(page_sql, *page_params)
+            facets = await connection.fetch(_SQL.session_facets)
+        return sessions_page_from_rows([dict(r) for r in rows], [dict(r) for r in facets], query)
+
+    async def get_session(self, session_id: str) -> SessionSummary | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_SQL.get_session, session_id)
+        return None if row is None else session_from_row(dict(row))
+
+    async def session_calls(self, session_id: str, offset: int, limit: int) -> list[CallRecord]:
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            rows = await connection.fetch(_SQL.session_calls, session_id, limit, offset)
+            decisions = await connection.fetch(_SQL.session_decisions, session_id, limit, offset)
+        return calls_from_rows([dict(r) for r in rows], [dict(d) for d in decisions])
+
+    async def session_position(self, call_id: str) -> SessionPosition | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_SQL.session_position, call_id)
+        return position_from_row(None if row is None else dict(row))
 
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         async with self._connection() as connection:

@@ -20,6 +20,10 @@ from controlplane.storage.base import (
     PolicyActivation,
     PolicySourceKind,
     PolicyVersion,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
     StorageUnavailable,
 )
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
@@ -30,7 +34,17 @@ from controlplane.storage.policy_rows import (
     version_from_row,
     version_values,
 )
-from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, page_from_rows, qmark
+from controlplane.storage.rows import (
+    Sql,
+    call_from_row,
+    calls_from_rows,
+    debug_event_from_row,
+    page_from_rows,
+    position_from_row,
+    qmark,
+    session_from_row,
+    sessions_page_from_rows,
+)
 
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock before giving up
 
@@ -89,6 +103,43 @@ class SQLiteStorage:
                 totals = dict(connection.execute(totals_sql, totals_params).fetchone())
                 rows = connection.execute(page_sql, page_params).fetchall()
             return page_from_rows(totals, [dict(row) for row in rows], query)
+
+        return await self._run(work)
+
+    async def list_sessions(self, query: SessionQuery) -> SessionPage:
+        page_sql, page_params = _SQL.list_sessions(query)
+
+        def work(connection: sqlite3.Connection) -> SessionPage:
+            # One read transaction, so the count and the page see the same calls.
+            with _transaction(connection, "BEGIN"):
+                rows = connection.execute(page_sql, page_params).fetchall()
+                facets = connection.execute(_SQL.session_facets).fetchall()
+            return sessions_page_from_rows([dict(r) for r in rows], [dict(r) for r in facets], query)
+
+        return await self._run(work)
+
+    async def get_session(self, session_id: str) -> SessionSummary | None:
+        def work(connection: sqlite3.Connection) -> SessionSummary | None:
+            row = connection.execute(_SQL.get_session, (session_id,)).fetchone()
+            return None if row is None else session_from_row(dict(row))
+
+        return await self._run(work)
+
+    async def session_calls(self, session_id: str, offset: int, limit: int) -> list[CallRecord]:
+        params = (session_id, limit, offset)
+
+        def work(connection: sqlite3.Connection) -> list[CallRecord]:
+            with _transaction(connection, "BEGIN"):
+                rows = connection.execute(_SQL.session_calls, params).fetchall()
+                decisions = connection.execute(_SQL.session_decisions, params).fetchall()
+            return calls_from_rows([dict(r) for r in rows], [dict(d) for d in decisions])
+
+        return await self._run(work)
+
+    async def session_position(self, call_id: str) -> SessionPosition | None:
+        def work(connection: sqlite3.Connection) -> SessionPosition | None:
+            row = connection.execute(_SQL.session_position, (call_id,)).fetchone()
+            return position_from_row(None if row is None else dict(row))
 
         return await self._run(work)
 

@@ -1,6 +1,17 @@
 // One call: its facts, the conversation, the policy decisions, what policy changed, both sides
 // raw, headers and debug events. Everything comes from /api/calls/{id}, diffs included.
-import { badge, blockBadge, compactJSON, el, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
+import {
+  badge,
+  blockBadge,
+  compactJSON,
+  el,
+  factList,
+  formatDateTime,
+  formatMs,
+  getJSON,
+  sessionHref,
+  showProblem,
+} from "/static/common.js";
 import { diffBadge, diffTable } from "/static/diff.js";
 
 const content = document.getElementById("content");
@@ -19,6 +30,22 @@ function table(headings, rows) {
   );
 }
 
+// The call's neighbours in its session: the agent's previous and next turns.
+function sessionNav(position) {
+  if (!position) return [];
+  const step = (id, label, rel) =>
+    id ? el("a", { href: `/calls/${encodeURIComponent(id)}`, rel, id: `${rel}-turn` }, label) : el("span", { class: "muted" }, label);
+  return [
+    el(
+      "nav",
+      { class: "session-nav", "aria-label": "Turns of this session" },
+      step(position.previous, "← Previous turn", "prev"),
+      el("a", { href: sessionHref(position.session_id), id: "session-link" }, `Turn ${position.turn} of ${position.turns} in its session`),
+      step(position.next, "Next turn →", "next"),
+    ),
+  ];
+}
+
 function header(call) {
   const usage = call.usage;
   const facts = [
@@ -31,7 +58,8 @@ function header(call) {
     ["Agent", call.agent],
     ["User agent", call.user_agent],
     ["User", call.user_id],
-    ["Session", call.session_id],
+    ["Session", call.session_id && el("a", { href: sessionHref(call.session_id) }, call.session_id)],
+    ["Key hash", call.api_key_hash && el("a", { href: `/calls?${new URLSearchParams({ api_key_hash: call.api_key_hash })}` }, call.api_key_hash)],
     ["HTTP status", call.status],
     [
       "Policy version",
@@ -45,7 +73,7 @@ function header(call) {
       usage && `${usage.prompt_tokens ?? "?"} in · ${usage.completion_tokens ?? "?"} out · ${usage.total_tokens ?? "?"} total`,
     ],
     ["Error", call.error],
-  ].filter(([, value]) => value !== null && value !== undefined && value !== "");
+  ];
   return el(
     "section",
     { class: "card" },
@@ -63,7 +91,7 @@ function header(call) {
           "warn",
         ),
     ),
-    el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
+    factList(facts),
   );
 }
 
@@ -221,6 +249,7 @@ try {
   document.title = `${call.model ?? call.path} · Luthien`;
   content.replaceChildren(
     el("a", { href: "/calls", class: "back" }, "← All calls"),
+    ...sessionNav(detail.session),
     header(call),
     conversation(call),
     decisions(call),

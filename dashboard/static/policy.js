@@ -1,7 +1,7 @@
 // The policy in force, its history, the difference between two versions, and (for an admin token,
 // with the database as the source of truth) editing with validation as you type, activation and
 // rollback. Everything comes from /api/policy*; ?version=V shows one stored version.
-import { badge, el, formatDateTime, getJSON, sendJSON, showProblem } from "/static/common.js";
+import { badge, el, factList, formatDateTime, getJSON, sendJSON, showProblem } from "/static/common.js";
 import { diffBadge, diffTable } from "/static/diff.js";
 
 const content = document.getElementById("content");
@@ -12,11 +12,6 @@ const TEMPLATE = { policy: { class: "NoOpPolicy", config: {} } };
 
 function section(title, attrs, ...body) {
   return el("section", { class: "card", ...attrs }, el("h2", {}, title), ...body);
-}
-
-function facts(pairs) {
-  const shown = pairs.filter(([, value]) => value !== null && value !== undefined && value !== "");
-  return el("dl", { class: "facts" }, shown.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value))));
 }
 
 function documentBlock(document) {
@@ -45,7 +40,7 @@ function inForce(state) {
     "Policy in force",
     { id: "in-force" },
     el("div", { class: "heading" }, el("h1", {}, className(version.document)), source),
-    facts([
+    factList([
       ["Version", versionLink(activation.version)],
       ["Activated", formatDateTime(activation.activated_at)],
       ["By", activation.activated_by],
@@ -159,7 +154,7 @@ async function oneVersion(state, me, reload) {
       isActive ? badge("in force", "ok") : badge("not in force"),
       !isActive && canChange(state, me) && activateButton(stored.version, "Activate", reload),
     ),
-    facts([
+    factList([
       ["Version", stored.version],
       ["Stored", formatDateTime(stored.created_at)],
       ["By", stored.created_by],
@@ -226,6 +221,10 @@ function editor(state, me, reload) {
     }
   };
   text.addEventListener("input", () => {
+    // What was checked is no longer what is typed: nothing to activate until the next check.
+    checked = null;
+    activate.disabled = true;
+    status.replaceChildren(el("span", { class: "muted" }, "Checking…"));
     clearTimeout(pending);
     pending = setTimeout(check, CHECK_DELAY_MS);
   });

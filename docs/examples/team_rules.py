@@ -7,13 +7,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
-    ChunkResult,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
     StreamingContext,
 )
 from controlplane.policies import PolicyHandler
+from controlplane.policies.base import ChunkResult
 from controlplane.policies.chunks import finish_reason, text_chunk
 
 

@@ -1,26 +1,13 @@
-"""Anthropic Messages (``POST /v1/messages``), normalised with LiteLLM's Anthropic adapters."""
+"""Anthropic Messages streams: the transcoder between ``message_*`` and ``content_block_*``
+events and normalised chunks, the API's error object, and how blocks are shown to policies. Plain
+data: the data plane imports it without LiteLLM."""
 
-import copy
 import json
 from typing import Any
 
-import httpx
-
-from addon.formats.base import JSON, FormatError, MalformedStream
-from addon.formats.request_patch import patch_request
-from addon.formats.request_view import completed
-from addon.sse import SSEEvent, encode_event
-from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta, chunk_data
-from controlplane.llm import (
-    AnthropicConfig,
-    AnthropicStreamParser,
-    ChatCompletionMessageToolCall,
-    Function,
-    LiteLLMAnthropicMessagesAdapter,
-    ModelResponse,
-    ModelResponseStream,
-)
-from controlplane.models import NormalizedRequest, WireFormat
+from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
+from formats.base import JSON, FormatError, MalformedStream, count
+from formats.sse import SSEEvent, encode_event
 
 _TO_FINISH = {
     "end_turn": "stop",
@@ -29,19 +16,13 @@ _TO_FINISH = {
     "max_tokens": "length",
     "tool_use": "tool_calls",
     "refusal": "content_filter",
+    "compaction": "length",
 }
 _FROM_FINISH = {
     "stop": "end_turn",
     "length": "max_tokens",
     "tool_calls": "tool_use",
     "content_filter": "refusal",
-}
-_PARAMETERS = {
-    "model": "model",
-    "max_tokens": "max_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "stop": "stop_sequences",
 }
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -52,6 +33,11 @@ _ERROR_TYPES = {
 _STRUCTURAL = frozenset({"message_start", "content_block_stop", "message_stop", "ping", "error"})
 
 
+def anthropic_error_body(status: int, message: str) -> JSON:
+    """The error object of the Anthropic API."""
+    return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
+
+
 def stop_reason_for(finish_reason: str | None, upstream_stop_reason: str | None) -> str:
     """Keeps the provider's own stop reason when the policy did not change its meaning."""
     if upstream_stop_reason is not None and _TO_FINISH.get(upstream_stop_reason) == finish_reason:
@@ -59,108 +45,7 @@ def stop_reason_for(finish_reason: str | None, upstream_stop_reason: str | None)
     return _FROM_FINISH.get(finish_reason or "stop", "end_turn")
 
 
-class AnthropicMessagesCodec:
-    wire_format = WireFormat.ANTHROPIC_MESSAGES
-
-    def normalize_request(self, body: JSON) -> NormalizedRequest:
-        request, _ = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(
-            anthropic_message_request=_with_texts_placed(body)  # type: ignore[arg-type]
-        )
-        return completed(body, dict(request), _CONSUMED)
-
-    def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
-        return patch_request(original, before, after, _PARAMETERS)
-
-    def parse_response(self, body: JSON) -> ModelResponse:
-        content = body.get("content") or []
-        if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
-            raise FormatError("`content` must be a list of blocks")
-        response = AnthropicConfig().transform_parsed_response(
-            completion_response=copy.deepcopy(body),
-            raw_response=httpx.Response(200, json=body),
-            model_response=ModelResponse(),
-            json_mode=False,
-        )
-        # Every block that is not text or thinking is a tool call to policies, whatever its type.
-        message = response.choices[0].message  # type: ignore[union-attr]
-        message.tool_calls = [
-            ChatCompletionMessageToolCall(
-                id=block_id(block, position),
-                type="function",
-                function=Function(name=block_name(block), arguments=block_arguments(block)),
-            )
-            for position, block in enumerate(content)
-            if is_tool_block(block)
-        ] or None
-        return response
-
-    def render_response(self, original: JSON, response: ModelResponse) -> JSON:
-        choice = response.choices[0]
-        message = choice.message  # type: ignore[union-attr]
-        rendered = dict(original)
-        rendered["content"] = _render_content(
-            original.get("content") or [],
-            message.content or "",
-            message.tool_calls or [],
-        )
-        rendered["stop_reason"] = stop_reason_for(choice.finish_reason, original.get("stop_reason"))
-        return rendered
-
-    def error_body(self, status: int, message: str) -> JSON:
-        return {
-            "type": "error",
-            "error": {
-                "type": _ERROR_TYPES.get(status, "api_error"),
-                "message": message,
-            },
-        }
-
-    def stream_transcoder(self) -> "AnthropicTranscoder":
-        return AnthropicTranscoder()
-
-
 _NOT_TOOLS = frozenset({"text", "thinking", "redacted_thinking"})
-#: Top-level fields LiteLLM maps under other names: they are not extra_body.
-_CONSUMED = frozenset({"system", "stop_sequences", "metadata"})
-
-
-def _with_texts_placed(body: JSON) -> JSON:
-    """A copy of ``body`` for LiteLLM, which drops document and search-result blocks: their
-    texts become text blocks where they were, so policies read them in the conversation."""
-    placed = copy.deepcopy(body)
-    for message in placed.get("messages") or []:
-        if isinstance(message, dict) and isinstance(message.get("content"), list):
-            message["content"] = _placed_blocks(message["content"])
-    return placed
-
-
-def _placed_blocks(blocks: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    for block in blocks:
-        kind = block.get("type") if isinstance(block, dict) else None
-        if kind == "tool_result" and isinstance(block.get("content"), list):
-            out.append({**block, "content": _placed_blocks(block["content"])})
-        elif kind in ("document", "search_result"):
-            out += _text_blocks(block)
-        else:
-            out.append(block)
-    return out
-
-
-def _text_blocks(block: JSON) -> list[JSON]:
-    """A document's or search result's texts: its title, context, source text and content."""
-    texts = [block.get(key) for key in ("title", "context")]
-    source = block.get("source")
-    if block.get("type") == "search_result":
-        texts.append(source)
-    elif isinstance(source, dict) and source.get("type") == "text":
-        texts.append(source.get("data"))
-    content = source.get("content") if isinstance(source, dict) else block.get("content")
-    texts += [part.get("text") for part in content or [] if isinstance(part, dict)]
-    placed = [{"type": "text", "text": text} for text in texts if isinstance(text, str) and text]
-    if isinstance(source, dict) and source.get("type") in ("base64", "url", "file"):
-        placed.append(block)  # the file itself, which LiteLLM maps
-    return placed
 
 
 def is_tool_block(block: JSON) -> bool:
@@ -198,49 +83,8 @@ def with_block_arguments(block: JSON, arguments: str) -> JSON:
     return {**value, **{k: block[k] for k in ("type", "id") if k in block}}
 
 
-def _render_content(original: list[JSON], text: str, tool_calls: list[Any]) -> list[JSON]:
-    original_text = "".join(b.get("text", "") for b in original if b.get("type") == "text")
-    kept_calls = {call.id: call for call in tool_calls}
-    content: list[JSON] = []
-    text_placed = text == original_text
-    for position, block in enumerate(original):
-        kind = block.get("type")
-        if kind == "text":
-            if text == original_text:
-                content.append(block)
-            elif not text_placed and text:
-                content.append({"type": "text", "text": text})
-                text_placed = True
-        elif is_tool_block(block):
-            call = kept_calls.get(block_id(block, position))
-            if call is not None:
-                content.append(with_block_arguments(block, call.function.arguments or ""))
-        else:
-            content.append(block)
-    if not text_placed and text:
-        content.append({"type": "text", "text": text})
-    return content
-
-
-def _carries_content(chunk: ModelResponseStream) -> bool:
-    if getattr(chunk, "usage", None) is not None and not chunk.choices:
-        return True
-    if not chunk.choices:
-        return False
-    choice = chunk.choices[0]
-    delta = choice.delta
-    return bool(
-        delta.content
-        or delta.tool_calls
-        or getattr(delta, "reasoning_content", None)
-        or getattr(delta, "thinking_blocks", None)
-        or choice.finish_reason
-    )
-
-
 class AnthropicTranscoder:
     def __init__(self) -> None:
-        self._parser = AnthropicStreamParser(streaming_response=None, sync_stream=False)
         self._message_start: JSON | None = None
         self._upstream_delta: JSON = {}
         self._tool_blocks_upstream: dict[int, int] = {}  # content block index -> tool call index
@@ -300,12 +144,41 @@ class AnthropicTranscoder:
         return [self._chunk({"reasoning_content": text, "thinking_blocks": thinking})]
 
     def _parsed(self, data: JSON) -> list[StreamChunk]:
-        """What LiteLLM's parser makes of the rarer events (a finish reason and usage, a signature,
-        redacted thinking), as plain data."""
-        parsed = self._parser.chunk_parser(data)
-        if parsed is None or not _carries_content(parsed):
+        """The rarer events that carry content: the message's finish reason and usage, a thinking
+        block's signature, a redacted thinking block. Others (citations, a ping of a new kind)
+        carry none the normalised view holds."""
+        kind = data["type"]
+        if kind == "message_delta":
+            return [self._finish(data)]
+        if kind == "content_block_start":
+            block = data["content_block"]
+            if block.get("type") == "redacted_thinking":
+                return [
+                    self._chunk(
+                        {"thinking_blocks": [{"type": "redacted_thinking", "data": block.get("data")}]}
+                    )
+                ]
             return []
-        return [{**self._chunk({}), **chunk_data(parsed)}]
+        delta = data.get("delta") if kind == "content_block_delta" else None
+        if isinstance(delta, dict) and delta.get("type") == "signature_delta":
+            signature = delta.get("signature")
+            if not isinstance(signature, str):
+                raise MalformedStream("a signature_delta without its signature")
+            if signature:
+                block = {"type": "thinking", "thinking": "", "signature": signature}
+                return [self._chunk({"reasoning_content": "", "thinking_blocks": [block]})]
+        return []
+
+    def _finish(self, data: JSON) -> StreamChunk:
+        delta, usage = data.get("delta") or {}, data.get("usage")
+        if not isinstance(delta, dict) or not (usage is None or isinstance(usage, dict)):
+            raise MalformedStream("a message_delta whose delta or usage is not an object")
+        reason = delta.get("stop_reason") or "stop"
+        finish = self._chunk({})
+        finish["choices"][0]["finish_reason"] = _TO_FINISH.get(reason, "stop")
+        if usage is not None:
+            finish["usage"] = chat_usage(usage)
+        return finish
 
     def _block_started(self, data: JSON) -> list[StreamChunk]:
         block, index = data.get("content_block"), data.get("index")
@@ -383,21 +256,21 @@ class AnthropicTranscoder:
             self._stopped = True  # an error ends the stream as message_stop does: nothing follows
             self._ended = True
 
-    def encode(self, chunk: ModelResponseStream) -> bytes:
+    def encode(self, chunk: StreamChunk) -> bytes:
         out = [self._ensure_started()]
-        if chunk.choices:
-            choice = chunk.choices[0]
-            delta = choice.delta
-            for block in getattr(delta, "thinking_blocks", None) or []:
+        if choices := chunk.get("choices"):
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            for block in delta.get("thinking_blocks") or []:
                 out.append(self._thinking(block))
-            if delta.content:
+            if content := delta.get("content"):
                 out.append(self._ensure_open("text", {"type": "text", "text": ""}))
-                out.append(self._delta({"type": "text_delta", "text": delta.content}))
-            for call in delta.tool_calls or []:
+                out.append(self._delta({"type": "text_delta", "text": content}))
+            for call in delta.get("tool_calls") or []:
                 out.append(self._tool_call(call))
-            if choice.finish_reason:
+            if finish_reason := choice.get("finish_reason"):
                 out.append(self._close_open())
-                out.append(self._message_delta(choice.finish_reason))
+                out.append(self._message_delta(finish_reason))
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -440,8 +313,7 @@ class AnthropicTranscoder:
         }
         return encode_event(start, "message_start")
 
-    def _thinking(self, block: Any) -> bytes:
-        block = dict(block)
+    def _thinking(self, block: dict[str, Any]) -> bytes:
         out = self._ensure_open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
         if block.get("thinking"):
             out += self._delta({"type": "thinking_delta", "thinking": block["thinking"]})
@@ -449,24 +321,25 @@ class AnthropicTranscoder:
             out += self._delta({"type": "signature_delta", "signature": block["signature"]})
         return out
 
-    def _tool_call(self, call: Any) -> bytes:
+    def _tool_call(self, call: ToolCallDelta) -> bytes:
         out = b""
-        arguments = call.function.arguments or ""
-        if call.id:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
+        if call_id := call.get("id"):
             out += self._close_open()
-            self._tool_blocks[call.index] = self._next_index
-            upstream = self._upstream_blocks.get(call.id)
+            self._tool_blocks[call["index"]] = self._next_index
+            upstream = self._upstream_blocks.get(call_id)
             if upstream is not None and "input" not in upstream:
                 # A block without input (a server tool's result) is written whole at its start.
                 block = with_block_arguments(upstream, arguments)
                 return out + self._start_block(block["type"], block, takes_input=False)
             block = {
-                **(upstream or {"type": "tool_use", "id": call.id, "name": call.function.name}),
+                **(upstream or {"type": "tool_use", "id": call_id, "name": function.get("name")}),
                 "input": {},
             }
             out += self._start_block(block["type"], block)
         open_index = self._open[0] if self._open is not None else None
-        if arguments and self._takes_input and open_index == self._tool_blocks.get(call.index):
+        if arguments and self._takes_input and open_index == self._tool_blocks.get(call["index"]):
             out += self._delta({"type": "input_json_delta", "partial_json": arguments})
         return out
 
@@ -511,3 +384,20 @@ class AnthropicTranscoder:
             "usage": upstream.get("usage") or {"output_tokens": 0},
         }
         return encode_event(payload, "message_delta")
+
+
+def chat_usage(usage: JSON) -> JSON:
+    """Anthropic's token counts in Chat Completions' terms, as LiteLLM reckons them: the prompt
+    counts cached input, read or written."""
+    cache_read = count(usage, "cache_read_input_tokens")
+    cache_creation = count(usage, "cache_creation_input_tokens")
+    prompt = count(usage, "input_tokens") + cache_read + cache_creation
+    completion = count(usage, "output_tokens")
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cache_read, "cache_creation_tokens": cache_creation},
+        "cache_read_input_tokens": cache_read,
+        "cache_creation_input_tokens": cache_creation,
+    }

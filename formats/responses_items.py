@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from addon.formats.base import JSON, FormatError
+from formats.base import JSON, FormatError
 
 #: Items that are not tool calls: their text is the answer, or the model's reasoning.
 NOT_TOOLS = frozenset({"message", "reasoning"})

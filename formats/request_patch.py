@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from addon.formats.base import JSON, FormatError
-from addon.formats.responses_items import with_arguments
+from formats.base import JSON, FormatError
+from formats.responses_items import with_arguments
 
 #: Strings under these keys name things; a policy may not change them (nor are they replaced).
 _NAMES = frozenset({"type", "role", "id", "call_id", "tool_use_id", "tool_call_id"})

@@ -1,4 +1,6 @@
-"""OpenAI Chat Completions: the normalised form is this format, so mapping is mostly identity.
+"""OpenAI Chat Completions streams: the transcoder between ``chat.completion.chunk`` events and
+normalised chunks, and the error object every OpenAI API answers with. Plain data: the data plane
+imports it without LiteLLM.
 
 Three things the normalised view has no place for are shown to policies as what they are: a
 legacy ``function_call`` (requests with ``functions``) and a custom tool call are tool calls, and
@@ -6,48 +8,14 @@ a refusal is text. Each choice of an ``n > 1`` stream is its own chunk, and the 
 the policy once per choice.
 """
 
-import json
 from typing import Any, cast
 
-from addon.formats.base import JSON, MalformedStream
-from addon.sse import SSEEvent, encode_event
-from controlplane.chunks import StreamChunk
-from controlplane.llm import ModelResponse, ModelResponseStream
-from controlplane.models import NormalizedRequest, WireFormat
+from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta, without_none
+from formats.base import JSON, MalformedStream
+from formats.sse import SSEEvent, encode_event
 
 #: The id policies know a legacy ``function_call`` by (it has none of its own).
 LEGACY_CALL_ID = "call_luthien_function_call"
-
-
-class OpenAIChatCodec:
-    wire_format = WireFormat.OPENAI_CHAT
-
-    def normalize_request(self, body: JSON) -> NormalizedRequest:
-        return json.loads(json.dumps(body))
-
-    def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
-        return after
-
-    def parse_response(self, body: JSON) -> ModelResponse:
-        choices = body.get("choices") or []
-        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-            raise ValueError("`choices` must be a list of objects")
-        return ModelResponse(**{**body, "choices": [_policy_choice(c) for c in choices]})
-
-    def render_response(self, original: JSON, response: ModelResponse) -> JSON:
-        rendered = dict(original)
-        originals = original.get("choices") or []
-        rendered["choices"] = [
-            _render_choice(originals[i] if i < len(originals) else {}, choice.model_dump())
-            for i, choice in enumerate(response.choices)
-        ]
-        return rendered
-
-    def error_body(self, status: int, message: str) -> JSON:
-        return openai_error_body(status, message)
-
-    def stream_transcoder(self) -> "OpenAIChatTranscoder":
-        return OpenAIChatTranscoder()
 
 
 _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 403: "policy_violation", 405: "invalid_request_error"}
@@ -70,7 +38,7 @@ def _as_function(call: Any) -> Any:
     return {**rest, "type": "function", "function": {k: v for k, v in function.items() if v is not None}}
 
 
-def _policy_view(part: JSON, *, streamed: bool) -> JSON:
+def policy_view(part: JSON, *, streamed: bool) -> JSON:
     """A message (or a stream delta) as policies see it: its refusal as text, its legacy
     function call and custom tool calls as tool calls."""
     view = dict(part)
@@ -135,51 +103,6 @@ def _has_other_forms(part: JSON) -> bool:
     return custom or "function_call" in part or bool(part.get("refusal"))
 
 
-def _policy_choice(choice: JSON) -> JSON:
-    view = dict(choice)
-    if isinstance(view.get("message"), dict):
-        view["message"] = _policy_view(view["message"], streamed=False)
-    if view.get("finish_reason") == "function_call":
-        view["finish_reason"] = "tool_calls"
-    return view
-
-
-def _render_choice(original: JSON, new: JSON) -> JSON:
-    choice = {
-        **original,
-        "index": new["index"],
-        "finish_reason": new.get("finish_reason"),
-    }
-    message = dict(original.get("message") or {"role": "assistant"})
-    new_message = new.get("message") or {}
-    text = new_message.get("content")
-    if text != (message.get("content") or "") + (message.get("refusal") or "") or text is None:
-        message["content"] = text
-        if message.get("refusal"):  # the text policies saw was the refusal: it is what changed
-            message["refusal"] = None
-    originals = {c.get("id"): c for c in message.get("tool_calls") or [] if isinstance(c, dict)}
-    legacy = message.pop("function_call", None)
-    tool_calls = []
-    for call in new_message.get("tool_calls") or []:
-        function = {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
-        if call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
-            message["function_call"] = function
-        elif isinstance((originals.get(call["id"]) or {}).get("custom"), dict):
-            custom = {"name": function["name"], "input": function["arguments"]}
-            tool_calls.append({"id": call["id"], "type": "custom", "custom": custom})
-        else:
-            tool_calls.append({"id": call["id"], "type": "function", "function": function})
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    else:
-        message.pop("tool_calls", None)
-    if "function_call" in message and choice["finish_reason"] == "tool_calls":
-        choice["finish_reason"] = "function_call"
-    choice["message"] = message
-    choice.setdefault("logprobs", None)
-    return choice
-
-
 class OpenAIChatTranscoder:
     def __init__(self) -> None:
         self._template: JSON = {}
@@ -227,7 +150,7 @@ class OpenAIChatTranscoder:
         for call in delta.get("tool_calls") or []:
             if isinstance(call, dict) and isinstance(call.get("custom"), dict):
                 self._custom.add((index, call.get("index", 0)))
-        view = {**choice, "delta": _policy_view(delta, streamed=True)}
+        view = {**choice, "delta": policy_view(delta, streamed=True)}
         if view.get("finish_reason") == "function_call":
             view["finish_reason"] = "tool_calls"
         return view
@@ -262,14 +185,14 @@ class OpenAIChatTranscoder:
             if choice.get("finish_reason") is not None:
                 self._finished.add(index)
 
-    def encode(self, chunk: ModelResponseStream) -> bytes:
+    def encode(self, chunk: StreamChunk) -> bytes:
         payload: JSON = {
             **self._template,
-            "choices": [self._render_streaming_choice(c) for c in chunk.choices],
+            "choices": [self._render_streaming_choice(c) for c in chunk.get("choices") or []],
         }
-        usage = getattr(chunk, "usage", None)
+        usage = chunk.get("usage")
         if usage is not None:
-            payload["usage"] = usage.model_dump(exclude_none=True)
+            payload["usage"] = without_none(usage)
         return encode_event(payload)
 
     def finish(self) -> bytes:
@@ -296,27 +219,26 @@ class OpenAIChatTranscoder:
         self._finished |= self._choices | {0}
         self._done = True
 
-    def _render_streaming_choice(self, choice: Any) -> JSON:
-        delta = choice.delta
-        index = choice.index
+    def _render_streaming_choice(self, choice: ChunkChoice) -> JSON:
+        delta = choice.get("delta") or {}
+        index = choice.get("index", 0)
         self._choices.add(index)
         rendered: JSON = {}
-        if getattr(delta, "role", None):
-            rendered["role"] = delta.role
-        if delta.content is not None:
-            rendered["content"] = delta.content
-        reasoning = getattr(delta, "reasoning_content", None)
-        if reasoning:
+        if delta.get("role"):
+            rendered["role"] = delta["role"]
+        if delta.get("content") is not None:
+            rendered["content"] = delta["content"]
+        if reasoning := delta.get("reasoning_content"):
             rendered["reasoning_content"] = reasoning
         calls = []
-        for call in delta.tool_calls or []:
-            if index in self._legacy and call.index == 0:
+        for call in delta.get("tool_calls") or []:
+            if index in self._legacy and call["index"] == 0:
                 rendered["function_call"] = self._function(call)
             else:
                 calls.append(self._render_tool_call(index, call))
         if calls:
             rendered["tool_calls"] = calls
-        finish_reason = choice.finish_reason
+        finish_reason = choice.get("finish_reason")
         if finish_reason == "tool_calls" and index in self._legacy:
             finish_reason = "function_call"
         if finish_reason is not None:
@@ -324,18 +246,19 @@ class OpenAIChatTranscoder:
         return {"index": index, "delta": rendered, "logprobs": None, "finish_reason": finish_reason}
 
     @staticmethod
-    def _function(call: Any) -> JSON:
+    def _function(call: ToolCallDelta) -> JSON:
+        given = call.get("function") or {}
         function: JSON = {}
-        if call.function.name:
-            function["name"] = call.function.name
-        function["arguments"] = call.function.arguments or ""
+        if given.get("name"):
+            function["name"] = given["name"]
+        function["arguments"] = given.get("arguments") or ""
         return function
 
-    def _render_tool_call(self, choice: int, call: Any) -> JSON:
-        rendered: JSON = {"index": self._client_tool_index(choice, call.index)}
-        custom = (choice, call.index) in self._custom
-        if call.id:
-            rendered["id"] = call.id
+    def _render_tool_call(self, choice: int, call: ToolCallDelta) -> JSON:
+        rendered: JSON = {"index": self._client_tool_index(choice, call["index"])}
+        custom = (choice, call["index"]) in self._custom
+        if call.get("id"):
+            rendered["id"] = call["id"]
             rendered["type"] = "custom" if custom else "function"
         function = self._function(call)
         if custom:

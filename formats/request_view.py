@@ -20,8 +20,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from addon.formats.base import JSON
 from controlplane.models import EXTRA_BODY, UNMAPPED_TEXT, NormalizedRequest
+from formats.base import JSON
 
 
 def completed(original: JSON, normalized: NormalizedRequest, consumed: frozenset[str]) -> NormalizedRequest:

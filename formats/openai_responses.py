@@ -5,22 +5,6 @@ import copy
 import json
 from typing import Any
 
-from addon.formats.base import JSON
-from addon.formats.openai_chat import openai_error_body
-from addon.formats.openai_responses_stream import OpenAIResponsesTranscoder
-from addon.formats.request_patch import patch_request
-from addon.formats.request_view import completed
-from addon.formats.responses_items import (
-    call_id,
-    is_tool_item,
-    message_item,
-    output_items,
-    part_text,
-    text_part,
-    tool_arguments,
-    tool_name,
-    with_arguments,
-)
 from controlplane.llm import (
     ChatCompletionDeltaToolCall,
     Choices,
@@ -31,6 +15,20 @@ from controlplane.llm import (
     Usage,
 )
 from controlplane.models import NormalizedRequest, WireFormat
+from formats.base import JSON
+from formats.request_patch import patch_request
+from formats.request_view import completed
+from formats.responses_items import (
+    call_id,
+    is_tool_item,
+    message_item,
+    output_items,
+    part_text,
+    text_part,
+    tool_arguments,
+    tool_name,
+    with_arguments,
+)
 
 _PARAMETERS = {
     "model": "model",
@@ -121,12 +119,6 @@ class OpenAIResponsesCodec:
         if not text_placed and text:
             output.append(message_item("msg_luthien", text, "completed"))
         return {**original, "output": output}
-
-    def error_body(self, status: int, message: str) -> JSON:
-        return openai_error_body(status, message)
-
-    def stream_transcoder(self) -> "OpenAIResponsesTranscoder":
-        return OpenAIResponsesTranscoder()
 
 
 #: Top-level fields LiteLLM maps under other names: they are not extra_body.

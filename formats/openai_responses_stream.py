@@ -4,8 +4,9 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
-from addon.formats.base import JSON, MalformedStream
-from addon.formats.responses_items import (
+from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
+from formats.base import JSON, MalformedStream, count
+from formats.responses_items import (
     ARGUMENT_DELTAS,
     append_arguments,
     call_id,
@@ -17,9 +18,7 @@ from addon.formats.responses_items import (
     tool_name,
     with_arguments,
 )
-from addon.sse import SSEEvent, encode_event
-from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta, chunk_data
-from controlplane.llm import ModelResponseStream, OpenAiResponsesToChatCompletionStreamIterator
+from formats.sse import SSEEvent, encode_event
 
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
@@ -65,11 +64,6 @@ class OpenAIResponsesTranscoder:
     ``response.completed`` whose ``output`` matches what was streamed."""
 
     def __init__(self) -> None:
-        # Used only for its chunk_parser (usage), fed one event at a time.
-        self._parser = OpenAiResponsesToChatCompletionStreamIterator(
-            streaming_response=None,  # type: ignore[arg-type]
-            sync_stream=False,
-        )
         self._response: JSON = {}
         self._final: JSON | None = None
         # What the upstream has said:
@@ -228,8 +222,8 @@ class OpenAIResponsesTranscoder:
         """The finish reason and usage of ``response.completed`` (or ``incomplete``)."""
         reason = "length" if data["response"].get("status") == "incomplete" else "stop"
         finish = self._chunk({}, "tool_calls" if self._tools and reason == "stop" else reason)
-        parsed = self._parser.chunk_parser(data)  # LiteLLM's reading of the usage
-        finish["usage"] = chunk_data(parsed)["usage"] if parsed is not None else None
+        usage = data["response"].get("usage")
+        finish["usage"] = chat_usage(usage) if isinstance(usage, dict) and usage else None
         return finish
 
     # -- the client's view ------------------------------------------------------------------
@@ -272,20 +266,19 @@ class OpenAIResponsesTranscoder:
         self._items[index] = item
 
     # -- synthesis --------------------------------------------------------------------------
-    def encode(self, chunk: ModelResponseStream) -> bytes:
+    def encode(self, chunk: StreamChunk) -> bytes:
         out = [self._ensure_created()]
-        if chunk.choices:
-            choice = chunk.choices[0]
-            delta = choice.delta
-            reasoning = getattr(delta, "reasoning_content", None)
-            if reasoning:
+        if choices := chunk.get("choices"):
+            choice = choices[0]
+            delta = choice.get("delta") or {}
+            if reasoning := delta.get("reasoning_content"):
                 out.append(self._reasoning(reasoning))
-            if delta.content:
-                out.append(self._text(delta.content))
-            for call in delta.tool_calls or []:
+            if content := delta.get("content"):
+                out.append(self._text(content))
+            for call in delta.get("tool_calls") or []:
                 out.append(self._tool_call(call))
-            if choice.finish_reason:
-                out.append(self._complete(choice.finish_reason))
+            if finish_reason := choice.get("finish_reason"):
+                out.append(self._complete(finish_reason))
         return b"".join(out)
 
     def finish(self) -> bytes:
@@ -404,30 +397,31 @@ class OpenAIResponsesTranscoder:
             }
         )
 
-    def _tool_call(self, call: Any) -> bytes:
+    def _tool_call(self, call: ToolCallDelta) -> bytes:
         out = b""
-        arguments = call.function.arguments or ""
-        if call.id:
-            upstream = next((t.item for t in self._tools.values() if t.id == call.id), {})
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
+        if call_id := call.get("id"):
+            upstream = next((t.item for t in self._tools.values() if t.id == call_id), {})
             if upstream and upstream.get("type") != "function_call":
                 # Another kind of item: written whole, with its arguments, when it closes.
                 out += self._close_open()
                 self._items.append(upstream)
                 self._open = len(self._items) - 1
                 self._deferred[self._open] = _Deferred(upstream, arguments)
-                self._tool_items[call.index] = self._open
+                self._tool_items[call["index"]] = self._open
                 return out
             item = {
                 "type": "function_call",
-                "id": upstream.get("id", call.id),
-                "call_id": upstream.get("call_id", call.id),
-                "name": call.function.name,
+                "id": upstream.get("id", call_id),
+                "call_id": upstream.get("call_id", call_id),
+                "name": function.get("name"),
                 "arguments": "",
                 "status": "in_progress",
             }
             out += self._add_item(item)
-            self._tool_items[call.index] = len(self._items) - 1
-        index = self._tool_items.get(call.index)
+            self._tool_items[call["index"]] = len(self._items) - 1
+        index = self._tool_items.get(call["index"])
         if index is not None and index == self._open and index in self._deferred:
             self._deferred[index].arguments += arguments
             return out
@@ -537,3 +531,18 @@ class OpenAIResponsesTranscoder:
             "output": [copy.deepcopy(i) for i in self._items if i],
         }
         return out + self._emit({"type": kind, "response": response})
+
+
+def chat_usage(usage: JSON) -> JSON:
+    """The Responses API's token counts in Chat Completions' terms, as LiteLLM reckons them."""
+    prompt, completion = count(usage, "input_tokens"), count(usage, "output_tokens")
+    counts: JSON = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if isinstance(details := usage.get("input_tokens_details"), dict):
+        counts["prompt_tokens_details"] = {"cached_tokens": details.get("cached_tokens")}
+    if isinstance(details := usage.get("output_tokens_details"), dict):
+        counts["completion_tokens_details"] = {"reasoning_tokens": details.get("reasoning_tokens")}
+    return counts

@@ -7,11 +7,10 @@ input given as token ids is refused: no policy can read it.
 import copy
 from typing import Any
 
-from addon.formats.base import JSON, FormatError
-from addon.formats.openai_chat import openai_error_body
-from addon.formats.request_patch import patch_request
-from addon.formats.request_view import completed
 from controlplane.models import NormalizedRequest, WireFormat
+from formats.base import JSON, FormatError
+from formats.request_patch import patch_request
+from formats.request_view import completed
 
 
 class TextInputsCodec:
@@ -41,9 +40,6 @@ class TextInputsCodec:
         else:  # content parts, in one message
             rendered["input"] = contents[0]
         return rendered
-
-    def error_body(self, status: int, message: str) -> JSON:
-        return openai_error_body(status, message)
 
 
 def _contents(value: Any) -> list[Any]:

@@ -1,13 +1,18 @@
-"""What every provider wire format provides to the pipeline."""
+"""What every provider wire format provides to the data plane: errors, and the stream transcoder.
+Nothing here needs LiteLLM (``formats.codecs`` holds what normalises)."""
 
 from typing import Any, Protocol
 
-from addon.sse import SSEEvent
 from controlplane.chunks import StreamChunk
-from controlplane.llm import ModelResponse, ModelResponseStream
-from controlplane.models import NormalizedRequest, WireFormat
+from formats.sse import SSEEvent
 
 JSON = dict[str, Any]
+
+
+def count(counts: JSON, name: str) -> int:
+    """A token count a provider reported; 0 when it is missing or not a count."""
+    value = counts.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class FormatError(ValueError):
@@ -52,7 +57,7 @@ class StreamTranscoder(Protocol):
         reading (``[DONE]``, ``message_stop``, ``response.completed``…), or an error that ends it."""
         ...
 
-    def encode(self, chunk: ModelResponseStream) -> bytes:
+    def encode(self, chunk: StreamChunk) -> bytes:
         """Wire events for a chunk, continuing from what the client has seen."""
         ...
 
@@ -65,25 +70,3 @@ class StreamTranscoder(Protocol):
         the client has seen. Afterwards the stream is over: ``finish()`` adds nothing, and once the
         client has seen the stream end (or an error) there is nothing left to send."""
         ...
-
-
-class RequestCodec(Protocol):
-    """Reads a request body into the normalised form and maps a policy's change back."""
-
-    wire_format: WireFormat
-
-    def normalize_request(self, body: JSON) -> NormalizedRequest: ...
-
-    def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON: ...
-
-    def error_body(self, status: int, message: str) -> JSON: ...
-
-
-class WireFormatCodec(RequestCodec, Protocol):
-    """A model API: requests, whole responses and streams."""
-
-    def parse_response(self, body: JSON) -> ModelResponse: ...
-
-    def render_response(self, original: JSON, response: ModelResponse) -> JSON: ...
-
-    def stream_transcoder(self) -> StreamTranscoder: ...
