@@ -173,7 +173,12 @@ class GeminiCountTokensCodec:
         return _CALLS.normalize_request(body)
 
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
-        return _CALLS.render_request(original, before, after)
+        inner = next(
+            (k for k in ("generateContentRequest", "generate_content_request") if k in original), None
+        )
+        if inner is None:
+            return _CALLS.render_request(original, before, after)
+        return {**original, inner: _CALLS.render_request(original[inner], before, after)}
 
 
 _CALLS = GeminiCodec()
@@ -244,18 +249,16 @@ def _assistant(parts: list[JSON]) -> JSON:
             call_id, name, arguments = call_of(part, kind)
             function = {"name": name, "arguments": arguments}
             calls.append({"id": call_id or f"call_gemini_{name}", "type": "function", "function": function})
+        elif kind == "inlineData":
+            raise FormatError("Luthien cannot police inline data in a model turn")
         elif kind is not None:
-            text.append(_user_item(part, kind)["text"] if kind != "inlineData" else _refuse_media())
+            text.append(_user_item(part, kind)["text"])
     message: JSON = {"role": "assistant", "content": "".join(text) or None}
     if thoughts:
         message["reasoning_content"] = "".join(thoughts)
     if calls:
         message["tool_calls"] = calls
     return message
-
-
-def _refuse_media() -> str:
-    raise FormatError("Luthien cannot police inline data in a model turn")
 
 
 def _user_item(part: JSON, kind: str) -> JSON:

@@ -92,11 +92,15 @@ def test_a_changed_parameter_is_written_where_the_body_keeps_it() -> None:
     assert rendered["generation_config"] == {"temperature": 0.5, "max_output_tokens": 4}
 
 
-def test_count_tokens_reads_a_whole_generate_content_request() -> None:
-    view = GeminiCountTokensCodec().normalize_request(
-        {"generate_content_request": {"contents": CAMEL["contents"]}}
-    )
+def test_count_tokens_reads_and_rewrites_a_whole_generate_content_request() -> None:
+    codec = GeminiCountTokensCodec()
+    original = {"generate_content_request": {"contents": CAMEL["contents"], "generationConfig": {"topP": 1}}}
+    view = codec.normalize_request(original)
     assert [m["role"] for m in view["messages"]] == ["user", "assistant", "tool"]
+    changed = json.loads(json.dumps(view).replace('"hi"', '"hello"'))
+    rendered = codec.render_request(original, view, {**changed, "top_p": 0.5})
+    assert rendered["generate_content_request"]["contents"][0]["parts"][0]["text"] == "hello"
+    assert rendered["generate_content_request"]["generationConfig"] == {"topP": 0.5}
 
 
 @pytest.mark.parametrize(
