@@ -171,6 +171,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *_gemini("v1beta"),
     *_gemini("v1alpha"),
     Endpoint("*", "/upload/**", _X, _G, "file uploads"),
+    # Gemini through Google's OpenAI-compatible API, on the same host
+    Endpoint("POST", "/v1beta/openai/chat/completions", _P, _G, "a model call in OpenAI's format", _CHAT),
+    Endpoint(
+        "POST",
+        "/v1beta/openai/embeddings",
+        _Q,
+        _G,
+        "embeds text, in OpenAI's format",
+        WireFormat.OPENAI_EMBEDDINGS,
+    ),
+    Endpoint("GET", "/v1beta/openai/models", _F, _G, "lists models"),
+    Endpoint("GET", "/v1beta/openai/models/{id}", _F, _G, "describes a model"),
+    Endpoint("*", "/v1beta/openai/**", _X, _G, "images, audio, files, batches: " + _UNPOLICED_API),
 )
 
 #: Methods that never carry content: forwarded (without a body) on any known path.

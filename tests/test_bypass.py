@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from addon.endpoints import ENDPOINTS, Endpoint, Family, Treatment
+from controlplane.models import WireFormat
 from tests import test_real_agents as agents
 from tests.conftest import RunningProxy, running_proxies
 from tests.fake_provider import FakeProvider, RecordedRequest, ScriptedReply, matching
@@ -773,7 +774,9 @@ def _secret_body(endpoint: Endpoint) -> dict[str, Any]:
         return {"model": "text-embedding-3-small", "input": text}
     if template == "/v1/moderations":
         return {"model": "omni-moderation-latest", "input": [text, "and more"]}
-    if endpoint.family is Family.GOOGLE:
+    if endpoint.template == "/v1beta/openai/embeddings":
+        return {"model": "gemini-embedding-001", "input": text}
+    if endpoint.family is Family.GOOGLE and endpoint.wire_format is not WireFormat.OPENAI_CHAT:
         return gemini_request(text)
     if endpoint.family is Family.ANTHROPIC:
         body = messages_request(text)
@@ -791,6 +794,12 @@ def _secret_body(endpoint: Endpoint) -> dict[str, Any]:
 
 _REQUEST_ONLY_ANSWERS = {
     **{e.template: {"totalTokens": 17} for e in ENDPOINTS if e.template.endswith(":countTokens")},
+    "/v1beta/openai/embeddings": {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.125]}],
+        "model": "gemini-embedding-001",
+        "usage": {"prompt_tokens": 3, "total_tokens": 3},
+    },
     "/v1/messages/count_tokens": {"input_tokens": 17},
     "/v1/responses/input_tokens": {"object": "response.input_tokens", "input_tokens": 17},
     "/v1/embeddings": {
@@ -826,6 +835,9 @@ def test_every_endpoint_in_the_table_gets_its_treatment(
     host = host_of(endpoint.family)
     path = concrete(endpoint.template, endpoint.family)
     call = Call(fake)
+    if path.startswith("/v1beta/openai/") and endpoint.treatment in (Treatment.POLICED, Treatment.FORWARDED):
+        # The fake speaks only Gemini's own API on that host.
+        call.script(ScriptedReply.json(chat_completion([chat_choice(0, {"content": "ok"}, "stop")])))
     match endpoint.treatment:
         case Treatment.POLICED:
             if path == "/v1/responses/compact":
