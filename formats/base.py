@@ -15,6 +15,13 @@ def count(counts: JSON, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def carries_error(event: SSEEvent) -> bool:
+    """Whether an event is an error object (``{"error": {...}}``, as OpenAI and Google send one
+    mid-stream); ``"error": null`` is none."""
+    data = event.json()
+    return isinstance(data, dict) and bool(data.get("error"))
+
+
 class FormatError(ValueError):
     """A body that does not fit the wire format, or a change that cannot be expressed in it."""
 

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta
-from formats.base import JSON, FormatError, MalformedStream, count
+from formats.base import JSON, FormatError, MalformedStream, carries_error, count
 from formats.sse import SSEEvent
 
 _STATUS = {
@@ -247,8 +247,7 @@ class GeminiTranscoder:
         return []
 
     def is_error(self, event: SSEEvent) -> bool:
-        data = event.json()
-        return isinstance(data, dict) and bool(data.get("error"))
+        return carries_error(event)
 
     @property
     def ended(self) -> bool:

@@ -11,7 +11,7 @@ the policy once per choice.
 from typing import Any, cast
 
 from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta, without_none
-from formats.base import JSON, MalformedStream
+from formats.base import JSON, MalformedStream, carries_error
 from formats.sse import SSEEvent, encode_event
 
 #: The id policies know a legacy ``function_call`` by (it has none of its own).
@@ -159,8 +159,7 @@ class OpenAIChatTranscoder:
         return []
 
     def is_error(self, event: SSEEvent) -> bool:
-        data = event.json()
-        return isinstance(data, dict) and bool(data.get("error"))
+        return carries_error(event)
 
     @property
     def ended(self) -> bool:
