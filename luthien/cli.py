@@ -52,6 +52,10 @@ def _policy(args: argparse.Namespace) -> int:
         for name, cls in sorted(BUILTIN_POLICIES.items()):
             print(f"{name:<{width}}  {cls.description}")
         return 0
+    if args.policy_command == "replay":
+        from luthien.replay import replay
+
+        return replay(args)
     if args.policy_command == "schema":
         print(json.dumps(policy_file_schema(), indent=2))
         return 0

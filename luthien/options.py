@@ -4,8 +4,10 @@ and what the options common to several commands resolve to (the data directory, 
 import argparse
 import math
 import os
+import re
 import shlex
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT
@@ -160,6 +162,57 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def moment(text: str) -> datetime:
+    """``24h``, ``30m``, ``7d`` (that long ago), or an ISO 8601 time (UTC unless it says)."""
+    if match := _AGO.match(text.strip()):
+        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a duration ago (24h, 30m, 7d) or an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _add_replay(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from controlplane.recording.records import CallOutcome
+
+    replay = _command(
+        commands,
+        "replay",
+        "dry run: what a policy file would have done to recorded calls (no provider contacted)",
+    )
+    replay.add_argument("file", type=Path)
+    _add_data_dir(replay)
+    replay.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="where the calls were recorded (env DATABASE_URL; default: SQLite in the data dir)",
+    )
+    replay.add_argument("--since", type=moment, default=None, help="calls since: 24h, 30m, 7d or an ISO time")
+    replay.add_argument("--until", type=moment, default=None, help="calls until: as --since")
+    replay.add_argument("--host", default=None, help="calls to hosts containing this")
+    replay.add_argument("--model", default=None, help="calls to models containing this")
+    replay.add_argument("--outcome", type=CallOutcome, choices=list(CallOutcome), default=None)
+    replay.add_argument(
+        "--limit", type=int, default=1000, help="at most this many calls, oldest first (1000)"
+    )
+    replay.add_argument(
+        "--judge",
+        choices=["cache", "skip"],
+        default="cache",
+        help="an LLM judge answers from its cache (REDIS_URL's; a miss is marked skipped) or is skipped",
+    )
+    replay.add_argument(
+        "--json", action="store_true", help="the report as JSON, with each affected call's diffs"
+    )
+
+
 def _command(
     commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, summary: str
 ) -> argparse.ArgumentParser:
@@ -256,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     policy_commands.add_parser("schema", help="print the JSON Schema of policy files")
+    _add_replay(policy_commands)
 
     run = _command(commands, "run", "run a command with the proxy exports set: luthien run -- CMD ARGS")
     _add_common(run)
