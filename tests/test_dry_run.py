@@ -72,7 +72,7 @@ CALLS = [
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-async def _stored(proxy: RunningProxy, count: int) -> list[CallRecord]:
+async def stored_calls(proxy: RunningProxy, count: int) -> list[CallRecord]:
     """The proxy's recorded calls, oldest first, once all ``count`` are in its database."""
     storage = SQLiteStorage(Path(proxy.database_url.removeprefix("sqlite://")))
     try:
@@ -105,8 +105,8 @@ def history(fake: FakeProvider, tmp_path_factory: pytest.TempPathFactory) -> Ite
             proxy.stop_sdk()
         failed = [call["prompt"] for call, result in zip(CALLS, results[0], strict=True) if not result["ok"]]
         assert all("error_429" in prompt for prompt in failed), failed
-        recorded = asyncio.run(_stored(proxies["recorded"], len(CALLS)))
-        live = asyncio.run(_stored(proxies["live"], len(CALLS)))
+        recorded = asyncio.run(stored_calls(proxies["recorded"], len(CALLS)))
+        live = asyncio.run(stored_calls(proxies["live"], len(CALLS)))
         print(f"\n{len(CALLS)} calls recorded through each proxy in {time.monotonic() - started:.1f} s")
     yield History(recorded, live, proxies["recorded"].database_url)
 
