@@ -85,12 +85,19 @@ class _RecordedUpstream:
             events = [event for event in record.original_events if event[0] != OMITTED_EVENT]
             sse = [("content-type", "text/event-stream")]
             return httpx.Response(record.status or 200, headers=sse, content=_sse(events), request=request)
-        if record.final_request is None and record.outcome is not CallOutcome.PASSTHROUGH:
+        if not _answered(record):
             raise _Unanswered(NEVER_SENT, request=request)
         status = record.status or 200 if record.outcome is CallOutcome.PROVIDER_ERROR else 200
         body = b"" if record.original_response is None else _body(record.original_response)
         kind = "text/plain" if isinstance(record.original_response, str) else "application/json"
         return httpx.Response(status, headers=[("content-type", kind)], content=body, request=request)
+
+
+def _answered(record: CallRecord) -> bool:
+    """The provider answered the recorded call (a request-only endpoint's answer, a token
+    count, is not kept: it was forwarded, and is not policed)."""
+    kept = record.original_events is not None or record.original_response is not None
+    return kept or record.final_request is not None or record.outcome is CallOutcome.PASSTHROUGH
 
 
 def _request(record: CallRecord) -> ProxyRequest:
@@ -101,7 +108,7 @@ def _request(record: CallRecord) -> ProxyRequest:
 
 def _notes(record: CallRecord) -> list[str]:
     notes = []
-    if record.original_events is None and record.final_request is None:
+    if not _answered(record):
         notes.append(NEVER_SENT)
     if any(name == OMITTED_EVENT for name, _ in record.original_events or []):
         notes.append(EVENTS_CUT)

@@ -11,20 +11,22 @@ import yaml
 from controlplane.dry_run import CallReplay, DryRunReport
 from controlplane.recording.records import CallOutcome
 from controlplane.storage import open_storage
-from controlplane.storage.base import CallQuery
+from controlplane.storage.base import CallQuery, StorageUnavailable
 from dashboard.diff import call_diffs
 from luthien.options import data_dir
 
 
 def replay(args: argparse.Namespace) -> int:
-    from controlplane.policy_file import PolicyFileError
+    from controlplane.policy_file import PolicyFileError, load_policy_file
     from luthien.dry_run import DryRun, recorded_calls
 
     try:
-        document = yaml.safe_load(args.file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        print(f"luthien: {args.file}: cannot read the policy file: {exc}", file=sys.stderr)
+        load_policy_file(args.file)  # its problems, located in the file, before any call is read
+    except PolicyFileError as exc:
+        for problem in exc.problems:
+            print(f"luthien: {problem}", file=sys.stderr)
         return 1
+    document = yaml.safe_load(args.file.read_text())
     query = CallQuery(
         host=args.host, model=args.model, outcome=args.outcome, since=args.since, until=args.until
     )
@@ -39,9 +41,8 @@ def replay(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except PolicyFileError as exc:
-        for problem in exc.problems:
-            print(f"luthien: {problem.replace('the candidate policy', str(args.file), 1)}", file=sys.stderr)
+    except StorageUnavailable as exc:
+        print(f"luthien: cannot read the recorded calls: {exc}", file=sys.stderr)
         return 1
     if report is None:
         print("no recorded calls match")

@@ -27,10 +27,11 @@ from controlplane.policies.chunks import ToolCall
 from controlplane.policies.shared_state import KEY_PREFIX
 from controlplane.policies.tool_call_judge import NOT_IN_CACHE, ToolCallJudgePolicy
 from controlplane.policy_file import PolicyFileError
-from controlplane.recording.records import BlockKind, CallRecord
+from controlplane.recording.records import BlockKind, CallOutcome, CallRecord
 from controlplane.storage import SQLiteStorage
 from controlplane.storage.base import CallQuery
-from luthien.dry_run import DryRun, recorded_calls
+from luthien.cli import main
+from luthien.dry_run import NEVER_SENT, DryRun, recorded_calls
 from tests.conftest import RunningProxy, luthien, running_proxies
 from tests.databases import require_service
 from tests.fake_judge import FakeJudge
@@ -168,6 +169,20 @@ def test_a_dry_run_of_no_policy_changes_nothing(history: History) -> None:
         assert replay.replayed.final_response == original.final_response
 
 
+def test_a_call_blocked_before_the_provider_has_only_its_request_replayed(history: History) -> None:
+    """The live proxy's records: what it blocked never reached the provider, so a policy that
+    lets it through has no answer to replay, and says so; the rest replays as it was answered."""
+    report = asyncio.run(DryRun().run({"policy": {"class": "NoOpPolicy"}}, history.live))
+    never_sent = [c for c in report.calls if c.notes]
+    blocked = [r for r in history.live if r.block_kind is BlockKind.REQUEST]
+    assert [c.call_id for c in never_sent] == [r.call_id for r in blocked] != []
+    for call in never_sent:
+        assert call.notes == [NEVER_SENT]
+        assert (call.outcome, call.replayed.status) == (CallOutcome.ERROR, 502)
+    answered = [c for c in report.calls if not c.notes]
+    assert all(c.outcome in (CallOutcome.COMPLETED, CallOutcome.PROVIDER_ERROR) for c in answered)
+
+
 def test_a_broken_candidate_is_refused_with_its_problems(
     history: History,
 ) -> None:
@@ -244,26 +259,34 @@ def test_the_judge_answers_from_its_cache_or_is_skipped(
     assert judge.count == asked and skipped.blocked == 0 and skipped.judge_skipped == tool_calls
 
 
-def test_the_replay_command(history: History, tmp_path: Path) -> None:
+def test_the_replay_command(history: History, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """``luthien policy replay`` over the recorded proxy's database: the table and the JSON."""
     recorded = history.recorded
     policy = tmp_path / "candidate.yaml"
     policy.write_text(yaml.safe_dump({"policy": CANDIDATE}))
     database = ["--database-url", history.database_url]
     common = ["policy", "replay", str(policy), *database, "--judge", "skip"]
-    shown = luthien(*common, "--since", "1h", "--host", "anthropic")
+    shown = luthien(*common, "--since", "1h", "--host", "anthropic")  # as a user runs it
     assert shown.returncode == 0, shown.stderr
     anthropic = [r for r in recorded if "anthropic" in r.host]
     assert f"over {len(anthropic)} recorded calls" in shown.stdout
     assert "no-rm" in shown.stdout and "tool_call_removed" in shown.stdout
-    as_json = luthien(*common, "--json", "--limit", "5")
-    assert as_json.returncode == 0, as_json.stderr
-    out = json.loads(as_json.stdout)
-    assert out["summary"]["calls"] == 5 and len(out["calls"]) == 5
-    assert [c["call_id"] for c in out["calls"]] == [r.call_id for r in recorded[:5]]
-    nothing = luthien(*common, "--until", "2000-01-01T00:00:00Z")
-    assert nothing.returncode == 0 and "no recorded calls" in nothing.stdout
+
+    def run(*args: str) -> tuple[int, str, str]:
+        status = main(list(args))
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    status, out, _ = run(*common, "--json", "--limit", "5")
+    assert status == 0
+    report = json.loads(out)
+    assert report["summary"]["calls"] == 5 and len(report["calls"]) == 5
+    assert [c["call_id"] for c in report["calls"]] == [r.call_id for r in recorded[:5]]
+    assert all("diffs" in c for c in report["calls"] if c["request_modified"] or c["response_modified"])
+    assert run(*common, "--until", "2000-01-01T00:00:00Z")[:2] == (0, "no recorded calls match\n")
     broken = tmp_path / "broken.yaml"
     broken.write_text("policy: {class: Nope}\n")
-    refused = luthien("policy", "replay", str(broken), *database)
-    assert refused.returncode == 1 and "unknown policy 'Nope'" in refused.stderr
+    status, _, err = run("policy", "replay", str(broken), *database)
+    assert status == 1 and f"luthien: {broken}: policy.class: unknown policy 'Nope'" in err
+    status, _, err = run("policy", "replay", str(policy), "--database-url", f"sqlite://{tmp_path}/none.db")
+    assert status == 1 and "cannot read the recorded calls" in err
