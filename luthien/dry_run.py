@@ -32,6 +32,8 @@ from formats.policing import Policing
 CONCURRENCY = 16
 NEVER_SENT = "the recorded call never reached the provider, so only its request is replayed"
 EVENTS_CUT = "the record kept only part of this stream's events; the replay polices those"
+#: What a replayed call's record keeps of the recorded call.
+_RECORDED = ("call_id", "started_at", "finished_at", "ttfb_ms", "duration_ms", "api_key_hash")
 #: The calls list's widest page.
 _PAGE = 500
 #: Request headers the pipeline would get from the client's connection, not the recorded call.
@@ -150,7 +152,9 @@ async def replay(record: CallRecord, policy: PolicyHandler, version: str, bus: I
     async for _ in response.body:  # as a client reads it: the stream is policed as it goes
         pass
     assert kept.record is not None  # the pipeline records every call it answers
-    replayed = kept.record.model_copy(update={"call_id": record.call_id})
+    # Who called and when are the recorded call's (its credential is only hashed in the record,
+    # so the replay's request had none); what the policy made of it is the replay's.
+    replayed = kept.record.model_copy(update={name: getattr(record, name) for name in _RECORDED})
     return CallReplay(
         call_id=record.call_id,
         recorded_outcome=record.outcome,

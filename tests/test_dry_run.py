@@ -143,6 +143,8 @@ def test_a_dry_run_decides_as_the_policy_did_live(history: History, fake: FakePr
     )
     for replay, original, lived in zip(report.calls, recorded, live, strict=True):
         assert replay.call_id == replay.replayed.call_id == original.call_id
+        assert replay.replayed.started_at == original.started_at
+        assert replay.replayed.api_key_hash == original.api_key_hash != ""
         assert (replay.replayed.host, replay.replayed.path) == (lived.host, lived.path)
         assert _decided(replay.replayed) == _decided(lived), original.original_request
         assert replay.recorded_outcome is original.outcome
