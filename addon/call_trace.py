@@ -8,6 +8,7 @@ from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
+from addon.session_identity import session_id
 from controlplane.chunks import StreamChunk
 from controlplane.models import PolicyResult, RequestMetadata, utcnow
 from controlplane.recording.records import (
@@ -21,7 +22,6 @@ from controlplane.recording.records import (
 )
 from formats.sse import SSEEvent, SSEParser
 
-_SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "session-id", "x-session-id")
 #: A provider's error body kept for the record; longer ones are cut (they are not the point).
 _MAX_ERROR_BODY = 64 * 1024
 #: Event data kept whole for each side of a stream; past it, only the last TAIL_EVENTS are kept.
@@ -210,7 +210,7 @@ class CallTrace:
             agent=agent_name(meta.user_agent),
             user_agent=meta.user_agent,
             user_id=meta.user_id,
-            session_id=next((lookup[h] for h in _SESSION_HEADERS if h in lookup), None),
+            session_id=session_id(lookup, meta.user_id),
             api_key_hash=meta.api_key_hash,
             trace_id=meta.trace_id,
             status=self.status,

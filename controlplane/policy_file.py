@@ -41,13 +41,26 @@ def load_policy_file(path: Path | None) -> PolicyHandler:
     """The policy described by ``path``; ``NoOpPolicy`` when no file is given."""
     if path is None:
         return NoOpPolicy()
+    return policy_from_document(read_policy_document(path), source=str(path))
+
+
+def read_policy_document(path: Path) -> Any:
+    """The YAML document in ``path``, not yet checked to be a policy."""
+    return parse_policy_yaml(read_policy_bytes(path), str(path))
+
+
+def read_policy_bytes(path: Path) -> bytes:
     try:
-        document = yaml.safe_load(path.read_text())
+        return path.read_bytes()
     except OSError as exc:
         raise PolicyFileError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
+
+
+def parse_policy_yaml(content: bytes, source: str) -> Any:
+    try:
+        return yaml.safe_load(content)
     except yaml.YAMLError as exc:
-        raise PolicyFileError(f"{path}: not valid YAML: {exc}") from exc
-    return policy_from_document(document, source=str(path))
+        raise PolicyFileError(f"{source}: not valid YAML: {exc}") from exc
 
 
 def policy_from_document(document: Any, source: str) -> PolicyHandler:

@@ -1,20 +1,47 @@
-"""Health, readiness and the recorded calls, as JSON: everything the calls pages show."""
+"""Health, readiness, the recorded calls and their sessions, as JSON: everything the pages show."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane.recording.records import CallRecord, DebugEvent
-from controlplane.storage.base import CallPage, CallQuery, Storage, StorageUnavailable
+from controlplane.storage.base import (
+    CallPage,
+    CallQuery,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
+    Storage,
+    StorageUnavailable,
+)
 from dashboard.diff import CallDiffs, call_diffs
+from dashboard.sessions import SessionDetail, Turn, markdown, turn
+
+#: Turns read from the database at a time, for an export of a long session.
+EXPORT_BATCH = 200
 
 
 class CallDetail(BaseModel):
     call: CallRecord
     diffs: CallDiffs
     debug_events: list[DebugEvent]
+    session: SessionPosition | None = Field(description="Its place in its session; None without one.")
+
+
+class TurnQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=100, ge=1, le=500)
+
+
+class ExportQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["json", "md"] = "json"
 
 
 def router(storage: Storage) -> APIRouter:
@@ -41,6 +68,45 @@ def router(storage: Storage) -> APIRouter:
         call = await storage.get_call(call_id)
         if call is None:
             raise HTTPException(404, "no call with this id")
-        return CallDetail(call=call, diffs=call_diffs(call), debug_events=await storage.debug_events(call_id))
+        return CallDetail(
+            call=call,
+            diffs=call_diffs(call),
+            debug_events=await storage.debug_events(call_id),
+            session=await storage.session_position(call_id) if call.session_id else None,
+        )
+
+    @api.get("/api/sessions")
+    async def list_sessions(query: Annotated[SessionQuery, Query()]) -> SessionPage:
+        return await storage.list_sessions(query)
+
+    async def session_or_404(session_id: str) -> SessionSummary:
+        session = await storage.get_session(session_id)
+        if session is None:
+            raise HTTPException(404, "no session with this id")
+        return session
+
+    # Declared before the session itself: a session id may hold "/" (an SDK app's user name).
+    @api.get("/api/sessions/{session_id:path}/export")
+    async def export_session(session_id: str, query: Annotated[ExportQuery, Query()]) -> Response:
+        session = await session_or_404(session_id)
+        turns: list[Turn] = []
+        while batch := await storage.session_calls(session_id, len(turns), EXPORT_BATCH):
+            turns += [turn(call) for call in batch]
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in session_id)[:80]
+        if query.format == "md":
+            body, media = markdown(session, turns), "text/markdown; charset=utf-8"
+        else:
+            detail = SessionDetail(session=session, turns=turns, offset=0, limit=len(turns))
+            body, media = detail.model_dump_json(indent=2), "application/json"
+        disposition = f'attachment; filename="luthien-session-{name}.{query.format}"'
+        return Response(body, media_type=media, headers={"Content-Disposition": disposition})
+
+    @api.get("/api/sessions/{session_id:path}")
+    async def get_session(session_id: str, query: Annotated[TurnQuery, Query()]) -> SessionDetail:
+        session = await session_or_404(session_id)
+        calls = await storage.session_calls(session_id, query.offset, query.limit)
+        return SessionDetail(
+            session=session, turns=[turn(call) for call in calls], offset=query.offset, limit=query.limit
+        )
 
     return api

@@ -15,9 +15,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from controlplane.access import Tokens
 from controlplane.activity.bus import ActivityBus, BusUnavailable
+from controlplane.policy_nudge import NoNudge
+from controlplane.policy_versions import PolicyVersions
 from controlplane.storage.base import Storage, StorageUnavailable
-from dashboard import activity, api, pages
+from dashboard import activity, api, pages, policy_api
 from dashboard.auth import TokenAuth, login_router
 from dashboard.token import FixedToken, TokenSource
 
@@ -30,16 +33,27 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(storage: Storage, bus: ActivityBus, token: TokenSource | str) -> FastAPI:
-    """``token``: what every request must carry (a plain string is a fixed token)."""
+def create_app(
+    storage: Storage,
+    bus: ActivityBus,
+    token: TokenSource | str,
+    named: Tokens | None = None,
+    versions: PolicyVersions | None = None,
+) -> FastAPI:
+    """``token``: the admin token every request may carry (a plain string is a fixed token);
+    ``named``: more tokens, each with its role. ``versions`` takes policy changes (by default:
+    stored in ``storage``, the database being the source)."""
     if isinstance(token, str):
         token = FixedToken(token)
+    named = named if named is not None else Tokens([])
+    versions = versions if versions is not None else PolicyVersions(storage, NoNudge(), "database")
     # No /docs or /openapi.json: Swagger UI loads from a CDN, which the CSP forbids anyway.
     app = FastAPI(title="Luthien dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.streams_ending = asyncio.Event()
     app.include_router(api.router(storage))
+    app.include_router(policy_api.router(versions))
     app.include_router(activity.router(bus, app.state.streams_ending))
-    app.include_router(login_router(token))
+    app.include_router(login_router(token, named))
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
 
@@ -61,7 +75,7 @@ def create_app(storage: Storage, bus: ActivityBus, token: TokenSource | str) -> 
         return JSONResponse({"error": f"live activity unavailable: {exc}"}, status_code=503)
 
     # The last added runs first: security headers go on every answer, 401s included.
-    app.add_middleware(TokenAuth, token=token)
+    app.add_middleware(TokenAuth, token=token, named=named)
     app.add_middleware(SecurityHeaders)
     return app
 

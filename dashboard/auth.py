@@ -1,24 +1,31 @@
-"""The dashboard's single shared token: a bearer header for scripts, a cookie for browsers.
+"""The dashboard's tokens: a bearer header for scripts, a cookie for browsers.
 
-Auth is ASGI middleware rather than a route dependency so that it also covers the static
-assets and unknown paths: without the token nothing but ``/healthz`` answers.
+The dashboard token (kept in the data dir, or ``LUTHIEN_DASHBOARD_TOKEN``) is an admin; the
+named tokens of ``LUTHIEN_DASHBOARD_TOKENS`` have the role each is given (``read`` sees
+everything, only ``admin`` changes the policy). Auth is ASGI middleware rather than a route
+dependency so that it also covers the static assets and unknown paths: without a token nothing
+but ``/healthz`` answers. The request's credential is in ``request.state.credential``.
 """
 
 import logging
 import secrets
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from controlplane.access import Credential, Tokens
 from dashboard.pages import STATIC_DIR
 from dashboard.token import TokenFileError, TokenSource
 
 log = logging.getLogger(__name__)
 
 COOKIE = "luthien_dashboard"
+#: The name policy changes made with the dashboard token record.
+DASHBOARD_TOKEN_NAME = "dashboard token"
+_OWNER = Credential(name=DASHBOARD_TOKEN_NAME, role="admin")
 #: The stylesheet of the page that asks to log in, which has no token to fetch the others with.
 LOGIN_STYLESHEET = "/login.css"
 #: Paths that answer without the token; ``/login`` checks the token it is given itself.
@@ -68,33 +75,48 @@ def unauthorized(path: str) -> Response:
     return HTMLResponse(_LOGIN_REQUIRED, status_code=401)
 
 
-class TokenAuth:
-    """Lets a request through only when it carries the token, as a bearer header or cookie."""
+def credential_for(given: str | None, token: TokenSource, named: Tokens) -> Credential | None:
+    if token_matches(given, token):
+        return _OWNER
+    return named.who(given)
 
-    def __init__(self, app: ASGIApp, token: TokenSource) -> None:
+
+def require_admin(request: Request) -> Credential:
+    """A route dependency: the request's credential, when it may change the policy."""
+    credential: Credential = request.state.credential
+    if not credential.allows("admin"):
+        raise HTTPException(403, credential.refusal("admin"))
+    return credential
+
+
+class TokenAuth:
+    """Lets a request through only when it carries a token, as a bearer header or cookie."""
+
+    def __init__(self, app: ASGIApp, token: TokenSource, named: Tokens) -> None:
         self.app = app
         self.token = token
+        self.named = named
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Other scopes (lifespan; websockets, for which the app has no routes) pass through.
-        refused = (
-            scope["type"] == "http"
-            and scope["path"] not in OPEN_PATHS
-            and not self._authorized(HTTPConnection(scope))
-        )
-        if refused:
-            await unauthorized(scope["path"])(scope, receive, send)
-        else:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
+            return
+        credential = self._credential(HTTPConnection(scope))
+        if credential is None:
+            await unauthorized(scope["path"])(scope, receive, send)
+            return
+        scope.setdefault("state", {})["credential"] = credential
+        await self.app(scope, receive, send)
 
-    def _authorized(self, connection: HTTPConnection) -> bool:
-        scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token_matches(credentials, self.token):
-            return True
-        return token_matches(connection.cookies.get(COOKIE), self.token)
+    def _credential(self, connection: HTTPConnection) -> Credential | None:
+        scheme, _, given = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and (credential := credential_for(given, self.token, self.named)):
+            return credential
+        return credential_for(connection.cookies.get(COOKIE), self.token, self.named)
 
 
-def login_router(token: TokenSource) -> APIRouter:
+def login_router(token: TokenSource, named: Tokens) -> APIRouter:
     router = APIRouter()
 
     @router.get(LOGIN_STYLESHEET, include_in_schema=False)
@@ -103,7 +125,7 @@ def login_router(token: TokenSource) -> APIRouter:
 
     @router.get("/login", include_in_schema=False)
     async def login(given: Annotated[str | None, Query(alias="token")] = None) -> Response:
-        if given is None or not token_matches(given, token):
+        if given is None or credential_for(given, token, named) is None:
             return unauthorized("/login")
         # 303: the browser follows with a GET to "/", which now carries the cookie.
         response = RedirectResponse("/", status_code=303)

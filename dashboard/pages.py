@@ -1,4 +1,4 @@
-"""The three pages. They are static HTML: their scripts fetch everything from the JSON API."""
+"""The pages. They are static HTML: their scripts fetch everything from the JSON API."""
 
 from pathlib import Path
 
@@ -24,3 +24,20 @@ async def calls() -> FileResponse:
 async def call_detail(call_id: str) -> FileResponse:
     """The page reads the call id from its own URL."""
     return FileResponse(STATIC_DIR / "call.html")
+
+
+@router.get("/sessions")
+async def sessions() -> FileResponse:
+    return FileResponse(STATIC_DIR / "sessions.html")
+
+
+@router.get("/sessions/{session_id:path}")
+async def session_detail(session_id: str) -> FileResponse:
+    """The page reads the session id from its own URL."""
+    return FileResponse(STATIC_DIR / "session.html")
+
+
+@router.get("/policy")
+async def policy() -> FileResponse:
+    """The policy in force, its history and changes; ``?version=V`` shows one stored version."""
+    return FileResponse(STATIC_DIR / "policy.html")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.activity import ActivityBus, open_bus
+from controlplane.policy_nudge import PolicyNudge, open_nudge
 from controlplane.recording.spool import Spool
 from controlplane.recording.writer import RecordWriter
 from controlplane.storage import Storage, StorageUnavailable, open_storage
@@ -19,6 +20,7 @@ class Backends:
     storage: Storage
     bus: ActivityBus
     writer: RecordWriter | None  # None: this process only reads (the dashboard)
+    nudge: PolicyNudge  # tells the other replicas a policy version was activated
 
 
 @contextlib.asynccontextmanager
@@ -29,6 +31,7 @@ async def open_backends(
     database nor an unreachable Redis stops start-up: the writer spools, the bus buffers."""
     storage = open_storage(database_url, data_dir)
     bus = open_bus(redis_url)
+    nudge = open_nudge(redis_url)
     writer = RecordWriter(storage, Spool(data_dir / "spool")) if record else None
     try:
         await storage.migrate()
@@ -37,9 +40,10 @@ async def open_backends(
     if writer is not None:
         writer.start()
     try:
-        yield Backends(storage, bus, writer)
+        yield Backends(storage, bus, writer, nudge)
     finally:
         if writer is not None:
             await writer.close()
+        await nudge.close()
         await bus.close()
         await storage.close()

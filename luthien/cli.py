@@ -56,6 +56,10 @@ def _policy(args: argparse.Namespace) -> int:
         from luthien.replay import replay
 
         return replay(args)
+    if args.policy_command in ("history", "activate", "rollback"):
+        from luthien.policy_admin import policy_admin
+
+        return policy_admin(args)
     if args.policy_command == "schema":
         print(json.dumps(policy_file_schema(), indent=2))
         return 0

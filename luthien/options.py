@@ -9,6 +9,7 @@ import shlex
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT
 from certs import CAFiles, default_data_dir, ensure_ca, trust_env
@@ -38,6 +39,40 @@ def _unknown_endpoints(text: str) -> str:
     if text not in ("forward", "refuse"):
         raise argparse.ArgumentTypeError(f"expected forward or refuse, got {text!r}")
     return text
+
+
+def _policy_source(text: str) -> str:
+    if text not in ("file", "database"):
+        raise argparse.ArgumentTypeError(f"expected file or database, got {text!r}")
+    return text
+
+
+def _add_policy_options(parser: argparse.ArgumentParser, policy_help: str) -> None:
+    parser.add_argument(
+        "--policy",
+        type=Path,
+        default=Path(os.environ["LUTHIEN_POLICY"]) if os.environ.get("LUTHIEN_POLICY") else None,
+        help=policy_help,
+    )
+    parser.add_argument(
+        "--policy-source",
+        type=_policy_source,
+        metavar="{file,database}",
+        default=os.environ.get("LUTHIEN_POLICY_SOURCE") or None,
+        help="where the active policy is decided: the --policy file (API writes refused), or the "
+        "database (versions activated through the API or luthien policy activate; a --policy file "
+        "seeds an empty database) (env LUTHIEN_POLICY_SOURCE; default file with --policy, else database)",
+    )
+
+
+def policy_source(args: argparse.Namespace) -> Literal["file", "database"]:
+    """The source of truth ``args`` choose; a file source without a file stops the command."""
+    if (args.policy_source or ("file" if args.policy else "database")) == "database":
+        return "database"
+    if args.policy is None:
+        print("luthien: --policy-source file needs a --policy file", file=sys.stderr)
+        raise SystemExit(2)
+    return "file"
 
 
 def env_list(name: str) -> list[str]:
@@ -105,12 +140,7 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("LUTHIEN_HOST", DEFAULT_HOST),
         help=f"address to listen on (env LUTHIEN_HOST; default {DEFAULT_HOST})",
     )
-    parser.add_argument(
-        "--policy",
-        type=Path,
-        default=Path(os.environ["LUTHIEN_POLICY"]) if os.environ.get("LUTHIEN_POLICY") else None,
-        help="policy YAML file (env LUTHIEN_POLICY; default: NoOpPolicy)",
-    )
+    _add_policy_options(parser, "policy YAML file, reloaded when it changes (env LUTHIEN_POLICY)")
     parser.add_argument(
         "--upstream",
         action="append",
@@ -266,16 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("LUTHIEN_CONTROL_PLANE_PORT", DEFAULT_CONTROL_PLANE_PORT)),
         help=f"port (env LUTHIEN_CONTROL_PLANE_PORT; default {DEFAULT_CONTROL_PLANE_PORT})",
     )
-    control.add_argument(
-        "--policy",
-        type=Path,
-        default=Path(os.environ["LUTHIEN_POLICY"]) if os.environ.get("LUTHIEN_POLICY") else None,
-        help="policy YAML file, reloaded when it changes (env LUTHIEN_POLICY; default: NoOpPolicy)",
-    )
+    _add_policy_options(control, "policy YAML file, reloaded when it changes (env LUTHIEN_POLICY)")
     dashboard = _command(commands, "dashboard", "run the dashboard alone over the recorded calls")
     _add_data_dir(dashboard)
     _add_backend_options(dashboard)
     _add_dashboard_options(dashboard)
+    _add_policy_options(
+        dashboard, "the control planes' policy file: with it, the file is the source (env LUTHIEN_POLICY)"
+    )
 
     login = _command(
         commands, "login", "print the dashboard's login link (the same across restarts, until rotated)"
@@ -301,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         # For tests: a directory standing in for the filesystem root; commands are then printed, not run.
         trust.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
 
-    policy = _command(commands, "policy", "built-in policies; check a policy file")
+    policy = _command(commands, "policy", "built-in policies; check a policy file; stored versions")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     policy_commands.add_parser("list", help="the built-in policies, a line each")
     check = _command(
@@ -309,6 +337,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", type=Path)
     policy_commands.add_parser("schema", help="print the JSON Schema of policy files")
+    history = _command(
+        policy_commands, "history", "the policy's activations, newest first (* the active one)"
+    )
+    activate = _command(
+        policy_commands,
+        "activate",
+        "validate a policy file, store it as a version and activate it everywhere",
+    )
+    activate.add_argument("file", type=Path)
+    rollback = _command(
+        policy_commands, "rollback", "activate a stored version again (default: the one active before)"
+    )
+    rollback.add_argument("version", nargs="?", default=None)
+    for command in (history, activate, rollback):
+        _add_data_dir(command)
+        _add_backend_options(command)
+        _add_policy_options(
+            command, "the policy file the deployment runs on: with it, the file is the source"
+        )
+    history.add_argument("--limit", type=int, default=20, help="how many activations to list (default 20)")
+    for command in (activate, rollback):
+        command.add_argument("--note", default="", help="why, recorded with the activation")
     _add_replay(policy_commands)
 
     run = _command(commands, "run", "run a command with the proxy exports set: luthien run -- CMD ARGS")

@@ -10,14 +10,18 @@ import sys
 from typing import TYPE_CHECKING
 
 from certs import shell_exports
-from luthien.options import ca_files, client_command, client_env, data_dir, env_list
+from luthien.options import ca_files, client_command, client_env, data_dir, env_list, policy_source
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from addon.embedded import EmbeddedServer
     from addon.proxy import ProxyConfig
+    from controlplane.access import Tokens
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policy_versions import PolicyKeeper, PolicyVersions
     from dashboard.token import TokenSource
+    from luthien.backends import Backends
 
 
 def _share_redis_with_policies(redis_url: str | None) -> None:
@@ -50,6 +54,67 @@ def dashboard_token(args: argparse.Namespace) -> "TokenSource":
     try:
         return TokenFile.in_dir(data_dir(args))
     except TokenFileError as exc:
+        sys.exit(f"luthien: {exc}")
+
+
+def control_plane_tokens() -> "Tokens":
+    """The tokens the control plane accepts: ``LUTHIEN_CONTROL_PLANE_TOKEN`` (an admin) and the
+    named ones of ``LUTHIEN_CONTROL_PLANE_TOKENS``; none stops the command."""
+    from controlplane.access import Credential, TokenListError, Tokens, parse_tokens
+    from controlplane.remote.server import SINGLE_TOKEN_NAME
+
+    single = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
+    entries = [(Credential(name=SINGLE_TOKEN_NAME, role="admin"), single)] if single else []
+    try:
+        entries += parse_tokens(
+            os.environ.get("LUTHIEN_CONTROL_PLANE_TOKENS", ""), "LUTHIEN_CONTROL_PLANE_TOKENS"
+        )
+    except TokenListError as exc:
+        sys.exit(f"luthien controlplane: {exc}")
+    if not entries:
+        sys.exit(
+            "luthien controlplane: set LUTHIEN_CONTROL_PLANE_TOKEN or LUTHIEN_CONTROL_PLANE_TOKENS "
+            "(proxies present one)"
+        )
+    return Tokens(entries)
+
+
+async def policed_control_plane(
+    args: argparse.Namespace, backends: "Backends"
+) -> tuple["ControlPlaneLocal", "PolicyKeeper", "PolicyVersions"] | None:
+    """A control plane on the active version of the configured source, saying which; None (the
+    problems printed) when the source is a policy file that cannot be used."""
+    from controlplane.local import ControlPlaneLocal
+    from controlplane.policies.noop import NoOpPolicy
+    from controlplane.policy_file import PolicyFileError
+    from controlplane.policy_versions import PolicyKeeper, PolicyVersions
+
+    source = policy_source(args)
+    control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, backends.writer)
+    keeper = PolicyKeeper(control_plane, backends.storage, backends.nudge, source, args.policy)
+    try:
+        print(await keeper.start(), flush=True)
+    except PolicyFileError as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
+        return None
+    return (
+        control_plane,
+        keeper,
+        PolicyVersions(backends.storage, backends.nudge, source, args.policy, keeper),
+    )
+
+
+def dashboard_tokens() -> "Tokens":
+    """The named tokens of ``LUTHIEN_DASHBOARD_TOKENS``, besides the dashboard token (an admin)."""
+    from controlplane.access import TokenListError, Tokens, parse_tokens
+
+    try:
+        return Tokens(
+            parse_tokens(
+                os.environ.get("LUTHIEN_DASHBOARD_TOKENS", ""), "LUTHIEN_DASHBOARD_TOKENS", ("read", "admin")
+            )
+        )
+    except TokenListError as exc:
         sys.exit(f"luthien: {exc}")
 
 
@@ -107,30 +172,28 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from addon.embedded import EmbeddedServer
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
-    from controlplane.local import ControlPlaneLocal
     from controlplane.metrics import register_policy_stream_metrics, register_recording_metrics
-    from controlplane.policy_file import PolicyFileError, load_policy_file
-    from controlplane.policy_reload import file_version, watch_policy_file
     from dashboard.app import create_app, end_live_streams
     from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-proxy")
     _share_redis_with_policies(args.redis_url)
+    policy_source(args)
     try:
-        policy = load_policy_file(args.policy)
         config, env = _proxy_config(args)
-    except (PolicyFileError, ValueError) as exc:
+    except ValueError as exc:
         print(f"luthien: {exc}", file=sys.stderr)
         return 2
     token = dashboard_token(args) if with_dashboard else None
-    version = file_version(args.policy) if args.policy else None
+    named = dashboard_tokens() if with_dashboard else None
 
-    async def serve() -> None:
+    async def serve() -> int:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
-            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
-            if args.policy:
-                watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
+            if (policed := await policed_control_plane(args, backends)) is None:
+                return 2
+            control_plane, keeper, versions = policed
+            watcher = asyncio.create_task(keeper.run())
             metrics = ProxyMetrics()
             register_policy_stream_metrics(control_plane, metrics.registry)
             if backends.writer is not None:
@@ -140,12 +203,12 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                 await metrics_server.start()
             dashboard = None
             if token is not None:
-                app = create_app(backends.storage, backends.bus, token)
+                app = create_app(backends.storage, backends.bus, token, named, versions)
                 dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
                 await dashboard.start()
 
             def ready() -> None:
-                _proxy_ready(args, config, type(policy).__name__)
+                _proxy_ready(args, config, type(control_plane.policy).__name__)
                 if dashboard is not None and token is not None:
                     _announce_dashboard(args.dashboard_host, dashboard.port, token)
                     print("Point your agent at it with:\n" + shell_exports(env).rstrip("\n"), flush=True)
@@ -157,16 +220,15 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
             try:
                 await run_proxy(config, Policing(control_plane), ready, metrics)
             finally:
-                if args.policy:
-                    watcher.cancel()
+                watcher.cancel()
                 if dashboard is not None:
                     end_live_streams(app)
                     await dashboard.stop()
                 if metrics_server is not None:
                     await metrics_server.stop()
+        return 0
 
-    asyncio.run(serve())
-    return 0
+    return asyncio.run(serve())
 
 
 def serve_sidecar(args: argparse.Namespace) -> int:
@@ -221,64 +283,57 @@ def serve_sidecar(args: argparse.Namespace) -> int:
 def serve_control_plane(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from controlplane.local import ControlPlaneLocal
-    from controlplane.policy_file import PolicyFileError, load_policy_file
-    from controlplane.policy_reload import file_version, watch_policy_file
     from controlplane.remote.server import create_control_plane_app
     from formats.policing import Policing
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-controlplane")
-    token = os.environ.get("LUTHIEN_CONTROL_PLANE_TOKEN", "")
-    if not token:
-        print("luthien controlplane: set LUTHIEN_CONTROL_PLANE_TOKEN (proxies present it)", file=sys.stderr)
-        return 2
+    tokens = control_plane_tokens()
     _share_redis_with_policies(args.redis_url)
-    try:
-        policy = load_policy_file(args.policy)
-    except PolicyFileError as exc:
-        print(f"luthien: {exc}", file=sys.stderr)
-        return 2
+    policy_source(args)
 
-    async def serve() -> None:
+    async def serve() -> int:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
-            version = file_version(args.policy) if args.policy else None
-            control_plane = ControlPlaneLocal(policy, backends.bus, backends.writer, version)
-            if args.policy:
-                watcher = asyncio.create_task(watch_policy_file(args.policy, control_plane))
+            if (policed := await policed_control_plane(args, backends)) is None:
+                return 2
+            control_plane, keeper, versions = policed
+            watcher = asyncio.create_task(keeper.run())
             app = create_control_plane_app(
-                control_plane, Policing(control_plane), backends.storage, token, backends.writer
+                control_plane, Policing(control_plane), backends.storage, tokens, backends.writer, versions
             )
             # No access log: request lines say nothing the activity bus does not, at a cost per call.
             config = uvicorn.Config(
                 app, host=args.host, port=args.port, log_level="warning", access_log=False
             )
             print(f"Luthien control plane listening on http://{args.host}:{args.port}", flush=True)
-            print(f"Policy: {type(policy).__name__} (version {version or 'built-in'})", flush=True)
             try:
                 await uvicorn.Server(config).serve()
             finally:
-                if args.policy:
-                    watcher.cancel()
+                watcher.cancel()
+        return 0
 
-    asyncio.run(serve())
-    return 0
+    return asyncio.run(serve())
 
 
 def serve_dashboard(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from controlplane.policy_versions import PolicyVersions
     from dashboard.app import create_app, end_live_streams
     from luthien.backends import open_backends
 
     _configure_logging(args.log_level, "luthien-dashboard")
     token = dashboard_token(args)
+    named = dashboard_tokens()
+    source = policy_source(args)
 
     async def serve() -> None:
         async with open_backends(args.database_url, args.redis_url, data_dir(args), record=False) as backends:
             if args.redis_url is None:
                 print("No REDIS_URL: the live monitor shows only this process's events (none).", flush=True)
-            app = create_app(backends.storage, backends.bus, token)
+            # Changes are nudged to the control planes, which enforce them; this process only stores them.
+            versions = PolicyVersions(backends.storage, backends.nudge, source, args.policy)
+            app = create_app(backends.storage, backends.bus, token, named, versions)
             config = uvicorn.Config(
                 # No access log: the login link carries the token.
                 app,

@@ -19,6 +19,8 @@ from typing import Any
 from playwright.sync_api import Page, expect, sync_playwright
 
 from controlplane.activity import InMemoryBus
+from controlplane.policy_nudge import NoNudge
+from controlplane.policy_versions import PolicyVersions
 from controlplane.storage import SQLiteStorage
 from dashboard.app import create_app
 from tests.background_server import BackgroundServer
@@ -44,6 +46,9 @@ SHOTS = (
     Shot("calls", "/calls", "#calls tbody tr >> nth=5"),
     Shot("call-detail", "/calls/e5b2f8a6c1d94e07", "[data-diff=output_text] tr.op-replace"),
     Shot("call-blocked", "/calls/c90d1e5f3a7b4c22", "dl.facts"),
+    Shot("sessions", "/sessions", "#sessions tbody tr >> nth=1"),
+    Shot("session", "/sessions/3f9c2a1e-8b7d-4c6f-9e21-5d4a3b2c1f00", "article.turn >> nth=3"),
+    Shot("policy", "/policy", "#compare [data-diff=policy] table.diff"),
 )
 
 
@@ -65,6 +70,7 @@ def take(out_dir: Path) -> list[Path]:
 
         try:
             run(storage.migrate())
+            run(_policy_history(PolicyVersions(storage, NoNudge(), "database")))
             calls, events = session()
             run(storage.write(calls))
             for event in events:
@@ -73,6 +79,26 @@ def take(out_dir: Path) -> list[Path]:
         finally:
             run(storage.close())
             server.stop()
+
+
+async def _policy_history(versions: PolicyVersions) -> None:
+    """A team's first rules, then secrets redacted too, as changed through the dashboard."""
+    commands = {"class": "DangerousCommandPolicy", "config": {"protected_branches": ["main"]}}
+    changes = [
+        ({"policy": commands}, "alice", "block destructive commands"),
+        (
+            {
+                "policy": {
+                    "class": "SerialPolicy",
+                    "config": {"policies": [{"class": "SecretRedactionPolicy"}, commands]},
+                }
+            },
+            "dashboard token",
+            "redact secrets before they leave",
+        ),
+    ]
+    for document, by, note in changes:
+        await versions.activate_document(document, "sample", by, note, "api")
 
 
 def _shoot(url: str, out_dir: Path) -> list[Path]:

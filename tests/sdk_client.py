@@ -4,7 +4,10 @@ Run as a separate process whose only proxy configuration is HTTPS_PROXY and SSL_
 reads one JSON list of calls per line on stdin and answers one JSON list of results per line
 (importing the SDKs takes seconds, so a test session keeps one worker per proxy):
     echo '[{"api": "chat", "stream": true, "prompt": "hi"}]' | python sdk_client.py
-Streaming calls use the SDKs' stream helpers, which reject malformed event sequences.
+Streaming calls use the SDKs' stream helpers, which reject malformed event sequences. A call
+may also carry what an agent sends besides its prompt: ``history`` (the conversation before the
+prompt, in the API's own message or item format), ``headers`` (Codex's ``session_id``, a
+user agent), ``user`` (Chat and Responses) and ``metadata`` (Messages: Claude Code's user id).
 """
 
 import json
@@ -21,11 +24,22 @@ BASH_TOOL = {
 }
 
 
+def extras(call: dict[str, Any], *fields: str) -> dict[str, Any]:
+    """The call's extra headers and whichever of ``fields`` it sets, as SDK keyword arguments."""
+    kwargs = {field: call[field] for field in fields if field in call}
+    return {**kwargs, "extra_headers": call["headers"]} if "headers" in call else kwargs
+
+
+def conversation(call: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*call.get("history", []), {"role": "user", "content": call["prompt"]}]
+
+
 def chat(call: dict[str, Any]) -> dict[str, Any]:
     client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
     kwargs: dict[str, Any] = {
+        **extras(call, "user"),
         "model": call.get("model", "gpt-4o"),
-        "messages": [{"role": "user", "content": call["prompt"]}],
+        "messages": conversation(call),
         "tools": [
             {
                 "type": "function",
@@ -56,8 +70,9 @@ def chat(call: dict[str, Any]) -> dict[str, Any]:
 def responses(call: dict[str, Any]) -> dict[str, Any]:
     client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
     kwargs: dict[str, Any] = {
+        **extras(call, "user"),
         "model": call.get("model", "gpt-5"),
-        "input": call["prompt"],
+        "input": conversation(call) if "history" in call else call["prompt"],
         "tools": [
             {
                 "type": "function",
@@ -86,9 +101,10 @@ def responses(call: dict[str, Any]) -> dict[str, Any]:
 def messages(call: dict[str, Any]) -> dict[str, Any]:
     client = anthropic.Anthropic(api_key=call.get("key", "sk-ant-test-key"), max_retries=0)
     kwargs: dict[str, Any] = {
+        **extras(call, "metadata"),
         "model": call.get("model", "claude-sonnet-4-6"),
         "max_tokens": 1024,
-        "messages": [{"role": "user", "content": call["prompt"]}],
+        "messages": conversation(call),
         "tools": [
             {
                 "name": BASH_TOOL["name"],

@@ -19,11 +19,20 @@ import redis
 
 from controlplane.activity import ActivityBus, InMemoryBus, RedisStreamBus
 from controlplane.models import ActivityEvent, ActivityType, WireFormat
-from controlplane.recording.records import CallOutcome, CallRecord, DebugEvent, Decision, Output, Usage
+from controlplane.recording.records import (
+    CallOutcome,
+    CallRecord,
+    DebugEvent,
+    Decision,
+    Output,
+    ToolCall,
+    Usage,
+)
 from controlplane.storage import PostgresStorage, SQLiteStorage, Storage
 from dashboard import activity
 from dashboard.app import SECURITY_HEADERS, create_app
 from dashboard.diff import MAX_WORD_DIFF_CHARS, Row, Skip, diff_lines, word_diff
+from dashboard.sessions import code_block
 from tests.background_server import BackgroundServer
 from tests.databases import fresh_postgres_database, require_service
 from tests.tcp_relay import TcpRelay
@@ -472,8 +481,11 @@ async def on_each_database(request: pytest.FixtureRequest, tmp_path: Path) -> As
 @pytest.mark.parametrize(
     "path",
     [
-        "/api/calls?session_id=abc",
+        "/api/calls?session=abc",
         "/api/calls?model=gpt&Model=gpt",
+        "/api/sessions?session=abc",
+        "/api/sessions/abc?session=abc",
+        "/api/sessions/abc/export?format=md&session=abc",
         "/api/activity/recent?limit=5&session_id=abc",
         "/api/activity/stream?after=0&session_id=abc",
     ],
@@ -481,7 +493,7 @@ async def on_each_database(request: pytest.FixtureRequest, tmp_path: Path) -> As
 async def test_an_unknown_parameter_is_422_naming_it(on_each_database: OnDatabase, path: str) -> None:
     response = await on_each_database.client.get(path)
     assert response.status_code == 422
-    unknown = "Model" if "Model=" in path else "session_id"
+    unknown = "Model" if "Model=" in path else "session_id" if "/api/activity" in path else "session"
     assert response.json() == {"error": f"invalid parameters: query.{unknown}: unknown parameter"}
 
 
@@ -490,10 +502,13 @@ async def test_the_known_parameters_of_each_list_are_accepted(on_each_database: 
     every_filter = {
         **{"search": "x", "host": "x", "model": "x", "outcome": "completed", "status": 200},
         **{"blocked": "false", "block_kind": "stream_ended", "modified": "false"},
+        **{"session_id": "x", "agent": "x", "api_key_hash": "x"},
         **{"since": "2026-03-02T09:30:00Z", "until": "2026-03-03T09:30:00Z"},
         **{"sort": "cost", "order": "asc", "limit": 10, "offset": 0},
     }
     assert (await client.get("/api/calls", params=every_filter)).status_code == 200
+    session_filter = {"agent": "x", "api_key_hash": "x", "blocked": "true", "limit": 10, "offset": 0}
+    assert (await client.get("/api/sessions", params=session_filter)).status_code == 200
     activity_filter = {"host": "x", "model": "x", "type": "completed", "outcome": "completed"}
     assert (await client.get("/api/activity/recent", params={**activity_filter, "limit": 5})).json() == []
 
@@ -721,6 +736,250 @@ async def test_an_unknown_call_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/calls/no-such-call")
     assert response.status_code == 404
     assert response.json() == {"error": "no call with this id"}
+
+
+# --- Sessions ----------------------------------------------------------------------------------
+
+CLAUDE_SESSION = "3f9c2a1e-8b7d-4c6f-9e21-5d4a3b2c1f00"
+CODEX_SESSION = "0198c7e2-5b1a-7f30-9d4e-2a6c8b1f0e57"
+NO_RM = Decision(
+    stage="request", allowed=False, reason="matches rm -rf", metadata={"rule_id": "no-rm", "tool": "bash"}
+)
+TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "bash", "input": {"command": "pytest -x"}}
+
+
+def claude_session() -> list[CallRecord]:
+    """Claude Code fixing a test in three turns: it runs the tests, reads their result and
+    answers; then asks to delete the build directory, which policy refuses."""
+    prompt = "Fix the failing test in tests/test_dates.py"
+    first = call_record("cc-1", prompt, "Let me run the tests.", started_at=T0)
+    first.final_output = Output(
+        text="Let me run the tests.",
+        tool_calls=[ToolCall(id="toolu_1", name="bash", arguments='{"command": "pytest -x"}')],
+    )
+    second = call_record(
+        "cc-2", prompt, "The date parser drops the zone.", started_at=T0 + timedelta(seconds=20)
+    )
+    second.original_request = {
+        "model": "claude-sonnet-4-5",
+        "system": SYSTEM,
+        "messages": [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": [{"type": "text", "text": "Let me run the tests."}, TOOL_USE]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_1", "content": "FAILED test_parse_dates"}
+                ],
+            },
+        ],
+    }
+    third = call_record(
+        "cc-3",
+        "Now clean up: rm -rf build",
+        "",
+        started_at=T0 + timedelta(seconds=50),
+        outcome=CallOutcome.BLOCKED,
+        status=403,
+        decisions=(NO_RM,),
+    )
+    update = {"session_id": CLAUDE_SESSION, "agent": "claude-cli", "api_key_hash": "hash-claude"}
+    return [call.model_copy(update=update) for call in (first, second, third)]
+
+
+def codex_session() -> list[CallRecord]:
+    """Codex on the Responses API, two turns on another key; its answer was rewritten."""
+    first = call_record("cx-1", "Add a --verbose flag", "Done.", host="api.openai.com", model="gpt-5-codex")
+    first.wire_format, first.path = WireFormat.OPENAI_RESPONSES, "/v1/responses"
+    first.original_request = {"model": "gpt-5-codex", "instructions": SYSTEM, "input": "Add a --verbose flag"}
+    second = first.model_copy(
+        update={
+            "call_id": "cx-2",
+            "started_at": T0 + timedelta(minutes=2),
+            "response_modified": True,
+            "decisions": [REWRITTEN],
+            "final_output": Output(text="DONE, flag ADDED."),
+            "original_request": {
+                "model": "gpt-5-codex",
+                "input": [
+                    {"role": "user", "content": [{"type": "input_text", "text": "Add a --verbose flag"}]},
+                    {"type": "function_call", "call_id": "fc_1", "name": "shell", "arguments": "{}"},
+                    {"type": "function_call_output", "call_id": "fc_1", "output": "ok"},
+                    {"role": "user", "content": "and document it"},
+                ],
+            },
+        }
+    )
+    update = {"session_id": CODEX_SESSION, "agent": "codex_cli_rs", "api_key_hash": "hash-codex"}
+    return [call.model_copy(update=update) for call in (first, second)]
+
+
+async def test_sessions_are_listed_with_their_agents_and_keys(on_each_database: OnDatabase) -> None:
+    await on_each_database.writer.write([*claude_session(), *codex_session(), *sample_calls()])
+    client = on_each_database.client
+
+    page = (await client.get("/api/sessions")).json()
+    assert page["total"] == 2
+    assert [s["session_id"] for s in page["sessions"]] == [CODEX_SESSION, CLAUDE_SESSION]
+    claude = page["sessions"][1]
+    assert {k: claude[k] for k in ("agent", "api_key_hash", "turns", "blocks", "modified", "preview")} == {
+        "agent": "claude-cli",
+        "api_key_hash": "hash-claude",
+        "turns": 3,
+        "blocks": 1,
+        "modified": 0,
+        "preview": "Fix the failing test in tests/test_dates.py",
+    }
+    assert claude["duration_ms"] == pytest.approx(51_840)  # the last turn ends 1.84 s after its start
+    assert claude["total_tokens"] == 3 * 1285
+    assert page["agents"] == [
+        {"value": "claude-cli", "sessions": 1},
+        {"value": "codex_cli_rs", "sessions": 1},
+    ]
+    assert [f["value"] for f in page["api_key_hashes"]] == ["hash-claude", "hash-codex"]
+
+    only = (await client.get("/api/sessions", params={"agent": "codex_cli_rs"})).json()
+    assert [s["session_id"] for s in only["sessions"]] == [CODEX_SESSION]
+    blocked = (await client.get("/api/sessions", params={"blocked": "true"})).json()
+    assert [s["session_id"] for s in blocked["sessions"]] == [CLAUDE_SESSION]
+    keyed = (await client.get("/api/sessions", params={"api_key_hash": "hash-claude"})).json()
+    assert [s["session_id"] for s in keyed["sessions"]] == [CLAUDE_SESSION]
+    # The calls list filters by the same.
+    assert await list_ids(client, session_id=CLAUDE_SESSION) == ["cc-3", "cc-2", "cc-1"]
+    assert await list_ids(client, agent="codex_cli_rs") == ["cx-2", "cx-1"]
+    assert await list_ids(client, api_key_hash="hash-claude", blocked="true") == ["cc-3"]
+    assert (await client.get("/api/sessions", params={"limit": 501})).status_code == 422
+
+
+async def test_a_session_reads_as_its_conversation_with_policy_inline(on_each_database: OnDatabase) -> None:
+    await on_each_database.writer.write([*claude_session(), *codex_session()])
+    client = on_each_database.client
+
+    detail = (await client.get(f"/api/sessions/{CLAUDE_SESSION}")).json()
+    assert detail["session"]["turns"] == 3 and (detail["offset"], detail["limit"]) == (0, 100)
+    first, second, third = detail["turns"]
+    assert [t["call_id"] for t in detail["turns"]] == ["cc-1", "cc-2", "cc-3"]
+    assert first["input"] == [
+        {
+            "role": "user",
+            "parts": [
+                {
+                    "kind": "text",
+                    "text": "Fix the failing test in tests/test_dates.py",
+                    "name": None,
+                    "omitted_chars": 0,
+                }
+            ],
+        }
+    ]
+    assert [(p["kind"], p["name"], p["text"]) for p in first["output"]] == [
+        ("text", None, "Let me run the tests."),
+        ("tool_call", "bash", '{"command": "pytest -x"}'),
+    ]
+    # The second turn's input is what followed the first answer: the tool's result.
+    assert [(m["role"], [p["kind"] for p in m["parts"]]) for m in second["input"]] == [
+        ("tool", ["tool_result"])
+    ]
+    assert second["input"][0]["parts"][0]["text"] == "FAILED test_parse_dates"
+    assert second["actions"] == []
+    assert (third["outcome"], third["block_kind"], third["output"]) == ("blocked", "request_blocked", [])
+    assert third["actions"] == [
+        {"stage": "request", "block": "request_blocked", "rule": "no-rm", "reason": "matches rm -rf"}
+    ]
+
+    codex = (await client.get(f"/api/sessions/{CODEX_SESSION}")).json()
+    one, two = codex["turns"]
+    assert [p["text"] for m in one["input"] for p in m["parts"]] == ["Add a --verbose flag"]
+    assert [(m["role"], m["parts"][0]["text"]) for m in two["input"]] == [
+        ("tool", "ok"),
+        ("user", "and document it"),
+    ]
+    assert two["response_modified"] and [p["text"] for p in two["output"]] == ["DONE, flag ADDED."]
+    assert two["actions"] == [
+        {"stage": "stream", "block": None, "rule": None, "reason": "uppercased every 2nd word"}
+    ]
+
+    paged = (await client.get(f"/api/sessions/{CLAUDE_SESSION}", params={"offset": 1, "limit": 1})).json()
+    assert [t["call_id"] for t in paged["turns"]] == ["cc-2"]
+    missing = await client.get("/api/sessions/no-such-session")
+    assert (missing.status_code, missing.json()) == (404, {"error": "no session with this id"})
+
+
+async def test_a_call_knows_its_neighbours_in_its_session(on_each_database: OnDatabase) -> None:
+    await on_each_database.writer.write([*claude_session(), *sample_calls()])
+    client = on_each_database.client
+    middle = (await client.get("/api/calls/cc-2")).json()
+    assert middle["session"] == {
+        "session_id": CLAUDE_SESSION,
+        "turn": 2,
+        "turns": 3,
+        "previous": "cc-1",
+        "next": "cc-3",
+    }
+    assert (await client.get("/api/calls/cc-1")).json()["session"]["previous"] is None
+    assert (await client.get("/api/calls/c0")).json()["session"] is None
+
+
+async def test_a_session_exports_as_json_and_markdown(on_each_database: OnDatabase) -> None:
+    await on_each_database.writer.write([*claude_session(), *codex_session()])
+    client = on_each_database.client
+
+    exported = await client.get(f"/api/sessions/{CLAUDE_SESSION}/export", params={"format": "json"})
+    assert exported.status_code == 200
+    assert exported.headers["content-type"] == "application/json"
+    assert exported.headers["content-disposition"] == (
+        f'attachment; filename="luthien-session-{CLAUDE_SESSION}.json"'
+    )
+    whole = exported.json()
+    assert whole["turns"] == (await client.get(f"/api/sessions/{CLAUDE_SESSION}")).json()["turns"]
+    assert whole["session"]["session_id"] == CLAUDE_SESSION
+
+    md = await client.get(f"/api/sessions/{CLAUDE_SESSION}/export", params={"format": "md"})
+    assert md.status_code == 200 and md.headers["content-type"] == "text/markdown; charset=utf-8"
+    text = md.text
+    assert text.startswith(f"# Session {CLAUDE_SESSION}\n")
+    assert "- Agent: claude-cli" in text and "- Credential hash: hash-claude" in text
+    assert "3 turns · 1 blocked" in text
+    order = [
+        "## Turn 1",
+        "Fix the failing test in tests/test_dates.py",
+        "Tool call `bash`",
+        '{"command": "pytest -x"}',
+        "## Turn 2",
+        "**Tool result**",
+        "FAILED test_parse_dates",
+        "The date parser drops the zone.",
+        "## Turn 3",
+        "> Policy (request): request blocked by rule `no-rm`: matches rm -rf",
+    ]
+    places = [text.index(piece) for piece in order]
+    assert places == sorted(places), "the turns are in order"
+    assert "sk-ant-secret" not in text and "sk-ant-secret" not in exported.text  # the x-api-key header
+
+    codex_md = (await client.get(f"/api/sessions/{CODEX_SESSION}/export", params={"format": "md"})).text
+    assert "> Policy changed the answer" in codex_md
+    assert (await client.get(f"/api/sessions/{CLAUDE_SESSION}/export")).headers["content-type"] == (
+        "application/json"
+    )
+    assert (
+        await client.get(f"/api/sessions/{CLAUDE_SESSION}/export", params={"format": "pdf"})
+    ).status_code == 422
+    assert (await client.get("/api/sessions/nope/export", params={"format": "md"})).status_code == 404
+
+
+async def test_a_session_id_with_a_slash_has_its_pages(on_each_database: OnDatabase) -> None:
+    """An SDK app's user (its session) may be a path-like name."""
+    call = call_record("app-1", "Hello", "Hi").model_copy(update={"session_id": "team/alice"})
+    await on_each_database.writer.write([call])
+    client = on_each_database.client
+    assert (await client.get("/api/sessions/team%2Falice")).json()["session"]["turns"] == 1
+    assert (await client.get("/api/sessions/team/alice/export", params={"format": "md"})).status_code == 200
+    assert (await client.get("/sessions/team%2Falice")).status_code == 200
+
+
+def test_markdown_fences_outlast_the_backticks_they_hold() -> None:
+    assert code_block("plain") == ["```", "plain", "```"]
+    assert code_block("a ```` b") == ["`````", "a ```` b", "`````"]
 
 
 def test_long_unchanged_runs_collapse_around_each_change() -> None:

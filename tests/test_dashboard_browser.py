@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -534,7 +535,7 @@ def test_payloads_render_as_text_and_never_run(site: Site, page: Page) -> None:
     evil = f"{XSS_IMG} {XSS_SCRIPT}"
     call = call_record(
         "xss0000000000001", f"Summarise {evil}", f"Sure: {evil}", host=f"{XSS_IMG}.example", model=XSS_SCRIPT
-    )
+    ).model_copy(update={"session_id": f"{XSS_IMG}/{XSS_SCRIPT}", "agent": XSS_SCRIPT})
     site.add(
         [call],
         [
@@ -548,7 +549,8 @@ def test_payloads_render_as_text_and_never_run(site: Site, page: Page) -> None:
         ],
     )
 
-    for path in ["/", "/calls", f"/calls/{call.call_id}"]:
+    session_path = f"/sessions/{quote(call.session_id, safe='')}"
+    for path in ["/", "/calls", f"/calls/{call.call_id}", "/sessions", session_path]:
         page.goto(site.url + path)
         expect(page.locator("main")).to_contain_text(XSS_SCRIPT)
         expect(page.locator("main")).to_contain_text(XSS_IMG)
@@ -557,13 +559,126 @@ def test_payloads_render_as_text_and_never_run(site: Site, page: Page) -> None:
     expect(page.locator(".message.role-user .block")).to_have_text(f"Summarise {evil}")
 
 
+CLAUDE_CODE, CODEX = "3f9c2a1e-8b7d-4c6f-9e21-5d4a3b2c1f00", "0198c7e2-5b1a-7f30-9d4e-2a6c8b1f0e57"
+
+
+def test_sessions_are_listed_and_read_as_conversations(site: Site, page: Page, tmp_path: Path) -> None:
+    calls, events = session()
+    agents = {ANTHROPIC: ("claude-cli", "key-claude"), OPENAI: ("codex_cli_rs", "key-codex")}
+    site.add(
+        [
+            call.model_copy(update={"agent": agents[call.host][0], "api_key_hash": agents[call.host][1]})
+            for call in calls
+        ],
+        events,
+    )
+    page.goto(f"{site.url}/sessions")
+    rows = page.locator("#sessions tbody tr")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#range")).to_have_text("1\N{EN DASH}2 of 2 sessions")
+    claude = rows.filter(has_text="claude-cli")
+    expect(claude).to_contain_text(CLAUDE_CODE[:8])
+    expect(claude.locator("td").nth(5)).to_have_text("4")  # turns
+    expect(claude.locator("td").nth(6)).to_have_text("1")  # the blocked rm -rf
+    expect(claude).to_contain_text("Add a retry with exponential backoff")  # its first prompt
+
+    page.select_option("select[name=agent]", "codex_cli_rs")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{site.url}/sessions?agent=codex_cli_rs")
+    expect(rows).to_have_count(1)
+    expect(page.locator("select[name=agent]")).to_have_value("codex_cli_rs")
+    page.goto(f"{site.url}/sessions?blocked=true")
+    expect(rows).to_have_count(1)
+
+    rows.first.locator("a.session").click()
+    expect(page).to_have_url(f"{site.url}/sessions/{CLAUDE_CODE}")
+    turns = page.locator("article.turn")
+    expect(turns).to_have_count(4)
+    expect(turns.nth(0)).to_contain_text("Add a retry with exponential backoff")
+    blocked = turns.nth(1)
+    expect(blocked.locator(".policy-actions")).to_contain_text("request blocked")
+    expect(blocked.locator(".policy-actions")).to_contain_text("matches blocked command pattern")
+    expect(blocked).to_contain_text("No answer reached the agent (blocked).")
+    redacted = turns.nth(2)
+    expect(redacted.locator(".message.role-assistant")).to_contain_text("[REDACTED:stripe_key]")
+    expect(redacted.locator(".policy-actions")).to_contain_text("redacted 1 secret")
+    expect(redacted.locator(".policy-actions")).to_contain_text("answer modified")
+    expect(page.locator("#export-json")).to_have_attribute(
+        "href", f"/api/sessions/{CLAUDE_CODE}/export?format=json"
+    )
+    with page.expect_download() as download:
+        page.click("#export-md")
+    saved = tmp_path / "session.md"
+    download.value.save_as(saved)
+    assert saved.read_text().startswith(f"# Session {CLAUDE_CODE}")
+
+    # A turn's call page steps through the session.
+    redacted.locator("a.call-link").click()
+    expect(page.locator("#session-link")).to_have_text("Turn 3 of 4 in its session")
+    page.click("#next-turn")
+    expect(page).to_have_url(f"{site.url}/calls/2d8e6b1f7c3a4d90")
+    expect(page.locator("#next-turn")).to_have_count(0)
+    page.click("#prev-turn")
+    expect(page).to_have_url(f"{site.url}/calls/e5b2f8a6c1d94e07")
+    page.click("#session-link")
+    expect(page).to_have_url(f"{site.url}/sessions/{CLAUDE_CODE}")
+
+    # The calls list links a call's agent and session, and filters by them.
+    page.goto(f"{site.url}/calls")
+    page.locator("#calls tbody tr", has_text="Generate a commit message").locator("a.agent").click()
+    expect(page).to_have_url(f"{site.url}/calls?agent=codex_cli_rs")
+    expect(page.locator("#calls tbody tr")).to_have_count(2)
+    expect(page.locator("input[name=agent]")).to_have_value("codex_cli_rs")
+    page.fill("input[name=agent]", "")
+    page.fill("input[name=api_key_hash]", "key-claude")
+    page.fill("input[name=session_id]", CLAUDE_CODE)
+    page.click("button[type=submit]")
+    expect(page.locator("#calls tbody tr")).to_have_count(4)
+    page.locator("#calls tbody tr").first.locator("a.session").click()
+    expect(page).to_have_url(f"{site.url}/sessions/{CLAUDE_CODE}")
+
+
+def test_without_sessions_the_pages_say_so(site: Site, page: Page) -> None:
+    site.add([call_record("nosession000001", "Hello", "Hi")], [])  # a call naming no session
+    page.goto(f"{site.url}/sessions")
+    expect(page.locator("#empty")).to_be_visible()
+    expect(page.locator("#range")).to_have_text("0\N{EN DASH}0 of 0 sessions")
+    page.goto(f"{site.url}/calls/nosession000001")
+    expect(page.locator("dl.facts")).to_be_visible()
+    expect(page.locator(".session-nav")).to_have_count(0)
+
+
+def test_a_long_session_shows_its_turns_a_hundred_at_a_time(site: Site, page: Page) -> None:
+    turns = [
+        call_record(f"long{n:012d}", f"Step {n}", f"Done {n}", started_at=NOW + timedelta(seconds=n))
+        for n in range(1, 103)
+    ]
+    site.add([call.model_copy(update={"session_id": "long-session"}) for call in turns], [])
+    page.goto(f"{site.url}/sessions/long-session")
+    shown = page.locator("article.turn")
+    expect(shown).to_have_count(100)
+    expect(shown.last).to_contain_text("Step 100")
+    page.click("#more-turns")
+    expect(shown).to_have_count(102)
+    expect(shown.last.locator(".turn-no")).to_have_text("Turn 102")
+    expect(shown.last).to_contain_text("Done 102")
+    expect(page.locator("#more-turns")).to_be_hidden()
+
+
 DARK_BG, DARK_CARD = "rgb(15, 18, 24)", "rgb(23, 27, 35)"
 
 
 def test_every_page_follows_a_dark_system_setting(site: Site, page: Page) -> None:
     site.add(*session())
     page.emulate_media(color_scheme="dark")
-    for path, card in [("/", "#events"), ("/calls", "#calls"), ("/calls/e5b2f8a6c1d94e07", ".card")]:
+    pages = [
+        ("/", "#events"),
+        ("/calls", "#calls"),
+        ("/sessions", "#sessions"),
+        (f"/sessions/{CLAUDE_CODE}", ".card"),
+        ("/calls/e5b2f8a6c1d94e07", ".card"),  # last: its diff is looked at next
+    ]
+    for path, card in pages:
         page.goto(site.url + path)
         expect(page.locator("body")).to_have_css("background-color", DARK_BG)
         expect(page.locator(card).first).to_have_css("background-color", DARK_CARD)

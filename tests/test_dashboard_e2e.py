@@ -1,6 +1,7 @@
 """The whole product in one process, as a user runs it: `luthien up` (proxy, recording and
 dashboard), an official SDK making calls through the proxy, and the dashboard in Chromium."""
 
+import json
 import re
 import time
 import uuid
@@ -16,7 +17,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.conftest import RunningProxy, free_port, start_proxy, wait_until_listening
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.scenarios import DEFAULT_TEXT
-from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, screenshot, watched_page
+from tests.test_dashboard_browser import XSS_IMG, XSS_SCRIPT, browser, watched_page
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
 __all__ = ["browser"]  # the Chromium fixture, shared with the dashboard's own browser tests
@@ -72,7 +73,6 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
     # The live monitor shows the call's events within a few seconds, without a reload.
     live = page.locator("#events tbody tr", has_text=model)
     expect(live.filter(has_text="completed")).to_have_count(1, timeout=5000)
-    screenshot(page, tmp_path, "e2e-monitor", for_docs=False)
 
     # The API has both sides of the stream, and they differ.
     with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}) as api:
@@ -101,7 +101,6 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
     expect(page.locator("#content")).to_contain_text(XSS_SCRIPT)
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("#content img").count() == 0
-    screenshot(page, tmp_path, "e2e-detail", for_docs=False)
 
 
 # --- What an investigator needs: blocks of every kind, readable diffs, raw bodies ---------------
@@ -199,7 +198,6 @@ def test_a_removed_tool_call_is_listed_under_blocked_only_with_its_rule_and_kind
     expect(decision).to_contain_text("tool call removed")
     expect(decision).to_contain_text("no-rm")
     expect(page.locator(".heading .badge", has_text="tool call removed")).to_have_count(1)
-    screenshot(page, tmp_path, "e2e-removed-tool-call", for_docs=False)
 
 
 @pytest.mark.parametrize("api", ["chat", "messages"])
@@ -280,3 +278,139 @@ def test_the_events_before_a_cut_are_visible_raw(investigated: RunningProxy, inv
     investigator.goto(f"{base}/calls/{call['call_id']}")
     provider = investigator.locator('[data-raw="original_response"] pre')
     expect(provider).to_contain_text("Hello")  # the first words, before the provider dropped it
+
+
+# --- Sessions: what Claude Code, Codex and an SDK app send, grouped -----------------------------
+
+CLAUDE_CODE_UA = "claude-cli/2.1.330 (external, cli)"
+CODEX_UA = "codex_exec/0.169.0 (Debian 12.0.0; x86_64) unknown (codex_exec; 0.169.0)"
+
+
+def claude_code_user_id(session: str) -> str:
+    """``metadata.user_id`` as Claude Code sends it from 2.1.78: a JSON string."""
+    return json.dumps(
+        {"device_id": "ab" * 32, "account_uuid": "", "session_id": session}, separators=(",", ":")
+    )
+
+
+def test_a_claude_code_and_a_codex_session_are_grouped_with_their_policy_actions(
+    investigated: RunningProxy, investigator: Page
+) -> None:
+    base, token = login_link(investigated).split("/login?token=")
+    page = investigator
+    tag = uuid.uuid4().hex[:8]
+    claude, codex, app_user = str(uuid.uuid4()), str(uuid.uuid4()), f"app-user-{tag}"
+    claude_says = {
+        "metadata": {"user_id": claude_code_user_id(claude)},
+        "headers": {"User-Agent": CLAUDE_CODE_UA},
+    }
+    codex_sends = {
+        "headers": {
+            "User-Agent": CODEX_UA,
+            "originator": "codex_exec",
+            "session-id": codex,
+            "thread-id": codex,
+        }
+    }
+    first_prompt = f"Say hello ({tag})"
+    results = investigated.sdk(
+        # Claude Code: a greeting (rewritten by policy), then a command policy removes.
+        {"api": "messages", "stream": True, "prompt": first_prompt, "model": f"cc-1-{tag}", **claude_says},
+        {
+            "api": "messages",
+            "stream": True,
+            "prompt": f"[scenario:tool_call {REMOVED_COMMAND}]",
+            "model": f"cc-2-{tag}",
+            "history": [
+                {"role": "user", "content": first_prompt},
+                {"role": "assistant", "content": DEFAULT_TEXT.replace("Hello", "Howdy")},
+            ],
+            **claude_says,
+        },
+        # Codex on the Responses API, its session in a header.
+        {
+            "api": "responses",
+            "stream": True,
+            "prompt": f"Add a flag ({tag})",
+            "model": f"cx-1-{tag}",
+            **codex_sends,
+        },
+        {
+            "api": "responses",
+            "stream": True,
+            "prompt": "Now document it",
+            "model": f"cx-2-{tag}",
+            "history": [
+                {"role": "user", "content": f"Add a flag ({tag})"},
+                {"role": "assistant", "content": "Done."},
+            ],
+            **codex_sends,
+        },
+        # An app on the SDK naming its end user.
+        {"api": "chat", "stream": False, "prompt": "Hi", "model": f"app-1-{tag}", "user": app_user},
+        {"api": "chat", "stream": False, "prompt": "Bye", "model": f"app-2-{tag}", "user": app_user},
+    )
+    assert all(result["ok"] for result in results), results
+    calls = {
+        name: recorded_call(investigated, f"{name}-{tag}")
+        for name in ("cc-1", "cc-2", "cx-1", "cx-2", "app-1", "app-2")
+    }
+    sessions = {name: call["session_id"] for name, call in calls.items()}
+    assert sessions == {
+        "cc-1": claude,
+        "cc-2": claude,
+        "cx-1": codex,
+        "cx-2": codex,
+        "app-1": app_user,
+        "app-2": app_user,
+    }
+    assert (calls["cc-1"]["agent"], calls["cx-1"]["agent"]) == ("claude-cli", "codex_exec")
+
+    # The sessions page lists each with its agent, turns and blocks.
+    page.goto(f"{base}/sessions")
+    rows = page.locator("#sessions tbody tr")
+    for session, agent, blocks in [
+        (claude, "claude-cli", "1"),
+        (codex, "codex_exec", "0"),
+        (app_user, "OpenAI", "0"),
+    ]:
+        row = rows.filter(has=page.locator(f'a.session[title="{session}"]'))
+        expect(row).to_have_count(1)
+        expect(row).to_contain_text(agent)
+        expect(row.locator("td").nth(5)).to_have_text("2")
+        expect(row.locator("td").nth(6)).to_have_text(blocks)
+    page.select_option("select[name=agent]", "codex_exec")
+    page.click("#filters button[type=submit]")
+    expect(rows.filter(has=page.locator(f'a.session[title="{claude}"]'))).to_have_count(0)
+    expect(rows.filter(has=page.locator(f'a.session[title="{codex}"]'))).to_have_count(1)
+
+    # Claude Code's session reads as its conversation, policy inline.
+    page.goto(f"{base}/sessions/{claude}")
+    turns = page.locator("article.turn")
+    expect(turns).to_have_count(2)
+    expect(turns.nth(0).locator(".message.role-user")).to_have_text(re.compile(re.escape(first_prompt)))
+    expect(turns.nth(0).locator(".message.role-assistant")).to_contain_text("Howdy")
+    expect(turns.nth(0).locator(".policy-actions")).to_contain_text("answer modified")
+    removed = turns.nth(1).locator(".policy-actions")
+    expect(removed).to_contain_text("tool call removed")
+    expect(removed.locator(".rule")).to_have_text("no-rm")
+    expect(turns.nth(1).locator(".message.role-assistant")).to_contain_text(
+        "[Luthien] Blocked the tool call `bash`"
+    )
+
+    # Exported, it says the same.
+    with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"}) as api:
+        markdown = api.get(f"/api/sessions/{claude}/export", params={"format": "md"}).text
+        exported = api.get(f"/api/sessions/{claude}/export", params={"format": "json"}).json()
+    assert markdown.startswith(f"# Session {claude}") and "by rule `no-rm`" in markdown
+    assert [turn["call_id"] for turn in exported["turns"]] == [
+        calls["cc-1"]["call_id"],
+        calls["cc-2"]["call_id"],
+    ]
+    assert "sk-ant-test-key" not in markdown and "sk-ant-test-key" not in json.dumps(exported)
+
+    # Codex's first call steps to its second.
+    page.goto(f"{base}/calls/{calls['cx-1']['call_id']}")
+    expect(page.locator("#session-link")).to_have_text("Turn 1 of 2 in its session")
+    page.click("#next-turn")
+    expect(page).to_have_url(f"{base}/calls/{calls['cx-2']['call_id']}")

@@ -26,6 +26,7 @@ TEXT_ON = [
     ("muted", "head-bg"),
     ("muted", "muted-bg"),
     ("muted", "skip-bg"),
+    ("muted", "empty-bg"),  # a session's policy actions
     ("accent", "bg"),
     ("accent", "card"),
     ("accent", "info-bg"),

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +41,21 @@ ALL_CAPS = {"policy": {"class": "AllCapsPolicy"}}
 class ControlPlane:
     url: str
     port: int
-    policy_file: Path
+    policy_file: Path | None
     database_url: str
     root: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # over the defaults (TOKEN, TRACING)
 
     def start(self) -> None:
         args = [sys.executable, "-m", "luthien", "controlplane", "--port", str(self.port)]
         args += ["--data-dir", str(self.root / "cp-data"), "--database-url", self.database_url]
-        args += ["--policy", str(self.policy_file), *self.extra_args]
+        if self.policy_file is not None:
+            args += ["--policy", str(self.policy_file)]
+        args += self.extra_args
         log = (self.root / "controlplane.log").open("ab")
-        env = {**os.environ, "LUTHIEN_CONTROL_PLANE_TOKEN": TOKEN, **TRACING}
+        env = {**os.environ, "LUTHIEN_CONTROL_PLANE_TOKEN": TOKEN, **TRACING, **self.env}
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         deadline = time.monotonic() + 120
         while True:
@@ -78,6 +81,7 @@ class ControlPlane:
         return (self.root / "controlplane.log").read_text(errors="replace")
 
     def set_policy(self, document: dict[str, Any]) -> None:
+        assert self.policy_file is not None
         self.policy_file.write_text(yaml.safe_dump(document))
 
 

@@ -1,18 +1,23 @@
 """The real agents, unmodified: Claude Code and Codex CLI (pinned in tests/agents/package.json,
 installed from the npm registry) run through `luthien run` against the fake provider."""
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from addon.session_identity import claude_code_session
 from tests.conftest import ROOT, RunningProxy
 from tests.fake_provider import FakeProvider
+from tests.fake_provider.server import RecordedRequest
+from tests.recorded import recorded
 
 AGENTS = ROOT / "tests" / "agents"
 FAKE_TEXT = "Hello from the fake provider. The quick brown fox jumps over the lazy dog."
@@ -141,3 +146,37 @@ def test_codex_never_sees_a_blocked_tool_call(
 ) -> None:
     output = codex(proxies["blocklist"], home, agent_bin, DANGEROUS)
     assert "[Luthien] Blocked the tool call `bash`" in output
+
+
+def sent_session(request: RecordedRequest) -> str | None:
+    """The session an agent's request names, as it reached the provider: Claude Code's header
+    or user id, Codex 0.169's ``session-id`` header (beside ``thread-id`` and the same id in
+    ``x-codex-turn-metadata``)."""
+    named = request.headers.get("x-claude-code-session-id") or request.headers.get("session-id")
+    metadata = (request.json or {}).get("metadata") or {}
+    return named or (metadata.get("user_id") and claude_code_session(metadata["user_id"]))
+
+
+@pytest.mark.parametrize("agent", ["claude", "codex"])
+async def test_each_agent_run_is_one_session_of_the_id_it_sent(
+    noop: RunningProxy, fake: FakeProvider, home: Path, agent_bin: Path, agent: str
+) -> None:
+    """What the agents send, read from the requests the provider got, is what Luthien records
+    as each call's session: one session for each run, a new one for the next run."""
+    sessions = []
+    for _ in range(2):
+        word = f"session{uuid.uuid4().hex[:10]}"
+        before = len(fake.requests)
+        prompt = f"Say hello {word}"
+        if agent == "claude":
+            await asyncio.to_thread(claude, noop, home, agent_bin, prompt)
+        else:
+            await asyncio.to_thread(codex, noop, home, agent_bin, prompt)
+        asked = [request for request in fake.requests[before:] if word.encode() in request.body]
+        sent = {sent_session(request) for request in asked}
+        assert len(sent) == 1 and None not in sent, sent
+        calls = await recorded(noop.database_url, word, len(asked))
+        assert {call.session_id for call in calls} == sent
+        assert {call.agent for call in calls} == {"claude-cli" if agent == "claude" else "codex_exec"}
+        sessions += sent
+    assert sessions[0] != sessions[1]

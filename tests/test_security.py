@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 import dashboard.auth
 from certs import ensure_ca
 from certs.authority import CAKeyPermissionError
+from controlplane.access import Tokens
 from controlplane.activity import InMemoryBus, open_bus
 from controlplane.local import ControlPlaneLocal
 from controlplane.policies import NoOpPolicy
@@ -409,7 +410,7 @@ async def test_control_plane_refuses_missing_wrong_and_near_miss_tokens(tmp_path
 
 def test_tokens_are_compared_in_constant_time() -> None:
     """A guard against a refactor to ``==``: both checks go through secrets.compare_digest."""
-    for function in (dashboard.auth.token_matches, control_plane_server._authorized):
+    for function in (dashboard.auth.token_matches, Tokens.who):
         source = inspect.getsource(function)
         assert "secrets.compare_digest(" in source, function.__qualname__
         assert not re.search(r"(given|token)\s*[!=]=|[!=]=\s*(given|token)", source), function.__qualname__

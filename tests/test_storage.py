@@ -32,7 +32,11 @@ from controlplane.recording.records import (
 )
 from controlplane.storage import (
     CallQuery,
+    Facet,
+    PolicyVersion,
     PostgresStorage,
+    SessionPosition,
+    SessionQuery,
     SQLiteStorage,
     Storage,
     StorageUnavailable,
@@ -662,6 +666,161 @@ async def test_costs_are_estimated_from_the_list_price_and_totalled_for_the_filt
     }
 
 
+# --- Sessions -----------------------------------------------------------------------------------
+
+CLAUDE_SESSION, CODEX_SESSION = "3f9c2a1e-8b7d-4c6f-9e21-5d4a3b2c1f00", "0198c7e2-5b1a-7f30-9d4e-2a6c8b1f0e57"
+
+
+def _session_calls() -> list[CallRecord]:
+    """Claude Code's session of three turns (the second blocked), Codex's of two on another
+    key, a turn of Codex's a minute after the last of Claude's, and a call without a session."""
+    tokens = Usage(prompt_tokens=100, completion_tokens=10, total_tokens=110)
+    claude = {"agent": "claude-cli", "api_key_hash": "key-a", "session_id": CLAUDE_SESSION, "usage": tokens}
+    codex = {"agent": "codex_cli_rs", "api_key_hash": "key-b", "session_id": CODEX_SESSION}
+    blocked = Decision(stage="request", allowed=False, reason="rm -rf", metadata={"rule_id": "no-rm"})
+    return [
+        make_call("claude-1", started_at=T0, prompt="fix the test", **claude),
+        make_call(
+            "claude-2",
+            started_at=T0 + timedelta(minutes=1),
+            outcome=CallOutcome.BLOCKED,
+            decisions=[blocked],
+            **claude,
+        ),
+        make_call("claude-3", started_at=T0 + timedelta(minutes=2), response_modified=True, **claude),
+        make_call("codex-1", started_at=T0 + timedelta(seconds=30), prompt="add a flag", **codex),
+        make_call("codex-2", started_at=T0 + timedelta(minutes=3), **codex),
+        make_call("lonely", started_at=T0 + timedelta(minutes=4)),
+    ]
+
+
+async def test_calls_are_grouped_into_sessions_newest_first(storage: Storage) -> None:
+    await storage.write(_session_calls())
+    page = await storage.list_sessions(SessionQuery())
+    assert page.total == 2
+    codex, claude = page.sessions
+    assert (codex.session_id, claude.session_id) == (CODEX_SESSION, CLAUDE_SESSION)
+    assert (claude.agent, claude.api_key_hash, claude.turns, claude.blocks, claude.modified) == (
+        "claude-cli",
+        "key-a",
+        3,
+        1,
+        1,
+    )
+    assert (claude.first_call_at, claude.last_call_at) == (T0, T0 + timedelta(minutes=2))
+    assert claude.duration_ms == pytest.approx(121_000)  # the last call ends a second after it starts
+    assert (claude.prompt_tokens, claude.completion_tokens, claude.total_tokens) == (300, 30, 330)
+    assert claude.cost_usd == pytest.approx(
+        3 * estimate_cost("gpt-5", Usage(prompt_tokens=100, completion_tokens=10))
+    )
+    assert (claude.preview, codex.preview) == ("fix the test", "add a flag")
+    assert (codex.turns, codex.blocks, codex.total_tokens, codex.cost_usd) == (2, 0, 0, None)
+    assert page.agents == [Facet(value="claude-cli", sessions=1), Facet(value="codex_cli_rs", sessions=1)]
+    assert page.api_key_hashes == [Facet(value="key-a", sessions=1), Facet(value="key-b", sessions=1)]
+
+    async def sessions(**filters: Any) -> list[str]:
+        return [s.session_id for s in (await storage.list_sessions(SessionQuery(**filters))).sessions]
+
+    assert await sessions(agent="claude-cli") == [CLAUDE_SESSION]
+    assert await sessions(agent="claude") == []  # exactly the agent
+    assert await sessions(api_key_hash="key-b") == [CODEX_SESSION]
+    assert await sessions(blocked=True) == [CLAUDE_SESSION]
+    assert await sessions(blocked=False) == [CODEX_SESSION]
+    assert await sessions(limit=1) == [CODEX_SESSION]
+    assert await sessions(limit=1, offset=1) == [CLAUDE_SESSION]
+    filtered = await storage.list_sessions(SessionQuery(agent="codex_cli_rs"))
+    assert filtered.total == 1 and len(filtered.agents) == 2  # the options stay every agent
+
+    assert await storage.get_session(CLAUDE_SESSION) == claude
+    assert await storage.get_session("no-such-session") is None
+
+
+async def test_the_calls_list_filters_by_session_agent_and_key(storage: Storage) -> None:
+    await storage.write(_session_calls())
+    assert await ids(storage, session_id=CLAUDE_SESSION) == ["claude-3", "claude-2", "claude-1"]
+    assert await ids(storage, agent="codex_cli_rs") == ["codex-2", "codex-1"]
+    assert await ids(storage, api_key_hash="key-a", blocked=True) == ["claude-2"]
+    assert await ids(storage, session_id="3f9c2a1e") == []  # the whole id, not a part
+    (summary,) = (await storage.list_calls(CallQuery(session_id=CODEX_SESSION, limit=1))).calls[:1]
+    assert (summary.agent, summary.api_key_hash, summary.session_id) == (
+        "codex_cli_rs",
+        "key-b",
+        CODEX_SESSION,
+    )
+
+
+async def test_a_sessions_calls_come_in_order_with_their_decisions_and_neighbours(storage: Storage) -> None:
+    records = _session_calls()
+    stream = full_call("claude-4", stream=True).model_copy(
+        update={"session_id": CLAUDE_SESSION, "started_at": T0 + timedelta(minutes=5)}
+    )
+    await storage.write([*records, stream])
+    calls = await storage.session_calls(CLAUDE_SESSION, offset=0, limit=10)
+    assert [call.call_id for call in calls] == ["claude-1", "claude-2", "claude-3", "claude-4"]
+    assert [d.reason for d in calls[1].decisions] == ["rm -rf"]
+    assert calls[3].decisions == stream.decisions
+    # What the turn asked and answered, without the stream's events.
+    assert (calls[3].original_request, calls[3].final_output) == (
+        stream.original_request,
+        stream.final_output,
+    )
+    assert (calls[3].original_events, calls[3].final_events) == (None, None)
+    page = await storage.session_calls(CLAUDE_SESSION, offset=1, limit=2)
+    assert [call.call_id for call in page] == ["claude-2", "claude-3"]
+    assert [d.reason for d in page[0].decisions] == ["rm -rf"]
+
+    assert await storage.session_position("claude-1") == SessionPosition(
+        session_id=CLAUDE_SESSION, turn=1, turns=4, previous=None, next="claude-2"
+    )
+    assert await storage.session_position("claude-3") == SessionPosition(
+        session_id=CLAUDE_SESSION, turn=3, turns=4, previous="claude-2", next="claude-4"
+    )
+    assert await storage.session_position("claude-4") == SessionPosition(
+        session_id=CLAUDE_SESSION, turn=4, turns=4, previous="claude-3", next=None
+    )
+    assert await storage.session_position("lonely") is None
+    assert await storage.session_position("no-such-call") is None
+
+
+async def test_calls_in_the_same_instant_are_ordered_by_id(storage: Storage) -> None:
+    await storage.write([make_call(name, session_id="s") for name in ("b", "a", "c")])
+    assert [call.call_id for call in await storage.session_calls("s", 0, 10)] == ["a", "b", "c"]
+    position = await storage.session_position("b")
+    assert position is not None and (position.previous, position.next, position.turn) == ("a", "c", 2)
+
+
+async def test_calls_stored_before_sessions_get_the_session_of_their_user_id(
+    backend: Backend, storage: Storage
+) -> None:
+    """Migration 4 on calls whose session was only in their user id, as Claude Code and SDK
+    apps send it; it reads the same session as addon/session_identity.py."""
+    legacy = f"user_{'ab' * 32}_account__session_{CLAUDE_SESSION}"
+    modern = f'{{"device_id":"{"cd" * 32}","account_uuid":"","session_id":"{CODEX_SESSION}"}}'
+    await storage.write(
+        [
+            make_call("legacy", user_id=legacy),
+            make_call("modern", user_id=modern),
+            make_call("sdk-app", user_id="end-user-42"),
+            make_call("header", user_id="end-user-42", session_id="from-a-header"),
+            make_call("nobody"),
+        ]
+    )
+    await backend.query("DROP INDEX calls_session")
+    await backend.query("DELETE FROM schema_migrations WHERE version = 4")
+
+    upgraded = backend.open()
+    await upgraded.migrate()
+    rows = await backend.query("SELECT call_id, session_id FROM calls ORDER BY call_id")
+    assert rows == [
+        ("header", "from-a-header"),
+        ("legacy", CLAUDE_SESSION),
+        ("modern", CODEX_SESSION),
+        ("nobody", None),
+        ("sdk-app", "end-user-42"),
+    ]
+    assert (await upgraded.list_sessions(SessionQuery())).total == 4
+
+
 async def test_debug_events_round_trip_oldest_first(storage: Storage) -> None:
     def event(call_id: str | None, seconds: float) -> DebugEvent:
         payload = {"text": UNICODE, "seconds": seconds, "nested": {"list": [1, None]}}
@@ -815,3 +974,58 @@ def test_a_missing_service_fails_in_ci_and_skips_elsewhere(
     port = _free_port()
     with pytest.raises(outcome, match=f"PostgreSQL is not reachable at 127.0.0.1:{port}"):
         require_service("PostgreSQL", "127.0.0.1", port)
+
+
+def policy_version(document: dict[str, Any], version: str, by: str = "alice") -> PolicyVersion:
+    return PolicyVersion(
+        version=version, document=document, created_at=T0, created_by=by, note=f"note {version}"
+    )
+
+
+async def test_policy_versions_are_stored_once_and_every_activation_is_audited(storage: Storage) -> None:
+    assert await storage.active_policy() is None
+    assert await storage.policy_history(10) == []
+    first = policy_version({"policy": {"class": "NoOpPolicy", "config": {"note": UNICODE}}}, "v1")
+    second = policy_version({"policy": {"class": "AllCapsPolicy"}}, "v2", by="bob")
+    one = await storage.activate_policy(first, "alice", "api", "first", unless_active=False)
+    two = await storage.activate_policy(second, "bob", "file", "", unless_active=False)
+    # A rollback to v1: a new activation; the version keeps who stored it first and when.
+    back = await storage.activate_policy(
+        first.model_copy(update={"created_by": "carol"}), "carol", "cli", "back", unless_active=False
+    )
+    assert [a.seq for a in (one, two, back)] == [1, 2, 3]
+    active = await storage.active_policy()
+    assert active is not None and active.activation == back and active.version == first
+    assert (back.version, back.activated_by, back.source, back.note) == ("v1", "carol", "cli", "back")
+    assert abs(back.activated_at - datetime.now(UTC)) < timedelta(seconds=60)
+    assert await storage.policy_history(10) == [back, two, one]
+    assert await storage.policy_history(1) == [back]
+    assert await storage.policy_version("v2") == second
+    assert await storage.policy_version("nope") is None
+
+
+async def test_an_active_version_is_activated_again_only_when_asked(storage: Storage) -> None:
+    version = policy_version({"policy": {"class": "NoOpPolicy"}}, "v1")
+    first = await storage.activate_policy(version, "file", "file", "", unless_active=True)
+    assert await storage.activate_policy(version, "file", "file", "", unless_active=True) == first
+    again = await storage.activate_policy(version, "alice", "api", "", unless_active=False)
+    assert again.seq == 2
+
+
+async def test_concurrent_activations_from_many_processes_are_numbered_without_gaps(backend: Backend) -> None:
+    """Replicas that see one file change together record it once; distinct activations all get
+    a number of their own."""
+    storages = [backend.open() for _ in range(4)]
+    await storages[0].migrate()
+    same = policy_version({"policy": {"class": "NoOpPolicy"}}, "same")
+    await asyncio.gather(*(s.activate_policy(same, "file", "file", "", unless_active=True) for s in storages))
+    distinct = [policy_version({"policy": {"class": "NoOpPolicy"}, "n": n}, f"v{n}") for n in range(8)]
+    await asyncio.gather(
+        *(
+            storages[n % 4].activate_policy(v, "x", "api", "", unless_active=False)
+            for n, v in enumerate(distinct)
+        )
+    )
+    history = await storages[1].policy_history(100)
+    assert sorted(a.seq for a in history) == list(range(1, 10))
+    assert [a.version for a in history].count("same") == 1

@@ -4,20 +4,20 @@ normalises them (the sidecar never loads LiteLLM), runs the policy and answers w
 send. JSON for those and for records and activity; streams
 over WebSockets (one stream at a time on each, one after another), never one request per chunk. A
 bearer token guards everything but the health checks and ``/metrics`` (Prometheus, for scraping
-inside the cluster)."""
+inside the cluster); its credential's role (``controlplane.access``) says what it may do: proxies
+need ``proxy``, changing the policy needs ``admin``."""
 
 import contextlib
 import json
-import logging
-import secrets
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import (
     Depends,
     FastAPI,
     HTTPException,
+    Query,
     Request,
     Response,
     Security,
@@ -28,9 +28,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
 from opentelemetry.trace import Span, SpanKind
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from controlplane.access import Credential, Role, Tokens
 from controlplane.interface import PolicingService, RequestVerdict, ResponseVerdict
 from controlplane.local import ControlPlaneLocal
 from controlplane.metrics import (
@@ -39,9 +40,10 @@ from controlplane.metrics import (
     register_recording_metrics,
 )
 from controlplane.models import ChunkVerdict, PolicyResult, StreamingContext
-from controlplane.policy_file import PolicyFileError, policy_from_document
-from controlplane.policy_reload import document_version
+from controlplane.policy_nudge import NoNudge
+from controlplane.policy_versions import PolicyKeeper, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.writer import RecordWriter
+from controlplane.remote.policy_changes import Activate, http_change
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
@@ -55,15 +57,16 @@ from controlplane.remote.wire import (
     StreamResult,
     WireResult,
 )
-from controlplane.storage.base import Storage, StorageUnavailable
+from controlplane.storage.base import PolicyActivation, PolicyVersion, Storage, StorageUnavailable
 from controlplane.tracing import CALL_ID, context_from, tracer
-
-log = logging.getLogger(__name__)
 
 
 class PolicyInfo(BaseModel):
+    """The policy this replica enforces for new calls."""
+
     policy: str
     version: str | None
+    source: PolicySource = Field(description="Where the truth is: the policy file, or the database.")
 
 
 class ErrorBody(BaseModel):
@@ -72,33 +75,53 @@ class ErrorBody(BaseModel):
     error: str
 
 
-#: Documents the bearer token in the OpenAPI schema; ``require_token`` does the checking.
-_BEARER = HTTPBearer(auto_error=False, description="the control-plane token (LUTHIEN_CONTROL_PLANE_TOKEN)")
+#: Documents the bearer token in the OpenAPI schema; ``require`` does the checking.
+_BEARER = HTTPBearer(auto_error=False, description="a control-plane token (LUTHIEN_CONTROL_PLANE_TOKEN[S])")
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorBody, "description": "missing or wrong bearer token"}
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    403: {"model": ErrorBody, "description": "the token's role does not allow this operation"},
 }
 _BAD_BODY: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "the body is not JSON"}
 }
+_CHANGES: dict[int | str, dict[str, Any]] = {
+    409: {
+        "model": ErrorBody,
+        "description": "the policy file is the source of truth: API writes are refused",
+    },
+    503: {"model": ErrorBody, "description": "the database is unreachable: nothing was activated"},
+}
+#: The name of the token given as ``LUTHIEN_CONTROL_PLANE_TOKEN``, as policy changes record it.
+SINGLE_TOKEN_NAME = "LUTHIEN_CONTROL_PLANE_TOKEN"
 
 
-def _authorized(header: str | None, token: str) -> bool:
+def _credential(header: str | None, tokens: Tokens) -> Credential | None:
     scheme, _, given = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(given.encode(), token.encode())
+    return tokens.who(given) if scheme.lower() == "bearer" else None
 
 
 def create_control_plane_app(
     control_plane: ControlPlaneLocal,
     policing: PolicingService,
     storage: Storage,
-    token: str,
+    tokens: Tokens | str,
     recorder: RecordWriter | None = None,
+    versions: PolicyVersions | None = None,
 ) -> FastAPI:
     """``policing`` normalises bodies for ``control_plane`` (the formats' ``Policing``, given by
-    whoever composes the service: the control plane imports no wire format). ``recorder``, the
-    writer behind ``control_plane``, is only read for ``/metrics``."""
-    if not token:
-        raise ValueError("the control plane needs a non-empty token")
+    whoever composes the service: the control plane imports no wire format). ``tokens``: who may
+    call (a plain string is one admin token). ``recorder``, the writer behind ``control_plane``,
+    is only read for ``/metrics``. ``versions`` takes policy changes; by default they are stored
+    in ``storage`` and enforced by ``control_plane`` alone."""
+    if isinstance(tokens, str):
+        if not tokens:
+            raise ValueError("the control plane needs a non-empty token")
+        tokens = Tokens([(Credential(name=SINGLE_TOKEN_NAME, role="admin"), tokens)])
+    if not tokens:
+        raise ValueError("the control plane needs at least one token")
+    if versions is None:
+        keeper = PolicyKeeper(control_plane, storage, NoNudge(), "database", None)
+        versions = PolicyVersions(storage, NoNudge(), "database", keeper=keeper)
     app = FastAPI(title="Luthien control plane", version="1")
     registry = CollectorRegistry()
     decisions = PolicyDecisionMetrics(registry)
@@ -106,9 +129,18 @@ def create_control_plane_app(
     if recorder is not None:
         register_recording_metrics(recorder, registry)
 
-    def require_token(request: Request) -> None:
-        if not _authorized(request.headers.get("authorization"), token):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+    def require(role: Role) -> Any:
+        def check(request: Request) -> Credential:
+            credential = _credential(request.headers.get("authorization"), tokens)
+            if credential is None:
+                raise HTTPException(
+                    401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+                )
+            if not credential.allows(role):
+                raise HTTPException(403, credential.refusal(role))
+            return credential
+
+        return check
 
     # Starlette's, not only FastAPI's: FastAPI raises Starlette's for a body that is not JSON, and
     # routing for unknown paths and methods; all get the one error shape.
@@ -116,8 +148,18 @@ def create_control_plane_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    guarded = [Security(_BEARER), Depends(require_token)]
+    guarded = [Security(_BEARER), Depends(require("proxy"))]
+    readers = [Security(_BEARER), Depends(require("read"))]
+    Admin = Annotated[Credential, Security(_BEARER), Depends(require("admin"))]
     with_body = _UNAUTHORIZED | _BAD_BODY
+
+    def info() -> PolicyInfo:
+        policy, version = control_plane.policy, control_plane.policy_version
+        return PolicyInfo(policy=type(policy).__name__, version=version, source=versions.source)
+
+    async def change(activation: Awaitable[PolicyActivation]) -> PolicyInfo:
+        await http_change(activation)
+        return info()
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -162,32 +204,64 @@ def create_control_plane_app(
             await control_plane.publish_activity(event)
         return Response(status_code=204)
 
-    @app.get(f"{API}/policy", dependencies=guarded, responses=_UNAUTHORIZED)
+    @app.get(f"{API}/policy", dependencies=readers, responses=_UNAUTHORIZED)
     async def current_policy() -> PolicyInfo:
-        return PolicyInfo(policy=type(control_plane.policy).__name__, version=control_plane.policy_version)
+        return info()
 
     @app.put(
         f"{API}/policy",
-        dependencies=guarded,
         responses=_UNAUTHORIZED
+        | _CHANGES
         | {400: {"model": ErrorBody, "description": "the body is not JSON, or not a valid policy document"}},
     )
-    async def replace_policy(document: dict[str, Any]) -> PolicyInfo:
-        """Replaces the policy for new calls (a policy file's content, as JSON)."""
-        try:
-            policy = policy_from_document(document, "request body")
-        except PolicyFileError as exc:
-            raise HTTPException(400, str(exc)) from exc
-        control_plane.replace_policy(policy, document_version(document))
-        log.info("policy replaced through the API: %s", control_plane.policy_version)
-        return await current_policy()
+    async def replace_policy(
+        document: dict[str, Any], credential: Admin, note: Annotated[str, Query(max_length=1000)] = ""
+    ) -> PolicyInfo:
+        """Stores a new version (a policy file's content, as JSON) and activates it on every
+        replica; this one enforces it before answering."""
+        return await change(
+            versions.activate_document(document, "request body", credential.name, note, "api")
+        )
+
+    @app.post(
+        f"{API}/policy/activations",
+        responses=_UNAUTHORIZED
+        | _CHANGES
+        | {
+            400: {"model": ErrorBody, "description": "the body is not JSON, or the version no longer builds"},
+            404: {"model": ErrorBody, "description": "no stored version has this id"},
+        },
+    )
+    async def activate(body: Activate, credential: Admin) -> PolicyInfo:
+        """Activates a stored version again: a rollback."""
+        return await change(versions.activate_stored(body.version, credential.name, body.note, "api"))
+
+    @app.get(f"{API}/policy/activations", dependencies=readers, responses=_UNAUTHORIZED)
+    async def history(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[PolicyActivation]:
+        """The audit log of policy changes, newest first: who activated which version, when."""
+        return await storage.policy_history(limit)
+
+    @app.get(
+        f"{API}/policy/versions/{{version}}",
+        dependencies=readers,
+        responses=_UNAUTHORIZED | {404: {"model": ErrorBody, "description": "no stored version has this id"}},
+    )
+    async def stored_version(version: str) -> PolicyVersion:
+        stored = await storage.policy_version(version)
+        if stored is None:
+            raise HTTPException(404, str(UnknownVersion(version)))
+        return stored
 
     @app.websocket(STREAMS_PATH)
     async def stream(websocket: WebSocket) -> None:
-        if not _authorized(websocket.headers.get("authorization"), token):
-            await websocket.send_denial_response(
-                JSONResponse({"error": "missing or wrong bearer token"}, 401)
+        credential = _credential(websocket.headers.get("authorization"), tokens)
+        if credential is None or not credential.allows("proxy"):
+            status, error = (
+                (401, "missing or wrong bearer token")
+                if credential is None
+                else (403, credential.refusal("proxy"))
             )
+            await websocket.send_denial_response(JSONResponse({"error": error}, status))
             return
         await websocket.accept()
         with contextlib.suppress(WebSocketDisconnect):

@@ -3,10 +3,19 @@
 from pathlib import Path
 
 from controlplane.storage.base import (
+    ActivePolicy,
     CallPage,
     CallQuery,
     CallSummary,
     CallTotals,
+    Facet,
+    PolicyActivation,
+    PolicySourceKind,
+    PolicyVersion,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
     Storage,
     StorageRefused,
     StorageUnavailable,
@@ -15,12 +24,21 @@ from controlplane.storage.postgres import PostgresStorage
 from controlplane.storage.sqlite import SQLiteStorage
 
 __all__ = [
+    "ActivePolicy",
     "CallPage",
     "CallQuery",
     "CallSummary",
     "CallTotals",
+    "Facet",
+    "PolicyActivation",
+    "PolicySourceKind",
+    "PolicyVersion",
     "PostgresStorage",
     "SQLiteStorage",
+    "SessionPage",
+    "SessionPosition",
+    "SessionQuery",
+    "SessionSummary",
     "Storage",
     "StorageRefused",
     "StorageUnavailable",

@@ -6,7 +6,7 @@ in the data dir) and PostgreSQL (``DATABASE_URL=postgresql://…``).
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -37,6 +37,11 @@ class CallQuery(BaseModel):
     blocked: bool | None = None
     block_kind: BlockKind | None = Field(default=None, description="What the call's last block stopped.")
     modified: bool | None = None
+    session_id: str | None = Field(default=None, description="Exactly this session.")
+    agent: str | None = Field(
+        default=None, description="Exactly this agent (``claude-cli``, ``codex_exec``)."
+    )
+    api_key_hash: str | None = Field(default=None, description="Exactly this credential hash.")
     since: datetime | None = None
     until: datetime | None = None
     sort: CallSort = "time"
@@ -61,6 +66,7 @@ class CallSummary(BaseModel):
     agent: str | None
     user_id: str | None
     session_id: str | None
+    api_key_hash: str = ""
     status: int | None
     outcome: CallOutcome
     blocked: bool
@@ -97,6 +103,95 @@ class CallPage(BaseModel):
     offset: int
 
 
+#: Where an activation came from: the policy file, the control-plane API, or ``luthien policy``.
+PolicySourceKind = Literal["file", "api", "cli"]
+
+
+class PolicyVersion(BaseModel):
+    """A policy document as stored: once per content, under its hash."""
+
+    version: str = Field(description="The start of the SHA-256 of the document as canonical JSON.")
+    document: dict[str, Any]
+    created_at: datetime
+    created_by: str = Field(description="The name of the credential that stored it first (never a secret).")
+    note: str
+
+
+class PolicyActivation(BaseModel):
+    """One change of the active policy: an entry of the audit log."""
+
+    seq: int = Field(description="Activations are numbered from 1, in order.")
+    version: str
+    activated_at: datetime
+    activated_by: str = Field(description="The name of the credential that activated it (never a secret).")
+    source: PolicySourceKind
+    note: str
+
+
+class ActivePolicy(BaseModel):
+    activation: PolicyActivation
+    version: PolicyVersion
+
+
+class SessionQuery(BaseModel):
+    """Filters for the sessions list, which is newest (last call) first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent: str | None = Field(default=None, description="Sessions of exactly this agent.")
+    api_key_hash: str | None = Field(default=None, description="Sessions on exactly this credential hash.")
+    blocked: bool | None = Field(default=None, description="Sessions with (true) or without (false) a block.")
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: int = Field(default=0, ge=0)
+
+
+class SessionSummary(BaseModel):
+    """A session: the calls that carried one session id. A turn is one call (a request and its
+    answer); an agent's tool loop is a turn per step."""
+
+    session_id: str
+    agent: str | None
+    user_id: str | None
+    api_key_hash: str
+    first_call_at: datetime
+    last_call_at: datetime
+    duration_ms: float = Field(description="From the first call's start to the last answer's end.")
+    turns: int
+    blocks: int = Field(description="Turns that policy blocked (a request, a tool call, a stream...).")
+    modified: int = Field(description="Turns whose request or answer policy changed.")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float | None = Field(description="Over the turns with an estimate; None when none has one.")
+    preview: str = Field(description="The start of the first turn's last user message.")
+
+
+class Facet(BaseModel):
+    """One value of a filter and how many sessions have it."""
+
+    value: str | None
+    sessions: int
+
+
+class SessionPage(BaseModel):
+    sessions: list[SessionSummary]
+    total: int
+    agents: list[Facet] = Field(description="Every agent with sessions, most sessions first.")
+    api_key_hashes: list[Facet] = Field(description="Every credential hash with sessions, most first.")
+    limit: int
+    offset: int
+
+
+class SessionPosition(BaseModel):
+    """Where a call stands in its session: its neighbours, oldest first."""
+
+    session_id: str
+    turn: int = Field(description="The call's place, counting from 1.")
+    turns: int
+    previous: str | None
+    next: str | None
+
+
 class Storage(Protocol):
     async def migrate(self) -> None:
         """Applies the migrations this database has not seen yet (safe with many processes)."""
@@ -113,8 +208,42 @@ class Storage(Protocol):
         """In the query's order (newest first by default); ties newest first."""
         ...
 
+    async def list_sessions(self, query: SessionQuery) -> SessionPage:
+        """The sessions, the one with the latest call first."""
+        ...
+
+    async def get_session(self, session_id: str) -> SessionSummary | None: ...
+
+    async def session_calls(self, session_id: str, offset: int, limit: int) -> list[CallRecord]:
+        """A session's calls oldest first, without their stream events and response bodies
+        (the outputs say what was answered)."""
+        ...
+
+    async def session_position(self, call_id: str) -> SessionPosition | None:
+        """None for an unknown call or one without a session."""
+        ...
+
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         """Oldest first."""
+        ...
+
+    async def activate_policy(
+        self, version: PolicyVersion, by: str, source: PolicySourceKind, note: str, *, unless_active: bool
+    ) -> PolicyActivation:
+        """Stores ``version`` (kept as first stored if its hash is known) and makes it the active
+        one, atomically, one activation at a time across processes. With ``unless_active``, a
+        version already active is left as it is and its activation returned: replicas that all
+        see the same file change record it once."""
+        ...
+
+    async def active_policy(self) -> ActivePolicy | None:
+        """The version the last activation names; None before the first."""
+        ...
+
+    async def policy_version(self, version: str) -> PolicyVersion | None: ...
+
+    async def policy_history(self, limit: int) -> list[PolicyActivation]:
+        """The latest ``limit`` activations, newest first."""
         ...
 
     async def ping(self) -> None:

@@ -73,6 +73,13 @@ _V2_COLUMNS = ", ".join(
     line.split()[0] for line in _CALLS_V3.strip().splitlines() if not line.lstrip().startswith("cost_usd")
 )
 
+# Claude Code's metadata.user_id, as addon/session_identity.py reads it, for calls stored before
+# their session was read from it: ``user_…_account_…_session_<uuid>`` and, from 2.1.78, JSON
+# ending in ``"session_id":"<uuid>"}``. A uuid is 36 characters; ``_`` is a LIKE wildcard.
+_UUID_CHARS = "_" * 36
+_CLAUDE_CODE_LEGACY = f"user_id LIKE 'user\\_%\\_account\\_%\\_session\\_{_UUID_CHARS}' ESCAPE '\\'"
+_CLAUDE_CODE_JSON = f"""user_id LIKE '{{%"session\\_id":"{_UUID_CHARS}"}}' ESCAPE '\\'"""
+
 SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY,
@@ -201,6 +208,51 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX calls_ttfb_ms ON calls (ttfb_ms)",
             "CREATE INDEX calls_total_tokens ON calls (total_tokens)",
             "CREATE INDEX calls_cost_usd ON calls (cost_usd)",
+        ),
+    ),
+    Migration(
+        4,
+        "sessions: an index to group calls by session, and the sessions of calls stored before",
+        (
+            # A session's calls in order (the session page, a call's neighbours) and every
+            # column the sessions list sums: grouping reads this index, not the rows.
+            """
+            CREATE INDEX calls_session ON calls (
+                session_id, started_at, call_id, finished_at, blocked, modified, prompt_tokens,
+                completion_tokens, total_tokens, cost_usd, agent, api_key_hash, user_id
+            )""",
+            f"""
+            UPDATE calls SET session_id = CASE
+                WHEN {_CLAUDE_CODE_LEGACY} THEN substr(user_id, length(user_id) - 35)
+                WHEN {_CLAUDE_CODE_JSON} THEN substr(user_id, length(user_id) - 37, 36)
+                ELSE user_id END
+            WHERE session_id IS NULL AND user_id IS NOT NULL AND user_id <> ''""",
+        ),
+    ),
+    Migration(
+        5,
+        "policy versions and their activations",
+        (
+            # A version is its document, stored once under its content hash, whoever stored it first.
+            """
+            CREATE TABLE policy_versions (
+                version TEXT PRIMARY KEY,
+                document TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                created_by TEXT NOT NULL,
+                note TEXT NOT NULL
+            )""",
+            # Every activation, in order (seq): the active version is the last one's, and the
+            # table is the audit log of who changed the policy when.
+            """
+            CREATE TABLE policy_activations (
+                seq INTEGER PRIMARY KEY,
+                version TEXT NOT NULL REFERENCES policy_versions (version),
+                activated_at DOUBLE PRECISION NOT NULL,
+                activated_by TEXT NOT NULL,
+                source TEXT NOT NULL,
+                note TEXT NOT NULL
+            )""",
         ),
     ),
 )

@@ -14,9 +14,39 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageRefused, StorageUnavailable
+from controlplane.storage.base import (
+    ActivePolicy,
+    CallPage,
+    CallQuery,
+    PolicyActivation,
+    PolicySourceKind,
+    PolicyVersion,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
+    StorageRefused,
+    StorageUnavailable,
+)
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
-from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, numbered, page_from_rows
+from controlplane.storage.policy_rows import (
+    PolicySql,
+    activation_from_row,
+    active_from_rows,
+    version_from_row,
+    version_values,
+)
+from controlplane.storage.rows import (
+    Sql,
+    call_from_row,
+    calls_from_rows,
+    debug_event_from_row,
+    numbered,
+    page_from_rows,
+    position_from_row,
+    session_from_row,
+    sessions_page_from_rows,
+)
 
 CONNECT_TIMEOUT = 5.0
 COMMAND_TIMEOUT = 10.0
@@ -24,6 +54,8 @@ CLOSE_TIMEOUT = 2.0  # a server that has not acknowledged the goodbye by then is
 POOL_SIZE = 4
 # Any constant that every Luthien process shares: it names the advisory lock migrations hold.
 _MIGRATION_LOCK = 0x6C7574686965_6E
+#: Held by an activation: one at a time, so activations are numbered without gaps or duplicates.
+_ACTIVATION_LOCK = _MIGRATION_LOCK + 1
 
 # asyncpg reports a dead socket as OSError or InterfaceError, the server's refusals (and lost
 # connections) as PostgresError, and timeouts as TimeoutError.
@@ -31,6 +63,7 @@ _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceE
 _REFUSED = (asyncpg.exceptions.DataError, asyncpg.exceptions.IntegrityConstraintViolationError)
 
 _SQL = Sql(numbered)
+_POLICY_SQL = PolicySql(numbered)
 
 
 class PostgresStorage:
@@ -76,10 +109,65 @@ class PostgresStorage:
             rows = await connection.fetch(page_sql, *page_params)
         return page_from_rows(totals, [dict(row) for row in rows], query)
 
+    async def list_sessions(self, query: SessionQuery) -> SessionPage:
+        page_sql, page_params = _SQL.list_sessions(query)
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            rows = await connection.fetch(page_sql, *page_params)
+            facets = await connection.fetch(_SQL.session_facets)
+        return sessions_page_from_rows([dict(r) for r in rows], [dict(r) for r in facets], query)
+
+    async def get_session(self, session_id: str) -> SessionSummary | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_SQL.get_session, session_id)
+        return None if row is None else session_from_row(dict(row))
+
+    async def session_calls(self, session_id: str, offset: int, limit: int) -> list[CallRecord]:
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            rows = await connection.fetch(_SQL.session_calls, session_id, limit, offset)
+            decisions = await connection.fetch(_SQL.session_decisions, session_id, limit, offset)
+        return calls_from_rows([dict(r) for r in rows], [dict(d) for d in decisions])
+
+    async def session_position(self, call_id: str) -> SessionPosition | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_SQL.session_position, call_id)
+        return position_from_row(None if row is None else dict(row))
+
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         async with self._connection() as connection:
             rows = await connection.fetch(_SQL.debug_events, call_id)
         return [debug_event_from_row(dict(row)) for row in rows]
+
+    async def activate_policy(
+        self, version: PolicyVersion, by: str, source: PolicySourceKind, note: str, *, unless_active: bool
+    ) -> PolicyActivation:
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _ACTIVATION_LOCK)
+            last = await connection.fetchrow(_POLICY_SQL.last_activation)
+            if unless_active and last is not None and last["version"] == version.version:
+                return activation_from_row(dict(last))
+            await connection.execute(_POLICY_SQL.insert_version, *version_values(version))
+            await connection.execute(
+                _POLICY_SQL.insert_activation, version.version, time.time(), by, source, note
+            )
+            return activation_from_row(dict(await connection.fetchrow(_POLICY_SQL.last_activation)))
+
+    async def active_policy(self) -> ActivePolicy | None:
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            last = await connection.fetchrow(_POLICY_SQL.last_activation)
+            if last is None:
+                return None
+            version = await connection.fetchrow(_POLICY_SQL.get_version, last["version"])
+        return active_from_rows(dict(last), dict(version))
+
+    async def policy_version(self, version: str) -> PolicyVersion | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(_POLICY_SQL.get_version, version)
+        return None if row is None else version_from_row(dict(row))
+
+    async def policy_history(self, limit: int) -> list[PolicyActivation]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(_POLICY_SQL.history, limit)
+        return [activation_from_row(dict(row)) for row in rows]
 
     async def ping(self) -> None:
         async with self._connection() as connection:

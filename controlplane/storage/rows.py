@@ -11,7 +11,18 @@ from typing import Any
 
 from controlplane.pricing import estimate_cost
 from controlplane.recording.records import CallRecord, DebugEvent, Record, Usage
-from controlplane.storage.base import CallPage, CallQuery, CallSort, CallSummary, CallTotals
+from controlplane.storage.base import (
+    CallPage,
+    CallQuery,
+    CallSort,
+    CallSummary,
+    CallTotals,
+    Facet,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
+)
 
 PREVIEW_CHARS = 200
 
@@ -48,8 +59,8 @@ _CALL_COLUMNS = (
 # CallSummary fields read from a column of the same name, as they are.
 _SUMMARY_FIELDS = (
     "call_id", "duration_ms", "ttfb_ms", "method", "host", "path", "wire_format", "model", "stream",
-    "agent", "user_id", "session_id", "status", "outcome", "blocked", "block_kind", "request_modified",
-    "response_modified", "cost_usd", "preview",
+    "agent", "user_id", "session_id", "api_key_hash", "status", "outcome", "blocked", "block_kind",
+    "request_modified", "response_modified", "cost_usd", "preview",
 )  # fmt: skip
 _SORT_COLUMNS: dict[CallSort, str] = {
     "time": "started_at",
@@ -68,6 +79,24 @@ _TOTALS = (
     "COUNT(CASE WHEN cost_usd IS NULL AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL) "
     "THEN 1 END) AS unpriced_calls"
 )
+# A session from its calls (in the sessions index, migration 4). A session's agent, user and
+# credential are those of its calls, which agree unless the agent changed mid-session.
+_SESSION = (
+    "session_id, MAX(agent) AS agent, MAX(user_id) AS user_id, MAX(api_key_hash) AS api_key_hash, "
+    "MIN(started_at) AS first_call_at, MAX(started_at) AS last_call_at, MAX(finished_at) AS ended_at, "
+    "COUNT(*) AS turns, SUM(blocked) AS blocks, SUM(modified) AS modified, "
+    "CAST(COALESCE(SUM(prompt_tokens), 0) AS BIGINT) AS prompt_tokens, "
+    "CAST(COALESCE(SUM(completion_tokens), 0) AS BIGINT) AS completion_tokens, "
+    "CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) AS total_tokens, "
+    "SUM(cost_usd) AS cost_usd"
+)
+_SESSION_ORDER = "last_call_at DESC, session_id DESC"
+# The session page reads what each turn asked and answered: not the stream events or response
+# bodies, which can be megabytes a call.
+_UNREAD_IN_SESSIONS = frozenset({"original_events", "final_events", "original_response", "final_response"})
+_SESSION_CALL_COLUMNS = ", ".join(
+    f"NULL AS {column}" if column in _UNREAD_IN_SESSIONS else column for column in _CALL_COLUMNS
+)
 _DECISION_COLUMNS = ("call_id", "seq", "stage", "allowed", "reason", "metadata")
 _DEBUG_EVENT_COLUMNS = ("id", "call_id", "at", "type", "payload")
 
@@ -83,6 +112,24 @@ class Sql:
         self.get_call = f"SELECT * FROM calls WHERE call_id = {placeholder(1)}"
         self.get_decisions = f"SELECT * FROM decisions WHERE call_id = {placeholder(1)} ORDER BY seq"
         self.debug_events = f"SELECT * FROM debug_events WHERE call_id = {placeholder(1)} ORDER BY at, id"
+        self.get_session = (
+            f"SELECT page.*, {_OPENING_PREVIEW} FROM (SELECT {_SESSION} FROM calls "
+            f"WHERE session_id = {placeholder(1)} GROUP BY session_id) AS page"
+        )
+        # Sessions by agent, credential and whether one was blocked: the sessions list's filter
+        # options, and the count of the sessions any of its filters selects.
+        self.session_facets = (
+            "SELECT agent, api_key_hash, blocked, COUNT(*) AS sessions FROM (SELECT MAX(agent) AS agent, "
+            "MAX(api_key_hash) AS api_key_hash, MAX(blocked) AS blocked FROM calls "
+            "WHERE session_id IS NOT NULL GROUP BY session_id) AS s GROUP BY agent, api_key_hash, blocked"
+        )
+        page = f"LIMIT {placeholder(2)} OFFSET {placeholder(3)}"
+        in_order = f"FROM calls WHERE session_id = {placeholder(1)} ORDER BY started_at, call_id {page}"
+        self.session_calls = f"SELECT {_SESSION_CALL_COLUMNS} {in_order}"
+        self.session_decisions = (
+            f"SELECT * FROM decisions WHERE call_id IN (SELECT call_id {in_order}) ORDER BY call_id, seq"
+        )
+        self.session_position = _position(placeholder(1))
         self.applied_versions = "SELECT version FROM schema_migrations"
         self.record_migration = self._insert(
             "schema_migrations", ("version", "name", "applied_at"), "version"
@@ -119,6 +166,33 @@ class Sql:
         )
         return (totals, params), (page, [*params, query.limit, query.offset])
 
+    def list_sessions(self, query: SessionQuery) -> tuple[str, list[Any]]:
+        """The page of sessions, with its parameters (``session_facets`` counts them all)."""
+        having: list[tuple[str, Any]] = [
+            (f"MAX({column}) = {{}}", value)
+            for column, value in (("agent", query.agent), ("api_key_hash", query.api_key_hash))
+            if value is not None
+        ]
+        clauses = [sql.format(self._placeholder(n)) for n, (sql, _) in enumerate(having, 1)]
+        if query.blocked is not None:
+            clauses.append(f"MAX(blocked) = {int(query.blocked)}")
+        params = [_column(value) for _, value in having]
+        grouped = "FROM calls WHERE session_id IS NOT NULL GROUP BY session_id"
+        if clauses:
+            grouped += " HAVING " + " AND ".join(clauses)
+        limit, offset = self._placeholder(len(params) + 1), self._placeholder(len(params) + 2)
+        # The page's sessions are found by their last call alone; only theirs are summed up and
+        # their first prompts read (summing up every session first took twice as long).
+        chosen = (
+            f"SELECT session_id {grouped} ORDER BY MAX(started_at) DESC, session_id DESC "
+            f"LIMIT {limit} OFFSET {offset}"
+        )
+        page = (
+            f"SELECT page.*, {_OPENING_PREVIEW} FROM (SELECT {_SESSION} FROM calls "
+            f"WHERE session_id IN ({chosen}) GROUP BY session_id) AS page ORDER BY {_SESSION_ORDER}"
+        )
+        return page, [*params, query.limit, query.offset]
+
     def _where(self, query: CallQuery) -> tuple[str, list[Any]]:
         conditions: list[tuple[str, Any]] = []  # (condition with {} for its placeholder, parameter)
         equal = {
@@ -127,6 +201,9 @@ class Sql:
             "blocked": query.blocked,
             "block_kind": query.block_kind,
             "modified": query.modified,
+            "session_id": query.session_id,
+            "agent": query.agent,
+            "api_key_hash": query.api_key_hash,
         }
         conditions += [
             (f"{column} = {{}}", _column(value)) for column, value in equal.items() if value is not None
@@ -149,6 +226,31 @@ class Sql:
             return "", []
         clauses = [sql.format(self._placeholder(n)) for n, (sql, _) in enumerate(conditions, 1)]
         return " WHERE " + " AND ".join(clauses), [param for _, param in conditions]
+
+
+# The first turn's preview, for a row of sessions named ``page``.
+_OPENING_PREVIEW = (
+    "(SELECT preview FROM calls AS opening WHERE opening.session_id = page.session_id "
+    "ORDER BY opening.started_at, opening.call_id LIMIT 1) AS preview"
+)
+
+
+def _position(call_id: str) -> str:
+    """A call's neighbours in its session and its place there; no row for a call without one."""
+    same = "FROM calls AS other WHERE other.session_id = c.session_id"
+    tie = "other.started_at = c.started_at AND other.call_id"
+    before = f"(other.started_at < c.started_at OR ({tie} < c.call_id))"
+    after = f"(other.started_at > c.started_at OR ({tie} > c.call_id))"
+    return (
+        "SELECT c.session_id, "
+        f"(SELECT other.call_id {same} AND {before} "
+        "ORDER BY other.started_at DESC, other.call_id DESC LIMIT 1) AS previous, "
+        f"(SELECT other.call_id {same} AND {after} "
+        "ORDER BY other.started_at, other.call_id LIMIT 1) AS next, "
+        f"(SELECT COUNT(*) {same} AND {before}) + 1 AS turn, "
+        f"(SELECT COUNT(*) {same}) AS turns "
+        f"FROM calls AS c WHERE c.call_id = {call_id} AND c.session_id IS NOT NULL"
+    )
 
 
 def _containing(text: str) -> str:
@@ -229,6 +331,61 @@ def page_from_rows(
         limit=query.limit,
         offset=query.offset,
     )
+
+
+def session_from_row(row: Mapping[str, Any]) -> SessionSummary:
+    first, ended = from_epoch(row["first_call_at"]), from_epoch(row["ended_at"])
+    return SessionSummary.model_validate(
+        {
+            **row,
+            "first_call_at": first,
+            "last_call_at": from_epoch(row["last_call_at"]),
+            "duration_ms": max(0.0, (ended - first).total_seconds() * 1000),
+        }
+    )
+
+
+def sessions_page_from_rows(
+    rows: Sequence[Mapping[str, Any]], facets: Sequence[Mapping[str, Any]], query: SessionQuery
+) -> SessionPage:
+    """The sessions page from the ``list_sessions`` and ``session_facets`` statements."""
+    wanted = {"agent": query.agent, "api_key_hash": query.api_key_hash, "blocked": query.blocked}
+    selected = [
+        facet
+        for facet in facets
+        if all(value is None or _column(value) == facet[name] for name, value in wanted.items())
+    ]
+    return SessionPage(
+        sessions=[session_from_row(row) for row in rows],
+        total=sum(facet["sessions"] for facet in selected),
+        agents=_facets(facets, "agent"),
+        api_key_hashes=_facets(facets, "api_key_hash"),
+        limit=query.limit,
+        offset=query.offset,
+    )
+
+
+def _facets(rows: Sequence[Mapping[str, Any]], column: str) -> list[Facet]:
+    counts: dict[str | None, int] = {}
+    for row in rows:
+        counts[row[column]] = counts.get(row[column], 0) + row["sessions"]
+    # Most sessions first; ties by value, no value last.
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0] is None, item[0] or ""))
+    return [Facet(value=value, sessions=sessions) for value, sessions in ordered]
+
+
+def calls_from_rows(
+    rows: Sequence[Mapping[str, Any]], decisions: Sequence[Mapping[str, Any]]
+) -> list[CallRecord]:
+    """Calls in the rows' order, each with its decisions (``decisions`` in order of seq)."""
+    by_call: dict[str, list[Mapping[str, Any]]] = {}
+    for decision in decisions:
+        by_call.setdefault(decision["call_id"], []).append(decision)
+    return [call_from_row(row, by_call.get(row["call_id"], [])) for row in rows]
+
+
+def position_from_row(row: Mapping[str, Any] | None) -> SessionPosition | None:
+    return None if row is None else SessionPosition.model_validate(dict(row))
 
 
 def summary_from_row(row: Mapping[str, Any]) -> CallSummary:

@@ -13,13 +13,43 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
-from controlplane.storage.base import CallPage, CallQuery, StorageUnavailable
+from controlplane.storage.base import (
+    ActivePolicy,
+    CallPage,
+    CallQuery,
+    PolicyActivation,
+    PolicySourceKind,
+    PolicyVersion,
+    SessionPage,
+    SessionPosition,
+    SessionQuery,
+    SessionSummary,
+    StorageUnavailable,
+)
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
-from controlplane.storage.rows import Sql, call_from_row, debug_event_from_row, page_from_rows, qmark
+from controlplane.storage.policy_rows import (
+    PolicySql,
+    activation_from_row,
+    active_from_rows,
+    version_from_row,
+    version_values,
+)
+from controlplane.storage.rows import (
+    Sql,
+    call_from_row,
+    calls_from_rows,
+    debug_event_from_row,
+    page_from_rows,
+    position_from_row,
+    qmark,
+    session_from_row,
+    sessions_page_from_rows,
+)
 
 BUSY_TIMEOUT = 5.0  # seconds to wait for another process's write lock before giving up
 
 _SQL = Sql(qmark)
+_POLICY_SQL = PolicySql(qmark)
 
 
 class SQLiteStorage:
@@ -76,10 +106,89 @@ class SQLiteStorage:
 
         return await self._run(work)
 
+    async def list_sessions(self, query: SessionQuery) -> SessionPage:
+        page_sql, page_params = _SQL.list_sessions(query)
+
+        def work(connection: sqlite3.Connection) -> SessionPage:
+            # One read transaction, so the count and the page see the same calls.
+            with _transaction(connection, "BEGIN"):
+                rows = connection.execute(page_sql, page_params).fetchall()
+                facets = connection.execute(_SQL.session_facets).fetchall()
+            return sessions_page_from_rows([dict(r) for r in rows], [dict(r) for r in facets], query)
+
+        return await self._run(work)
+
+    async def get_session(self, session_id: str) -> SessionSummary | None:
+        def work(connection: sqlite3.Connection) -> SessionSummary | None:
+            row = connection.execute(_SQL.get_session, (session_id,)).fetchone()
+            return None if row is None else session_from_row(dict(row))
+
+        return await self._run(work)
+
+    async def session_calls(self, session_id: str, offset: int, limit: int) -> list[CallRecord]:
+        params = (session_id, limit, offset)
+
+        def work(connection: sqlite3.Connection) -> list[CallRecord]:
+            with _transaction(connection, "BEGIN"):
+                rows = connection.execute(_SQL.session_calls, params).fetchall()
+                decisions = connection.execute(_SQL.session_decisions, params).fetchall()
+            return calls_from_rows([dict(r) for r in rows], [dict(d) for d in decisions])
+
+        return await self._run(work)
+
+    async def session_position(self, call_id: str) -> SessionPosition | None:
+        def work(connection: sqlite3.Connection) -> SessionPosition | None:
+            row = connection.execute(_SQL.session_position, (call_id,)).fetchone()
+            return position_from_row(None if row is None else dict(row))
+
+        return await self._run(work)
+
     async def debug_events(self, call_id: str) -> list[DebugEvent]:
         def work(connection: sqlite3.Connection) -> list[DebugEvent]:
             rows = connection.execute(_SQL.debug_events, (call_id,)).fetchall()
             return [debug_event_from_row(dict(row)) for row in rows]
+
+        return await self._run(work)
+
+    async def activate_policy(
+        self, version: PolicyVersion, by: str, source: PolicySourceKind, note: str, *, unless_active: bool
+    ) -> PolicyActivation:
+        def work(connection: sqlite3.Connection) -> PolicyActivation:
+            # BEGIN IMMEDIATE (the write lock first): one activation at a time, across processes.
+            with _transaction(connection):
+                last = connection.execute(_POLICY_SQL.last_activation).fetchone()
+                if unless_active and last is not None and last["version"] == version.version:
+                    return activation_from_row(dict(last))
+                connection.execute(_POLICY_SQL.insert_version, version_values(version))
+                connection.execute(
+                    _POLICY_SQL.insert_activation, (version.version, time.time(), by, source, note)
+                )
+                return activation_from_row(dict(connection.execute(_POLICY_SQL.last_activation).fetchone()))
+
+        return await self._run(work)
+
+    async def active_policy(self) -> ActivePolicy | None:
+        def work(connection: sqlite3.Connection) -> ActivePolicy | None:
+            with _transaction(connection, "BEGIN"):
+                last = connection.execute(_POLICY_SQL.last_activation).fetchone()
+                if last is None:
+                    return None
+                version = connection.execute(_POLICY_SQL.get_version, (last["version"],)).fetchone()
+            return active_from_rows(dict(last), dict(version))
+
+        return await self._run(work)
+
+    async def policy_version(self, version: str) -> PolicyVersion | None:
+        def work(connection: sqlite3.Connection) -> PolicyVersion | None:
+            row = connection.execute(_POLICY_SQL.get_version, (version,)).fetchone()
+            return None if row is None else version_from_row(dict(row))
+
+        return await self._run(work)
+
+    async def policy_history(self, limit: int) -> list[PolicyActivation]:
+        def work(connection: sqlite3.Connection) -> list[PolicyActivation]:
+            rows = connection.execute(_POLICY_SQL.history, (limit,)).fetchall()
+            return [activation_from_row(dict(row)) for row in rows]
 
         return await self._run(work)
 

@@ -1,6 +1,18 @@
 // One call: its facts, the conversation, the policy decisions, what policy changed, both sides
 // raw, headers and debug events. Everything comes from /api/calls/{id}, diffs included.
-import { badge, blockBadge, compactJSON, el, formatDateTime, formatMs, getJSON, showProblem } from "/static/common.js";
+import {
+  badge,
+  blockBadge,
+  compactJSON,
+  el,
+  factList,
+  formatDateTime,
+  formatMs,
+  getJSON,
+  sessionHref,
+  showProblem,
+} from "/static/common.js";
+import { diffBadge, diffTable } from "/static/diff.js";
 
 const content = document.getElementById("content");
 const callId = decodeURIComponent(location.pathname.slice("/calls/".length));
@@ -18,6 +30,22 @@ function table(headings, rows) {
   );
 }
 
+// The call's neighbours in its session: the agent's previous and next turns.
+function sessionNav(position) {
+  if (!position) return [];
+  const step = (id, label, rel) =>
+    id ? el("a", { href: `/calls/${encodeURIComponent(id)}`, rel, id: `${rel}-turn` }, label) : el("span", { class: "muted" }, label);
+  return [
+    el(
+      "nav",
+      { class: "session-nav", "aria-label": "Turns of this session" },
+      step(position.previous, "← Previous turn", "prev"),
+      el("a", { href: sessionHref(position.session_id), id: "session-link" }, `Turn ${position.turn} of ${position.turns} in its session`),
+      step(position.next, "Next turn →", "next"),
+    ),
+  ];
+}
+
 function header(call) {
   const usage = call.usage;
   const facts = [
@@ -30,9 +58,14 @@ function header(call) {
     ["Agent", call.agent],
     ["User agent", call.user_agent],
     ["User", call.user_id],
-    ["Session", call.session_id],
+    ["Session", call.session_id && el("a", { href: sessionHref(call.session_id) }, call.session_id)],
+    ["Key hash", call.api_key_hash && el("a", { href: `/calls?${new URLSearchParams({ api_key_hash: call.api_key_hash })}` }, call.api_key_hash)],
     ["HTTP status", call.status],
-    ["Policy version", call.policy_version],
+    [
+      "Policy version",
+      call.policy_version &&
+        el("a", { href: `/policy?version=${encodeURIComponent(call.policy_version)}` }, call.policy_version),
+    ],
     ["Time to first byte", formatMs(call.ttfb_ms)],
     ["Duration", formatMs(call.duration_ms)],
     [
@@ -40,7 +73,7 @@ function header(call) {
       usage && `${usage.prompt_tokens ?? "?"} in · ${usage.completion_tokens ?? "?"} out · ${usage.total_tokens ?? "?"} total`,
     ],
     ["Error", call.error],
-  ].filter(([, value]) => value !== null && value !== undefined && value !== "");
+  ];
   return el(
     "section",
     { class: "card" },
@@ -58,7 +91,7 @@ function header(call) {
           "warn",
         ),
     ),
-    el("dl", { class: "facts" }, facts.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value)))),
+    factList(facts),
   );
 }
 
@@ -134,64 +167,6 @@ function decisions(call) {
   return section("Policy decisions", table(["Stage", "Verdict", "Rule", "Reason", "Details"], rows));
 }
 
-// A run of a long line longer than this, changed or not, shows only its two ends until opened.
-const FOLD_ENDS = 160;
-const FOLD_MIN = 2 * FOLD_ENDS + 80;
-
-function runs(parts, folded) {
-  return parts.map((part) => {
-    const text = part.text;
-    const shown =
-      folded && text.length > FOLD_MIN
-        ? [
-            text.slice(0, FOLD_ENDS),
-            el("button", { type: "button", class: "unfold" }, `… ${text.length - 2 * FOLD_ENDS} more characters …`),
-            text.slice(-FOLD_ENDS),
-          ]
-        : [text];
-    return part.changed ? el("mark", {}, shown) : shown;
-  });
-}
-
-// A line of a diff: its changed words marked (when the API compared them), long runs folded.
-function codeCell(side, text, parts) {
-  const cell = el("td", { class: `code ${side}` });
-  if (text === null) return cell;
-  const all = parts ?? [{ text, changed: false }];
-  cell.append(...runs(all, true).flat());
-  cell.addEventListener("click", (event) => {
-    if (event.target.closest("button.unfold")) cell.replaceChildren(...runs(all, false).flat());
-  });
-  return cell;
-}
-
-function diffTable(diff, leftLabel, rightLabel) {
-  if (diff.only) {
-    const missing = diff.only === "left" ? rightLabel : leftLabel;
-    return el("p", { class: "muted" }, `${missing}: nothing. The Raw section below shows the other side.`);
-  }
-  if (!diff.changed) return el("p", { class: "muted" }, "No changes");
-  const rows = diff.rows.map((row) =>
-    row.op === "skip"
-      ? el("tr", { class: "skip" }, el("td", { colspan: 4 }, `⋯ ${row.count} unchanged lines`))
-      : el(
-          "tr",
-          { class: `op-${row.op}` },
-          el("td", { class: "no" }, row.left_no ?? ""),
-          codeCell("left", row.left, row.left_parts),
-          el("td", { class: "no" }, row.right_no ?? ""),
-          codeCell("right", row.right, row.right_parts),
-        ),
-  );
-  return el(
-    "table",
-    { class: "diff" },
-    el("colgroup", {}, el("col", { class: "no" }), el("col"), el("col", { class: "no" }), el("col")),
-    el("thead", {}, el("tr", {}, el("th", { colspan: 2 }, leftLabel), el("th", { colspan: 2 }, rightLabel))),
-    el("tbody", {}, rows),
-  );
-}
-
 function diffs(call, diffs) {
   // What the agent was told and asked to run comes first; the wire-level detail after.
   const parts = [
@@ -213,10 +188,6 @@ function diffs(call, diffs) {
   );
 }
 
-function diffBadge(diff) {
-  if (diff.only) return badge("one side only");
-  return diff.changed ? badge("changed", "warn") : badge("no changes");
-}
 
 // A body as recorded: JSON pretty-printed, text (a body that was not JSON) as it is, a stream
 // one event per line.
@@ -278,6 +249,7 @@ try {
   document.title = `${call.model ?? call.path} · Luthien`;
   content.replaceChildren(
     el("a", { href: "/calls", class: "back" }, "← All calls"),
+    ...sessionNav(detail.session),
     header(call),
     conversation(call),
     decisions(call),

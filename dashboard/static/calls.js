@@ -9,7 +9,9 @@ import {
   formatMs,
   formatTokens,
   getJSON,
+  sessionHref,
   showProblem,
+  showRange,
 } from "/static/common.js";
 
 const DEFAULT_LIMIT = 50;
@@ -55,12 +57,6 @@ function apiQuery() {
   return query;
 }
 
-function pageLink(offset) {
-  const params = new URLSearchParams(pageParams);
-  params.set("offset", offset);
-  return `/calls?${params}`;
-}
-
 // Each sortable header links to the list sorted by it: descending first, then the other way.
 function sortHeaders() {
   const sort = pageParams.get("sort") ?? "time";
@@ -92,10 +88,16 @@ function policyBadges(call) {
   return badges.flatMap((part) => [part, " "]);
 }
 
+// The session links to its page; the agent to the list of its calls.
 function sessionLabel(sessionId) {
   if (!sessionId) return "no session";
   const short = sessionId.length > SESSION_CHARS ? `${sessionId.slice(0, SESSION_CHARS)}…` : sessionId;
-  return el("span", { class: "mono", title: sessionId }, short);
+  return el("a", { class: "mono session", href: sessionHref(sessionId), title: sessionId }, short);
+}
+
+function agentLabel(agent) {
+  if (!agent) return "—";
+  return el("a", { class: "agent", href: `/calls?${new URLSearchParams({ agent })}`, title: `Calls of ${agent}` }, agent);
 }
 
 // No estimate is shown as such: "unknown" for tokens at a price LiteLLM's map does not know.
@@ -119,7 +121,7 @@ function row(call) {
       call.stream ? "stream" : "whole",
       { class: "nowrap" },
     ),
-    stacked(call.agent ?? "—", sessionLabel(call.session_id), { class: "nowrap" }),
+    stacked(agentLabel(call.agent), sessionLabel(call.session_id), { class: "nowrap" }),
     stacked([el("span", { class: "mono" }, call.status ?? "—"), " ", badge(call.outcome)], policyBadges(call)),
     el("td", { class: "num nowrap" }, formatMs(call.duration_ms)),
     el("td", { class: "num nowrap" }, formatMs(call.ttfb_ms)),
@@ -139,16 +141,8 @@ function totalsText({ total_tokens, cost_usd, unpriced_calls }) {
 function show(page) {
   document.querySelector("#calls tbody").replaceChildren(...page.calls.map(row));
   document.getElementById("empty").hidden = page.calls.length > 0;
-  const first = page.total ? page.offset + 1 : 0;
-  const last = page.offset + page.calls.length;
-  document.getElementById("range").textContent = `${first}–${last} of ${page.total} calls`;
+  showRange(page, page.calls.length, "calls", "/calls", pageParams);
   document.getElementById("totals").textContent = page.total ? totalsText(page.totals) : "";
-  const newer = document.getElementById("newer");
-  const older = document.getElementById("older");
-  newer.hidden = page.offset === 0;
-  newer.href = pageLink(Math.max(0, page.offset - page.limit));
-  older.hidden = last >= page.total;
-  older.href = pageLink(last);
 }
 
 async function load() {

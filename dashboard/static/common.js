@@ -19,8 +19,8 @@ export function el(tag, attrs = {}, ...children) {
 
 export class NotLoggedIn extends Error {}
 
-export async function getJSON(url) {
-  const response = await fetch(url, { headers: { Accept: "application/json" } });
+async function requestJSON(url, init) {
+  const response = await fetch(url, { ...init, headers: { Accept: "application/json", ...init.headers } });
   if (response.status === 401) throw new NotLoggedIn("Not logged in");
   const body = await response.json().catch(() => null);
   if (!response.ok) {
@@ -29,6 +29,15 @@ export async function getJSON(url) {
     throw error;
   }
   return body;
+}
+
+export function getJSON(url) {
+  return requestJSON(url, {});
+}
+
+// A request that changes something (or asks the server to check something): a JSON body.
+export function sendJSON(method, url, body) {
+  return requestJSON(url, { method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
 }
 
 // A message in place of the page's content, e.g. when the API cannot be reached.
@@ -57,6 +66,14 @@ export function formatDateTime(iso) {
 export function formatMs(ms) {
   if (ms === null || ms === undefined) return "—";
   return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(2)} s`;
+}
+
+// A span that may last minutes or hours (a session), to the second.
+export function formatDuration(ms) {
+  if (ms < 60_000) return formatMs(ms);
+  const seconds = Math.round(ms / 1000);
+  const [h, m, s] = [Math.floor(seconds / 3600), Math.floor((seconds % 3600) / 60), seconds % 60];
+  return h ? `${h} h ${m} min` : `${m} min ${s} s`;
 }
 
 export function formatTokens(usage) {
@@ -96,4 +113,33 @@ export function blockBadge(kind) {
 
 export function compactJSON(value) {
   return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+export function sessionHref(sessionId) {
+  return `/sessions/${encodeURIComponent(sessionId)}`;
+}
+
+// A list's range ("1–50 of 230 calls") and its Newer and Older links, which keep the page's
+// other parameters.
+export function showRange(page, shown, noun, path, params) {
+  const link = (offset) => {
+    const linked = new URLSearchParams(params);
+    linked.set("offset", offset);
+    return `${path}?${linked}`;
+  };
+  const first = page.total ? page.offset + 1 : 0;
+  const last = page.offset + shown;
+  document.getElementById("range").textContent = `${first}–${last} of ${page.total} ${noun}`;
+  const newer = document.getElementById("newer");
+  const older = document.getElementById("older");
+  newer.hidden = page.offset === 0;
+  newer.href = link(Math.max(0, page.offset - page.limit));
+  older.hidden = last >= page.total;
+  older.href = link(last);
+}
+
+// Named facts, those without a value left out.
+export function factList(facts) {
+  const known = facts.filter(([, value]) => value !== null && value !== undefined && value !== "");
+  return el("dl", { class: "facts" }, known.map(([name, value]) => el("div", {}, el("dt", {}, name), el("dd", {}, value))));
 }
