@@ -23,7 +23,7 @@ from controlplane.local import ControlPlaneLocal
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.tool_call_judge import OFFLINE_JUDGE
 from controlplane.policy_file import policy_from_document
-from controlplane.policy_reload import document_version
+from controlplane.policy_versions import document_version
 from controlplane.recording.records import CallOutcome, CallRecord, Record
 from controlplane.storage.base import CallQuery, Storage
 from formats.policing import Policing
@@ -124,7 +124,7 @@ class DryRun:
         self, policy_document: Any, calls: Sequence[CallRecord], judge: OfflineJudge = "cache"
     ) -> DryRunReport:
         policy = policy_from_document(policy_document, source="the candidate policy")
-        version = document_version(policy_document)
+        version = document_version(policy_document, "the candidate policy")  # a stored version's id
         bus = InMemoryBus(retain=1)  # activity no one watches
         gate = asyncio.Semaphore(CONCURRENCY)
 

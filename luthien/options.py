@@ -217,7 +217,11 @@ def _add_replay(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "replay",
         "dry run: what a policy file would have done to recorded calls (no provider contacted)",
     )
-    replay.add_argument("file", type=Path)
+    replay.add_argument(
+        "candidate",
+        metavar="FILE|VERSION",
+        help="a policy file, or a stored version (luthien policy history)",
+    )
     _add_data_dir(replay)
     replay.add_argument(
         "--database-url",

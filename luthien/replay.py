@@ -1,9 +1,11 @@
-"""``luthien policy replay FILE``: a dry run of a policy file over recorded calls, printed."""
+"""``luthien policy replay FILE|VERSION``: a dry run of a policy over recorded calls, printed."""
 
 import argparse
 import asyncio
 import json
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -11,38 +13,29 @@ import yaml
 from controlplane.dry_run import CallReplay, DryRunReport
 from controlplane.recording.records import CallOutcome
 from controlplane.storage import open_storage
-from controlplane.storage.base import CallQuery, StorageUnavailable
+from controlplane.storage.base import CallQuery, Storage, StorageUnavailable
 from dashboard.diff import call_diffs
 from luthien.options import data_dir
 
+#: A stored version's id (``luthien policy history``), when no file of that name exists.
+_VERSION = re.compile(r"^[0-9a-f]{12}$")
+
+
+class _Refused(Exception):
+    """The command cannot run: the message says why."""
+
 
 def replay(args: argparse.Namespace) -> int:
-    from controlplane.policy_file import PolicyFileError, load_policy_file
-    from luthien.dry_run import DryRun, recorded_calls
+    from controlplane.policy_file import PolicyFileError
 
     try:
-        load_policy_file(args.file)  # its problems, located in the file, before any call is read
+        report = asyncio.run(_replay(args))
     except PolicyFileError as exc:
         for problem in exc.problems:
             print(f"luthien: {problem}", file=sys.stderr)
         return 1
-    document = yaml.safe_load(args.file.read_text())
-    query = CallQuery(
-        host=args.host, model=args.model, outcome=args.outcome, since=args.since, until=args.until
-    )
-
-    async def run() -> DryRunReport | None:
-        storage = open_storage(args.database_url, data_dir(args))
-        try:
-            calls = await recorded_calls(storage, query, args.limit)
-        finally:
-            await storage.close()
-        return await DryRun().run(document, calls, judge=args.judge) if calls else None
-
-    try:
-        report = asyncio.run(run())
-    except StorageUnavailable as exc:
-        print(f"luthien: cannot read the recorded calls: {exc}", file=sys.stderr)
+    except _Refused as exc:
+        print(f"luthien: {exc}", file=sys.stderr)
         return 1
     if report is None:
         print("no recorded calls match")
@@ -50,8 +43,41 @@ def replay(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_as_json(report), indent=1, default=str))
     else:
-        print(_table(report, str(args.file)))
+        print(_table(report, args.candidate))
     return 0
+
+
+async def _replay(args: argparse.Namespace) -> DryRunReport | None:
+    from luthien.dry_run import DryRun, recorded_calls
+
+    query = CallQuery(
+        host=args.host, model=args.model, outcome=args.outcome, since=args.since, until=args.until
+    )
+    storage = open_storage(args.database_url, data_dir(args))
+    try:
+        document = await _candidate(args.candidate, storage)
+        calls = await recorded_calls(storage, query, args.limit)
+    except StorageUnavailable as exc:
+        raise _Refused(f"cannot read the database: {exc}") from exc
+    finally:
+        await storage.close()
+    return await DryRun().run(document, calls, judge=args.judge) if calls else None
+
+
+async def _candidate(candidate: str, storage: Storage) -> Any:
+    """The candidate's policy document, checked (its problems located in it) before any call
+    is read: a policy file's, or a stored version's."""
+    from controlplane.policy_file import load_policy_file, policy_from_document
+
+    path = Path(candidate)
+    if path.exists() or not _VERSION.match(candidate):
+        load_policy_file(path)
+        return yaml.safe_load(path.read_text())
+    stored = await storage.policy_version(candidate)
+    if stored is None:
+        raise _Refused(f"{candidate}: neither a policy file nor a stored version (luthien policy history)")
+    policy_from_document(stored.document, f"version {candidate}")
+    return stored.document
 
 
 def _as_json(report: DryRunReport) -> dict[str, Any]:

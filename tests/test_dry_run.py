@@ -9,6 +9,7 @@ provider (nor judge) is contacted meanwhile.
 
 import asyncio
 import json
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from controlplane.policies.chunks import ToolCall
 from controlplane.policies.shared_state import KEY_PREFIX
 from controlplane.policies.tool_call_judge import NOT_IN_CACHE, ToolCallJudgePolicy
 from controlplane.policy_file import PolicyFileError
+from controlplane.policy_versions import document_version
 from controlplane.recording.records import BlockKind, CallOutcome, CallRecord
 from controlplane.storage import SQLiteStorage
 from controlplane.storage.base import CallQuery
@@ -291,4 +293,24 @@ def test_the_replay_command(history: History, tmp_path: Path, capsys: pytest.Cap
     status, _, err = run("policy", "replay", str(broken), *database)
     assert status == 1 and f"luthien: {broken}: policy.class: unknown policy 'Nope'" in err
     status, _, err = run("policy", "replay", str(policy), "--database-url", f"sqlite://{tmp_path}/none.db")
-    assert status == 1 and "cannot read the recorded calls" in err
+    assert status == 1 and "cannot read the database" in err
+
+
+def test_the_replay_command_takes_a_stored_version(
+    history: History, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version stored in the recorded database (``luthien policy activate``) is a candidate too."""
+    policy = yaml.safe_dump({"policy": CANDIDATE})
+    database = ["--database-url", history.database_url]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as file:
+        file.write(policy)
+        file.flush()
+        assert main(["policy", "activate", file.name, *database, "--note", "to replay"]) == 0
+    version = document_version({"policy": CANDIDATE}, "test")
+    capsys.readouterr()
+    assert main(["policy", "replay", version, *database, "--judge", "skip", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["summary"]["policy_version"] == version
+    assert report["summary"]["by_rule"]["no-rm"] == 2 * len(CALLS) // len(PROMPTS)
+    assert main(["policy", "replay", "0123456789ab", *database]) == 1
+    assert "0123456789ab: neither a policy file nor a stored version" in capsys.readouterr().err
