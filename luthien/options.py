@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
         # For tests: a directory standing in for the filesystem root; commands are then printed, not run.
         trust.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
 
-    policy = _command(commands, "policy", "built-in policies; check a policy file; stored versions")
+    policy = _command(commands, "policy", "built-in policies; check a policy file; stored versions; dry runs")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     policy_commands.add_parser("list", help="the built-in policies, a line each")
     check = _command(
