@@ -89,7 +89,8 @@ class _RecordedUpstream:
             return httpx.Response(record.status or 200, headers=sse, content=_sse(events), request=request)
         if not _answered(record):
             raise _Unanswered(NEVER_SENT, request=request)
-        status = record.status or 200 if record.outcome is CallOutcome.PROVIDER_ERROR else 200
+        # The status recorded is the client's: the provider's only when it was the provider's error.
+        status = (record.status or 200) if record.outcome is CallOutcome.PROVIDER_ERROR else 200
         body = b"" if record.original_response is None else _body(record.original_response)
         kind = "text/plain" if isinstance(record.original_response, str) else "application/json"
         return httpx.Response(status, headers=[("content-type", kind)], content=body, request=request)
@@ -130,7 +131,7 @@ class DryRun:
 
         async def one(record: CallRecord) -> CallReplay:
             async with gate:
-                return await replay(record, policy, version, bus)
+                return await replay_call(record, policy, version, bus)
 
         token = OFFLINE_JUDGE.set(judge)  # the tasks below copy it: no judge is asked
         started = time.perf_counter()
@@ -143,7 +144,9 @@ class DryRun:
         )
 
 
-async def replay(record: CallRecord, policy: PolicyHandler, version: str, bus: InMemoryBus) -> CallReplay:
+async def replay_call(
+    record: CallRecord, policy: PolicyHandler, version: str, bus: InMemoryBus
+) -> CallReplay:
     """``record`` through the live pipeline under ``policy``; the provider's part is the record's."""
     kept = _Kept()
     control_plane = ControlPlaneLocal(policy, bus=bus, recorder=kept, policy_version=version)
@@ -173,15 +176,22 @@ async def replay(record: CallRecord, policy: PolicyHandler, version: str, bus: I
 async def recorded_calls(storage: Storage, query: CallQuery, limit: int) -> list[CallRecord]:
     """Up to ``limit`` recorded calls matching ``query``, oldest first, whole."""
     calls: list[CallRecord] = []
-    query = query.model_copy(update={"sort": "time", "order": "asc", "offset": 0})
+    offset = 0
     while len(calls) < limit:
         page = await storage.list_calls(
-            query.model_copy(update={"limit": min(_PAGE, limit - len(calls)), "offset": query.offset})
+            query.model_copy(
+                update={
+                    "sort": "time",
+                    "order": "asc",
+                    "offset": offset,
+                    "limit": min(_PAGE, limit - len(calls)),
+                }
+            )
         )
         for summary in page.calls:
-            if (call := await storage.get_call(summary.call_id)) is not None:
+            if (call := await storage.get_call(summary.call_id)) is not None:  # deleted meanwhile
                 calls.append(call)
         if len(page.calls) < page.limit:
             break
-        query.offset += len(page.calls)
+        offset += len(page.calls)
     return calls

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from tests.conftest import RunningProxy, luthien, running_proxies
 from tests.databases import require_service
 from tests.fake_judge import FakeJudge
 from tests.fake_provider import FakeProvider
+from tests.test_dashboard_api import T0, call_record
 
 CANDIDATE: dict[str, Any] = {
     "class": "SerialPolicy",
@@ -314,3 +316,29 @@ def test_the_replay_command_takes_a_stored_version(
     assert report["summary"]["by_rule"]["no-rm"] == 2 * len(CALLS) // len(PROMPTS)
     assert main(["policy", "replay", "0123456789ab", *database]) == 1
     assert "0123456789ab: neither a policy file nor a stored version" in capsys.readouterr().err
+
+
+def test_recorded_calls_are_read_page_by_page_oldest_first(tmp_path: Path) -> None:
+    """More calls than a page of the calls list holds, with a filter and a limit between pages."""
+    records = [
+        call_record(f"call-{n:04d}", f"prompt {n}", "answer", started_at=T0 + timedelta(seconds=n))
+        for n in range(1203)
+    ]
+    records += [call_record("other-host", "p", "a", host="api.openai.com", started_at=T0)]
+
+    async def read() -> tuple[list[CallRecord], list[CallRecord]]:
+        storage = SQLiteStorage(tmp_path / "calls.db")
+        try:
+            await storage.migrate()
+            await storage.write(records[::-1])
+            some = await recorded_calls(storage, CallQuery(host="anthropic"), limit=1100)
+            rest = await recorded_calls(
+                storage, CallQuery(host="anthropic", since=T0 + timedelta(seconds=1100)), 5000
+            )
+            return some, rest
+        finally:
+            await storage.close()
+
+    some, rest = asyncio.run(read())
+    assert [c.call_id for c in some] == [f"call-{n:04d}" for n in range(1100)]
+    assert [c.call_id for c in rest] == [f"call-{n:04d}" for n in range(1100, 1203)]
