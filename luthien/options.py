@@ -228,6 +228,11 @@ def _add_replay(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         default=os.environ.get("DATABASE_URL") or None,
         help="where the calls were recorded (env DATABASE_URL; default: SQLite in the data dir)",
     )
+    replay.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL") or None,
+        help="where an LLM judge's verdicts are cached, as the proxies have it (env REDIS_URL)",
+    )
     replay.add_argument("--since", type=moment, default=None, help="calls since: 24h, 30m, 7d or an ISO time")
     replay.add_argument("--until", type=moment, default=None, help="calls until: as --since")
     replay.add_argument("--host", default=None, help="calls to hosts containing this")
@@ -240,7 +245,7 @@ def _add_replay(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "--judge",
         choices=["cache", "skip"],
         default="cache",
-        help="an LLM judge answers from its cache (REDIS_URL's; a miss is marked skipped) or is skipped",
+        help="an LLM judge answers from its cache (a miss is marked skipped) or is skipped (default cache)",
     )
     replay.add_argument(
         "--json", action="store_true", help="the report as JSON, with each affected call's diffs"

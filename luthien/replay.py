@@ -3,6 +3,7 @@
 import argparse
 import asyncio
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ class _Refused(Exception):
 def replay(args: argparse.Namespace) -> int:
     from controlplane.policy_file import PolicyFileError
 
+    if args.redis_url:  # the judge reads its shared cache from REDIS_URL, as in the proxies
+        os.environ["REDIS_URL"] = args.redis_url
     try:
         report = asyncio.run(_replay(args))
     except PolicyFileError as exc:

@@ -226,7 +226,12 @@ def _with_tools(records: list[CallRecord]) -> list[CallRecord]:
 
 
 def test_the_judge_answers_from_its_cache_or_is_skipped(
-    history: History, judge: FakeJudge, judge_cache: list[str]
+    history: History,
+    judge: FakeJudge,
+    judge_cache: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     calls = _with_tools(history.recorded)
     # A judge prompt of this test's own: the cache's keys (a hash of it and the call) are too.
@@ -263,6 +268,15 @@ def test_the_judge_answers_from_its_cache_or_is_skipped(
 
     skipped = run("skip")
     assert judge.count == asked and skipped.blocked == 0 and skipped.judge_skipped == tool_calls
+
+    # The command, given the Redis the proxies' judges share (and no REDIS_URL of its own).
+    monkeypatch.delenv("REDIS_URL")
+    (policy := tmp_path / "judge.yaml").write_text(yaml.safe_dump(document))
+    capsys.readouterr()
+    replay = ["policy", "replay", str(policy), "--database-url", history.database_url, "--json"]
+    assert main([*replay, "--redis-url", REDIS_URL]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"]["by_rule"] == {"llm-judge": len(dangerous)}
+    assert judge.count == asked
 
 
 def test_the_replay_command(history: History, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
