@@ -29,6 +29,9 @@ class CallDetail(BaseModel):
     diffs: CallDiffs
     debug_events: list[DebugEvent]
     session: SessionPosition | None = Field(description="Its place in its session; None without one.")
+    cost_usd: float | None = Field(
+        description="As the calls list has it: estimated when the call was stored."
+    )
 
 
 class TurnQuery(BaseModel):
@@ -68,11 +71,13 @@ def router(storage: Storage) -> APIRouter:
         call = await storage.get_call(call_id)
         if call is None:
             raise HTTPException(404, "no call with this id")
+        (listed,) = (await storage.list_calls(CallQuery(call_id=call_id, limit=1))).calls
         return CallDetail(
             call=call,
             diffs=call_diffs(call),
             debug_events=await storage.debug_events(call_id),
             session=await storage.session_position(call_id) if call.session_id else None,
+            cost_usd=listed.cost_usd,
         )
 
     @api.get("/api/sessions")

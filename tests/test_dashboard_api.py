@@ -593,6 +593,9 @@ async def test_the_detail_of_a_rewritten_stream_shows_what_changed(
 
     detail = (await client.get("/api/calls/c3")).json()
     assert detail["call"]["call_id"] == "c3"
+    listed = (await client.get("/api/calls", params={"call_id": "c3"})).json()["calls"]
+    assert [c["call_id"] for c in listed] == ["c3"]
+    assert detail["cost_usd"] == listed[0]["cost_usd"] and detail["cost_usd"] > 0  # as the list has it
     assert detail["call"]["decisions"] == [REWRITTEN.model_dump()]
     assert ["x-api-key", "[redacted]"] in detail["call"]["request_headers"]
     assert [(event["type"], event["payload"]) for event in detail["debug_events"]] == [

@@ -480,7 +480,8 @@ def test_a_modified_stream_shows_a_side_by_side_diff(site: Site, page: Page) -> 
     page.goto(f"{site.url}/calls/e5b2f8a6c1d94e07")
     expect(page.locator("h1")).to_have_text(SONNET)
     facts = page.locator("dl.facts")
-    for fact in ["api.anthropic.com", "claude-code", "413 ms", "1.84 s", "1200 in · 85 out · 1285 total"]:
+    facts_shown = ["api.anthropic.com", "claude-code", "413 ms", "1.84 s", "1200 in · 85 out · 1285 total"]
+    for fact in [*facts_shown, "$0.0049 estimated"]:  # Sonnet's list price: 1200 at $3/M plus 85 at $15/M
         expect(facts).to_contain_text(fact)
     expect(page.locator(".message.role-user")).to_contain_text("Show me how to configure the Stripe client")
     expect(page.locator(".message.role-assistant")).to_contain_text("[REDACTED:stripe_key]")

@@ -102,6 +102,16 @@ def test_a_call_appears_live_and_its_rewritten_stream_is_shown_as_a_diff(
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("#content img").count() == 0
 
+    # The call's policy version leads to the policy in force: the same version, from the file.
+    page.get_by_role("link", name=call["policy_version"]).click()
+    expect(page.locator("#version h2")).to_have_text(f"Version {call['policy_version']}")
+    expect(page.locator("#version .heading .badge")).to_have_text("in force")
+    expect(page.locator("#in-force h1")).to_have_text("UppercaseNthWordPolicy")
+    expect(page.locator("#in-force .heading")).to_contain_text("source: policy file")
+    expect(page.locator("#in-force dl")).to_contain_text(call["policy_version"])
+    expect(page.locator("#in-force .policy-document")).to_contain_text('"n": 2')
+    expect(page.locator("#edit")).to_contain_text("The policy file is the source of truth")
+
 
 # --- What an investigator needs: blocks of every kind, readable diffs, raw bodies ---------------
 

@@ -37,6 +37,7 @@ class CallQuery(BaseModel):
     blocked: bool | None = None
     block_kind: BlockKind | None = Field(default=None, description="What the call's last block stopped.")
     modified: bool | None = None
+    call_id: str | None = Field(default=None, description="Exactly this call.")
     session_id: str | None = Field(default=None, description="Exactly this session.")
     agent: str | None = Field(
         default=None, description="Exactly this agent (``claude-cli``, ``codex_exec``)."

@@ -201,6 +201,7 @@ class Sql:
             "blocked": query.blocked,
             "block_kind": query.block_kind,
             "modified": query.modified,
+            "call_id": query.call_id,
             "session_id": query.session_id,
             "agent": query.agent,
             "api_key_hash": query.api_key_hash,

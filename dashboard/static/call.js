@@ -6,6 +6,7 @@ import {
   compactJSON,
   el,
   factList,
+  formatCost,
   formatDateTime,
   formatMs,
   getJSON,
@@ -46,7 +47,7 @@ function sessionNav(position) {
   ];
 }
 
-function header(call) {
+function header(call, costUsd) {
   const usage = call.usage;
   const facts = [
     ["Call id", call.call_id],
@@ -72,6 +73,7 @@ function header(call) {
       "Tokens",
       usage && `${usage.prompt_tokens ?? "?"} in · ${usage.completion_tokens ?? "?"} out · ${usage.total_tokens ?? "?"} total`,
     ],
+    ["Cost", costUsd !== null ? `${formatCost(costUsd)} estimated` : usage && "unknown (no list price for this model)"],
     ["Error", call.error],
   ];
   return el(
@@ -250,7 +252,7 @@ try {
   content.replaceChildren(
     el("a", { href: "/calls", class: "back" }, "← All calls"),
     ...sessionNav(detail.session),
-    header(call),
+    header(call, detail.cost_usd),
     conversation(call),
     decisions(call),
     diffs(call, detail.diffs),
