@@ -31,12 +31,12 @@ from controlplane.policies.tool_call_judge import NOT_IN_CACHE, ToolCallJudgePol
 from controlplane.policy_file import PolicyFileError
 from controlplane.policy_versions import document_version
 from controlplane.recording.records import BlockKind, CallOutcome, CallRecord
-from controlplane.storage import SQLiteStorage
-from controlplane.storage.base import CallQuery
+from controlplane.storage import PostgresStorage, SQLiteStorage
+from controlplane.storage.base import CallQuery, Storage
 from luthien.cli import main
 from luthien.dry_run import NEVER_SENT, DryRun, recorded_calls
 from tests.conftest import RunningProxy, luthien, running_proxies
-from tests.databases import require_service
+from tests.databases import fresh_postgres_database, require_service
 from tests.fake_judge import FakeJudge
 from tests.fake_provider import FakeProvider
 from tests.test_dashboard_api import T0, call_record
@@ -332,7 +332,8 @@ def test_the_replay_command_takes_a_stored_version(
     assert "0123456789ab: neither a policy file nor a stored version" in capsys.readouterr().err
 
 
-def test_recorded_calls_are_read_page_by_page_oldest_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_recorded_calls_are_read_page_by_page_oldest_first(backend: str, tmp_path: Path) -> None:
     """More calls than a page of the calls list holds, with a filter and a limit between pages."""
     records = [
         call_record(f"call-{n:04d}", f"prompt {n}", "answer", started_at=T0 + timedelta(seconds=n))
@@ -340,19 +341,22 @@ def test_recorded_calls_are_read_page_by_page_oldest_first(tmp_path: Path) -> No
     ]
     records += [call_record("other-host", "p", "a", host="api.openai.com", started_at=T0)]
 
-    async def read() -> tuple[list[CallRecord], list[CallRecord]]:
-        storage = SQLiteStorage(tmp_path / "calls.db")
+    async def read(storage: Storage) -> tuple[list[CallRecord], list[CallRecord]]:
         try:
             await storage.migrate()
             await storage.write(records[::-1])
             some = await recorded_calls(storage, CallQuery(host="anthropic"), limit=1100)
-            rest = await recorded_calls(
-                storage, CallQuery(host="anthropic", since=T0 + timedelta(seconds=1100)), 5000
-            )
-            return some, rest
+            later = CallQuery(host="anthropic", since=T0 + timedelta(seconds=1100))
+            return some, await recorded_calls(storage, later, 5000)
         finally:
             await storage.close()
 
-    some, rest = asyncio.run(read())
+    async def on_backend() -> tuple[list[CallRecord], list[CallRecord]]:
+        if backend == "sqlite":
+            return await read(SQLiteStorage(tmp_path / "calls.db"))
+        async with fresh_postgres_database() as url:
+            return await read(PostgresStorage(url))
+
+    some, rest = asyncio.run(on_backend())
     assert [c.call_id for c in some] == [f"call-{n:04d}" for n in range(1100)]
     assert [c.call_id for c in rest] == [f"call-{n:04d}" for n in range(1100, 1203)]
