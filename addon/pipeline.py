@@ -32,7 +32,7 @@ from addon.endpoints import (
 from addon.joined_reads import joined_reads
 from addon.metrics import ProxyMetrics
 from addon.stream_relay import StreamRelay, relay_for
-from addon.upstream import Upstream
+from addon.upstream import Sender
 from controlplane.interface import ControlPlaneUnavailable, PolicingService
 from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata, WireFormat
 from controlplane.recording.records import CallOutcome, Usage, block_kind, settled_outcome
@@ -193,7 +193,7 @@ class Pipeline:
     def __init__(
         self,
         control_plane: PolicingService,
-        upstream: Upstream,
+        upstream: Sender,
         metrics: ProxyMetrics | None = None,
         unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD,
     ) -> None:

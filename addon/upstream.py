@@ -3,7 +3,7 @@
 import http.cookiejar
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -59,6 +59,15 @@ class _NoCookies(http.cookiejar.CookieJar):
 #: How long a provider may stay silent (before its answer, or between two reads of a stream):
 #: the OpenAI and Anthropic SDKs' own default, so Luthien never gives up before the agent does.
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
+
+
+class Sender(Protocol):
+    """What the pipeline sends a provider request through: ``Upstream``, or a dry run's answers
+    from a recorded call (luthien/dry_run.py)."""
+
+    async def send(
+        self, method: str, host: str, path: str, headers: list[tuple[str, str]], content: bytes
+    ) -> httpx.Response: ...
 
 
 class Upstream:

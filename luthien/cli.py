@@ -52,6 +52,10 @@ def _policy(args: argparse.Namespace) -> int:
         for name, cls in sorted(BUILTIN_POLICIES.items()):
             print(f"{name:<{width}}  {cls.description}")
         return 0
+    if args.policy_command == "replay":
+        from luthien.replay import replay
+
+        return replay(args)
     if args.policy_command in ("history", "activate", "rollback"):
         from luthien.policy_admin import policy_admin
 

@@ -4,8 +4,10 @@ and what the options common to several commands resolve to (the data directory, 
 import argparse
 import math
 import os
+import re
 import shlex
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -190,6 +192,66 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def moment(text: str) -> datetime:
+    """``24h``, ``30m``, ``7d`` (that long ago), or an ISO 8601 time (UTC unless it says)."""
+    if match := _AGO.match(text.strip()):
+        return datetime.now(UTC) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a duration ago (24h, 30m, 7d) or an ISO 8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _add_replay(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from controlplane.recording.records import CallOutcome
+
+    replay = _command(
+        commands,
+        "replay",
+        "dry run: what a policy file would have done to recorded calls (no provider contacted)",
+    )
+    replay.add_argument(
+        "candidate",
+        metavar="FILE|VERSION",
+        help="a policy file, or a stored version (luthien policy history)",
+    )
+    _add_data_dir(replay)
+    replay.add_argument(
+        "--database-url",
+        default=os.environ.get("DATABASE_URL") or None,
+        help="where the calls were recorded (env DATABASE_URL; default: SQLite in the data dir)",
+    )
+    replay.add_argument(
+        "--redis-url",
+        default=os.environ.get("REDIS_URL") or None,
+        help="where an LLM judge's verdicts are cached, as the proxies have it (env REDIS_URL)",
+    )
+    replay.add_argument("--since", type=moment, default=None, help="calls since: 24h, 30m, 7d or an ISO time")
+    replay.add_argument("--until", type=moment, default=None, help="calls until: as --since")
+    replay.add_argument("--host", default=None, help="calls to hosts containing this")
+    replay.add_argument("--model", default=None, help="calls to models containing this")
+    replay.add_argument("--outcome", type=CallOutcome, choices=list(CallOutcome), default=None)
+    replay.add_argument(
+        "--limit", type=int, default=1000, help="at most this many calls, oldest first (1000)"
+    )
+    replay.add_argument(
+        "--judge",
+        choices=["cache", "skip"],
+        default="cache",
+        help="an LLM judge answers from its cache (a miss is marked skipped) or is skipped (default cache)",
+    )
+    replay.add_argument(
+        "--json", action="store_true", help="the report as JSON, with each affected call's diffs"
+    )
+
+
 def _command(
     commands: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str, summary: str
 ) -> argparse.ArgumentParser:
@@ -276,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         # For tests: a directory standing in for the filesystem root; commands are then printed, not run.
         trust.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
 
-    policy = _command(commands, "policy", "built-in policies; check a policy file; stored versions")
+    policy = _command(commands, "policy", "built-in policies; check a policy file; stored versions; dry runs")
     policy_commands = policy.add_subparsers(dest="policy_command", required=True)
     policy_commands.add_parser("list", help="the built-in policies, a line each")
     check = _command(
@@ -306,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=20, help="how many activations to list (default 20)")
     for command in (activate, rollback):
         command.add_argument("--note", default="", help="why, recorded with the activation")
+    _add_replay(policy_commands)
 
     run = _command(commands, "run", "run a command with the proxy exports set: luthien run -- CMD ARGS")
     _add_common(run)

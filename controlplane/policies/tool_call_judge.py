@@ -23,6 +23,7 @@ import httpx
 import openai
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controlplane.dry_run import JUDGE_SKIPPED, OfflineJudge
 from controlplane.llm import (
     AsyncHTTPHandler,
     JSONProviderRegistry,
@@ -44,6 +45,14 @@ MAX_JUDGE_REASON = 500
 _JUDGED: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar(
     "tool_call_judge_judged", default=None
 )
+
+#: How a judge answers in a dry run over recorded calls (see ``OfflineJudge``); None (live
+#: traffic): it asks the model.
+OFFLINE_JUDGE: contextvars.ContextVar[OfflineJudge | None] = contextvars.ContextVar(
+    "tool_call_judge_offline", default=None
+)
+NOT_IN_CACHE = "not in the judge's cache"
+JUDGE_OFF = "the judge is skipped in this dry run"
 
 DEFAULT_PROMPT = """\
 You are a security reviewer for an AI coding agent that runs on a developer's machine. You are \
@@ -309,8 +318,16 @@ class ToolCallJudgePolicy(ToolCallGate):
             "threshold": self.config.threshold,
             "judge_messages": messages,
         }
+        offline = OFFLINE_JUDGE.get()
         try:
-            judgement, cached = await self._judgement(key, messages)
+            if offline is None:
+                judgement, cached = await self._judgement(key, messages)
+            elif (found := await self._offline_judgement(key, offline)) is None:
+                why = NOT_IN_CACHE if offline == "cache" else JUDGE_OFF
+                # Let through, so that the rest of the policy is still seen, and marked as such.
+                return Verdict(f"skipped: {why}", RULE_ID, details | {JUDGE_SKIPPED: why}, allowed=True)
+            else:
+                judgement, cached = found, True
         except Exception as exc:
             return self._failed(exc, details, started)
         details |= {
@@ -363,6 +380,16 @@ class ToolCallJudgePolicy(ToolCallGate):
             future.add_done_callback(lambda done: self._forget(key, done))
         # Shielded: one caller giving up (its client went away) does not cancel the others.
         return await asyncio.shield(self._in_flight[key]), shared
+
+    async def _offline_judgement(self, key: str, offline: OfflineJudge) -> Judgement | None:
+        """A dry run's judgement: the cached one (never a request to the judge), or None."""
+        if offline == "skip":
+            return None
+        try:
+            return await self.cache.get(key)
+        except Exception as exc:
+            log.warning("judge cache lookup failed: %s", type(exc).__name__)
+            return None
 
     def _forget(self, key: str, done: asyncio.Future[Judgement]) -> None:
         self._in_flight.pop(key, None)
