@@ -180,8 +180,8 @@ class GeminiTranscoder:
         self._done = False
 
     def decode(self, event: SSEEvent) -> list[StreamChunk]:
-        if self._json_array and not event.data:
-            return []  # the array's `]`
+        if not event.data:
+            return []  # the array's `]`, or an SSE event of comments alone (a keep-alive)
         data = event.json()
         if not isinstance(data, dict):
             raise MalformedStream("an event that is not a JSON object")

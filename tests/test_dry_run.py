@@ -1,6 +1,6 @@
 """A dry run of a policy over recorded calls, checked against the same policy run live.
 
-Calls of all three APIs, whole and streamed, go through two real proxies with the official SDKs:
+Calls of all four APIs, whole and streamed, go through two real proxies with the official SDKs:
 one with no policy (its records are the history to replay) and one with the candidate policy.
 The dry run over the first's records must decide what the second decided, call by call: the
 same calls blocked or rewritten, the same block kinds and rules, the same answer sent; and no
@@ -70,7 +70,7 @@ PROMPTS = [
 CALLS = [
     {"api": api, "stream": stream, "prompt": f"{prompt} (#{n})"}
     for n in range(1)
-    for api in ("chat", "responses", "messages")
+    for api in ("chat", "responses", "messages", "gemini")
     for stream in (False, True)
     for prompt in PROMPTS
 ]

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from controlplane.llm import ModelResponse
 from formats.base import FormatError
 from formats.gemini import GeminiCodec, GeminiCountTokensCodec
+from formats.gemini_stream import GeminiTranscoder
 from formats.json_array import JSONArrayParser
+from formats.sse import parse_event
 
 ELEMENTS = [
     {"candidates": [{"content": {"parts": [{"text": 'a "quoted" [bracket] {brace} \\ \u00e9'}]}}]},
@@ -162,3 +164,10 @@ def test_a_removed_call_leaves_the_explanation_and_the_other_parts() -> None:
     ]
     assert rendered["candidates"][0]["finishReason"] == "STOP"
     assert rendered["usageMetadata"] == original["usageMetadata"]
+
+
+def test_an_event_without_data_carries_nothing_in_either_framing() -> None:
+    """A keep-alive of comments alone in SSE; the closing bracket of an array (which a dry run
+    replays as an SSE event of its own)."""
+    for transcoder in (GeminiTranscoder(), GeminiTranscoder(json_array=True)):
+        assert transcoder.decode(parse_event(b": keep-alive\r\n\r\n")) == []
