@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from controlplane.access import Credential
 from controlplane.dry_run import CallReplay, DryRunner, OfflineJudge, recorded_calls
 from controlplane.policy_file import PolicyFileError, parse_policy_yaml
 from controlplane.policy_versions import FileIsTheSource, PolicySource, PolicyVersions, UnknownVersion
-from controlplane.recording.records import BlockKind, CallOutcome
+from controlplane.recording.records import CallOutcome, CallRecord
 from controlplane.remote.policy_changes import Activate, http_change
 from controlplane.storage.base import ActivePolicy, CallQuery, PolicyActivation, PolicyVersion
 from dashboard.auth import require_admin
@@ -61,32 +61,26 @@ class DryRunAsk(BaseModel):
     judge: OfflineJudge = "cache"
 
 
-class DryRunCall(BaseModel):
-    """A call the candidate would have treated differently from doing nothing."""
+class DryRunCall(CallReplay):
+    """A call the candidate would have treated differently from doing nothing: its replayed record
+    is left out of the answer, and its diffs say what would have changed."""
 
-    call_id: str
-    started_at: datetime
-    model: str | None
-    recorded_outcome: CallOutcome
-    recorded_block_kind: BlockKind | None
-    outcome: CallOutcome
-    block_kind: BlockKind | None
-    request_modified: bool
-    response_modified: bool
-    rules: list[str]
-    judge_skipped: int
-    notes: list[str]
+    replayed: CallRecord = Field(exclude=True)
     diffs: CallDiffs = Field(description="The replayed call's diffs, as a live call's.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def started_at(self) -> datetime:
+        return self.replayed.started_at
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model(self) -> str | None:
+        return self.replayed.model
 
     @classmethod
     def of(cls, replay: CallReplay) -> "DryRunCall":
-        record = replay.replayed
-        return cls(
-            **replay.model_dump(include=set(cls.model_fields) - {"started_at", "model", "diffs"}),
-            started_at=record.started_at,
-            model=record.model,
-            diffs=call_diffs(record),
-        )
+        return cls(**dict(replay), diffs=call_diffs(replay.replayed))
 
 
 class DryRunAnswer(BaseModel):
