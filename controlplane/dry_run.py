@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, Field
 
 from controlplane.recording.records import BlockKind, CallOutcome, CallRecord, Decision
+from controlplane.storage.base import CallQuery, Storage
 
 #: How an LLM judge answers in a dry run: from its cache only (a miss is let through, marked
 #: skipped: never a request to the judge), or not at all (every tool call marked skipped).
@@ -20,6 +21,8 @@ OfflineJudge = Literal["cache", "skip"]
 JUDGE_SKIPPED = "judge_skipped"
 #: The rule a block is counted under when its policy names none.
 UNNAMED_RULE = "(no rule id)"
+#: The calls list's widest page.
+_PAGE = 500
 
 
 class CallReplay(BaseModel):
@@ -137,3 +140,27 @@ def judge_skips(decisions: Sequence[Decision]) -> int:
         if isinstance(judged, list):
             count += sum(isinstance(entry, dict) and JUDGE_SKIPPED in entry for entry in judged)
     return count
+
+
+async def recorded_calls(storage: Storage, query: CallQuery, limit: int) -> list[CallRecord]:
+    """Up to ``limit`` recorded calls matching ``query``, oldest first, whole."""
+    calls: list[CallRecord] = []
+    offset = 0
+    while len(calls) < limit:
+        page = await storage.list_calls(
+            query.model_copy(
+                update={
+                    "sort": "time",
+                    "order": "asc",
+                    "offset": offset,
+                    "limit": min(_PAGE, limit - len(calls)),
+                }
+            )
+        )
+        for summary in page.calls:
+            if (call := await storage.get_call(summary.call_id)) is not None:  # deleted meanwhile
+                calls.append(call)
+        if len(page.calls) < page.limit:
+            break
+        offset += len(page.calls)
+    return calls

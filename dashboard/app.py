@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane.access import Tokens
 from controlplane.activity.bus import ActivityBus, BusUnavailable
+from controlplane.dry_run import DryRunner
 from controlplane.policy_nudge import NoNudge
 from controlplane.policy_versions import PolicyVersions
 from controlplane.storage.base import Storage, StorageUnavailable
@@ -39,10 +40,12 @@ def create_app(
     token: TokenSource | str,
     named: Tokens | None = None,
     versions: PolicyVersions | None = None,
+    dry_run: DryRunner | None = None,
 ) -> FastAPI:
     """``token``: the admin token every request may carry (a plain string is a fixed token);
     ``named``: more tokens, each with its role. ``versions`` takes policy changes (by default:
-    stored in ``storage``, the database being the source)."""
+    stored in ``storage``, the database being the source); ``dry_run`` replays recorded calls
+    under a candidate policy (without one, the policy page offers no dry run)."""
     if isinstance(token, str):
         token = FixedToken(token)
     named = named if named is not None else Tokens([])
@@ -51,7 +54,7 @@ def create_app(
     app = FastAPI(title="Luthien dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.streams_ending = asyncio.Event()
     app.include_router(api.router(storage))
-    app.include_router(policy_api.router(versions))
+    app.include_router(policy_api.router(versions, dry_run))
     app.include_router(activity.router(bus, app.state.streams_ending))
     app.include_router(login_router(token, named))
     app.include_router(pages.router)

@@ -2,18 +2,21 @@
 (admin tokens only). Changes are stored, audited under the token's name and nudged to every
 control-plane replica by ``PolicyVersions``."""
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from controlplane.access import Credential
+from controlplane.dry_run import CallReplay, DryRunner, OfflineJudge, recorded_calls
 from controlplane.policy_file import PolicyFileError, parse_policy_yaml
 from controlplane.policy_versions import FileIsTheSource, PolicySource, PolicyVersions, UnknownVersion
+from controlplane.recording.records import CallOutcome, CallRecord
 from controlplane.remote.policy_changes import Activate, http_change
-from controlplane.storage.base import ActivePolicy, PolicyActivation, PolicyVersion
+from controlplane.storage.base import ActivePolicy, CallQuery, PolicyActivation, PolicyVersion
 from dashboard.auth import require_admin
-from dashboard.diff import Diff, diff_bodies
+from dashboard.diff import CallDiffs, Diff, call_diffs, diff_bodies
 
 Admin = Annotated[Credential, Depends(require_admin)]
 
@@ -39,7 +42,55 @@ class PolicyCheck(BaseModel):
     problems: list[str] = []
 
 
-def router(versions: PolicyVersions) -> APIRouter:
+#: The most calls one dry run from the dashboard replays.
+DRY_RUN_LIMIT = 5000
+
+
+class DryRunAsk(BaseModel):
+    """A candidate (a document as typed, or a stored version) and the recorded calls to replay:
+    a filter of the calls list, oldest first up to ``limit``."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(default=None, max_length=1_000_000)
+    version: str | None = None
+    host: str | None = None
+    model: str | None = None
+    outcome: CallOutcome | None = None
+    since: datetime | None = None
+    limit: int = Field(default=500, ge=1, le=DRY_RUN_LIMIT)
+    judge: OfflineJudge = "cache"
+
+
+class DryRunCall(CallReplay):
+    """A call the candidate would have treated differently from doing nothing: its replayed record
+    is left out of the answer, and its diffs say what would have changed."""
+
+    replayed: CallRecord = Field(exclude=True)
+    diffs: CallDiffs = Field(description="The replayed call's diffs, as a live call's.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def started_at(self) -> datetime:
+        return self.replayed.started_at
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def model(self) -> str | None:
+        return self.replayed.model
+
+    @classmethod
+    def of(cls, replay: CallReplay) -> "DryRunCall":
+        return cls(**dict(replay), diffs=call_diffs(replay.replayed))
+
+
+class DryRunAnswer(BaseModel):
+    summary: dict[str, Any] = Field(
+        description="Calls replayed, affected, blocked, modified, by rule and kind."
+    )
+    affected: list[DryRunCall]
+
+
+def router(versions: PolicyVersions, dry_run: DryRunner | None = None) -> APIRouter:
     api = APIRouter()
     storage = versions.storage
 
@@ -87,6 +138,37 @@ def router(versions: PolicyVersions) -> APIRouter:
         except FileIsTheSource as exc:
             raise HTTPException(409, str(exc)) from exc
         return PolicyCheck(valid=True, version=version.version, document=document)
+
+    @api.post("/api/policy/dry-run")
+    async def dry_run_policy(ask: DryRunAsk, credential: Admin) -> DryRunAnswer:
+        """The candidate over recorded calls, offline: what it would have blocked or changed."""
+        if dry_run is None:
+            raise HTTPException(
+                501, "this dashboard runs no dry runs (start it with luthien up or luthien dashboard)"
+            )
+        document = await _candidate(ask)
+        query = CallQuery(host=ask.host, model=ask.model, outcome=ask.outcome, since=ask.since)
+        calls = await recorded_calls(storage, query, ask.limit)
+        try:
+            report = await dry_run.run(document, calls, ask.judge)
+        except PolicyFileError as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return DryRunAnswer(
+            summary=report.summary(), affected=[DryRunCall.of(call) for call in report.calls if call.affected]
+        )
+
+    async def _candidate(ask: DryRunAsk) -> Any:
+        if (ask.text is None) == (ask.version is None):
+            raise HTTPException(422, "give the candidate as text or as a stored version, not both")
+        if ask.version is not None:
+            stored = await storage.policy_version(ask.version)
+            if stored is None:
+                raise HTTPException(404, str(UnknownVersion(ask.version)))
+            return stored.document
+        try:
+            return parse_policy_yaml((ask.text or "").encode(), "document")
+        except PolicyFileError as exc:
+            raise HTTPException(400, str(exc)) from exc
 
     @api.put("/api/policy")
     async def replace(

@@ -25,7 +25,6 @@ from controlplane.policies.tool_call_judge import OFFLINE_JUDGE
 from controlplane.policy_file import policy_from_document
 from controlplane.policy_versions import document_version
 from controlplane.recording.records import CallOutcome, CallRecord, Record
-from controlplane.storage.base import CallQuery, Storage
 from formats.policing import Policing
 
 #: Calls replayed at once: the policies are async (a judge's cache lookup waits on Redis).
@@ -34,8 +33,6 @@ NEVER_SENT = "the recorded call never reached the provider, so only its request 
 EVENTS_CUT = "the record kept only part of this stream's events; the replay polices those"
 #: What a replayed call's record keeps of the recorded call.
 _RECORDED = ("call_id", "started_at", "finished_at", "ttfb_ms", "duration_ms", "api_key_hash")
-#: The calls list's widest page.
-_PAGE = 500
 #: Request headers the pipeline would get from the client's connection, not the recorded call.
 _NOT_REPLAYED_HEADERS = frozenset({"host", "content-length"})
 
@@ -171,27 +168,3 @@ async def replay_call(
         notes=_notes(record),
         replayed=replayed,
     )
-
-
-async def recorded_calls(storage: Storage, query: CallQuery, limit: int) -> list[CallRecord]:
-    """Up to ``limit`` recorded calls matching ``query``, oldest first, whole."""
-    calls: list[CallRecord] = []
-    offset = 0
-    while len(calls) < limit:
-        page = await storage.list_calls(
-            query.model_copy(
-                update={
-                    "sort": "time",
-                    "order": "asc",
-                    "offset": offset,
-                    "limit": min(_PAGE, limit - len(calls)),
-                }
-            )
-        )
-        for summary in page.calls:
-            if (call := await storage.get_call(summary.call_id)) is not None:  # deleted meanwhile
-                calls.append(call)
-        if len(page.calls) < page.limit:
-            break
-        offset += len(page.calls)
-    return calls

@@ -51,7 +51,8 @@ def replay(args: argparse.Namespace) -> int:
 
 
 async def _replay(args: argparse.Namespace) -> DryRunReport | None:
-    from luthien.dry_run import DryRun, recorded_calls
+    from controlplane.dry_run import recorded_calls
+    from luthien.dry_run import DryRun
 
     query = CallQuery(
         host=args.host, model=args.model, outcome=args.outcome, since=args.since, until=args.until

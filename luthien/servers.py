@@ -176,6 +176,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from dashboard.app import create_app, end_live_streams
     from formats.policing import Policing
     from luthien.backends import open_backends
+    from luthien.dry_run import DryRun
 
     _configure_logging(args.log_level, "luthien-proxy")
     _share_redis_with_policies(args.redis_url)
@@ -203,7 +204,7 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
                 await metrics_server.start()
             dashboard = None
             if token is not None:
-                app = create_app(backends.storage, backends.bus, token, named, versions)
+                app = create_app(backends.storage, backends.bus, token, named, versions, DryRun())
                 dashboard = EmbeddedServer(app, args.dashboard_host, args.dashboard_port)
                 await dashboard.start()
 
@@ -321,6 +322,7 @@ def serve_dashboard(args: argparse.Namespace) -> int:
     from controlplane.policy_versions import PolicyVersions
     from dashboard.app import create_app, end_live_streams
     from luthien.backends import open_backends
+    from luthien.dry_run import DryRun
 
     _configure_logging(args.log_level, "luthien-dashboard")
     token = dashboard_token(args)
@@ -333,7 +335,7 @@ def serve_dashboard(args: argparse.Namespace) -> int:
                 print("No REDIS_URL: the live monitor shows only this process's events (none).", flush=True)
             # Changes are nudged to the control planes, which enforce them; this process only stores them.
             versions = PolicyVersions(backends.storage, backends.nudge, source, args.policy)
-            app = create_app(backends.storage, backends.bus, token, named, versions)
+            app = create_app(backends.storage, backends.bus, token, named, versions, DryRun())
             config = uvicorn.Config(
                 # No access log: the login link carries the token.
                 app,

@@ -23,7 +23,7 @@ import pytest
 import redis
 import yaml
 
-from controlplane.dry_run import DryRunReport, OfflineJudge, block_rules
+from controlplane.dry_run import DryRunReport, OfflineJudge, block_rules, recorded_calls
 from controlplane.models import RequestMetadata
 from controlplane.policies.chunks import ToolCall
 from controlplane.policies.shared_state import KEY_PREFIX
@@ -34,7 +34,7 @@ from controlplane.recording.records import BlockKind, CallOutcome, CallRecord
 from controlplane.storage import PostgresStorage, SQLiteStorage
 from controlplane.storage.base import CallQuery, Storage
 from luthien.cli import main
-from luthien.dry_run import NEVER_SENT, DryRun, recorded_calls
+from luthien.dry_run import NEVER_SENT, DryRun
 from tests.conftest import RunningProxy, luthien, running_proxies
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_judge import FakeJudge

@@ -6,15 +6,18 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from controlplane.access import Credential, Tokens
 from controlplane.activity import InMemoryBus
 from controlplane.storage import SQLiteStorage
+from controlplane.storage.base import CallQuery
 from dashboard.app import create_app
+from luthien.dry_run import DryRun
 from tests.background_server import BackgroundServer
-from tests.test_dashboard_api import TOKEN, call_record
+from tests.test_dashboard_api import TOKEN, call_record, sample_calls
 from tests.test_dashboard_browser import Site, browser, watched_page
 
 __all__ = ["browser"]  # the module-scoped Chromium fixture
@@ -28,7 +31,7 @@ EVERY_THIRD = "policy:\n  class: UppercaseNthWordPolicy\n  config: {n: 3}\n"
 def site(tmp_path: Path) -> Iterator[Site]:
     storage, bus = SQLiteStorage(tmp_path / "calls.db"), InMemoryBus()
     readers = Tokens([(Credential(name="auditor", role="read"), READ_TOKEN)])
-    server = BackgroundServer(create_app(storage, bus, TOKEN, named=readers), "dashboard")
+    server = BackgroundServer(create_app(storage, bus, TOKEN, named=readers, dry_run=DryRun()), "dashboard")
     served = Site(server.start(), storage, bus, server)
     served.run(storage.migrate())
     yield served
@@ -141,3 +144,62 @@ def test_a_read_token_sees_the_policy_but_cannot_change_it(browser: Browser, sit
         expect(reader.locator("#edit")).to_contain_text("The token “auditor” may read only")
         expect(reader.locator("textarea")).to_have_count(0)
         expect(reader.locator(f"button[data-activate='{first}']")).to_have_count(0)
+
+
+SLOWER = (
+    "policy:\n  class: StringReplacementPolicy\n"
+    "  config: {replacements: [{find: quick, replace: slow}], apply_to: responses}\n"
+)
+
+
+def test_a_dry_run_shows_what_a_candidate_would_have_changed(site: Site, page: Page) -> None:
+    site.run(site.storage.write(sample_calls()))  # c3's streamed answer says "The quick brown fox"
+    page.goto(f"{site.url}/policy")
+    type_document(page, SLOWER)
+    expect(page.locator("#edit [role=status]")).to_contain_text("would be version")
+    dry = page.locator("#dry-run")
+    dry.locator("select[name=since]").select_option(label="all recorded")
+    dry.get_by_role("button", name="Run").click()
+    expect(dry.locator(".dry-summary")).to_contain_text("5 calls replayed")
+    expect(dry.locator(".dry-summary")).to_contain_text("1 affected (0 blocked, 1 modified)")
+    affected = dry.locator("table.affected > tbody > tr")
+    expect(affected).to_have_count(1)
+    expect(affected.first).to_contain_text("c3")
+    expect(affected.first.locator("td").nth(4)).to_have_text("modified")
+    affected.first.locator("summary").click()
+    text = affected.first.locator("[data-diff=output_text]")
+    expect(text.locator("td.left mark")).to_contain_text("quick")
+    expect(text.locator("td.right mark")).to_contain_text("slow")
+
+    # A stored version is a candidate too; nothing was activated or recorded by the dry run.
+    version = activate(page, SLOWER, "slower foxes")
+    dry.locator("select[name=candidate]").select_option(version)
+    dry.locator("select[name=since]").select_option(label="all recorded")
+    dry.get_by_role("button", name="Run").click()
+    expect(dry.locator(".dry-summary")).to_contain_text("1 affected (0 blocked, 1 modified)")
+    assert [c.call_id for c in site.run(site.storage.list_calls(CallQuery(limit=50))).calls] == [
+        "c4",
+        "c3",
+        "c2",
+        "c1",
+        "c0",
+    ]
+
+
+def test_a_broken_candidate_is_not_run(site: Site, page: Page) -> None:
+    page.goto(f"{site.url}/policy")
+    type_document(page, "policy:\n  class: NoSuchPolicy\n")
+    page.locator("#dry-run select[name=since]").select_option(label="all recorded")
+    page.locator("#dry-run").get_by_role("button", name="Run").click()
+    expect(page.locator("#dry-run [role=alert]")).to_contain_text("not a valid policy yet")
+    expect(page.locator("#edit [role=status]")).to_contain_text("NoSuchPolicy")
+    # Asked directly, the API says what is wrong, and what it needs.
+    api = httpx.Client(base_url=site.url, headers={"authorization": f"Bearer {TOKEN}"})
+    broken = api.post("/api/policy/dry-run", json={"text": "policy:\n  class: NoSuchPolicy\n"})
+    assert broken.status_code == 400 and "NoSuchPolicy" in broken.json()["error"]
+    both = api.post("/api/policy/dry-run", json={"text": SLOWER, "version": "abc"})
+    assert both.status_code == 422 and "not both" in both.json()["error"]
+    reader = api.post(
+        "/api/policy/dry-run", json={"text": SLOWER}, headers={"authorization": f"Bearer {READ_TOKEN}"}
+    )
+    assert reader.status_code == 403

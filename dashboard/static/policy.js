@@ -1,7 +1,7 @@
 // The policy in force, its history, the difference between two versions, and (for an admin token,
 // with the database as the source of truth) editing with validation as you type, activation and
 // rollback. Everything comes from /api/policy*; ?version=V shows one stored version.
-import { badge, el, factList, formatDateTime, getJSON, sendJSON, showProblem } from "/static/common.js";
+import { badge, blockBadge, el, factList, formatDateTime, getJSON, sendJSON, showProblem } from "/static/common.js";
 import { diffBadge, diffTable } from "/static/diff.js";
 
 const content = document.getElementById("content");
@@ -9,6 +9,8 @@ const shownVersion = new URLSearchParams(location.search).get("version");
 // Validation waits for a pause in typing, so a keystroke does not build a policy each time.
 const CHECK_DELAY_MS = 300;
 const TEMPLATE = { policy: { class: "NoOpPolicy", config: {} } };
+// The editor's last check, which the dry run needs before it replays the document being edited.
+let editorCheck = null;
 
 function section(title, attrs, ...body) {
   return el("section", { class: "card", ...attrs }, el("h2", {}, title), ...body);
@@ -208,6 +210,7 @@ function editor(state, me, reload) {
       const answer = await sendJSON("POST", "/api/policy/check", { text: typed });
       if (typed !== text.value) return; // a later check is on its way
       checked = answer;
+      editorCheck = answer;
       if (!answer.valid) {
         status.replaceChildren(badge("invalid", "bad"), problemsList(answer.problems));
       } else if (answer.version === state.active?.activation.version) {
@@ -223,6 +226,7 @@ function editor(state, me, reload) {
   text.addEventListener("input", () => {
     // What was checked is no longer what is typed: nothing to activate until the next check.
     checked = null;
+    editorCheck = null;
     activate.disabled = true;
     status.replaceChildren(el("span", { class: "muted" }, "Checking…"));
     clearTimeout(pending);
@@ -248,13 +252,161 @@ function editor(state, me, reload) {
   );
 }
 
+const SINCE = [
+  ["last hour", 1],
+  ["last 24 hours", 24],
+  ["last 7 days", 24 * 7],
+  ["all recorded", null],
+];
+
+function outcomeBadges(outcome, blockKind, modified) {
+  if (blockKind) return blockBadge(blockKind);
+  if (outcome === "blocked") return badge("blocked");
+  return modified ? badge("modified", "warn") : badge(outcome);
+}
+
+function dryRunResult(answer) {
+  const s = answer.summary;
+  const rules = Object.entries(s.by_rule);
+  const parts = [
+    el(
+      "p",
+      { class: "dry-summary" },
+      `${s.calls} calls replayed in ${s.seconds} s: ${s.affected} affected (${s.blocked} blocked, ${s.modified} modified)`,
+      s.judge_skipped ? `; the judge skipped ${s.judge_skipped} tool calls (${s.judge === "cache" ? "not in its cache" : "skipped"})` : "",
+      ".",
+    ),
+  ];
+  if (rules.length) {
+    parts.push(
+      el(
+        "table",
+        { class: "grid by-rule" },
+        el("thead", {}, el("tr", {}, el("th", {}, "Rule"), el("th", { class: "num" }, "Calls"))),
+        el("tbody", {}, rules.map(([rule, count]) => el("tr", {}, el("td", { class: "mono" }, rule), el("td", { class: "num" }, count)))),
+      ),
+    );
+  }
+  const rows = answer.affected.flatMap((call) => {
+    const changed = [
+      ["output_text", "Output text", "Provider's answer", "Client's answer"],
+      ["tool_calls", "Tool calls", "Provider's calls", "Client's calls"],
+      ["request", "Request body", "Client sent", "Sent to provider"],
+    ].filter(([key]) => call.diffs[key].changed);
+    return [
+      el(
+        "tr",
+        { "data-call": call.call_id },
+        el("td", { class: "nowrap" }, formatDateTime(call.started_at)),
+        el("td", { class: "mono" }, el("a", { href: `/calls/${encodeURIComponent(call.call_id)}` }, call.call_id.slice(0, 12))),
+        el("td", { class: "mono" }, call.model ?? "—"),
+        el("td", {}, outcomeBadges(call.recorded_outcome, call.recorded_block_kind, false)),
+        el("td", {}, outcomeBadges(call.outcome, call.block_kind, call.request_modified || call.response_modified)),
+        el("td", { class: "mono" }, call.rules.join(", ")),
+        el(
+          "td",
+          {},
+          changed.length > 0 &&
+            el(
+              "details",
+              {},
+              el("summary", {}, "changes"),
+              changed.map(([key, title, left, right]) =>
+                el("div", { class: "diff-part", "data-diff": key }, el("h3", {}, title), diffTable(call.diffs[key], left, right)),
+              ),
+            ),
+          call.notes.map((note) => el("div", { class: "sub" }, note)),
+        ),
+      ),
+    ];
+  });
+  parts.push(
+    rows.length
+      ? el(
+          "table",
+          { class: "grid affected" },
+          el("thead", {}, el("tr", {}, ["Time", "Call", "Model", "Recorded", "Would be", "Rules", ""].map((h) => el("th", {}, h)))),
+          el("tbody", {}, rows),
+        )
+      : el("p", { class: "muted" }, "The candidate would have changed none of these calls."),
+  );
+  return parts;
+}
+
+function dryRun(state, me) {
+  if (me.role !== "admin") return null;
+  const editing = state.source === "database";
+  const versions = [...new Set(state.history.map((entry) => entry.version))];
+  const activeVersion = state.active?.activation.version;
+  const candidate = el(
+    "select",
+    { name: "candidate" },
+    editing && el("option", { value: "" }, "the document being edited"),
+    versions.map((version) => el("option", { value: version }, version === activeVersion ? `${version} (in force)` : version)),
+  );
+  const since = el("select", { name: "since" }, SINCE.map(([label, hours]) => el("option", { value: hours ?? "" }, label)));
+  since.value = "24";
+  const host = el("input", { name: "host", placeholder: "any host" });
+  const model = el("input", { name: "model", placeholder: "any model" });
+  const limit = el("input", { name: "limit", type: "number", min: 1, max: 5000, value: 500, class: "narrow" });
+  const judge = el(
+    "select",
+    { name: "judge" },
+    el("option", { value: "cache" }, "judge from its cache"),
+    el("option", { value: "skip" }, "judge skipped"),
+  );
+  const run = el("button", { type: "button", class: "action" }, "Run");
+  const result = el("div", { class: "dry-result", "aria-live": "polite" });
+  run.addEventListener("click", async () => {
+    run.disabled = true;
+    result.replaceChildren(el("p", { class: "muted" }, "Replaying…"));
+    const ask = { limit: Number(limit.value), judge: judge.value, host: host.value || null, model: model.value || null };
+    if (since.value) ask.since = new Date(Date.now() - Number(since.value) * 3600 * 1000).toISOString();
+    if (candidate.value) {
+      ask.version = candidate.value;
+    } else if (editorCheck?.valid) {
+      ask.text = document.querySelector("textarea[name=document]").value;
+    } else {
+      result.replaceChildren(
+        el("p", { class: "problem", role: "alert" }, "The document being edited is not a valid policy yet: see its problems above."),
+      );
+      run.disabled = false;
+      return;
+    }
+    try {
+      result.replaceChildren(...dryRunResult(await sendJSON("POST", "/api/policy/dry-run", ask)));
+    } catch (error) {
+      result.replaceChildren(el("p", { class: "problem", role: "alert" }, error.message));
+    } finally {
+      run.disabled = false;
+    }
+  });
+  return section(
+    "Dry run",
+    { id: "dry-run" },
+    el("p", { class: "muted" }, "Replays recorded calls under a candidate policy, offline: no provider is contacted, nothing is changed or recorded. An LLM judge answers from its cache, or is skipped."),
+    el(
+      "div",
+      { class: "filters" },
+      el("label", {}, "Candidate", candidate),
+      el("label", {}, "Calls", since),
+      el("label", {}, "Host", host),
+      el("label", {}, "Model", model),
+      el("label", {}, "At most", limit),
+      judge,
+      run,
+    ),
+    result,
+  );
+}
+
 async function render(message) {
   try {
     const [me, state] = await Promise.all([getJSON("/api/me"), getJSON("/api/policy")]);
     const parts = [];
     if (message) parts.push(el("div", { class: "done", role: "status" }, message));
     if (shownVersion) parts.push(await oneVersion(state, me, render));
-    parts.push(inForce(state), editor(state, me, render), history(state, me, render), compare(state));
+    parts.push(inForce(state), editor(state, me, render), dryRun(state, me), history(state, me, render), compare(state));
     content.replaceChildren(...parts.filter(Boolean));
   } catch (error) {
     showProblem(content, error);
