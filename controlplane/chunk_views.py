@@ -24,7 +24,8 @@ def chunk_data(chunk: ModelResponseStream) -> StreamChunk:
     the record keeps."""
     choices: list[ChunkChoice] = []
     for choice in chunk.choices:
-        delta = choice.delta
+        fields = _fields(choice)
+        delta = _fields(fields.get("delta"))
         calls: list[ToolCallDelta] = [
             {
                 "index": call.index or 0,
@@ -33,23 +34,34 @@ def chunk_data(chunk: ModelResponseStream) -> StreamChunk:
                 if call.function is not None
                 else {},
             }
-            for call in getattr(delta, "tool_calls", None) or []
+            for call in delta.get("tool_calls") or []
         ]
         choices.append(
             {
-                "index": choice.index,
+                "index": fields.get("index", 0),
                 "delta": {
-                    "role": getattr(delta, "role", None),
-                    "content": getattr(delta, "content", None),
-                    "reasoning_content": getattr(delta, "reasoning_content", None),
-                    "thinking_blocks": _plain_blocks(getattr(delta, "thinking_blocks", None)),
+                    "role": delta.get("role"),
+                    "content": delta.get("content"),
+                    "reasoning_content": delta.get("reasoning_content"),
+                    "thinking_blocks": _plain_blocks(delta.get("thinking_blocks")),
                     "tool_calls": calls,
                 },
-                "finish_reason": choice.finish_reason,
+                "finish_reason": fields.get("finish_reason"),
             }
         )
-    usage = getattr(chunk, "usage", None)
+    usage = _fields(chunk).get("usage")
     return {"choices": choices, "usage": usage.model_dump() if usage is not None else None}
+
+
+def _fields(model: Any) -> dict[str, Any]:
+    """A LiteLLM object's fields as they are set. Pydantic keeps the declared ones in ``__dict__``
+    and LiteLLM most of a delta's in ``__pydantic_extra__``, dropping those that are None: read
+    there, an absent field costs no attribute lookup failing through pydantic's ``__getattr__``
+    (most of this function's time when it did)."""
+    if model is None:
+        return {}
+    extra = model.__pydantic_extra__
+    return {**model.__dict__, **extra} if extra else model.__dict__
 
 
 def _plain_blocks(blocks: Any) -> list[dict[str, Any]] | None:
