@@ -9,7 +9,8 @@ const shownVersion = new URLSearchParams(location.search).get("version");
 // Validation waits for a pause in typing, so a keystroke does not build a policy each time.
 const CHECK_DELAY_MS = 300;
 const TEMPLATE = { policy: { class: "NoOpPolicy", config: {} } };
-// The editor's last check, which the dry run needs before it replays the document being edited.
+// The editor's last check of what is typed (null while a new one waits): what Activate sends, and
+// what the dry run needs before it replays the document being edited.
 let editorCheck = null;
 
 function section(title, attrs, ...body) {
@@ -200,7 +201,6 @@ function editor(state, me, reload) {
   const note = el("input", { name: "note", placeholder: "what changes, and why", "aria-label": "Note" });
   const status = el("div", { class: "check", role: "status" });
   const activate = el("button", { type: "button", class: "action", disabled: true }, "Activate");
-  let checked = null;
   let pending = null;
   const check = async () => {
     const typed = text.value;
@@ -209,7 +209,6 @@ function editor(state, me, reload) {
     try {
       const answer = await sendJSON("POST", "/api/policy/check", { text: typed });
       if (typed !== text.value) return; // a later check is on its way
-      checked = answer;
       editorCheck = answer;
       if (!answer.valid) {
         status.replaceChildren(badge("invalid", "bad"), problemsList(answer.problems));
@@ -225,7 +224,6 @@ function editor(state, me, reload) {
   };
   text.addEventListener("input", () => {
     // What was checked is no longer what is typed: nothing to activate until the next check.
-    checked = null;
     editorCheck = null;
     activate.disabled = true;
     status.replaceChildren(el("span", { class: "muted" }, "Checking…"));
@@ -235,7 +233,7 @@ function editor(state, me, reload) {
   activate.addEventListener("click", async () => {
     activate.disabled = true;
     try {
-      const done = await sendJSON("PUT", `/api/policy?note=${encodeURIComponent(note.value)}`, checked.document);
+      const done = await sendJSON("PUT", `/api/policy?note=${encodeURIComponent(note.value)}`, editorCheck.document);
       await reload(`Version ${done.version} is now in force.`);
     } catch (error) {
       status.replaceChildren(el("span", { class: "problem inline", role: "alert" }, error.message));
