@@ -132,11 +132,17 @@ _CREDENTIAL_KEY = re.compile(
 _NOT_CREDENTIAL_KEY = re.compile(r"(?i)(?:^max_|_count$|_type$|_id$|_at$|_in$|_name$|_url$|^tokens?$)")
 
 
+def credential_key(key: str) -> bool:
+    """A JSON key whose string value is a credential (``api_key``, ``client_secret``), not one that
+    counts or names things (``max_tokens``, ``token_type``)."""
+    return bool(_CREDENTIAL_KEY.match(key)) and not _NOT_CREDENTIAL_KEY.search(key)
+
+
 def scrub_body(node: Any, key: str | None = None) -> Any:
     """A forwarded JSON body (or its text) with credentials removed: a string under a credential
     key is replaced whole, and key-shaped strings are scrubbed everywhere."""
     if isinstance(node, str):
-        named = key is not None and _CREDENTIAL_KEY.match(key) and not _NOT_CREDENTIAL_KEY.search(key)
+        named = key is not None and credential_key(key)
         return REDACTED if named and node else scrub_credentials(node)
     if isinstance(node, list):
         return [scrub_body(item) for item in node]

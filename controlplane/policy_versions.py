@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from controlplane.credentials import REDACTED, scrub_body
+from controlplane.credentials import REDACTED, credential_key, scrub_body
 from controlplane.local import ControlPlaneLocal
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.noop import NoOpPolicy
@@ -126,8 +126,7 @@ def _redacted(node: Any) -> bool:
     """Whether a credential of ``node`` was redacted when it was recorded."""
     if isinstance(node, dict):
         return any(
-            (value == REDACTED and scrub_body("probe", key) == REDACTED) or _redacted(value)
-            for key, value in node.items()
+            (value == REDACTED and credential_key(key)) or _redacted(value) for key, value in node.items()
         )
     return isinstance(node, list) and any(_redacted(item) for item in node)
 
