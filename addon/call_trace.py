@@ -150,6 +150,8 @@ class CallTrace:
         self.response_modified = False
         self.policy_version: str | None = None
         self.unpoliced = False
+        # Whether the policy that took the request inspects a whole response (RequestVerdict).
+        self.inspects_response = True
         self.original_output: Output | None = None
         self.final_output: Output | None = None
         self.usage: Usage | None = None

@@ -10,6 +10,7 @@ their paths do not collide, so every provider host (including OpenAI-compatible 
 ``--provider-host``) gets the same table. docs/architecture.md shows it; a test keeps the two in step.
 """
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -301,8 +302,24 @@ def _rank(template: str) -> int:
     return 0 if "}:" in template else 2
 
 
+#: Paths up to this long have their routes remembered (the table is walked once per path, not
+#: once per call), the last _REMEMBERED of them: a bounded cache whatever clients send.
+_REMEMBERED_PATH, _REMEMBERED = 256, 512
+
+
 def resolve(method: str, raw_path: str) -> Route:
     """The route of ``method raw_path`` (query string included). Raises UnsafePath."""
+    if len(raw_path) <= _REMEMBERED_PATH:
+        return _remembered(method, raw_path)
+    return _resolved(method, raw_path)
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _remembered(method: str, raw_path: str) -> Route:
+    return _resolved(method, raw_path)  # a Route is frozen: one can be shared by calls
+
+
+def _resolved(method: str, raw_path: str) -> Route:
     path, question, query = raw_path.partition("?")
     canonical = canonical_path(path)
     segments = [s for s in canonical.split("/") if s]

@@ -33,11 +33,21 @@ from addon.joined_reads import joined_reads
 from addon.metrics import ProxyMetrics
 from addon.stream_relay import StreamRelay, relay_for
 from addon.upstream import Sender
-from controlplane.interface import ControlPlaneUnavailable, PolicingService
-from controlplane.models import ActivityEvent, ActivityType, NormalizedRequest, RequestMetadata, WireFormat
+from controlplane.interface import ControlPlaneUnavailable, PolicingService, ResponseVerdict, Unpoliceable
+from controlplane.models import (
+    ActivityEvent,
+    ActivityType,
+    NormalizedRequest,
+    PolicyResult,
+    RequestMetadata,
+    WireFormat,
+    unread_request,
+)
 from controlplane.recording.records import CallOutcome, Usage, block_kind, settled_outcome
 from controlplane.tracing import CALL_ID, context_from, tracer
 from formats import error_body, transcoder
+from formats.answers import answer_of
+from formats.base import UNREADABLE
 from formats.gemini_stream import model_call
 from formats.json_array import JSONArrayParser
 from formats.sse import SSEParser
@@ -178,6 +188,23 @@ def _route(request: ProxyRequest) -> Route | UnsafePath:
         return resolve(request.method, request.path)
     except UnsafePath as exc:
         return exc
+
+
+def _passed_unread(
+    wire_format: WireFormat, body: dict[str, Any], policy_version: str | None
+) -> ResponseVerdict:
+    """A whole response no policy inspects, passed as it came: what the record keeps of its
+    answer is read here, as the normalised view would read it (and a body it could not read is
+    refused alike)."""
+    try:
+        output, usage = answer_of(wire_format, body)
+    except UNREADABLE as exc:
+        message = f"Luthien could not read the provider's response: {exc}"
+        return ResponseVerdict(unpoliceable=Unpoliceable(status=502, message=message))
+    passed = PolicyResult[None](policy_version=policy_version)
+    return ResponseVerdict(
+        result=passed, original_output=output, final_output=output.model_copy(), usage=usage
+    )
 
 
 def _passthrough_headers(upstream: httpx.Response) -> list[tuple[str, str]]:
@@ -441,7 +468,7 @@ class Pipeline:
                 raise _Refusal(400, "Luthien refuses a body on a retrieval: there is nothing to police it as")
             await self._publish(metadata, ActivityType.REQUEST_RECEIVED, format=wire_format, retrieval=True)
             upstream = await self._send(request, b"", metadata)
-            policed: NormalizedRequest = {"messages": []}  # the request that produced it is not known
+            policed = unread_request()  # the request that produced it is not known
             return await self._answered(
                 upstream, trace, policed, lambda up, p: self._respond(up, wire_format, trace, p)
             )
@@ -558,6 +585,7 @@ class Pipeline:
         ):
             verdict = await self._control_plane.police_request(wire_format, body, trace.metadata)
         result = verdict.result
+        trace.inspects_response = verdict.inspects_response
         if result is not None:
             trace.decide("request", result)
             trace.policy_version, trace.unpoliced = result.policy_version, result.unpoliced
@@ -704,8 +732,13 @@ class Pipeline:
                 raise ValueError("the body is not a JSON object")
         except ValueError as exc:
             raise _Refusal(502, f"Luthien could not read the provider's response: {exc}") from exc
-        with tracer.start_as_current_span("luthien.response_policy", attributes={CALL_ID: metadata.call_id}):
-            verdict = await self._control_plane.police_response(wire_format, original, metadata)
+        if trace.inspects_response:
+            with tracer.start_as_current_span(
+                "luthien.response_policy", attributes={CALL_ID: metadata.call_id}
+            ):
+                verdict = await self._control_plane.police_response(wire_format, original, metadata)
+        else:
+            verdict = _passed_unread(wire_format, original, trace.policy_version)
         trace.original_output, trace.usage = verdict.original_output, verdict.usage
         if verdict.unpoliceable is not None:
             raise _Refusal(verdict.unpoliceable.status, verdict.unpoliceable.message)

@@ -21,6 +21,7 @@ from controlplane.chunks import StreamChunk
 from controlplane.models import (
     ActivityEvent,
     ChunkVerdict,
+    Inspection,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
@@ -56,6 +57,10 @@ class RequestVerdict(BaseModel):
     result: PolicyResult[NormalizedRequest] | None = None
     body: JSON | None = None
     unpoliceable: Unpoliceable | None = None
+    # False: the policy that took this request does not inspect whole responses; the data plane
+    # reads the call's answer for the record itself and sends it on without asking (no round
+    # trip for a sidecar).
+    inspects_response: bool = True
 
 
 class ResponseVerdict(BaseModel):
@@ -114,6 +119,11 @@ class StreamsAndRecords(Protocol):
 
 
 class ControlPlaneService(StreamsAndRecords, Protocol):
+    def inspection(self, metadata: RequestMetadata) -> Inspection:
+        """What the current policy inspects of this call (read per call: a policy activated
+        since the last one may look at more or less)."""
+        ...
+
     async def apply_request_policies(
         self, request_data: NormalizedRequest, metadata: RequestMetadata
     ) -> PolicyResult[NormalizedRequest]:

@@ -16,6 +16,7 @@ from controlplane.models import (
     ActivityEvent,
     ActivityType,
     ChunkVerdict,
+    Inspection,
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
@@ -111,6 +112,15 @@ class ControlPlaneLocal:
     def replace_policy(self, policy: PolicyHandler, version: str | None) -> None:
         """New calls get ``policy``; streams already running keep the one they started with."""
         self.policy, self.policy_version = policy, version
+
+    def inspection(self, metadata: RequestMetadata) -> Inspection:
+        policy = self.policy
+        return Inspection(
+            requests=policy.inspects_requests(metadata),
+            responses=policy.inspects_responses(metadata),
+            streams=policy.inspects_streams(metadata),
+            policy_version=self.policy_version,
+        )
 
     async def apply_request_policies(
         self, request_data: NormalizedRequest, metadata: RequestMetadata

@@ -64,6 +64,22 @@ class RequestMetadata(BaseModel):
 REMOVED_TOOL = "blocked_tool"
 
 
+def unread_request() -> NormalizedRequest:
+    """What a stream's policy is given for a request nobody read: a retrieval's (the request that
+    produced the output is not known), or one no policy inspected (not normalised)."""
+    return {"messages": []}
+
+
+class Inspection(BaseModel):
+    """What a call's policy looks at (``PolicyHandler.inspects_*``), and which version it is.
+    What it does not look at takes the passive path: passed on as it came, not normalised."""
+
+    requests: bool = True
+    responses: bool = True
+    streams: bool = True
+    policy_version: str | None = None
+
+
 class PolicyResult[T](BaseModel):
     """What a policy decided about one value.
 

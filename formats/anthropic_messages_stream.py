@@ -9,7 +9,7 @@ from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
 from formats.base import JSON, FormatError, MalformedStream, count
 from formats.sse import SSEEvent, encode_event
 
-_TO_FINISH = {
+TO_FINISH = {
     "end_turn": "stop",
     "stop_sequence": "stop",
     "pause_turn": "stop",
@@ -40,7 +40,7 @@ def anthropic_error_body(status: int, message: str) -> JSON:
 
 def stop_reason_for(finish_reason: str | None, upstream_stop_reason: str | None) -> str:
     """Keeps the provider's own stop reason when the policy did not change its meaning."""
-    if upstream_stop_reason is not None and _TO_FINISH.get(upstream_stop_reason) == finish_reason:
+    if upstream_stop_reason is not None and TO_FINISH.get(upstream_stop_reason) == finish_reason:
         return upstream_stop_reason
     return _FROM_FINISH.get(finish_reason or "stop", "end_turn")
 
@@ -175,7 +175,7 @@ class AnthropicTranscoder:
             raise MalformedStream("a message_delta whose delta or usage is not an object")
         reason = delta.get("stop_reason") or "stop"
         finish = self._chunk({})
-        finish["choices"][0]["finish_reason"] = _TO_FINISH.get(reason, "stop")
+        finish["choices"][0]["finish_reason"] = TO_FINISH.get(reason, "stop")
         if usage is not None:
             finish["usage"] = chat_usage(usage)
         return finish

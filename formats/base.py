@@ -22,6 +22,10 @@ def carries_error(event: SSEEvent) -> bool:
     return isinstance(data, dict) and bool(data.get("error"))
 
 
+#: What reading a body that does not fit its format raises (a codec's, or ``formats.answers``).
+UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
+
+
 class FormatError(ValueError):
     """A body that does not fit the wire format, or a change that cannot be expressed in it."""
 

@@ -19,19 +19,16 @@ from typing import Any
 
 from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, WireFormat
+from formats.answers import gemini_call_id, gemini_view
 from formats.base import JSON, FormatError
 from formats.gemini_stream import (
     call_of,
-    candidate_index,
     candidate_parts,
-    candidates_of,
     canonical_keys,
     field,
-    finish_reason_for,
     gemini_finish,
     is_thought,
     part_kind,
-    usage_of,
 )
 from formats.request_patch import patch_request
 from formats.request_view import completed
@@ -96,48 +93,7 @@ class GeminiCodec:
         return rendered
 
     def parse_response(self, body: JSON) -> ModelResponse:
-        response = canonical_keys(body, "the response")
-        choices = []
-        for position, candidate in enumerate(candidates_of(response)):
-            text: list[str] = []
-            thoughts: list[str] = []
-            calls: list[JSON] = []
-            for part in candidate_parts(candidate):
-                kind = part_kind(part)
-                if kind == "text":
-                    (thoughts if is_thought(part) else text).append(part["text"])
-                elif kind is not None:
-                    call_id, name, arguments = call_of(part, kind)
-                    call_id = call_id or _call_id(position, len(calls))
-                    calls.append(
-                        {
-                            "id": call_id,
-                            "type": "function",
-                            "function": {"name": name, "arguments": arguments},
-                        }
-                    )
-            message: JSON = {
-                "role": "assistant",
-                "content": "".join(text) or None,
-                "tool_calls": calls or None,
-            }
-            if thoughts:
-                message["reasoning_content"] = "".join(thoughts)
-            choices.append(
-                {
-                    "index": candidate_index(candidate, position),
-                    "message": message,
-                    "finish_reason": finish_reason_for(candidate.get("finishReason"), bool(calls)) or "stop",
-                }
-            )
-        view: JSON = {
-            "id": response.get("responseId"),
-            "model": response.get("modelVersion"),
-            "choices": choices,
-        }
-        if usage := usage_of(response.get("usageMetadata")):
-            view["usage"] = usage
-        return ModelResponse(**view)
+        return ModelResponse(**gemini_view(body))
 
     def render_response(self, original: JSON, response: ModelResponse) -> JSON:
         originals = original.get("candidates") or []
@@ -182,12 +138,6 @@ class GeminiCountTokensCodec:
 
 
 _CALLS = GeminiCodec()
-
-
-def _call_id(candidate: int, position: int) -> str:
-    """The id policies know a call by when Gemini gave it none (the stream's transcoder names
-    them the same way)."""
-    return f"call_gemini_{candidate}_{position}"
 
 
 def _set_field(obj: JSON, name: str, value: Any) -> None:
@@ -369,7 +319,7 @@ def _rendered_parts(
             out.append(part)
         else:
             call_id, _, _ = call_of(part, kind)
-            call = kept.get(call_id or _call_id(position, calls))
+            call = kept.get(call_id or gemini_call_id(position, calls))
             calls += 1
             if call is not None:
                 out.append(_with_arguments(part, kind, call["function"]["arguments"] or "{}"))

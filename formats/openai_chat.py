@@ -5,8 +5,9 @@ import json
 
 from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, WireFormat
+from formats.answers import chat_view
 from formats.base import JSON
-from formats.openai_chat_stream import LEGACY_CALL_ID, policy_view
+from formats.openai_chat_stream import LEGACY_CALL_ID
 
 
 class OpenAIChatCodec:
@@ -19,10 +20,7 @@ class OpenAIChatCodec:
         return after
 
     def parse_response(self, body: JSON) -> ModelResponse:
-        choices = body.get("choices") or []
-        if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-            raise ValueError("`choices` must be a list of objects")
-        return ModelResponse(**{**body, "choices": [_policy_choice(c) for c in choices]})
+        return ModelResponse(**chat_view(body))
 
     def render_response(self, original: JSON, response: ModelResponse) -> JSON:
         rendered = dict(original)
@@ -32,15 +30,6 @@ class OpenAIChatCodec:
             for i, choice in enumerate(response.choices)
         ]
         return rendered
-
-
-def _policy_choice(choice: JSON) -> JSON:
-    view = dict(choice)
-    if isinstance(view.get("message"), dict):
-        view["message"] = policy_view(view["message"], streamed=False)
-    if view.get("finish_reason") == "function_call":
-        view["finish_reason"] = "tool_calls"
-    return view
 
 
 def _render_choice(original: JSON, new: JSON) -> JSON:

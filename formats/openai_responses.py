@@ -20,10 +20,12 @@ from formats.request_patch import patch_request
 from formats.request_view import completed
 from formats.responses_items import (
     call_id,
+    finish_reason_of,
     is_tool_item,
     message_item,
     output_items,
-    part_text,
+    output_text,
+    reasoning_text,
     text_part,
     tool_arguments,
     tool_name,
@@ -63,7 +65,7 @@ class OpenAIResponsesCodec:
         tools = [(position, item) for position, item in enumerate(output) if is_tool_item(item)]
         message = Message(
             role="assistant",
-            content=_output_text(output) or None,
+            content=output_text(output) or None,
             tool_calls=[
                 ChatCompletionDeltaToolCall(
                     index=index,
@@ -74,7 +76,7 @@ class OpenAIResponsesCodec:
                 for index, (position, item) in enumerate(tools)
             ]
             or None,
-            reasoning_content=_reasoning_text(output) or None,
+            reasoning_content=reasoning_text(output) or None,
         )
         usage = body.get("usage") or {}
         return ModelResponse(
@@ -85,7 +87,7 @@ class OpenAIResponsesCodec:
                 Choices(
                     index=0,
                     message=message,
-                    finish_reason=_finish_reason(body, bool(tools)),
+                    finish_reason=finish_reason_of(body, bool(tools)),
                 )
             ],
             usage=Usage(
@@ -101,11 +103,11 @@ class OpenAIResponsesCodec:
         kept = {call.id: _arguments(call) for call in message.tool_calls or []}
         original_output = output_items(original.get("output"))
         output: list[JSON] = []
-        text_placed = text == _output_text(original_output)
+        text_placed = text == output_text(original_output)
         for position, item in enumerate(original_output):
             kind = item.get("type")
             if kind == "message":
-                if text == _output_text(original_output):
+                if text == output_text(original_output):
                     output.append(item)
                 elif not text_placed and text:
                     output.append({**item, "content": [text_part(text)]})
@@ -162,27 +164,3 @@ def _as_function_items(items: Any) -> Any:
 def _arguments(call: Any) -> str:
     function = getattr(call, "function", None)
     return getattr(function, "arguments", None) or ""
-
-
-def _output_text(output: list[JSON]) -> str:
-    return "".join(
-        part_text(part)
-        for item in output
-        if item.get("type") == "message"
-        for part in item.get("content") or []
-    )
-
-
-def _reasoning_text(output: list[JSON]) -> str:
-    return "".join(
-        part.get("text", "")
-        for item in output
-        if item.get("type") == "reasoning"
-        for part in item.get("summary") or []
-    )
-
-
-def _finish_reason(body: JSON, has_calls: bool) -> str:
-    if body.get("status") == "incomplete":
-        return "length"
-    return "tool_calls" if has_calls else "stop"

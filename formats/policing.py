@@ -24,13 +24,11 @@ from controlplane.models import (
     RequestMetadata,
     StreamingContext,
     WireFormat,
+    unread_request,
 )
 from controlplane.recording.records import CallRecord, Output, ToolCall, Usage
-from formats.base import FormatError
+from formats.base import UNREADABLE, FormatError
 from formats.codecs import codec, request_codec
-
-#: What a codec raises on a body that does not fit its format.
-_UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
 
 
 def output_of(response: ModelResponse) -> Output:
@@ -56,23 +54,32 @@ class Policing:
     async def police_request(
         self, wire_format: WireFormat, body: JSON, metadata: RequestMetadata
     ) -> RequestVerdict:
+        inspection = self.control_plane.inspection(metadata)
+        if not (inspection.requests or inspection.streams):
+            # Nothing reads the request: it is sent as it came, not normalised.
+            passed = PolicyResult.allow(unread_request())
+            passed.policy_version = inspection.policy_version
+            return RequestVerdict(result=passed, inspects_response=inspection.responses)
         codec_ = request_codec(wire_format)
         try:
             normalized = codec_.normalize_request(body)
             if "model" not in normalized and metadata.model:  # named by the path (Gemini)
                 normalized = {**normalized, "model": metadata.model}
-        except _UNREADABLE as exc:
+        except UNREADABLE as exc:
             message = f"Luthien could not read this request: {exc}"
             return RequestVerdict(unpoliceable=Unpoliceable(status=400, message=message))
         result = await self.control_plane.apply_request_policies(copy.deepcopy(normalized), metadata)
+        verdict = RequestVerdict(result=result, inspects_response=inspection.responses)
         if not result.allowed or result.value is None or result.value == normalized:
-            return RequestVerdict(result=result)
+            return verdict
         try:
             rendered = codec_.render_request(body, normalized, result.value)
         except FormatError as exc:
             message = f"Luthien could not apply the policy's change to this request: {exc}"
-            return RequestVerdict(result=result, unpoliceable=Unpoliceable(status=500, message=message))
-        return RequestVerdict(result=result, body=rendered)
+            verdict.unpoliceable = Unpoliceable(status=500, message=message)
+            return verdict
+        verdict.body = rendered
+        return verdict
 
     async def police_response(
         self, wire_format: WireFormat, body: JSON, metadata: RequestMetadata
@@ -80,7 +87,7 @@ class Policing:
         codec_ = codec(wire_format)
         try:
             response = codec_.parse_response(body)
-        except _UNREADABLE as exc:
+        except UNREADABLE as exc:
             message = f"Luthien could not read the provider's response: {exc}"
             return ResponseVerdict(unpoliceable=Unpoliceable(status=502, message=message))
         before = response.model_dump()

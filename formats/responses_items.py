@@ -143,3 +143,27 @@ def message_item(item_id: str, text: str, status: str) -> JSON:
         "role": "assistant",
         "content": content,
     }
+
+
+def output_text(output: list[JSON]) -> str:
+    return "".join(
+        part_text(part)
+        for item in output
+        if item.get("type") == "message"
+        for part in item.get("content") or []
+    )
+
+
+def reasoning_text(output: list[JSON]) -> str:
+    return "".join(
+        part.get("text", "")
+        for item in output
+        if item.get("type") == "reasoning"
+        for part in item.get("summary") or []
+    )
+
+
+def finish_reason_of(body: JSON, has_calls: bool) -> str:
+    if body.get("status") == "incomplete":
+        return "length"
+    return "tool_calls" if has_calls else "stop"

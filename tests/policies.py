@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 
 from pydantic import BaseModel, ConfigDict
 
-from controlplane.llm import ModelResponseStream
+from controlplane.llm import ModelResponse, ModelResponseStream
 from controlplane.models import (
     NormalizedRequest,
     PolicyResult,
@@ -62,6 +62,38 @@ class RewriteUserText(PolicyHandler):
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         part["text"] = part["text"].replace(self.config.old, self.config.new)
         return PolicyResult.allow(request)
+
+
+class ReadsWholeCalls(PolicyHandler):
+    """Looks at every request and whole response and passes them unchanged: NoOp's answer, on
+    the path of a policy that inspects them (NoOp's whole calls take the passive one)."""
+
+    async def apply_request_policies(
+        self, request: NormalizedRequest, metadata: RequestMetadata
+    ) -> PolicyResult[NormalizedRequest]:
+        return PolicyResult.allow(request)
+
+    async def apply_response_policy(
+        self, response: ModelResponse, metadata: RequestMetadata
+    ) -> PolicyResult[ModelResponse]:
+        return PolicyResult.allow(response)
+
+
+class BlocksResponses(PolicyHandler):
+    """Blocks every whole response, and says it inspects them only if ``inspects``: a policy
+    that declares it does not look is never asked."""
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        inspects: bool
+
+    async def apply_response_policy(
+        self, response: ModelResponse, metadata: RequestMetadata
+    ) -> PolicyResult[ModelResponse]:
+        return PolicyResult.block("this policy blocks every response it is shown")
+
+    def inspects_responses(self, metadata: RequestMetadata) -> bool:
+        return bool(self.config.inspects)
 
 
 class PassEveryChunk(PolicyHandler):

@@ -78,12 +78,25 @@ class PolicyHandler:
         skips walking every string of every record (a long stream's record holds thousands)."""
         return type(self).redact_for_recording is not PolicyHandler.redact_for_recording
 
+    def inspects_requests(self, metadata: RequestMetadata) -> bool:
+        """Whether this call's request reaches the policy. When it cannot (the request hook is
+        not overridden) and its stream would not either, the request is sent as it came, without
+        being normalised, and no request decision is made or published."""
+        return _overrides(self, "apply_request_policies")
+
+    def inspects_responses(self, metadata: RequestMetadata) -> bool:
+        """Whether this call's whole (non-streaming) response reaches the policy. When it cannot
+        (the response hook is not overridden), the response is sent as it came; the record's
+        answer and usage are read from it without normalising it."""
+        return _overrides(self, "apply_response_policy")
+
     def inspects_streams(self, metadata: RequestMetadata) -> bool:
         """Whether this call's stream chunks reach the policy. When they cannot (neither
         streaming hook is overridden), the stream takes the passive path: framed, checked,
         recorded and forwarded as it came, with nothing sent to the policy per event."""
-        own = type(self)
-        return (
-            own.apply_streaming_chunk_policy is not PolicyHandler.apply_streaming_chunk_policy
-            or own.on_stream_end is not PolicyHandler.on_stream_end
-        )
+        return _overrides(self, "apply_streaming_chunk_policy") or _overrides(self, "on_stream_end")
+
+
+def _overrides(policy: PolicyHandler, hook: str) -> bool:
+    """A hook overridden anywhere below ``PolicyHandler`` may look at what it is given."""
+    return getattr(type(policy), hook) is not getattr(PolicyHandler, hook)

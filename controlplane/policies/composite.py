@@ -94,6 +94,12 @@ class SerialPolicy(PolicyHandler):
     def redacts_recordings(self) -> bool:
         return any(policy.redacts_recordings for policy in self.policies)
 
+    def inspects_requests(self, metadata: RequestMetadata) -> bool:
+        return any(policy.inspects_requests(metadata) for policy in self.policies)
+
+    def inspects_responses(self, metadata: RequestMetadata) -> bool:
+        return any(policy.inspects_responses(metadata) for policy in self.policies)
+
     def inspects_streams(self, metadata: RequestMetadata) -> bool:
         return any(policy.inspects_streams(metadata) for policy in self.policies)
 
@@ -204,6 +210,12 @@ class SelectPolicy(PolicyHandler):
     @property
     def redacts_recordings(self) -> bool:
         return any(policy.redacts_recordings for policy in self._all())
+
+    def inspects_requests(self, metadata: RequestMetadata) -> bool:
+        return self.choose(metadata).inspects_requests(metadata)
+
+    def inspects_responses(self, metadata: RequestMetadata) -> bool:
+        return self.choose(metadata).inspects_responses(metadata)
 
     def inspects_streams(self, metadata: RequestMetadata) -> bool:
         return self.choose(metadata).inspects_streams(metadata)
