@@ -14,11 +14,6 @@ def chunk_model(chunk: StreamChunk) -> ModelResponseStream:
     return ModelResponseStream(**cast(dict[str, Any], chunk))
 
 
-def fingerprint(chunk: ModelResponseStream) -> dict[str, Any]:
-    """What tells a chunk a policy changed from one it gave back as it was given."""
-    return chunk.model_dump(mode="json")
-
-
 def chunk_data(chunk: ModelResponseStream) -> StreamChunk:
     """What a policy's chunk carries, as plain data: what the data plane writes for the client and
     the record keeps."""

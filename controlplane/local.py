@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from controlplane.activity.bus import ActivityBus
 from controlplane.activity.memory import InMemoryBus
-from controlplane.chunk_views import chunk_data, chunk_model, fingerprint
+from controlplane.chunk_views import chunk_data, chunk_model
 from controlplane.chunks import StreamChunk
 from controlplane.credentials import scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
@@ -66,13 +66,17 @@ def _as_choice(chunk: ModelResponseStream | None, choice: int) -> ModelResponseS
     return moved
 
 
+def _plain(chunk: ModelResponseStream | None) -> StreamChunk | None:
+    return chunk_data(chunk) if chunk is not None else None
+
+
 def _verdict(
-    result: ChunkResult, value: ModelResponseStream | None, answers: int | None, unchanged: bool
+    result: ChunkResult, value: StreamChunk | None, answers: int | None, unchanged: bool
 ) -> ChunkVerdict:
     """The policy's result as the data plane gets it: its chunk as plain data, or none when it
     gives back the chunk it answers as it was."""
     return ChunkVerdict.model_construct(  # built here from the policy's own result: not validated again
-        value=chunk_data(value) if value is not None else None,
+        value=value,
         allowed=result.allowed,
         reason=result.reason,
         metadata=result.metadata,
@@ -157,14 +161,16 @@ class ControlPlaneLocal:
         stream = self._streams[context.stream_id]
         for index, data in enumerate(chunks):
             chunk = chunk_model(data)  # what the policy reads, built only now
-            given = fingerprint(chunk)  # before the policy may change the chunk in place
+            # What the data plane would write for the chunk, taken before the policy may change it
+            # in place: a result that would be written alike is the chunk given back unchanged.
+            given = chunk_data(chunk)
             choice = _choice_of(chunk)
             results = stream.policy.apply_streaming_chunk_policy(
                 _as_choice(chunk, 0) or chunk, stream.context_for(choice)
             )
             async for result in self._guarded(results, stream, chunk):
-                value = _as_choice(result.value, choice)
-                unchanged = value is not None and fingerprint(value) == given
+                value = _plain(_as_choice(result.value, choice))
+                unchanged = value == given
                 yield _verdict(result, None if unchanged else value, index, unchanged)
                 if not result.allowed:
                     return
@@ -176,7 +182,7 @@ class ControlPlaneLocal:
         for choice in (0, *sorted(stream.choices)):
             ended = stream.policy.on_stream_end(stream.context_for(choice))
             async for result in self._guarded(ended, stream, None):
-                yield _verdict(result, _as_choice(result.value, choice), None, False)
+                yield _verdict(result, _plain(_as_choice(result.value, choice)), None, False)
                 if not result.allowed:
                     return
 
