@@ -5,8 +5,8 @@ import json
 
 from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, WireFormat
-from formats.base import JSON
-from formats.openai_chat_stream import LEGACY_CALL_ID, policy_view
+from formats.base import JSON, FormatError
+from formats.openai_chat_stream import LEGACY_CALL_ID, UNSEEN_CALL_ID, policy_view, unseen_fields
 
 
 class OpenAIChatCodec:
@@ -58,10 +58,15 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
             message["refusal"] = None
     originals = {c.get("id"): c for c in message.get("tool_calls") or [] if isinstance(c, dict)}
     legacy = message.pop("function_call", None)
+    unseen = {UNSEEN_CALL_ID + name: name for name in unseen_fields(message)}
+    for name in unseen.values():  # back only if the policy kept its call
+        del message[name]
     tool_calls = []
     for call in new_message.get("tool_calls") or []:
         function = {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
-        if call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
+        if call["id"] in unseen:
+            message[unseen[call["id"]]] = _unseen_value(function["arguments"])
+        elif call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
             message["function_call"] = function
         elif isinstance((originals.get(call["id"]) or {}).get("custom"), dict):
             custom = {"name": function["name"], "input": function["arguments"]}
@@ -77,3 +82,10 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
     choice["message"] = message
     choice.setdefault("logprobs", None)
     return choice
+
+
+def _unseen_value(arguments: str) -> object:
+    try:
+        return json.loads(arguments)
+    except ValueError as exc:
+        raise FormatError("a policy gave a message field a value that is not JSON") from exc

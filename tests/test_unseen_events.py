@@ -19,10 +19,11 @@ from controlplane.policies import NoOpPolicy
 from controlplane.policies.string_replacement import StringReplacementPolicy
 from formats.anthropic_messages_stream import AnthropicTranscoder
 from formats.sse import SSEParser, encode_event
+from tests.codecs import codec_for
 from tests.scripted import sdk_parse
-from tests.test_output_items import DANGER, NOTE, events_of, streamed
+from tests.test_output_items import BLOCKLIST, DANGER, NOTE, chat_stream, events_of, streamed
 
-MESSAGES = "/v1/messages"
+MESSAGES, CHAT = "/v1/messages", "/v1/chat/completions"
 #: Replaces a word of the text, so the stream diverges before what follows it.
 REPLACE = StringReplacementPolicy(
     StringReplacementPolicy.Config(replacements=[{"find": "Paris", "replace": "PARIS"}])
@@ -105,7 +106,7 @@ def unseen_danger(out: bytes) -> bool:
     """Whether the command reaches the client anywhere but in Luthien's explanation, in a stream
     that did not end with an error."""
     events = events_of(out)
-    if events and events[-1]["type"] == "error":
+    if events and (events[-1].get("type") == "error" or "error" in events[-1]):
         return False
     shown = [e for e in events if NOTE not in json.dumps(e)]
     return DANGER in json.dumps(shown)
@@ -223,3 +224,101 @@ async def test_an_unseen_event_anywhere_never_passes_the_command_and_noop_stays_
     note(event)
     assert not unseen_danger(await streamed(MESSAGES, data, "local"))
     assert await streamed(MESSAGES, data, "local", NoOpPolicy()) == data
+
+
+# --- Chat Completions: delta fields the view has no place for ------------------------------
+
+#: Each splits the command across two deltas, as the SDK joins them.
+CHAT_CASES: dict[str, list[dict[str, Any]]] = {
+    "audio transcript": [
+        {"role": "assistant", "audio": {"id": "audio_1", "transcript": "Run rm -"}},
+        {"audio": {"transcript": "rf / now"}},
+    ],
+    "a field still to come": [{"role": "assistant", "future": "rm -"}, {"future": "rf /"}],
+    "annotations": [
+        {"role": "assistant", "content": "See "},
+        {"annotations": [{"type": "url_citation", "url_citation": {"title": DANGER, "url": "https://x"}}]},
+    ],
+}
+
+
+@pytest.mark.parametrize("case", CHAT_CASES)
+async def test_a_chat_delta_field_the_view_has_no_place_for_reaches_the_tool_call_policy(case: str) -> None:
+    data = chat_stream(CHAT_CASES[case], "stop")
+    out = await streamed(CHAT, data, "local")
+    assert not unseen_danger(out), out.decode()
+    assert NOTE in out.decode()
+    kept = sdk_parse("chat", out).choices[0].message.model_dump()
+    assert NOTE in kept.pop("content") and DANGER not in json.dumps(kept)  # the note names the call
+    assert await streamed(CHAT, data, "local", NoOpPolicy()) == data
+    safe = chat_stream(
+        json.loads(json.dumps(CHAT_CASES[case]).replace("rm -", "l").replace("rf /", "s")), "stop"
+    )
+    assert await streamed(CHAT, safe, "local") == safe
+
+
+async def test_a_chat_delta_field_after_a_changed_text_is_written_back() -> None:
+    data = chat_stream([{"role": "assistant", "content": "Paris"}, {"future": "fine"}], "stop")
+    out = await streamed(CHAT, data, "local", REPLACE)
+    final = sdk_parse("chat", out)
+    message = final.choices[0].message
+    assert message.content == "PARIS" and message.model_dump().get("future") == "fine"
+
+
+def test_a_chat_message_field_the_view_has_no_place_for_is_a_tool_call_in_a_whole_response() -> None:
+    codec = codec_for("POST", CHAT)
+    assert codec is not None
+    message = {"role": "assistant", "content": "Here.", "audio": {"transcript": DANGER}, "annotations": []}
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+    }
+    response = codec.parse_response(body)
+    calls = response.choices[0].message.tool_calls  # type: ignore[union-attr]
+    assert calls and BLOCKLIST.match(calls[0].function.name, calls[0].function.arguments) is not None
+    assert codec.render_response(body, response)["choices"][0]["message"] == message
+    calls.clear()
+    assert "audio" not in codec.render_response(body, response)["choices"][0]["message"]
+
+
+CHAT_BASE: list[dict[str, Any]] = [
+    {"role": "assistant", "content": "Let me"},
+    {"content": " look."},
+    {
+        "tool_calls": [
+            {"index": 0, "id": "call_1", "type": "function", "function": {"name": "bash", "arguments": ""}}
+        ]
+    },
+    {"tool_calls": [{"index": 0, "function": {"arguments": json.dumps({"command": "ls"})}}]},
+]
+_VIEWED = {"role", "content", "refusal", "tool_calls", "function_call", "reasoning_content"}
+
+
+@st.composite
+def chat_with_unseen(draw: st.DrawFn) -> tuple[str, bytes]:
+    name = draw(st.from_regex(r"[a-z_]{1,10}", fullmatch=True).filter(lambda n: n not in _VIEWED))
+    first = draw(st.integers(0, len(CHAT_BASE) - 1))
+    split = draw(st.integers(1, len(DANGER) - 1)) if first < len(CHAT_BASE) - 1 and draw(st.booleans()) else 0
+    nested = draw(st.booleans())
+    pieces = [DANGER[:split], DANGER[split:]] if split else [DANGER]
+    deltas = json.loads(json.dumps(CHAT_BASE))
+    for offset, piece in enumerate(pieces):
+        deltas[first + offset][name] = {"transcript": piece} if nested else piece
+    return f"{name} at {first}, split at {split}", chat_stream(deltas, "tool_calls")
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=chat_with_unseen())
+async def test_an_unseen_chat_field_anywhere_never_passes_the_command_and_noop_stays_byte_identical(
+    case: tuple[str, bytes],
+) -> None:
+    where, data = case
+    note(where)
+    out = await streamed(CHAT, data, "local")
+    assert not unseen_danger(out), out.decode()
+    kept = sdk_parse("chat", out).choices[0].message.model_dump()
+    assert DANGER not in json.dumps({k: v for k, v in kept.items() if k != "content"})
+    assert await streamed(CHAT, data, "local", NoOpPolicy()) == data
