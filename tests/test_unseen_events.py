@@ -23,7 +23,7 @@ from tests.codecs import codec_for
 from tests.scripted import sdk_parse
 from tests.test_output_items import BLOCKLIST, DANGER, NOTE, chat_stream, events_of, streamed
 
-MESSAGES, CHAT = "/v1/messages", "/v1/chat/completions"
+MESSAGES, CHAT, RESPONSES = "/v1/messages", "/v1/chat/completions", "/v1/responses"
 #: Replaces a word of the text, so the stream diverges before what follows it.
 REPLACE = StringReplacementPolicy(
     StringReplacementPolicy.Config(replacements=[{"find": "Paris", "replace": "PARIS"}])
@@ -322,3 +322,121 @@ async def test_an_unseen_chat_field_anywhere_never_passes_the_command_and_noop_s
     kept = sdk_parse("chat", out).choices[0].message.model_dump()
     assert DANGER not in json.dumps({k: v for k, v in kept.items() if k != "content"})
     assert await streamed(CHAT, data, "local", NoOpPolicy()) == data
+
+
+# --- Responses: events of a kind the view has no place for ---------------------------------
+
+
+def responses_text(text: str) -> list[dict[str, Any]]:
+    """A Responses stream answering ``text`` in two deltas."""
+    response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "m", "output": []}
+    item = {"type": "message", "id": "msg_1", "status": "in_progress", "role": "assistant", "content": []}
+    part = {"type": "output_text", "text": "", "annotations": []}
+    done_part = {**part, "text": text}
+    done = {**item, "status": "completed", "content": [done_part]}
+    where = {"output_index": 0, "item_id": "msg_1", "content_index": 0}
+    half = len(text) // 2
+    return [
+        {"type": "response.created", "response": response},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": part},
+        {"type": "response.output_text.delta", **where, "delta": text[:half]},
+        {"type": "response.output_text.delta", **where, "delta": text[half:]},
+        {"type": "response.output_text.done", **where, "text": text},
+        {"type": "response.content_part.done", **where, "part": done_part},
+        {"type": "response.output_item.done", "output_index": 0, "item": done},
+        {"type": "response.completed", "response": {**response, "status": "completed", "output": [done]}},
+    ]
+
+
+def responses_wire(events: list[dict[str, Any]]) -> bytes:
+    return b"".join(encode_event({**e, "sequence_number": n}, e["type"]) for n, e in enumerate(events))
+
+
+def annotation(title: str) -> dict[str, Any]:
+    return {
+        "type": "response.output_text.annotation.added",
+        "output_index": 0,
+        "item_id": "msg_1",
+        "content_index": 0,
+        "annotation_index": 0,
+        "annotation": {
+            "type": "url_citation",
+            "title": title,
+            "url": "https://x",
+            "start_index": 0,
+            "end_index": 1,
+        },
+    }
+
+
+RESPONSES_CASES = {
+    "unknown text event": {
+        "type": "response.future_text.delta",
+        "output_index": 0,
+        "item_id": "msg_1",
+        "content_index": 0,
+        "delta": DANGER,
+    },
+    "annotation": annotation(DANGER),
+    "audio transcript": {"type": "response.audio.transcript.delta", "delta": DANGER},
+}
+
+
+@pytest.mark.parametrize("case", RESPONSES_CASES)
+async def test_a_responses_event_the_view_has_no_place_for_reaches_the_tool_call_policy(case: str) -> None:
+    events = responses_text("Hello there")
+    data = responses_wire([*events[:4], RESPONSES_CASES[case], *events[4:]])
+    out = await streamed(RESPONSES, data, "local")
+    assert not unseen_danger(out), out.decode()
+    assert NOTE in out.decode()
+    sdk_parse("responses", out)
+    assert await streamed(RESPONSES, data, "local", NoOpPolicy()) == data
+    safe = data.replace(DANGER.encode(), b"ls")
+    assert await streamed(RESPONSES, safe, "local") == safe
+
+
+async def test_an_annotation_after_a_changed_text_is_written_into_the_open_item() -> None:
+    events = responses_text("Paris is fine")
+    out = await streamed(
+        RESPONSES, responses_wire([*events[:4], annotation("notes"), *events[4:]]), "local", REPLACE
+    )
+    (written,) = [e for e in events_of(out) if e["type"] == "response.output_text.annotation.added"]
+    added = next(e for e in events_of(out) if e["type"] == "response.output_item.added")
+    assert written["annotation"]["title"] == "notes" and written["item_id"] == added["item"]["id"]
+    assert "PARIS" in json.dumps(events_of(out)[-1])
+
+
+RESPONSES_BASE = responses_text("Hello there")
+#: The ``response.*.delta`` events that exist (a tool item's are held with their item).
+_RESPONSES_DELTAS = {
+    "output_text",
+    "refusal",
+    "reasoning_text",
+    "reasoning_summary_text",
+    "function_call_arguments",
+    "custom_tool_call_input",
+    "mcp_call_arguments",
+}
+
+
+@st.composite
+def responses_with_unseen(draw: st.DrawFn) -> tuple[str, bytes]:
+    position = draw(st.integers(1, len(RESPONSES_BASE) - 1))
+    name = draw(st.from_regex(r"[a-z_]{1,10}", fullmatch=True).filter(lambda n: n not in _RESPONSES_DELTAS))
+    field = draw(st.sampled_from(["delta", "text", "payload"]))
+    carried = draw(st.sampled_from([DANGER, {"command": DANGER}, [DANGER]]))
+    scoped = {"output_index": 0, "item_id": "msg_1", "content_index": 0} if draw(st.booleans()) else {}
+    event = {"type": f"response.{name}.delta", **scoped, field: carried}
+    return json.dumps(event), responses_wire([*RESPONSES_BASE[:position], event, *RESPONSES_BASE[position:]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=responses_with_unseen())
+async def test_an_unseen_responses_event_anywhere_never_passes_the_command_and_noop_stays_byte_identical(
+    case: tuple[str, bytes],
+) -> None:
+    event, data = case
+    note(event)
+    assert not unseen_danger(await streamed(RESPONSES, data, "local"))
+    assert await streamed(RESPONSES, data, "local", NoOpPolicy()) == data
