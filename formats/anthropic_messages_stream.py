@@ -94,6 +94,18 @@ _EMPTY_BLOCKS: dict[str, JSON] = {
 }
 
 
+def unseen_block_fields(block: JSON) -> JSON:
+    """What a text or thinking block carries besides what the normalised view holds of it
+    (citations, a field still to come): a tool call to policies, named after the block type."""
+    viewed = _BLOCK_FIELDS[str(block.get("type"))]
+    return {k: v for k, v in block.items() if k not in viewed and v not in _NOTHING}
+
+
+def unseen_call_id(position: int) -> str:
+    """The id policies know a block's unseen fields by, in a whole message."""
+    return f"luthien_unseen_{position}"
+
+
 @dataclass(frozen=True)
 class _Unseen:
     """Content the normalised view has no place for (a delta of another type, such as
@@ -261,9 +273,7 @@ class AnthropicTranscoder:
         """Text or thinking given with a block's start, which the SDKs keep, as the deltas would
         give it; the rest of the start (non-empty citations, say) is unseen content, first, so
         that it is written back as the start of the block the text goes in."""
-        rest = {
-            k: v for k, v in block.items() if k not in _BLOCK_FIELDS[kind] and v not in (None, [], {}, "")
-        }
+        rest = unseen_block_fields(block)
         chunks = [self._unseen_call(kind, rest, _Unseen(data, kind))] if rest else []
         field = "text" if kind == "text" else "thinking"
         text, signature = block.get(field) or "", block.get("signature") or ""

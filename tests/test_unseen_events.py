@@ -440,3 +440,25 @@ async def test_an_unseen_responses_event_anywhere_never_passes_the_command_and_n
     note(event)
     assert not unseen_danger(await streamed(RESPONSES, data, "local"))
     assert await streamed(RESPONSES, data, "local", NoOpPolicy()) == data
+
+
+def test_an_anthropic_text_blocks_citations_are_a_tool_call_in_a_whole_response() -> None:
+    codec = codec_for("POST", MESSAGES)
+    assert codec is not None
+    block = {"type": "text", "text": "As cited.", "citations": [citation(DANGER)]}
+    body = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "m",
+        "content": [block, {"type": "text", "text": " Done.", "citations": None}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 1, "output_tokens": 1},
+    }
+    response = codec.parse_response(body)
+    (call,) = response.choices[0].message.tool_calls  # type: ignore[union-attr]
+    assert BLOCKLIST.match(call.function.name, call.function.arguments) is not None
+    assert codec.render_response(body, response)["content"] == body["content"]
+    response.choices[0].message.tool_calls = None  # type: ignore[union-attr]
+    assert codec.render_response(body, response)["content"][0] == {"type": "text", "text": "As cited."}
