@@ -9,6 +9,7 @@ from typing import Any
 from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
 from formats.base import JSON, FormatError, MalformedStream, count
 from formats.sse import SSEEvent, encode_event
+from formats.unseen import given_back, unseen_call
 
 _TO_FINISH = {
     "end_turn": "stop",
@@ -218,13 +219,7 @@ class AnthropicTranscoder:
         """The content as a tool call of its own, whole in one chunk."""
         tool_index = self._next_tool_call()
         self._unseen[tool_index] = unseen
-        call: ToolCallDelta = {
-            "index": tool_index,
-            "id": f"luthien_unseen_{tool_index}",
-            "type": "function",
-            "function": {"name": name, "arguments": json.dumps(content)},
-        }
-        return self._chunk({"tool_calls": [call]})
+        return self._chunk({"tool_calls": [unseen_call(tool_index, name, content)]})
 
     def _next_tool_call(self) -> int:
         self._tool_calls += 1
@@ -425,12 +420,7 @@ class AnthropicTranscoder:
         """Unseen content the policy let through, written back with its arguments where the
         client's stream has a place for it (raises FormatError where it has none)."""
         data = unseen.data
-        try:
-            content = json.loads(arguments or "{}")
-        except ValueError as exc:
-            raise FormatError(f"a policy gave unseen {data['type']} content that is not JSON") from exc
-        if not isinstance(content, dict):
-            raise FormatError(f"a policy gave unseen {data['type']} content that is not an object")
+        content = given_back(arguments, f"unseen {data['type']}")
         if data["type"] == "content_block_start":
             assert unseen.block_type is not None
             block = {**content, **_EMPTY_BLOCKS[unseen.block_type]}

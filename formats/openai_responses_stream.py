@@ -1,7 +1,6 @@
 """OpenAI Responses streams: the transcoder between ``response.*`` events and normalised chunks."""
 
 import copy
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from formats.responses_items import (
     with_arguments,
 )
 from formats.sse import SSEEvent, encode_event
+from formats.unseen import given_back, unseen_call
 
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
@@ -221,25 +221,14 @@ class OpenAIResponsesTranscoder:
         index = self._next_tool_call()
         self._unseen[index] = data
         content = {k: v for k, v in data.items() if k not in ("type", "sequence_number")}
-        call: ToolCallDelta = {
-            "index": index,
-            "id": f"luthien_unseen_{index}",
-            "type": "function",
-            "function": {"name": kind, "arguments": json.dumps(content)},
-        }
-        return self._chunk({"tool_calls": [call]})
+        return self._chunk({"tool_calls": [unseen_call(index, kind, content)]})
 
     def _unseen_written(self, data: JSON, arguments: str) -> bytes:
         """An unseen event the policy let through, once the stream has diverged: with the next
         sequence number, and one that names an output item (an annotation) in the item the
         client has open (the client's items are the transcoder's); with none open, it cannot be
         written, and the stream ends with an error."""
-        try:
-            content = json.loads(arguments or "{}")
-        except ValueError as exc:
-            raise FormatError(f"a policy gave a {data['type']} event content that is not JSON") from exc
-        if not isinstance(content, dict):
-            raise FormatError(f"a policy gave a {data['type']} event content that is not an object")
+        content = given_back(arguments, f"a {data['type']} event")
         if "output_index" in content:
             if self._open is None:
                 raise FormatError(f"a {data['type']} event for an output item the client does not have open")

@@ -38,6 +38,7 @@ from tests.fake_provider import FakeProvider, RecordedRequest, ScriptedReply, ma
 from tests.raw_client import RawResponse, TlsTunnel, http1_bytes, raw_h2_request, raw_request
 from tests.scripted import (
     anthropic_block,
+    anthropic_citation,
     anthropic_events,
     anthropic_message,
     anthropic_stream_lines,
@@ -1296,17 +1297,7 @@ def _cited_stream(text: str, cited: str) -> bytes:
     cite = {
         "type": "content_block_delta",
         "index": 0,
-        "delta": {
-            "type": "citations_delta",
-            "citation": {
-                "type": "char_location",
-                "cited_text": cited,
-                "document_index": 0,
-                "document_title": "notes",
-                "start_char_index": 0,
-                "end_char_index": len(cited),
-            },
-        },
+        "delta": {"type": "citations_delta", "citation": anthropic_citation(cited)},
     }
     stop = next(n for n, e in enumerate(events) if e["type"] == "content_block_stop")
     return frame(anthropic_stream_lines([*events[: stop - 1], cite, *events[stop - 1 :]]))

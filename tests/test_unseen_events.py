@@ -20,7 +20,7 @@ from controlplane.policies.string_replacement import StringReplacementPolicy
 from formats.anthropic_messages_stream import AnthropicTranscoder
 from formats.sse import SSEParser, encode_event
 from tests.codecs import codec_for
-from tests.scripted import sdk_parse
+from tests.scripted import anthropic_citation, anthropic_message, sdk_parse
 from tests.test_output_items import BLOCKLIST, DANGER, NOTE, chat_stream, events_of, streamed
 
 MESSAGES, CHAT, RESPONSES = "/v1/messages", "/v1/chat/completions", "/v1/responses"
@@ -28,17 +28,6 @@ MESSAGES, CHAT, RESPONSES = "/v1/messages", "/v1/chat/completions", "/v1/respons
 REPLACE = StringReplacementPolicy(
     StringReplacementPolicy.Config(replacements=[{"find": "Paris", "replace": "PARIS"}])
 )
-
-
-def citation(cited: str) -> dict[str, Any]:
-    return {
-        "type": "char_location",
-        "cited_text": cited,
-        "document_index": 0,
-        "document_title": "notes",
-        "start_char_index": 0,
-        "end_char_index": len(cited),
-    }
 
 
 def delta(index: int, value: dict[str, Any]) -> dict[str, Any]:
@@ -50,16 +39,7 @@ def text_delta(index: int, text: str) -> dict[str, Any]:
 
 
 def message(events: list[dict[str, Any]], stop: str = "end_turn") -> list[dict[str, Any]]:
-    start = {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "m",
-        "content": [],
-        "stop_reason": None,
-        "stop_sequence": None,
-        "usage": {"input_tokens": 1, "output_tokens": 0},
-    }
+    start = {**anthropic_message([]), "stop_reason": None}
     return [
         {"type": "message_start", "message": start},
         *events,
@@ -119,7 +99,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
     ),
     "citations_delta": message(
         text_block(
-            0, text_delta(0, "As cited"), delta(0, {"type": "citations_delta", "citation": citation(DANGER)})
+            0,
+            text_delta(0, "As cited"),
+            delta(0, {"type": "citations_delta", "citation": anthropic_citation(DANGER)}),
         )
     ),
     "input_json_delta in a text block": message(
@@ -133,7 +115,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
     ),
     "citations with a text block's start": message(
         text_block(
-            0, text_delta(0, "hi"), start={"type": "text", "text": "", "citations": [citation(DANGER)]}
+            0,
+            text_delta(0, "hi"),
+            start={"type": "text", "text": "", "citations": [anthropic_citation(DANGER)]},
         )
     ),
 }
@@ -168,7 +152,7 @@ async def test_a_citation_after_a_changed_text_is_written_back_where_the_sdk_kee
             text_block(
                 0,
                 text_delta(0, "Paris is "),
-                delta(0, {"type": "citations_delta", "citation": citation("the capital")}),
+                delta(0, {"type": "citations_delta", "citation": anthropic_citation("the capital")}),
                 text_delta(0, "the capital."),
             )
         )
@@ -205,7 +189,7 @@ def with_unseen(draw: st.DrawFn) -> tuple[str, bytes]:
     position = draw(st.integers(1, len(BASE) - 1))
     name = draw(st.from_regex(r"[a-z_]{1,12}", fullmatch=True).filter(lambda n: not n.endswith("_delta")))
     field = draw(st.sampled_from(["text", "payload", "partial_json", "citation"]))
-    carried = draw(st.sampled_from([DANGER, {"command": DANGER}, [DANGER], citation(DANGER)]))
+    carried = draw(st.sampled_from([DANGER, {"command": DANGER}, [DANGER], anthropic_citation(DANGER)]))
     if position in _OPEN and draw(st.booleans()):
         kind = draw(st.sampled_from([f"{name}_delta", "citations_delta"]))
         event = delta(_OPEN[position], {"type": kind, field: carried})
@@ -445,7 +429,7 @@ async def test_an_unseen_responses_event_anywhere_never_passes_the_command_and_n
 def test_an_anthropic_text_blocks_citations_are_a_tool_call_in_a_whole_response() -> None:
     codec = codec_for("POST", MESSAGES)
     assert codec is not None
-    block = {"type": "text", "text": "As cited.", "citations": [citation(DANGER)]}
+    block = {"type": "text", "text": "As cited.", "citations": [anthropic_citation(DANGER)]}
     body = {
         "id": "msg_1",
         "type": "message",
