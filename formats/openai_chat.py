@@ -5,8 +5,8 @@ import json
 
 from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, WireFormat
-from formats.base import JSON, FormatError
-from formats.openai_chat_stream import LEGACY_CALL_ID, UNSEEN_CALL_ID, policy_view, unseen_fields
+from formats.base import JSON
+from formats.openai_chat_stream import LEGACY_CALL_ID, UNSEEN_CALL_ID, field_value, policy_view, unseen_fields
 
 
 class OpenAIChatCodec:
@@ -65,7 +65,7 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
     for call in new_message.get("tool_calls") or []:
         function = {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
         if call["id"] in unseen:
-            message[unseen[call["id"]]] = _unseen_value(function["arguments"])
+            message[unseen[call["id"]]] = field_value(unseen[call["id"]], function["arguments"])
         elif call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
             message["function_call"] = function
         elif isinstance((originals.get(call["id"]) or {}).get("custom"), dict):
@@ -82,10 +82,3 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
     choice["message"] = message
     choice.setdefault("logprobs", None)
     return choice
-
-
-def _unseen_value(arguments: str) -> object:
-    try:
-        return json.loads(arguments)
-    except ValueError as exc:
-        raise FormatError("a policy gave a message field a value that is not JSON") from exc

@@ -159,7 +159,8 @@ def _has_other_forms(part: JSON) -> bool:
     """Whether a message or delta holds what policies see in another form (``_policy_view``)."""
     calls = part.get("tool_calls")
     custom = isinstance(calls, list) and any(isinstance(c, dict) and "custom" in c for c in calls)
-    return custom or "function_call" in part or bool(part.get("refusal")) or bool(unseen_fields(part))
+    unseen = any(k not in _VIEWED and v not in _NOTHING for k, v in part.items())
+    return custom or "function_call" in part or bool(part.get("refusal")) or unseen
 
 
 class OpenAIChatTranscoder:
@@ -232,17 +233,19 @@ class OpenAIChatTranscoder:
 
     def _unseen_piece(self, choice: int, name: str, value: Any) -> ToolCallDelta:
         field = self._unseen.get((choice, name))
-        call: ToolCallDelta
+        first = field is None
         if field is None:
             field = self._unseen[(choice, name)] = _UnseenField(
                 -1 - sum(c == choice for c, _ in self._unseen)
             )
             self._unseen_names[(choice, field.index)] = name
-            call = {"index": field.index, "id": UNSEEN_CALL_ID + name, "type": "function", "function": {}}
-            call["function"] = cast(Any, _unseen_function(name, value))
-        else:
-            call = {"index": field.index, "function": cast(Any, _unseen_function(None, value))}
         field.value = _merged(field.value, value)
+        call: ToolCallDelta = {
+            "index": field.index,
+            "function": cast(Any, _unseen_function(name if first else None, value)),
+        }
+        if first:
+            call.update({"id": UNSEEN_CALL_ID + name, "type": "function"})
         return call
 
     def _settled(self, choice: int) -> list[ToolCallDelta]:
@@ -389,7 +392,12 @@ def _unseen_written(name: str, call: ToolCallDelta) -> JSON:
     arguments = (call.get("function") or {}).get("arguments") or ""
     if not arguments or arguments.startswith("\n"):
         return {}
+    return {name: field_value(name, arguments)}
+
+
+def field_value(name: str, arguments: str) -> Any:
+    """The value a policy gave back for an unseen field."""
     try:
-        return {name: json.loads(arguments)}
+        return json.loads(arguments)
     except ValueError as exc:
         raise FormatError(f"a policy gave the {name} field a value that is not JSON") from exc
