@@ -1,0 +1,234 @@
+"""Where Gemini CLI would send its model calls, read from its settings files and environment as
+Gemini CLI 0.61 reads them (packages/cli/src/config/settings.ts, validateNonInterActiveAuth.ts,
+packages/core/src/core/contentGenerator.ts).
+
+Only ``gemini-api-key`` reaches the model at the host Luthien polices. Google login
+(``oauth-personal``) and Compute Engine credentials go to Code Assist (cloudcode-pa.googleapis.com,
+a wrapped format Luthien does not decrypt), Vertex AI to ``*-aiplatform.googleapis.com``, and a
+base-URL override to whatever host it names: model traffic no policy would see, which
+``luthien run`` refuses and ``luthien doctor`` flags.
+
+Where Gemini CLI would choose among several answers (a workspace's settings count only in a
+trusted workspace; a system file overrides the user's), every candidate must be policed: what
+cannot be told for sure is refused, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+POLICED_HOST = "generativelanguage.googleapis.com"
+POLICED_AUTH = "gemini-api-key"
+CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"
+SYSTEM_SETTINGS = Path("/etc/gemini-cli/settings.json")
+# Without a settings entry, Gemini CLI takes its auth type from the first of these that is set.
+_ENV_AUTH = (
+    ("GOOGLE_GENAI_USE_GCA", "oauth-personal"),
+    ("GOOGLE_GENAI_USE_VERTEXAI", "vertex-ai"),
+    ("GOOGLE_GEMINI_BASE_URL", "gateway"),
+    ("GEMINI_API_KEY", POLICED_AUTH),
+    ("CLOUD_SHELL", "compute-default-credentials"),
+    ("GEMINI_CLI_USE_COMPUTE_ADC", "compute-default-credentials"),
+)
+_TRUE_ONLY = {
+    "GOOGLE_GENAI_USE_GCA",
+    "GOOGLE_GENAI_USE_VERTEXAI",
+    "CLOUD_SHELL",
+    "GEMINI_CLI_USE_COMPUTE_ADC",
+}
+FIX = (
+    'use a Gemini API key: set "security": {"auth": {"selectedType": "gemini-api-key"}} in '
+    "~/.gemini/settings.json (and in any other settings file that names a type) and export GEMINI_API_KEY"
+)
+
+
+@dataclass(frozen=True)
+class AuthChoice:
+    auth_type: str
+    source: str  # where it is set: a settings file, an environment variable, a .env file
+
+
+@dataclass(frozen=True)
+class Problem:
+    detail: str  # what would pass unseen, and where that is set
+    fix: str
+
+
+@dataclass(frozen=True)
+class GeminiRoute:
+    """The auth types Gemini CLI could use here, and the first problem among them (None: every
+    model call would reach the policed host)."""
+
+    choices: tuple[AuthChoice, ...]
+    problem: Problem | None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.choices) or self.problem is not None
+
+
+def gemini_route(env: Mapping[str, str], cwd: Path) -> GeminiRoute:
+    """Gemini CLI's model route for a run in ``cwd`` with environment ``env``."""
+    home = Path(env.get("GEMINI_CLI_HOME") or env.get("HOME") or Path.home())
+    files = _settings_files(env, home, cwd)
+    choices: list[AuthChoice] = []
+    for path in files:
+        try:
+            selected = _selected_type(path)
+        except ValueError as exc:
+            unreadable = Problem(
+                f"cannot read {path} ({exc}), so the auth type is unknown", f"correct {path}"
+            )
+            return GeminiRoute(tuple(choices), unreadable)
+        if selected is not None:
+            choices.append(AuthChoice(selected, str(path)))
+    merged = _with_env_file(env, home, cwd)
+    if not choices and (from_env := _env_auth(merged)) is not None:
+        choices.append(from_env)
+    for choice in choices:
+        if (problem := _problem(choice, merged)) is not None:
+            return GeminiRoute(tuple(choices), problem)
+    return GeminiRoute(tuple(choices), None)
+
+
+def _settings_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[Path]:
+    """System settings, workspace, user, system defaults (Gemini CLI's layers); the workspace's
+    are not read when the workspace is the home directory."""
+    system = (
+        Path(env["GEMINI_CLI_SYSTEM_SETTINGS_PATH"])
+        if env.get("GEMINI_CLI_SYSTEM_SETTINGS_PATH")
+        else SYSTEM_SETTINGS
+    )
+    defaults = Path(env.get("GEMINI_CLI_SYSTEM_DEFAULTS_PATH") or system.parent / "system-defaults.json")
+    workspace = [] if cwd.resolve() == home.resolve() else [cwd / ".gemini" / "settings.json"]
+    return [system, *workspace, home / ".gemini" / "settings.json", defaults]
+
+
+def _selected_type(path: Path) -> str | None:
+    """``security.auth.selectedType`` of a settings file (JSON with comments); ValueError when the
+    file exists but cannot be read as a JSON object."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ValueError(exc.strerror or type(exc).__name__) from exc
+    try:
+        settings = json.loads(strip_json_comments(text))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(settings, dict):
+        raise ValueError("not a JSON object")
+    selected = ((settings.get("security") or {}).get("auth") or {}).get("selectedType")
+    if selected is None:
+        return None
+    return selected if isinstance(selected, str) else repr(selected)
+
+
+def strip_json_comments(text: str) -> str:
+    """``text`` without ``//`` and ``/* */`` comments outside strings (Gemini CLI's settings
+    files may have them)."""
+    out: list[str] = []
+    i, in_string = 0, False
+    while i < len(text):
+        char = text[i]
+        if in_string:
+            out.append(char)
+            if char == "\\":
+                out.append(text[i + 1 : i + 2])
+                i += 1
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+            out.append(char)
+        elif text.startswith("//", i):
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = len(text) if end < 0 else end + 2
+            out.append(" ")
+            continue
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _with_env_file(env: Mapping[str, str], home: Path, cwd: Path) -> dict[str, str]:
+    """``env`` with the variables of the .env file Gemini CLI would load (it never overrides a
+    variable already set). All of the file counts, as in a trusted workspace."""
+    found = _env_file(home, cwd)
+    if found is None:
+        return dict(env)
+    values = {key: value for key, value in dotenv_values(found).items() if value is not None}
+    return {**values, **env}
+
+
+def _env_file(home: Path, cwd: Path) -> Path | None:
+    """The first of ``.gemini/.env`` and ``.env`` from ``cwd`` up to the root, then the home's."""
+    for directory in (cwd.resolve(), *cwd.resolve().parents):
+        for candidate in (directory / ".gemini" / ".env", directory / ".env"):
+            if candidate.is_file():
+                return candidate
+    for candidate in (home / ".gemini" / ".env", home / ".env"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _env_auth(env: Mapping[str, str]) -> AuthChoice | None:
+    for variable, auth_type in _ENV_AUTH:
+        value = env.get(variable, "")
+        if (value == "true") if variable in _TRUE_ONLY else bool(value):
+            return AuthChoice(auth_type, variable)
+    return None
+
+
+def _problem(choice: AuthChoice, env: Mapping[str, str]) -> Problem | None:
+    """Why this choice's model calls would pass unseen, with what to set instead; None if policed."""
+    where = f"auth type {choice.auth_type} ({choice.source})"
+    if choice.auth_type in ("oauth-personal", "compute-default-credentials"):
+        host = urlsplit(env.get("CODE_ASSIST_ENDPOINT") or f"https://{CODE_ASSIST_HOST}").hostname
+        return Problem(
+            f"{where} sends model calls to Code Assist at {host}, which Luthien does not police", FIX
+        )
+    if choice.auth_type == "vertex-ai":
+        return Problem(
+            f"{where} sends model calls to Vertex AI at {_vertex_host(env)}, which only a proxy started "
+            "with the Vertex AI provider profile polices",
+            FIX,
+        )
+    if choice.auth_type not in (POLICED_AUTH, "gateway"):
+        return Problem(f"{where}: Luthien does not know where it sends model calls", FIX)
+    base_url = env.get("GOOGLE_GEMINI_BASE_URL")
+    host = (urlsplit(base_url).hostname or "") if base_url else POLICED_HOST
+    if host.rstrip(".").lower() != POLICED_HOST:
+        return Problem(
+            f"{where} with GOOGLE_GEMINI_BASE_URL sends model calls to {host or base_url}, "
+            "which Luthien does not police",
+            f"unset GOOGLE_GEMINI_BASE_URL (Luthien polices {POLICED_HOST})",
+        )
+    return None
+
+
+def _vertex_host(env: Mapping[str, str]) -> str:
+    if env.get("GOOGLE_VERTEX_BASE_URL"):
+        return urlsplit(env["GOOGLE_VERTEX_BASE_URL"]).hostname or env["GOOGLE_VERTEX_BASE_URL"]
+    location = env.get("GOOGLE_CLOUD_LOCATION")
+    if location in ("us", "eu"):
+        return f"aiplatform.{location}.rep.googleapis.com"
+    return f"{location}-aiplatform.googleapis.com" if location else "aiplatform.googleapis.com"
+
+
+def is_gemini(command: str) -> bool:
+    return os.path.basename(command) == "gemini"
