@@ -8,21 +8,21 @@ a wrapped format Luthien does not decrypt), Vertex AI to ``*-aiplatform.googleap
 base-URL override to whatever host it names: model traffic no policy would see, which
 ``luthien run`` refuses and ``luthien doctor`` flags.
 
-Where Gemini CLI would choose among several answers (a workspace's settings count only in a
-trusted workspace; a system file overrides the user's), every candidate must be policed: what
-cannot be told for sure is refused, never guessed.
+Every settings file naming a type counts (a workspace's counts only in a trusted workspace, a
+system file overrides the user's: Luthien cannot tell which Gemini CLI will apply), and so does
+the .env file Gemini CLI would load, read as in a trusted workspace.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+
+from luthien.model_route import Problem, Route, host_of
 
 POLICED_HOST = "generativelanguage.googleapis.com"
 POLICED_AUTH = "gemini-api-key"
@@ -55,27 +55,9 @@ class AuthChoice:
     source: str  # where it is set: a settings file, an environment variable, a .env file
 
 
-@dataclass(frozen=True)
-class Problem:
-    detail: str  # what would pass unseen, and where that is set
-    fix: str
-
-
-@dataclass(frozen=True)
-class GeminiRoute:
-    """The auth types Gemini CLI could use here, and the first problem among them (None: every
-    model call would reach the policed host)."""
-
-    choices: tuple[AuthChoice, ...]
-    problem: Problem | None
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.choices) or self.problem is not None
-
-
-def gemini_route(env: Mapping[str, str], cwd: Path) -> GeminiRoute:
-    """Gemini CLI's model route for a run in ``cwd`` with environment ``env``."""
+def gemini_route(env: Mapping[str, str], cwd: Path, argv: Sequence[str] = ()) -> Route:
+    """Gemini CLI's model route for a run in ``cwd`` with environment ``env`` (it has no
+    command-line option that changes the route)."""
     home = Path(env.get("GEMINI_CLI_HOME") or env.get("HOME") or Path.home())
     files = _settings_files(env, home, cwd)
     choices: list[AuthChoice] = []
@@ -86,16 +68,21 @@ def gemini_route(env: Mapping[str, str], cwd: Path) -> GeminiRoute:
             unreadable = Problem(
                 f"cannot read {path} ({exc}), so the auth type is unknown", f"correct {path}"
             )
-            return GeminiRoute(tuple(choices), unreadable)
+            return _route(choices, unreadable)
         if selected is not None:
             choices.append(AuthChoice(selected, str(path)))
     merged = _with_env_file(env, home, cwd)
     if not choices and (from_env := _env_auth(merged)) is not None:
         choices.append(from_env)
-    for choice in choices:
-        if (problem := _problem(choice, merged)) is not None:
-            return GeminiRoute(tuple(choices), problem)
-    return GeminiRoute(tuple(choices), None)
+    problems = (problem for choice in choices if (problem := _problem(choice, merged)) is not None)
+    return _route(choices, next(problems, None))
+
+
+def _route(choices: list[AuthChoice], problem: Problem | None) -> Route:
+    described = tuple(f"{choice.auth_type} ({choice.source})" for choice in choices)
+    return Route(
+        "Gemini CLI", POLICED_HOST, described, problem, configured=bool(choices) or problem is not None
+    )
 
 
 def _settings_files(env: Mapping[str, str], home: Path, cwd: Path) -> list[Path]:
@@ -198,7 +185,7 @@ def _problem(choice: AuthChoice, env: Mapping[str, str]) -> Problem | None:
     """Why this choice's model calls would pass unseen, with what to set instead; None if policed."""
     where = f"auth type {choice.auth_type} ({choice.source})"
     if choice.auth_type in ("oauth-personal", "compute-default-credentials"):
-        host = urlsplit(env.get("CODE_ASSIST_ENDPOINT") or f"https://{CODE_ASSIST_HOST}").hostname
+        host = host_of(env.get("CODE_ASSIST_ENDPOINT") or CODE_ASSIST_HOST)
         return Problem(
             f"{where} sends model calls to Code Assist at {host}, which Luthien does not police", FIX
         )
@@ -211,10 +198,10 @@ def _problem(choice: AuthChoice, env: Mapping[str, str]) -> Problem | None:
     if choice.auth_type not in (POLICED_AUTH, "gateway"):
         return Problem(f"{where}: Luthien does not know where it sends model calls", FIX)
     base_url = env.get("GOOGLE_GEMINI_BASE_URL")
-    host = (urlsplit(base_url).hostname or "") if base_url else POLICED_HOST
-    if host.rstrip(".").lower() != POLICED_HOST:
+    host = host_of(base_url) if base_url else POLICED_HOST
+    if host != POLICED_HOST:
         return Problem(
-            f"{where} with GOOGLE_GEMINI_BASE_URL sends model calls to {host or base_url}, "
+            f"{where} with GOOGLE_GEMINI_BASE_URL sends model calls to {host or 'an unparseable URL'}, "
             "which Luthien does not police",
             f"unset GOOGLE_GEMINI_BASE_URL (Luthien polices {POLICED_HOST})",
         )
@@ -223,12 +210,8 @@ def _problem(choice: AuthChoice, env: Mapping[str, str]) -> Problem | None:
 
 def _vertex_host(env: Mapping[str, str]) -> str:
     if env.get("GOOGLE_VERTEX_BASE_URL"):
-        return urlsplit(env["GOOGLE_VERTEX_BASE_URL"]).hostname or env["GOOGLE_VERTEX_BASE_URL"]
+        return host_of(env["GOOGLE_VERTEX_BASE_URL"])
     location = env.get("GOOGLE_CLOUD_LOCATION")
     if location in ("us", "eu"):
         return f"aiplatform.{location}.rep.googleapis.com"
     return f"{location}-aiplatform.googleapis.com" if location else "aiplatform.googleapis.com"
-
-
-def is_gemini(command: str) -> bool:
-    return os.path.basename(command) == "gemini"

@@ -181,7 +181,11 @@ def client_env(ca: CAFiles) -> dict[str, str]:
     }
 
 
-GEMINI_LINE = "SKIP  Gemini CLI: no auth type set (settings.json or GEMINI_API_KEY)"
+AGENT_LINES = [
+    "OK    Claude Code: no provider switch or base URL: model calls go to api.anthropic.com, which Luthien polices",
+    "OK    Codex: model provider openai (the default): model calls go to api.openai.com, which Luthien polices",
+    "SKIP  Gemini CLI: no way to reach a model is set up",
+]
 
 
 @pytest.fixture
@@ -210,7 +214,7 @@ def test_doctor_reports_each_missing_dependency_with_a_fix(ca: CAFiles) -> None:
         f"OK    Python trust: SSL_CERT_FILE={ca.bundle} trusts the Luthien CA",
         f"OK    Node trust: NODE_EXTRA_CA_CERTS={ca.cert}",
         node_line(),
-        GEMINI_LINE,
+        *AGENT_LINES,
         f"FAIL  proxy: nothing accepts connections at http://127.0.0.1:{proxy} (connection refused)",
         f"      fix: start it with `luthien up` (or `luthien proxy --port {proxy}`), or set HTTPS_PROXY/--proxy",
         f"FAIL  control plane: http://127.0.0.1:{control_plane} is unreachable (connection refused)",
@@ -264,7 +268,7 @@ def test_doctor_passes_when_everything_answers(ca: CAFiles, listener: int, tmp_p
         f"OK    Python trust: SSL_CERT_FILE={ca.bundle} trusts the Luthien CA",
         f"OK    Node trust: NODE_EXTRA_CA_CERTS={ca.cert}",
         node_line(),
-        GEMINI_LINE,
+        *AGENT_LINES,
         f"OK    proxy: http://127.0.0.1:{listener} accepts connections",
         "SKIP  control plane: not configured (LUTHIEN_CONTROL_PLANE_URL)",
         f"OK    database: sqlite://{database} answers",

@@ -1,6 +1,7 @@
-"""Where Gemini CLI would send its model calls, read from real settings files and .env files in a
-temporary home and workspace; `luthien run -- gemini` refusing a route no policy sees (a real
-subprocess of the luthien command, before it looks for a CA or a proxy); `luthien doctor`'s line."""
+"""Where Gemini CLI, Claude Code and Codex would send their model calls, read from real settings,
+config and .env files in a temporary home and workspace; `luthien run -- AGENT` refusing a route
+no policy sees (a real subprocess of the luthien command, before it looks for a CA or a proxy);
+`luthien doctor`'s line."""
 
 import json
 import os
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from luthien.claude_route import claude_route
+from luthien.codex_route import API_KEY_FIX, codex_route
 from luthien.gemini_route import CODE_ASSIST_HOST, FIX, POLICED_HOST, gemini_route, strip_json_comments
 
 API_KEY_SETTINGS = {"security": {"auth": {"selectedType": "gemini-api-key"}}}
@@ -49,7 +52,7 @@ def test_an_api_key_in_the_user_settings_reaches_the_policed_host(
     path = settings(home, API_KEY_SETTINGS)
     route = gemini_route(environment(home, tmp_path, GEMINI_API_KEY="AIza-test"), workspace)
     assert route.problem is None
-    assert [(c.auth_type, c.source) for c in route.choices] == [("gemini-api-key", str(path))]
+    assert route.choices == (f"gemini-api-key ({path})",)
 
 
 def test_google_login_is_refused_with_the_fix(home: Path, workspace: Path, tmp_path: Path) -> None:
@@ -104,7 +107,7 @@ def test_without_settings_the_environment_decides_in_gemini_clis_order(
     home: Path, workspace: Path, tmp_path: Path
 ) -> None:
     only_key = gemini_route(environment(home, tmp_path, GEMINI_API_KEY="AIza-test"), workspace)
-    assert only_key.problem is None and only_key.choices[0].source == "GEMINI_API_KEY"
+    assert (only_key.problem, only_key.choices) == (None, ("gemini-api-key (GEMINI_API_KEY)",))
     # GOOGLE_GENAI_USE_GCA comes before GEMINI_API_KEY, and only "true" turns it on.
     login = gemini_route(
         environment(home, tmp_path, GEMINI_API_KEY="k", GOOGLE_GENAI_USE_GCA="true"), workspace
@@ -168,25 +171,102 @@ def test_strip_json_comments_leaves_strings_alone() -> None:
     assert json.loads(strip_json_comments(text)) == json.loads(text.rsplit(" // gone", 1)[0])
 
 
-def run_gemini(
-    home: Path, workspace: Path, tmp_path: Path, **variables: str
+def test_claude_code_provider_switches_and_base_urls_are_refused(
+    home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    assert claude_route(environment(home, tmp_path), workspace, ()).problem is None
+    assert (
+        claude_route(environment(home, tmp_path, CLAUDE_CODE_USE_VERTEX="0"), workspace, ()).problem is None
+    )
+    bedrock = claude_route(environment(home, tmp_path, CLAUDE_CODE_USE_BEDROCK="1"), workspace, ()).problem
+    assert bedrock is not None
+    assert bedrock.detail == (
+        "CLAUDE_CODE_USE_BEDROCK (the environment) sends model calls to a provider other than "
+        "api.anthropic.com, which Luthien does not police"
+    )
+    path = workspace / ".claude" / "settings.local.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://llm-gateway.example.com/anthropic"}}))
+    gateway = claude_route(environment(home, tmp_path), workspace, ()).problem
+    assert gateway is not None
+    assert gateway.detail.startswith(
+        f"ANTHROPIC_BASE_URL ({path}) sends model calls to llm-gateway.example.com"
+    )
+    path.write_text(json.dumps({"env": {"ANTHROPIC_BASE_URL": "https://api.anthropic.com"}}))
+    assert claude_route(environment(home, tmp_path), workspace, ()).problem is None
+
+
+def codex_home(home: Path, config: str = "", auth: dict[str, object] | None = None) -> Path:
+    directory = home / ".codex"
+    directory.mkdir(exist_ok=True)
+    (directory / "config.toml").write_text(config)
+    if auth is not None:
+        (directory / "auth.json").write_text(json.dumps(auth))
+    return directory
+
+
+CHATGPT_LOGIN = {
+    "auth_mode": "chatgpt",
+    "OPENAI_API_KEY": None,
+    "tokens": {"id_token": "x", "access_token": "y"},
+}
+
+
+def test_codex_logged_in_with_chatgpt_is_refused_and_an_api_key_login_passes(
+    home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    directory = codex_home(home, auth=CHATGPT_LOGIN)
+    route = codex_route(environment(home, tmp_path, OPENAI_API_KEY="sk-test"), workspace, ["exec", "hi"])
+    assert route.problem is not None
+    assert route.problem.detail == (
+        f"the ChatGPT login in {directory / 'auth.json'} sends model calls to "
+        "chatgpt.com/backend-api/codex, which Luthien does not police"
+    )
+    assert route.problem.fix == API_KEY_FIX
+    codex_home(home, auth={"auth_mode": "apikey", "OPENAI_API_KEY": "sk-test"})
+    assert codex_route(environment(home, tmp_path), workspace, ["exec", "hi"]).problem is None
+
+
+def test_codex_providers_are_read_from_config_profiles_and_the_command_line(
+    home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    config = (
+        'profile = "local"\n'
+        '[model_providers.ollama]\nname = "Ollama"\nbase_url = "http://localhost:11434/v1"\n'
+        '[model_providers.proxy]\nname = "OpenAI again"\nbase_url = "https://api.openai.com/v1"\n'
+        '[profiles.local]\nmodel_provider = "ollama"\n'
+        '[profiles.cloud]\nmodel_provider = "proxy"\n'
+    )
+    codex_home(home, config)
+    env = environment(home, tmp_path)
+    local = codex_route(env, workspace, ["exec", "hi"])
+    assert local.problem is not None
+    assert local.problem.detail == (
+        "model provider ollama (profile local) sends model calls to localhost, which Luthien does not police"
+    )
+    assert codex_route(env, workspace, ["--profile", "cloud", "exec", "hi"]).problem is None
+    assert codex_route(env, workspace, ["-c", "model_provider=openai", "exec", "hi"]).problem is None
+    oss = codex_route(env, workspace, ["exec", "--oss", "hi"]).problem
+    assert oss is not None and oss.detail.startswith("--oss sends model calls to a local model server")
+    codex_home(home)
+    away_env = environment(home, tmp_path, OPENAI_BASE_URL="https://openai.example.com/v1")
+    away = codex_route(away_env, workspace, [])
+    assert away.problem is not None and "openai.example.com" in away.problem.detail
+    codex_home(home, "model_provider = ")
+    broken = codex_route(env, workspace, [])
+    assert broken.problem is not None
+    assert broken.problem.detail.startswith(f"cannot read {home / '.codex' / 'config.toml'}")
+
+
+def run_agent(
+    home: Path, workspace: Path, tmp_path: Path, argv: list[str], **variables: str
 ) -> subprocess.CompletedProcess[str]:
-    """`luthien run -- gemini`, with no CA in its data dir and no proxy listening: the route
+    """`luthien run -- AGENT`, with no CA in its data dir and no proxy listening: the route
     check comes before both."""
     env = {"PATH": os.environ["PATH"]} | environment(home, tmp_path, **variables)
+    data_dir = str(tmp_path / "no-ca")
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "luthien",
-            "run",
-            "--data-dir",
-            str(tmp_path / "no-ca"),
-            "--",
-            "gemini",
-            "-p",
-            "hi",
-        ],
+        [sys.executable, "-m", "luthien", "run", "--data-dir", data_dir, "--", *argv],
         env=env,
         cwd=workspace,
         capture_output=True,
@@ -200,10 +280,10 @@ def test_luthien_run_refuses_gemini_cli_logged_in_with_google(
     home: Path, workspace: Path, tmp_path: Path
 ) -> None:
     path = settings(home, GOOGLE_LOGIN)
-    done = run_gemini(home, workspace, tmp_path, GEMINI_API_KEY="AIza-secret-key")
+    done = run_agent(home, workspace, tmp_path, ["gemini", "-p", "hi"], GEMINI_API_KEY="AIza-secret-key")
     assert done.returncode == 2
     assert done.stderr == (
-        f"luthien run: refusing to run Gemini CLI: its auth type oauth-personal ({path}) sends model "
+        f"luthien run: refusing to run Gemini CLI: auth type oauth-personal ({path}) sends model "
         f"calls to Code Assist at {CODE_ASSIST_HOST}, which Luthien does not police.\nfix: {FIX}\n"
     )
     assert "AIza-secret-key" not in done.stdout + done.stderr
@@ -213,9 +293,21 @@ def test_luthien_run_lets_a_policed_gemini_cli_through_to_its_next_check(
     home: Path, workspace: Path, tmp_path: Path
 ) -> None:
     settings(home, API_KEY_SETTINGS)
-    done = run_gemini(home, workspace, tmp_path, GEMINI_API_KEY="AIza-test")
+    done = run_agent(home, workspace, tmp_path, ["gemini", "-p", "hi"], GEMINI_API_KEY="AIza-test")
     assert done.returncode == 2
     assert done.stderr.startswith(f"luthien: no Luthien CA in {tmp_path / 'no-ca'}"), done.stderr
+
+
+def test_luthien_run_refuses_codex_logged_in_with_chatgpt(
+    home: Path, workspace: Path, tmp_path: Path
+) -> None:
+    directory = codex_home(home, auth=CHATGPT_LOGIN)
+    done = run_agent(home, workspace, tmp_path, ["/opt/bin/codex", "exec", "hi"])
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"luthien run: refusing to run Codex: the ChatGPT login in {directory / 'auth.json'} sends "
+        f"model calls to chatgpt.com/backend-api/codex, which Luthien does not police.\nfix: {API_KEY_FIX}\n"
+    )
 
 
 def doctor_line(home: Path, workspace: Path, tmp_path: Path, **variables: str) -> list[str]:
@@ -257,6 +349,4 @@ def test_doctor_flags_google_login_with_the_fix_and_passes_an_api_key(
         f"OK    Gemini CLI: gemini-api-key ({path}): model calls go to {POLICED_HOST}, which Luthien polices"
     ]
     (path).unlink()
-    assert doctor_line(home, workspace, tmp_path) == [
-        "SKIP  Gemini CLI: no auth type set (settings.json or GEMINI_API_KEY)"
-    ]
+    assert doctor_line(home, workspace, tmp_path) == ["SKIP  Gemini CLI: no way to reach a model is set up"]
