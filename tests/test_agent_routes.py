@@ -258,22 +258,26 @@ def test_codex_providers_are_read_from_config_profiles_and_the_command_line(
     assert broken.problem.detail.startswith(f"cannot read {home / '.codex' / 'config.toml'}")
 
 
-def run_agent(
-    home: Path, workspace: Path, tmp_path: Path, argv: list[str], **variables: str
-) -> subprocess.CompletedProcess[str]:
-    """`luthien run -- AGENT`, with no CA in its data dir and no proxy listening: the route
-    check comes before both."""
-    env = {"PATH": os.environ["PATH"]} | environment(home, tmp_path, **variables)
-    data_dir = str(tmp_path / "no-ca")
+def luthien_in(workspace: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The luthien command run in ``workspace`` with only ``env`` (and PATH)."""
     return subprocess.run(
-        [sys.executable, "-m", "luthien", "run", "--data-dir", data_dir, "--", *argv],
-        env=env,
+        [sys.executable, "-m", "luthien", *args],
+        env={"PATH": os.environ["PATH"]} | env,
         cwd=workspace,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def run_agent(
+    home: Path, workspace: Path, tmp_path: Path, argv: list[str], **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """`luthien run -- AGENT`, with no CA in its data dir and no proxy listening: the route
+    check comes before both."""
+    env = environment(home, tmp_path, **variables)
+    return luthien_in(workspace, env, "run", "--data-dir", str(tmp_path / "no-ca"), "--", *argv)
 
 
 def test_luthien_run_refuses_gemini_cli_logged_in_with_google(
@@ -311,24 +315,9 @@ def test_luthien_run_refuses_codex_logged_in_with_chatgpt(
 
 
 def doctor_line(home: Path, workspace: Path, tmp_path: Path, **variables: str) -> list[str]:
-    env = {"PATH": os.environ["PATH"]} | environment(home, tmp_path, **variables)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "luthien",
-            "doctor",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--proxy",
-            "127.0.0.1:1",
-        ],
-        env=env,
-        cwd=workspace,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    env = environment(home, tmp_path, **variables)
+    done = luthien_in(
+        workspace, env, "doctor", "--data-dir", str(tmp_path / "data"), "--proxy", "127.0.0.1:1"
     )
     lines = done.stdout.splitlines()
     at = next(n for n, line in enumerate(lines) if "Gemini CLI:" in line)
