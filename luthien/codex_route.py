@@ -110,7 +110,7 @@ def _toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read {path} ({exc}), so the model provider is unknown") from exc
 
 
@@ -119,6 +119,6 @@ def _json(path: Path) -> dict[str, Any]:
         loaded = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read {path} ({type(exc).__name__}), so the login is unknown") from exc
     return loaded if isinstance(loaded, dict) else {}

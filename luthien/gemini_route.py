@@ -71,9 +71,13 @@ def gemini_route(env: Mapping[str, str], cwd: Path, argv: Sequence[str] = ()) ->
             return _route(choices, unreadable)
         if selected is not None:
             choices.append(AuthChoice(selected, str(path)))
-    merged = _with_env_file(env, home, cwd)
-    if not choices and (from_env := _env_auth(merged)) is not None:
+    try:
+        env_file, from_file = _env_file_values(home, cwd)
+    except ValueError as exc:
+        return _route(choices, Problem(str(exc), "correct it"))
+    if not choices and (from_env := _env_auth(env, env_file, from_file)) is not None:
         choices.append(from_env)
+    merged = {**from_file, **env}
     problems = (problem for choice in choices if (problem := _problem(choice, merged)) is not None)
     return _route(choices, next(problems, None))
 
@@ -151,14 +155,17 @@ def strip_json_comments(text: str) -> str:
     return "".join(out)
 
 
-def _with_env_file(env: Mapping[str, str], home: Path, cwd: Path) -> dict[str, str]:
-    """``env`` with the variables of the .env file Gemini CLI would load (it never overrides a
-    variable already set). All of the file counts, as in a trusted workspace."""
+def _env_file_values(home: Path, cwd: Path) -> tuple[Path | None, dict[str, str]]:
+    """The .env file Gemini CLI would load and its variables, all of them, as in a trusted
+    workspace; ValueError when it cannot be read."""
     found = _env_file(home, cwd)
     if found is None:
-        return dict(env)
-    values = {key: value for key, value in dotenv_values(found).items() if value is not None}
-    return {**values, **env}
+        return None, {}
+    try:
+        values = dotenv_values(found, interpolate=False)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {found} ({type(exc).__name__}), so the auth type is unknown") from exc
+    return found, {key: value for key, value in values.items() if value is not None}
 
 
 def _env_file(home: Path, cwd: Path) -> Path | None:
@@ -173,11 +180,16 @@ def _env_file(home: Path, cwd: Path) -> Path | None:
     return None
 
 
-def _env_auth(env: Mapping[str, str]) -> AuthChoice | None:
+def _env_auth(
+    env: Mapping[str, str], env_file: Path | None, from_file: Mapping[str, str]
+) -> AuthChoice | None:
+    """The auth type the environment picks, the .env file's variables filling in for unset ones
+    (Gemini CLI never overrides a variable already set)."""
     for variable, auth_type in _ENV_AUTH:
-        value = env.get(variable, "")
+        value = env[variable] if variable in env else from_file.get(variable, "")
         if (value == "true") if variable in _TRUE_ONLY else bool(value):
-            return AuthChoice(auth_type, variable)
+            where = variable if variable in env else f"{variable} in {env_file}"
+            return AuthChoice(auth_type, where)
     return None
 
 

@@ -132,9 +132,17 @@ def test_a_dot_env_file_up_the_tree_can_switch_to_google_login(
     project.mkdir()
     (workspace / ".env").write_text('GOOGLE_GENAI_USE_GCA="true"\n')
     route = gemini_route(environment(home, tmp_path, GEMINI_API_KEY="k"), project)
-    assert route.problem is not None and "GOOGLE_GENAI_USE_GCA" in route.problem.detail
+    assert route.problem is not None
+    assert f"oauth-personal (GOOGLE_GENAI_USE_GCA in {workspace / '.env'})" in route.problem.detail
     turned_off = environment(home, tmp_path, GEMINI_API_KEY="k", GOOGLE_GENAI_USE_GCA="false")
     assert gemini_route(turned_off, project).problem is None
+    (workspace / ".env").write_bytes(b"GEMINI_API_KEY=\xff\n")
+    unreadable = gemini_route(environment(home, tmp_path, GEMINI_API_KEY="k"), project).problem
+    assert unreadable is not None
+    assert (
+        unreadable.detail
+        == f"cannot read {workspace / '.env'} (UnicodeDecodeError), so the auth type is unknown"
+    )
 
 
 def test_a_base_url_elsewhere_is_refused_even_with_an_api_key(
