@@ -88,7 +88,9 @@ def _route(choices: tuple[str, ...], problem: Problem | None) -> Route:
 def _provider(config: Mapping[str, Any], argv: Sequence[str]) -> tuple[str, str]:
     """The model provider's id and where it is chosen."""
     overrides, profile = {}, config.get("profile")
-    for flag, value in itertools.pairwise(argv):
+    # --profile=NAME and --config=KEY=VALUE are the same as the flag and its value apart.
+    words = [part for word in argv for part in (word.split("=", 1) if word.startswith("--") else [word])]
+    for flag, value in itertools.pairwise(words):
         if flag in ("-c", "--config") and "=" in value:
             key, _, raw = value.partition("=")
             overrides[key.strip()] = raw.strip().strip("\"'")

@@ -253,6 +253,8 @@ def test_codex_providers_are_read_from_config_profiles_and_the_command_line(
         "model provider ollama (profile local) sends model calls to localhost, which Luthien does not police"
     )
     assert codex_route(env, workspace, ["--profile", "cloud", "exec", "hi"]).problem is None
+    assert codex_route(env, workspace, ["exec", "--profile=cloud", "hi"]).problem is None
+    assert codex_route(env, workspace, ["--config=model_provider=openai", "exec", "hi"]).problem is None
     assert codex_route(env, workspace, ["-c", "model_provider=openai", "exec", "hi"]).problem is None
     oss = codex_route(env, workspace, ["exec", "--oss", "hi"]).problem
     assert oss is not None and oss.detail.startswith("--oss sends model calls to a local model server")
