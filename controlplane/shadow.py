@@ -36,6 +36,9 @@ QUEUE_LIMIT = 256
 #: Calls replayed at once (a judge's answer takes a while).
 WORKERS = 2
 BUSY = "shadow skipped: busy (its queue was full when the call ended)"
+#: Skipped calls remembered until a worker stores their mark; past it the oldest go unmarked
+#: (still counted): ids only, so the bound holds however long the shadow stays behind.
+BUSY_MARKS = 10_000
 
 
 class Replayer(Protocol):
@@ -73,7 +76,7 @@ class ShadowRunner:
     def __init__(self, storage: Storage, replayer: Replayer, queue_limit: int = QUEUE_LIMIT) -> None:
         self._storage, self._replayer = storage, replayer
         self._queue: asyncio.Queue[tuple[CallRecord, PolicyHandler, str]] = asyncio.Queue(queue_limit)
-        self._busy: deque[tuple[str, str]] = deque(maxlen=queue_limit)  # skipped: (call, version)
+        self._busy: deque[tuple[str, str]] = deque(maxlen=BUSY_MARKS)  # skipped: (call, version)
         self._tasks: list[asyncio.Task[None]] = []
         self.policy: PolicyHandler | None = None
         self.version: str | None = None

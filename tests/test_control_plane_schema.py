@@ -43,18 +43,14 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "operations": [
             {
+                # Every PUT: /v1/policy and /v1/policy/shadow.
                 "include-method": "PUT",
-                "include-path": path,
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400"]}},
-            }
-            for path in ("/v1/policy", "/v1/policy/shadow")
-        ]
-        + [
+            },
             {
-                "include-method": "POST",
-                "include-path": "/v1/policy/shadow/promote",
+                "include-name": "POST /v1/policy/shadow/promote",
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "409"]}},
-            }
+            },
         ]
     }
 )

@@ -2,7 +2,8 @@
 shadow, the official SDKs and a raw client through ``HTTPS_PROXY``, the fake provider upstream.
 The client's bytes are the provider's, byte for byte, shadow or not; the calls show what the
 shadow would have blocked, with the rule and the replay's diff; promoting enforces it; clearing
-stops the decisions. With two control-plane replicas, a shadow set on one is run by the other."""
+stops the decisions. With two control-plane replicas, a shadow set on one is run by the other.
+A shadow that cannot keep up skips calls, marked, and never makes the enforced path wait."""
 
 import asyncio
 import time
@@ -16,9 +17,14 @@ import httpx
 import pytest
 import yaml
 
+from controlplane.shadow import BUSY, ShadowRunner
+from controlplane.storage import SQLiteStorage
+from luthien.dry_run import ShadowReplay
 from tests.conftest import RunningProxy, free_port, luthien, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_provider import FakeProvider
+from tests.policies import BlockRequestsContaining
+from tests.test_dashboard_api import T0, call_record
 from tests.test_policy_versions import ADMIN, PROXIES, READER, auth, replica, sidecars
 from tests.test_wire_fidelity import ENDPOINTS, body, client_for
 
@@ -254,3 +260,27 @@ def _two_replicas(database_url: str, fake: FakeProvider, root: Path) -> None:
     finally:
         for plane in replicas:
             plane.stop()
+
+
+async def test_a_full_queue_skips_calls_and_marks_them_busy_without_waiting(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "calls.db")
+    await storage.migrate()
+    shadow = ShadowRunner(storage, ShadowReplay(), queue_limit=1)
+    policy = BlockRequestsContaining(BlockRequestsContaining.Config(word="forbidden-word"))
+    shadow.observe(policy, "v1", seq=1)
+    records = [call_record(f"c{n}", "say forbidden-word", "No.") for n in range(3)]
+    shadow.offer(records)  # the workers are not started: the first fills the queue
+    assert (shadow.queued, shadow.skipped) == (1, 2)
+    shadow.start()
+    try:
+        await shadow.idle()
+    finally:
+        await shadow.close()
+    decided = await storage.shadow_decisions([record.call_id for record in records])
+    assert decided["c0"].outcome == "would_block" and decided["c0"].notes == []
+    assert [(decided[c].outcome, decided[c].notes) for c in ("c1", "c2")] == [("skipped", [BUSY])] * 2
+    assert await storage.shadow_counts("v1", T0) == {"would_block": 1, "skipped": 2}
+    shadow.observe(None, None, seq=2)  # cleared: nothing is queued any more
+    shadow.offer(records)
+    assert (shadow.queued, shadow.skipped) == (0, 2)
+    await storage.close()

@@ -299,7 +299,13 @@ def create_control_plane_app(
     ) -> ShadowSetting:
         return await http_change(versions.clear_shadow(credential.name, note))
 
-    @app.post(f"{API}/policy/shadow/promote", responses=_UNAUTHORIZED | _CHANGES)
+    promote_responses = (
+        with_body
+        | _CHANGES
+        | {409: {"model": ErrorBody, "description": "no shadow is set, or the policy file is the source"}}
+    )
+
+    @app.post(f"{API}/policy/shadow/promote", responses=promote_responses)
     async def promote(body: Note, credential: Admin) -> PolicyInfo:
         """Activates the shadow version and clears the shadow, in one audited change (409 when no
         shadow is set, or the file is the source)."""
