@@ -5,8 +5,10 @@ it is offered to the ``ShadowRunner``, which replays it under the shadow policy 
 background (the dry run's machinery: the request as the client sent it, the provider's answer as
 recorded) and stores what the shadow would have done as the call's ``ShadowDecision``. Nothing
 on the enforced path waits on it: offering is a ``put_nowait`` on a bounded queue, and a full
-queue drops the call (counted, and marked "skipped: busy" on the call), so neither the latency
-nor the memory of the enforced path grows with the shadow's work.
+queue drops the call (counted, and marked "skipped: busy" on the call), so the enforced path
+never waits and its memory stays bounded. The replays share the control plane's event loop and
+CPU with the enforced calls: their cost shows as the CPU a replay takes beside the next call
+(docs/performance.md, "Shadow mode").
 
 What the shadow sees is the call as recorded: the client's request, and the provider's answer
 to the request the enforced policy sent (a rewritten one, if it rewrote it; none, if it blocked
