@@ -65,7 +65,7 @@ def _policy(args: argparse.Namespace) -> int:
         from luthien.replay import replay
 
         return replay(args)
-    if args.policy_command in ("history", "activate", "rollback"):
+    if args.policy_command in ("history", "activate", "rollback", "shadow", "promote"):
         from luthien.policy_admin import policy_admin
 
         return policy_admin(args)
