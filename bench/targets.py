@@ -158,21 +158,46 @@ def write_policy(setup: Setup, name: str, policy: dict[str, Any]) -> Path:
 
 
 class LuthienInProcess(Target):
-    """``luthien proxy`` with its control plane in the same process, recording to SQLite."""
+    """``luthien proxy`` with its control plane in the same process, recording to SQLite;
+    ``shadow``, a policy set as its shadow (``luthien policy shadow``) before it starts."""
 
     def __init__(
-        self, name: str, description: str, policy: PolicyFor | None = None, tree: Path = ROOT
+        self,
+        name: str,
+        description: str,
+        policy: PolicyFor | None = None,
+        tree: Path = ROOT,
+        shadow: PolicyFor | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self._policy = policy
         self._tree = tree
+        self._shadow = shadow
 
     def start(self, setup: Setup) -> Running:
         port = free_port()
         args = luthien_proxy_args(self.name, setup, port)
         if self._policy is not None:
             args += ["--policy", str(write_policy(setup, self.name, self._policy(setup)))]
+        if self._shadow is not None:
+            shadow = write_policy(setup, f"{self.name}-shadow", self._shadow(setup))
+            database = f"sqlite:///{setup.work / self.name}.db"
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "luthien",
+                    "policy",
+                    "shadow",
+                    str(shadow),
+                    "--database-url",
+                    database,
+                ],
+                check=True,
+                capture_output=True,
+                cwd=self._tree,
+            )
         process = spawn(self.name, args, setup.work, tree=self._tree)
         return Running(Route(f"http://{HOST}:{port}", "https://api.openai.com"), [process], process)
 
@@ -309,6 +334,11 @@ def all_targets(with_litellm: bool) -> list[Target]:
         ),
         LuthienInProcess(
             "judge", "Luthien, ToolCallJudgePolicy asking a fake judge about each tool call", judge_policy
+        ),
+        LuthienInProcess(
+            "noop-shadow",
+            "Luthien, NoOpPolicy enforced, the regex policy as its shadow (replaying every call)",
+            shadow=regex_policy,
         ),
     ]
     if with_litellm:

@@ -15,6 +15,7 @@ from controlplane.recording.writer import RecordWriter
 
 if TYPE_CHECKING:  # a sidecar proxy counts decisions but runs no policy (and loads no LiteLLM)
     from controlplane.local import ControlPlaneLocal
+    from controlplane.shadow import ShadowRunner
 
 
 class RecordingCollector(Collector):
@@ -65,6 +66,38 @@ def register_policy_stream_metrics(control_plane: "ControlPlaneLocal", registry:
     Gauge(
         "luthien_policy_streams_open", "Streams whose policy state is held now", registry=registry
     ).set_function(lambda: control_plane.open_streams)
+
+
+class ShadowCollector(Collector):
+    """The shadow's work, read at scrape time: calls it skipped mean it cannot keep up."""
+
+    def __init__(self, shadow: "ShadowRunner") -> None:
+        self._shadow = shadow
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        shadow = self._shadow
+        yield GaugeMetricFamily(
+            "luthien_shadow_queue_depth", "Finished calls waiting for the shadow policy", value=shadow.queued
+        )
+        yield GaugeMetricFamily(
+            "luthien_shadow_replayed_calls",
+            "Calls replayed under the shadow policy since start",
+            value=shadow.replayed,
+        )
+        yield GaugeMetricFamily(
+            "luthien_shadow_skipped_calls",
+            "Calls the shadow skipped since start because its queue was full",
+            value=shadow.skipped,
+        )
+        yield GaugeMetricFamily(
+            "luthien_shadow_failed_calls",
+            "Shadow replays that failed or could not be stored since start",
+            value=shadow.failed,
+        )
+
+
+def register_shadow_metrics(shadow: "ShadowRunner", registry: CollectorRegistry) -> None:
+    registry.register(ShadowCollector(shadow))
 
 
 class PolicyDecisionMetrics:

@@ -8,6 +8,12 @@ activated, and how every control-plane replica comes to enforce the active one.
   is the policy. Each replica reads it when nudged (``controlplane.policy_nudge``) and at a
   periodic check, so every replica enforces a new version within about a second.
 
+The shadow slot (``controlplane.shadow``) is kept the same way: set from a document or a stored
+version, cleared, or promoted (its version activated and the slot cleared in one transaction),
+each change audited and nudged, and followed by every replica at the same checks. A shadow never
+enforces, so it may be set while the file is the source; promoting it is an activation, refused
+then like any other.
+
 A broken document is never stored nor activated: ``PolicyFileError`` says what is wrong, where.
 Nor is a credential: a document that would be the truth (the API's, the CLI's, a file seeding the
 database) is refused while it holds one (an inline ``api_key``); a file's version is recorded with
@@ -34,11 +40,13 @@ from controlplane.policy_file import (
     read_policy_document,
 )
 from controlplane.policy_nudge import PolicyNudge
+from controlplane.shadow import ShadowRunner
 from controlplane.storage.base import (
     ActivePolicy,
     PolicyActivation,
     PolicySourceKind,
     PolicyVersion,
+    ShadowSetting,
     Storage,
     StorageUnavailable,
 )
@@ -66,6 +74,11 @@ class FileIsTheSource(Exception):
 class UnknownVersion(LookupError):
     def __init__(self, version: str) -> None:
         super().__init__(f"no stored policy version {version!r}")
+
+
+class NoShadow(LookupError):
+    def __init__(self) -> None:
+        super().__init__("no shadow policy is set: there is nothing to promote")
 
 
 def document_version(document: dict[str, Any], where: str) -> str:
@@ -171,17 +184,64 @@ class PolicyVersions:
     ) -> PolicyActivation:
         """Activates a version stored before: a rollback, or a roll forward again."""
         self._refuse_in_file_mode()
+        policy, stored = await self._stored(version)
+        return await self._activate(policy, stored, by, note, source)
+
+    async def shadow_document(self, document: Any, where: str, by: str, note: str) -> ShadowSetting:
+        """Stores ``document`` as a version and makes it the shadow (allowed whatever the source:
+        a shadow never enforces)."""
+        without_credentials(document, where)
+        policy, version = validated(document, where, by, note)
+        return await self._shadow(policy, version, by, note)
+
+    async def shadow_stored(self, version: str, by: str, note: str) -> ShadowSetting:
+        policy, stored = await self._stored(version)
+        return await self._shadow(policy, stored, by, note)
+
+    async def clear_shadow(self, by: str, note: str) -> ShadowSetting:
+        return await self._shadow(None, None, by, note)
+
+    async def promote(self, by: str, note: str, source: PolicySourceKind) -> PolicyActivation:
+        """Activates the shadow version and clears the shadow, in one audited change."""
+        self._refuse_in_file_mode()
+        shadow = await self.storage.shadow_policy()
+        if shadow is None or shadow.version is None:
+            raise NoShadow()
+        # Built before anything changes: a promotion that cannot run here changes nothing.
+        policy, _ = await self._stored(shadow.version.version)
+        activation = await self.storage.promote_shadow(by, source, note)
+        if activation is None:  # cleared meanwhile
+            raise NoShadow()
+        log.info("shadow version %s promoted by %s (%s)", activation.version, by, source)
+        if self.keeper is not None:
+            self.keeper.enforce_activation(policy, activation)
+            if self.keeper.shadow is not None:
+                self.keeper.shadow.follow(await self.storage.shadow_policy())
+        await self.nudge.publish(activation.version)
+        return activation
+
+    async def _stored(self, version: str) -> tuple[PolicyHandler, PolicyVersion]:
+        """A stored version and the policy it builds here."""
         stored = await self.storage.policy_version(version)
         if stored is None:
             raise UnknownVersion(version)
         if _redacted(stored.document):
             raise PolicyFileError(
                 f"version {version}: recorded from a policy file with its credentials redacted, so it "
-                "cannot run from the database; activate a document that names them by environment variable"
+                "cannot run from the database; use a document that names them by environment variable"
             )
         # Built again here: a stored version may need what this process lacks (an env var, a module).
-        policy = policy_from_document(stored.document, f"version {version}")
-        return await self._activate(policy, stored, by, note, source)
+        return policy_from_document(stored.document, f"version {version}"), stored
+
+    async def _shadow(
+        self, policy: PolicyHandler | None, version: PolicyVersion | None, by: str, note: str
+    ) -> ShadowSetting:
+        setting = await self.storage.set_shadow(version, by, note)
+        log.info("shadow policy set to %s by %s", setting.version or "none", by)
+        if self.keeper is not None and self.keeper.shadow is not None:
+            self.keeper.shadow.observe(policy, setting.version, setting.seq)
+        await self.nudge.publish(f"shadow {setting.version}")
+        return setting
 
     def _refuse_in_file_mode(self) -> None:
         if self.source == "file":
@@ -208,7 +268,9 @@ class PolicyKeeper:
         nudge: PolicyNudge,
         source: PolicySource,
         path: Path | None,
+        shadow: ShadowRunner | None = None,
     ) -> None:
+        """``shadow``, when this process runs one, is kept on the shadow slot's version."""
         self.control_plane, self.storage, self.nudge, self.source, self.path = (
             control_plane,
             storage,
@@ -216,6 +278,7 @@ class PolicyKeeper:
             source,
             path,
         )
+        self.shadow = shadow
         self._file_bytes: bytes | None = None
         self._unrecorded: PolicyVersion | None = None  # a file version the database has not taken yet
         self._refused: str | None = None  # a stored version that does not build here, reported once
@@ -247,6 +310,7 @@ class PolicyKeeper:
             self.enforce(policy, version.version)
             self._unrecorded = version
             await self._record_file_version()
+            await self._follow_shadow()
             return (
                 f"Policy source: the file {self.path} (API writes are refused); "
                 f"{type(policy).__name__} version {version.version}"
@@ -261,6 +325,7 @@ class PolicyKeeper:
             _, seed = validated(document, str(self.path), file_credential(self.path), "seed")
             await self.storage.activate_policy(seed, seed.created_by, "file", "seed", unless_active=True)
             active = await self.storage.active_policy()
+        await self._follow_shadow()
         if active is None:
             self.enforce(NoOpPolicy(), None)
             return "Policy source: the database; no version activated yet (NoOpPolicy)"
@@ -281,6 +346,7 @@ class PolicyKeeper:
                 await asyncio.sleep(CHECK_SECONDS)
                 self._check_file()
                 await self._record_file_version()
+                await self._follow_shadow()
         self.nudge.start()
         while True:
             await self.nudge.wait(NUDGED_CHECK_SECONDS if self.nudge.listening else CHECK_SECONDS)
@@ -300,6 +366,18 @@ class PolicyKeeper:
             self._unreadable = False
             if active is not None:
                 self.follow(active)
+            await self._follow_shadow()
+
+    async def _follow_shadow(self) -> None:
+        """Puts the shadow on the slot's version; while the database cannot say, the shadow
+        observed last goes on observing (it changes nothing a client gets)."""
+        if self.shadow is None:
+            return
+        try:
+            await self._ready()
+            self.shadow.follow(await self.storage.shadow_policy())
+        except StorageUnavailable as exc:
+            log.debug("cannot read the shadow policy now: %s", exc)
 
     async def _ready(self) -> None:
         """Migrates once: a database that was down at start-up may not have the tables yet."""

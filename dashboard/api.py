@@ -6,7 +6,7 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane.recording.records import CallRecord, DebugEvent
+from controlplane.recording.records import BlockKind, CallRecord, DebugEvent, Decision
 from controlplane.storage.base import (
     CallPage,
     CallQuery,
@@ -14,6 +14,8 @@ from controlplane.storage.base import (
     SessionPosition,
     SessionQuery,
     SessionSummary,
+    ShadowDecision,
+    ShadowOutcome,
     Storage,
     StorageUnavailable,
 )
@@ -24,9 +26,44 @@ from dashboard.sessions import SessionDetail, Turn, markdown, turn
 EXPORT_BATCH = 200
 
 
+class ShadowMark(BaseModel):
+    """What the shadow policy would have done to a call (``controlplane.shadow``)."""
+
+    shadow_version: str
+    outcome: ShadowOutcome
+    block_kind: BlockKind | None
+    rules: list[str]
+    notes: list[str]
+
+    @classmethod
+    def of(cls, decision: ShadowDecision) -> "ShadowMark":
+        return cls.model_validate(decision.model_dump(include=set(cls.model_fields)))
+
+
+class ShadowDetail(ShadowMark):
+    decisions: list[Decision] = Field(description="The replay's policy decisions.")
+    diffs: CallDiffs | None = Field(description="The replayed call's diffs; None when it is the same.")
+
+    @classmethod
+    def detail(cls, decision: ShadowDecision) -> "ShadowDetail":
+        replayed = decision.replayed
+        return cls(
+            **dict(ShadowMark.of(decision)),
+            decisions=decision.decisions,
+            diffs=None if replayed is None else call_diffs(replayed),
+        )
+
+
+class ShadowedPage(CallPage):
+    shadow: dict[str, ShadowMark] = Field(description="By call id: the listed calls a shadow replayed.")
+
+
 class CallDetail(BaseModel):
     call: CallRecord
     diffs: CallDiffs
+    shadow: ShadowDetail | None = Field(
+        description="What the shadow policy would have done; None: no shadow ran."
+    )
     debug_events: list[DebugEvent]
     session: SessionPosition | None = Field(description="Its place in its session; None without one.")
     cost_usd: float | None = Field(
@@ -63,8 +100,12 @@ def router(storage: Storage) -> APIRouter:
         return JSONResponse({"status": "ready"})
 
     @api.get("/api/calls")
-    async def list_calls(query: Annotated[CallQuery, Query()]) -> CallPage:
-        return await storage.list_calls(query)
+    async def list_calls(query: Annotated[CallQuery, Query()]) -> ShadowedPage:
+        page = await storage.list_calls(query)
+        shadows = await storage.shadow_decisions([call.call_id for call in page.calls])
+        return ShadowedPage(
+            **dict(page), shadow={call_id: ShadowMark.of(d) for call_id, d in shadows.items()}
+        )
 
     @api.get("/api/calls/{call_id}")
     async def get_call(call_id: str) -> CallDetail:
@@ -72,9 +113,11 @@ def router(storage: Storage) -> APIRouter:
         if call is None:
             raise HTTPException(404, "no call with this id")
         (listed,) = (await storage.list_calls(CallQuery(call_id=call_id, limit=1))).calls
+        shadow = (await storage.shadow_decisions([call_id])).get(call_id)
         return CallDetail(
             call=call,
             diffs=call_diffs(call),
+            shadow=None if shadow is None else ShadowDetail.detail(shadow),
             debug_events=await storage.debug_events(call_id),
             session=await storage.session_position(call_id) if call.session_id else None,
             cost_usd=listed.cost_usd,

@@ -13,8 +13,15 @@ from controlplane.dry_run import CallReplay, DryRunner, OfflineJudge, recorded_c
 from controlplane.policy_file import PolicyFileError, parse_policy_yaml
 from controlplane.policy_versions import FileIsTheSource, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.records import CallOutcome, CallRecord
-from controlplane.remote.policy_changes import Activate, http_change
-from controlplane.storage.base import ActivePolicy, CallQuery, PolicyActivation, PolicyVersion
+from controlplane.remote.policy_changes import (
+    Activate,
+    Note,
+    ShadowState,
+    ShadowVersion,
+    http_change,
+    shadow_state,
+)
+from controlplane.storage.base import ActivePolicy, CallQuery, PolicyActivation, PolicyVersion, ShadowSetting
 from dashboard.auth import require_admin
 from dashboard.diff import CallDiffs, Diff, call_diffs, diff_bodies
 
@@ -181,5 +188,29 @@ def router(versions: PolicyVersions, dry_run: DryRunner | None = None) -> APIRou
     @api.post("/api/policy/activations")
     async def activate(body: Activate, credential: Admin) -> PolicyActivation:
         return await http_change(versions.activate_stored(body.version, credential.name, body.note, "api"))
+
+    @api.get("/api/policy/shadow")
+    async def shadow(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> ShadowState:
+        return await shadow_state(storage, limit)
+
+    @api.put("/api/policy/shadow")
+    async def shadow_document(
+        document: dict[str, Any], credential: Admin, note: Annotated[str, Query(max_length=1000)] = ""
+    ) -> ShadowSetting:
+        return await http_change(versions.shadow_document(document, "request body", credential.name, note))
+
+    @api.post("/api/policy/shadow")
+    async def shadow_stored(body: ShadowVersion, credential: Admin) -> ShadowSetting:
+        return await http_change(versions.shadow_stored(body.version, credential.name, body.note))
+
+    @api.delete("/api/policy/shadow")
+    async def clear_shadow(
+        credential: Admin, note: Annotated[str, Query(max_length=1000)] = ""
+    ) -> ShadowSetting:
+        return await http_change(versions.clear_shadow(credential.name, note))
+
+    @api.post("/api/policy/shadow/promote")
+    async def promote(body: Note, credential: Admin) -> PolicyActivation:
+        return await http_change(versions.promote(credential.name, body.note, "api"))
 
     return api

@@ -8,6 +8,7 @@ reason in OpenAI's terms, the token counts as LiteLLM reckons them; a body the v
 read is refused here too. The Chat and Gemini codecs build their view from the views below.
 """
 
+import json
 from typing import Any
 
 from controlplane.models import WireFormat
@@ -19,6 +20,8 @@ from formats.anthropic_messages_stream import (
     block_name,
     chat_usage,
     is_tool_block,
+    unseen_block_fields,
+    unseen_call_id,
 )
 from formats.base import JSON, FormatError
 from formats.gemini_stream import (
@@ -164,6 +167,19 @@ def _chat_usage(usage: Any) -> Usage | None:
     return Usage.from_mapping({name: usage.get(name) or 0 for name in _COUNTS})
 
 
+def anthropic_tool_calls(content: list[JSON]) -> list[tuple[str, str, str]]:
+    """The tool calls of a Messages answer, as ``(id, name, arguments)``: every block that is not
+    text or thinking is one to policies, whatever its type; so is what a text block carries
+    besides its text (its citations)."""
+    calls = []
+    for position, block in enumerate(content):
+        if is_tool_block(block):
+            calls.append((block_id(block, position), block_name(block), block_arguments(block)))
+        elif block.get("type") == "text" and (unseen := unseen_block_fields(block)):
+            calls.append((unseen_call_id(position), "text", json.dumps(unseen)))
+    return calls
+
+
 def _responses_answer(body: JSON) -> tuple[Output, Usage | None]:
     output = output_items(body.get("output"))
     tools = [(position, item) for position, item in enumerate(output) if is_tool_item(item)]
@@ -190,9 +206,8 @@ def _anthropic_answer(body: JSON) -> tuple[Output, Usage | None]:
         text="".join(block["text"] for block in content if block["type"] == "text"),
         reasoning="".join(text for text in thinking if text is not None),
         tool_calls=[
-            ToolCall(id=block_id(block, position), name=block_name(block), arguments=block_arguments(block))
-            for position, block in enumerate(content)
-            if is_tool_block(block)
+            ToolCall(id=id_, name=name, arguments=arguments)
+            for id_, name, arguments in anthropic_tool_calls(content)
         ],
         finish_reason=TO_FINISH.get(body["stop_reason"], "stop"),
     )

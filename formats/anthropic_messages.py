@@ -14,12 +14,13 @@ from controlplane.llm import (
     ModelResponse,
 )
 from controlplane.models import NormalizedRequest, WireFormat
+from formats.answers import anthropic_tool_calls
 from formats.anthropic_messages_stream import (
-    block_arguments,
     block_id,
-    block_name,
     is_tool_block,
     stop_reason_for,
+    unseen_block_fields,
+    unseen_call_id,
     with_block_arguments,
 )
 from formats.base import JSON, FormatError
@@ -57,16 +58,12 @@ class AnthropicMessagesCodec:
             model_response=ModelResponse(),
             json_mode=False,
         )
-        # Every block that is not text or thinking is a tool call to policies, whatever its type.
         message = response.choices[0].message  # type: ignore[union-attr]
         message.tool_calls = [
             ChatCompletionMessageToolCall(
-                id=block_id(block, position),
-                type="function",
-                function=Function(name=block_name(block), arguments=block_arguments(block)),
+                id=id_, type="function", function=Function(name=name, arguments=arguments)
             )
-            for position, block in enumerate(content)
-            if is_tool_block(block)
+            for id_, name, arguments in anthropic_tool_calls(content)
         ] or None
         return response
 
@@ -133,6 +130,12 @@ def _render_content(original: list[JSON], text: str, tool_calls: list[Any]) -> l
     text_placed = text == original_text
     for position, block in enumerate(original):
         kind = block.get("type")
+        if (
+            kind == "text"
+            and (unseen := unseen_block_fields(block))
+            and unseen_call_id(position) not in kept_calls
+        ):
+            block = {k: v for k, v in block.items() if k not in unseen}  # the policy removed them
         if kind == "text":
             if text == original_text:
                 content.append(block)

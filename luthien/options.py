@@ -359,15 +359,25 @@ def build_parser() -> argparse.ArgumentParser:
         policy_commands, "rollback", "activate a stored version again (default: the one active before)"
     )
     rollback.add_argument("version", nargs="?", default=None)
-    for command in (history, activate, rollback):
+    shadow = _command(
+        policy_commands,
+        "shadow",
+        "run a policy file or stored version beside the active one, observing only (or --clear it)",
+    )
+    shadow.add_argument("candidate", nargs="?", default=None, metavar="FILE|VERSION")
+    shadow.add_argument("--clear", action="store_true", help="stop the shadow policy")
+    promote = _command(
+        policy_commands, "promote", "activate the shadow policy and clear the shadow, in one change"
+    )
+    for command in (history, activate, rollback, shadow, promote):
         _add_data_dir(command)
         _add_backend_options(command)
         _add_policy_options(
             command, "the policy file the deployment runs on: with it, the file is the source"
         )
     history.add_argument("--limit", type=int, default=20, help="how many activations to list (default 20)")
-    for command in (activate, rollback):
-        command.add_argument("--note", default="", help="why, recorded with the activation")
+    for command in (activate, rollback, shadow, promote):
+        command.add_argument("--note", default="", help="why, recorded with the change")
     _add_replay(policy_commands)
 
     run = _command(commands, "run", "run a command with the proxy exports set: luthien run -- CMD ARGS")

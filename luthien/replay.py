@@ -22,6 +22,11 @@ from luthien.options import data_dir
 _VERSION = re.compile(r"^[0-9a-f]{12}$")
 
 
+def is_version(candidate: str) -> bool:
+    """A command's FILE|VERSION argument names a stored version: no file has its name."""
+    return bool(_VERSION.match(candidate)) and not Path(candidate).exists()
+
+
 class _Refused(Exception):
     """The command cannot run: the message says why."""
 
@@ -74,7 +79,7 @@ async def _candidate(candidate: str, storage: Storage) -> Any:
     from controlplane.policy_file import load_policy_file, policy_from_document
 
     path = Path(candidate)
-    if path.exists() or not _VERSION.match(candidate):
+    if not is_version(candidate):
         load_policy_file(path)
         return yaml.safe_load(path.read_text())
     stored = await storage.policy_version(candidate)

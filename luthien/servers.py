@@ -4,9 +4,11 @@ starts: loading LiteLLM takes seconds, and the short commands do not need it."""
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from certs import shell_exports
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from controlplane.access import Tokens
     from controlplane.local import ControlPlaneLocal
     from controlplane.policy_versions import PolicyKeeper, PolicyVersions
+    from controlplane.shadow import ShadowRunner
     from dashboard.token import TokenSource
     from luthien.backends import Backends
 
@@ -80,18 +83,22 @@ def control_plane_tokens() -> "Tokens":
 
 
 async def policed_control_plane(
-    args: argparse.Namespace, backends: "Backends"
+    args: argparse.Namespace, backends: "Backends", shadow: "ShadowRunner"
 ) -> tuple["ControlPlaneLocal", "PolicyKeeper", "PolicyVersions"] | None:
-    """A control plane on the active version of the configured source, saying which; None (the
-    problems printed) when the source is a policy file that cannot be used."""
+    """A control plane on the active version of the configured source, saying which, its finished
+    calls offered to ``shadow``; None (the problems printed) when the source is a policy file
+    that cannot be used."""
     from controlplane.local import ControlPlaneLocal
     from controlplane.policies.noop import NoOpPolicy
     from controlplane.policy_file import PolicyFileError
     from controlplane.policy_versions import PolicyKeeper, PolicyVersions
+    from controlplane.shadow import ShadowedRecorder
 
     source = policy_source(args)
-    control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, backends.writer)
-    keeper = PolicyKeeper(control_plane, backends.storage, backends.nudge, source, args.policy)
+    assert backends.writer is not None, "a control plane records"
+    recorder = ShadowedRecorder(backends.writer, shadow)
+    control_plane = ControlPlaneLocal(NoOpPolicy(), backends.bus, recorder)
+    keeper = PolicyKeeper(control_plane, backends.storage, backends.nudge, source, args.policy, shadow)
     try:
         print(await keeper.start(), flush=True)
     except PolicyFileError as exc:
@@ -102,6 +109,20 @@ async def policed_control_plane(
         keeper,
         PolicyVersions(backends.storage, backends.nudge, source, args.policy, keeper),
     )
+
+
+@contextlib.asynccontextmanager
+async def shadow_runner(backends: "Backends") -> AsyncIterator["ShadowRunner"]:
+    """The shadow of a control plane (``controlplane.shadow``), running until the block ends."""
+    from controlplane.shadow import ShadowRunner
+    from luthien.dry_run import ShadowReplay
+
+    shadow = ShadowRunner(backends.storage, ShadowReplay())
+    shadow.start()
+    try:
+        yield shadow
+    finally:
+        await shadow.close()
 
 
 def dashboard_tokens() -> "Tokens":
@@ -172,7 +193,11 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     from addon.embedded import EmbeddedServer
     from addon.metrics import ProxyMetrics
     from addon.proxy import run_proxy
-    from controlplane.metrics import register_policy_stream_metrics, register_recording_metrics
+    from controlplane.metrics import (
+        register_policy_stream_metrics,
+        register_recording_metrics,
+        register_shadow_metrics,
+    )
     from dashboard.app import create_app, end_live_streams
     from formats.policing import Policing
     from luthien.backends import open_backends
@@ -190,13 +215,17 @@ def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:
     named = dashboard_tokens() if with_dashboard else None
 
     async def serve() -> int:
-        async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
-            if (policed := await policed_control_plane(args, backends)) is None:
+        async with (
+            open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends,
+            shadow_runner(backends) as shadow,
+        ):
+            if (policed := await policed_control_plane(args, backends, shadow)) is None:
                 return 2
             control_plane, keeper, versions = policed
             watcher = asyncio.create_task(keeper.run())
             metrics = ProxyMetrics()
             register_policy_stream_metrics(control_plane, metrics.registry)
+            register_shadow_metrics(shadow, metrics.registry)
             if backends.writer is not None:
                 register_recording_metrics(backends.writer, metrics.registry)
             metrics_server = _metrics_server(args, metrics.registry)
@@ -294,13 +323,22 @@ def serve_control_plane(args: argparse.Namespace) -> int:
     policy_source(args)
 
     async def serve() -> int:
-        async with open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends:
-            if (policed := await policed_control_plane(args, backends)) is None:
+        async with (
+            open_backends(args.database_url, args.redis_url, data_dir(args), record=True) as backends,
+            shadow_runner(backends) as shadow,
+        ):
+            if (policed := await policed_control_plane(args, backends, shadow)) is None:
                 return 2
             control_plane, keeper, versions = policed
             watcher = asyncio.create_task(keeper.run())
             app = create_control_plane_app(
-                control_plane, Policing(control_plane), backends.storage, tokens, backends.writer, versions
+                control_plane,
+                Policing(control_plane),
+                backends.storage,
+                tokens,
+                backends.writer,
+                versions,
+                shadow,
             )
             # No access log: request lines say nothing the activity bus does not, at a cost per call.
             config = uvicorn.Config(

@@ -37,15 +37,20 @@ EXAMPLES = 40
 
 #: The one exemption from the checks: a policy document can be valid JSON of the documented
 #: shape (any object) and still name no policy that exists; refusing it with a 400 (documented) is
-#: right, so for PUT /v1/policy a 400 to "valid" input does not count as rejecting valid data.
+#: right, so for PUT /v1/policy (and /v1/policy/shadow) a 400 to "valid" input does not count as
+#: rejecting valid data; nor a 409 to a promotion with no shadow set (none is, in this service).
 CONFIG = schemathesis.Config.from_dict(
     {
         "operations": [
             {
+                # Every PUT: /v1/policy and /v1/policy/shadow.
                 "include-method": "PUT",
-                "include-path": "/v1/policy",
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "400"]}},
-            }
+            },
+            {
+                "include-name": "POST /v1/policy/shadow/promote",
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["2XX", "409"]}},
+            },
         ]
     }
 )
@@ -109,6 +114,11 @@ OPERATIONS = [
     ("POST", "/v1/policy/activations"),
     ("GET", "/v1/policy/activations"),
     ("GET", "/v1/policy/versions/{version}"),
+    ("GET", "/v1/policy/shadow"),
+    ("PUT", "/v1/policy/shadow"),
+    ("POST", "/v1/policy/shadow"),
+    ("DELETE", "/v1/policy/shadow"),
+    ("POST", "/v1/policy/shadow/promote"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/metrics"),

@@ -1,6 +1,7 @@
 """The dashboard's policy page in a real browser (Debian's Chromium through Playwright): the policy
 in force, editing with validation as you type, activation, rollback, comparing versions, a call
-linking to the version that handled it, and what a read-only token sees."""
+linking to the version that handled it, what a read-only token sees, and the shadow policy's
+card (set, a call it would have blocked, promote)."""
 
 import re
 from collections.abc import Iterator
@@ -12,10 +13,12 @@ from playwright.sync_api import Browser, Page, expect
 
 from controlplane.access import Credential, Tokens
 from controlplane.activity import InMemoryBus
+from controlplane.policy_file import policy_from_document
+from controlplane.shadow import shadow_decision
 from controlplane.storage import SQLiteStorage
 from controlplane.storage.base import CallQuery
 from dashboard.app import create_app
-from luthien.dry_run import DryRun
+from luthien.dry_run import DryRun, ShadowReplay
 from tests.background_server import BackgroundServer
 from tests.test_dashboard_api import TOKEN, call_record, sample_calls
 from tests.test_dashboard_browser import Site, browser, watched_page
@@ -203,3 +206,51 @@ def test_a_broken_candidate_is_not_run(site: Site, page: Page) -> None:
         "/api/policy/dry-run", json={"text": SLOWER}, headers={"authorization": f"Bearer {READ_TOKEN}"}
     )
     assert reader.status_code == 403
+
+
+BLOCK_WORD = "policy:\n  class: tests.policies:BlockRequestsContaining\n  config: {word: forbidden-word}\n"
+
+
+def test_a_shadow_is_set_from_the_editor_marks_a_call_it_would_block_and_is_promoted(
+    site: Site, page: Page
+) -> None:
+    site.run(site.storage.write([call_record("sh-1", "say forbidden-word", "No.")]))
+    page.goto(f"{site.url}/policy")
+    card = page.locator("#shadow")
+    expect(card).to_contain_text("No shadow policy runs.")
+
+    type_document(page, BLOCK_WORD)
+    expect(page.locator("#edit [role=status]")).to_contain_text("would be version")
+    card.get_by_role("button", name="Set as shadow").click()
+    expect(page.locator(".done")).to_contain_text("The shadow policy is set")
+    expect(card.locator("h1")).to_have_text("tests.policies:BlockRequestsContaining")
+    expect(card.locator(".badge")).to_have_text("observing")
+    expect(page.locator("#in-force h1")).to_have_text("NoOpPolicy")  # nothing enforced
+
+    # The call, replayed by the shadow as a live call's record is (controlplane.shadow).
+    shadow = site.run(site.storage.shadow_policy())
+    assert shadow is not None and shadow.version is not None
+    version = shadow.version.version
+    (call,) = site.run(site.storage.list_calls(CallQuery(call_id="sh-1"))).calls
+    record = site.run(site.storage.get_call("sh-1"))
+    assert record is not None
+    policy = policy_from_document(shadow.version.document, "shadow")
+    replay = site.run(ShadowReplay().replay(record, policy, version))
+    site.run(site.storage.write_shadow_decisions([shadow_decision(replay, version)]))
+
+    page.reload()
+    expect(card.locator(".shadow-counts")).to_have_text(
+        "1 would have blocked, 0 would have changed, 0 the same"
+    )
+    page.goto(f"{site.url}/calls")
+    expect(page.locator("#calls tbody tr [data-shadow]")).to_have_text("shadow: would have blocked")
+    page.goto(f"{site.url}/calls/{call.call_id}")
+    expect(page.locator("#shadow")).to_contain_text("shadow: would have blocked")
+    expect(page.locator("#shadow")).to_contain_text(f"version {version}")
+
+    page.goto(f"{site.url}/policy")
+    card.get_by_role("button", name="Promote").click()
+    expect(page.locator(".done")).to_have_text(f"Version {version} is now in force; no shadow runs.")
+    expect(page.locator("#in-force h1")).to_have_text("tests.policies:BlockRequestsContaining")
+    expect(card).to_contain_text("No shadow policy runs.")
+    expect(page.locator("#history tbody tr").first).to_contain_text("promoted from the dashboard")

@@ -38,12 +38,20 @@ from controlplane.metrics import (
     PolicyDecisionMetrics,
     register_policy_stream_metrics,
     register_recording_metrics,
+    register_shadow_metrics,
 )
 from controlplane.models import ChunkVerdict, PolicyResult, StreamingContext
 from controlplane.policy_nudge import NoNudge
 from controlplane.policy_versions import PolicyKeeper, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.writer import RecordWriter
-from controlplane.remote.policy_changes import Activate, http_change
+from controlplane.remote.policy_changes import (
+    Activate,
+    Note,
+    ShadowState,
+    ShadowVersion,
+    http_change,
+    shadow_state,
+)
 from controlplane.remote.wire import (
     API,
     STREAMS_PATH,
@@ -57,7 +65,14 @@ from controlplane.remote.wire import (
     StreamResult,
     WireResult,
 )
-from controlplane.storage.base import PolicyActivation, PolicyVersion, Storage, StorageUnavailable
+from controlplane.shadow import ShadowRunner
+from controlplane.storage.base import (
+    PolicyActivation,
+    PolicyVersion,
+    ShadowSetting,
+    Storage,
+    StorageUnavailable,
+)
 from controlplane.tracing import CALL_ID, context_from, tracer
 
 
@@ -107,12 +122,14 @@ def create_control_plane_app(
     tokens: Tokens | str,
     recorder: RecordWriter | None = None,
     versions: PolicyVersions | None = None,
+    shadow: ShadowRunner | None = None,
 ) -> FastAPI:
     """``policing`` normalises bodies for ``control_plane`` (the formats' ``Policing``, given by
     whoever composes the service: the control plane imports no wire format). ``tokens``: who may
     call (a plain string is one admin token). ``recorder``, the writer behind ``control_plane``,
     is only read for ``/metrics``. ``versions`` takes policy changes; by default they are stored
-    in ``storage`` and enforced by ``control_plane`` alone."""
+    in ``storage`` and enforced by ``control_plane`` alone. ``shadow``, the shadow behind
+    ``control_plane``'s recorder, is only read for ``/metrics``."""
     if isinstance(tokens, str):
         if not tokens:
             raise ValueError("the control plane needs a non-empty token")
@@ -128,6 +145,8 @@ def create_control_plane_app(
     register_policy_stream_metrics(control_plane, registry)
     if recorder is not None:
         register_recording_metrics(recorder, registry)
+    if shadow is not None:
+        register_shadow_metrics(shadow, registry)
 
     def require(role: Role) -> Any:
         def check(request: Request) -> Credential:
@@ -251,6 +270,46 @@ def create_control_plane_app(
         if stored is None:
             raise HTTPException(404, str(UnknownVersion(version)))
         return stored
+
+    @app.get(f"{API}/policy/shadow", dependencies=readers, responses=_UNAUTHORIZED)
+    async def shadow_slot(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> ShadowState:
+        """The shadow policy (observing, never enforcing), its counts since set, its changes."""
+        return await shadow_state(storage, limit)
+
+    shadow_changes = _UNAUTHORIZED | {
+        400: {"model": ErrorBody, "description": "not a valid policy document, or it no longer builds"},
+        404: {"model": ErrorBody, "description": "no stored version has this id"},
+        503: _CHANGES[503],
+    }
+
+    @app.put(f"{API}/policy/shadow", responses=shadow_changes)
+    async def shadow_document(
+        document: dict[str, Any], credential: Admin, note: Annotated[str, Query(max_length=1000)] = ""
+    ) -> ShadowSetting:
+        """Stores a version and makes it the shadow on every replica (allowed whatever the source)."""
+        return await http_change(versions.shadow_document(document, "request body", credential.name, note))
+
+    @app.post(f"{API}/policy/shadow", responses=shadow_changes)
+    async def shadow_stored(body: ShadowVersion, credential: Admin) -> ShadowSetting:
+        return await http_change(versions.shadow_stored(body.version, credential.name, body.note))
+
+    @app.delete(f"{API}/policy/shadow", responses=shadow_changes)
+    async def clear_shadow(
+        credential: Admin, note: Annotated[str, Query(max_length=1000)] = ""
+    ) -> ShadowSetting:
+        return await http_change(versions.clear_shadow(credential.name, note))
+
+    promote_responses = (
+        with_body
+        | _CHANGES
+        | {409: {"model": ErrorBody, "description": "no shadow is set, or the policy file is the source"}}
+    )
+
+    @app.post(f"{API}/policy/shadow/promote", responses=promote_responses)
+    async def promote(body: Note, credential: Admin) -> PolicyInfo:
+        """Activates the shadow version and clears the shadow, in one audited change (409 when no
+        shadow is set, or the file is the source)."""
+        return await change(versions.promote(credential.name, body.note, "api"))
 
     @app.websocket(STREAMS_PATH)
     async def stream(websocket: WebSocket) -> None:

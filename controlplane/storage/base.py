@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controlplane.credentials import redact_query
 from controlplane.models import WireFormat
-from controlplane.recording.records import BlockKind, CallOutcome, CallRecord, DebugEvent, Record, Usage
+from controlplane.recording.records import (
+    BlockKind,
+    CallOutcome,
+    CallRecord,
+    DebugEvent,
+    Decision,
+    Record,
+    Usage,
+)
 
 # A storage is a record sink: these are the writer's (a sidecar proxy has a sink but no storage).
 from controlplane.recording.writer import StorageRefused as StorageRefused
@@ -134,6 +142,44 @@ class ActivePolicy(BaseModel):
     version: PolicyVersion
 
 
+class ShadowSetting(BaseModel):
+    """One change of the shadow slot (set, cleared or promoted): an entry of its audit log."""
+
+    seq: int = Field(description="Changes are numbered from 1, in order.")
+    version: str | None = Field(description="The shadow version; None: the slot was cleared.")
+    set_at: datetime
+    set_by: str = Field(description="The name of the credential that changed it (never a secret).")
+    note: str
+
+
+class ShadowPolicy(BaseModel):
+    """The shadow slot as the last change left it."""
+
+    setting: ShadowSetting
+    version: PolicyVersion | None = Field(description="None: no shadow runs.")
+
+
+#: What a shadow would have done to a call: blocked something in it (a request, a tool call, a
+#: stream), rewritten it, nothing different, or nothing known (the call was not replayed).
+ShadowOutcome = Literal["would_block", "would_modify", "same", "skipped"]
+
+
+class ShadowDecision(BaseModel):
+    """What the shadow policy would have done to one live call."""
+
+    call_id: str
+    shadow_version: str
+    decided_at: datetime
+    outcome: ShadowOutcome
+    block_kind: BlockKind | None = None
+    rules: list[str] = Field(default=[], description="The rules of the blocks it would have made.")
+    decisions: list[Decision] = Field(default=[], description="The replay's policy decisions.")
+    notes: list[str] = Field(default=[], description="What limits the replay, or why there was none.")
+    replayed: CallRecord | None = Field(
+        default=None, description="The call as the shadow would have recorded it (kept when it differs)."
+    )
+
+
 class SessionQuery(BaseModel):
     """Filters for the sessions list, which is newest (last call) first."""
 
@@ -245,6 +291,36 @@ class Storage(Protocol):
 
     async def policy_history(self, limit: int) -> list[PolicyActivation]:
         """The latest ``limit`` activations, newest first."""
+        ...
+
+    async def set_shadow(self, version: PolicyVersion | None, by: str, note: str) -> ShadowSetting:
+        """Stores ``version`` (as ``activate_policy`` does) and makes it the shadow; None clears
+        the slot. One change at a time across processes, each kept in the slot's audit log."""
+        ...
+
+    async def shadow_policy(self) -> ShadowPolicy | None:
+        """The slot as the last change left it; None before the first."""
+        ...
+
+    async def promote_shadow(self, by: str, source: PolicySourceKind, note: str) -> PolicyActivation | None:
+        """Activates the shadow version and clears the slot, in one transaction; None (and
+        nothing changed) when no shadow is set."""
+        ...
+
+    async def shadow_history(self, limit: int) -> list[ShadowSetting]:
+        """The latest ``limit`` changes of the shadow slot, newest first."""
+        ...
+
+    async def write_shadow_decisions(self, decisions: Sequence[ShadowDecision]) -> None:
+        """Idempotent: a call's first decision under a version is kept."""
+        ...
+
+    async def shadow_decisions(self, call_ids: Sequence[str]) -> dict[str, ShadowDecision]:
+        """The latest shadow decision of each of ``call_ids`` that has one."""
+        ...
+
+    async def shadow_counts(self, version: str, since: datetime) -> dict[ShadowOutcome, int]:
+        """How many calls decided since ``since`` the shadow ``version`` would have treated each way."""
         ...
 
     async def ping(self) -> None:

@@ -255,6 +255,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        6,
+        "shadow policies and what they would have done",
+        (
+            # Every change of the shadow slot, in order (seq): the shadow is the last one's version
+            # (NULL: cleared), and the table is the audit log of who set or cleared it when.
+            """
+            CREATE TABLE policy_shadows (
+                seq INTEGER PRIMARY KEY,
+                version TEXT REFERENCES policy_versions (version),
+                set_at DOUBLE PRECISION NOT NULL,
+                set_by TEXT NOT NULL,
+                note TEXT NOT NULL
+            )""",
+            # A live call replayed under the shadow version: its outcome, and (when it differs
+            # from what was enforced) the replayed call, for its diff.
+            """
+            CREATE TABLE shadow_decisions (
+                call_id TEXT NOT NULL,
+                shadow_version TEXT NOT NULL,
+                decided_at DOUBLE PRECISION NOT NULL,
+                outcome TEXT NOT NULL,
+                block_kind TEXT,
+                rules TEXT NOT NULL,
+                decisions TEXT NOT NULL,
+                notes TEXT NOT NULL,
+                replayed TEXT,
+                PRIMARY KEY (call_id, shadow_version)
+            )""",
+            # The policy page's counts: one version's decisions since it was set.
+            "CREATE INDEX shadow_decisions_counts ON shadow_decisions (shadow_version, decided_at, outcome)",
+        ),
+    ),
 )
 
 

@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 import asyncpg
 
@@ -25,6 +26,10 @@ from controlplane.storage.base import (
     SessionPosition,
     SessionQuery,
     SessionSummary,
+    ShadowDecision,
+    ShadowOutcome,
+    ShadowPolicy,
+    ShadowSetting,
     StorageRefused,
     StorageUnavailable,
 )
@@ -33,6 +38,10 @@ from controlplane.storage.policy_rows import (
     PolicySql,
     activation_from_row,
     active_from_rows,
+    decision_values,
+    latest_decisions,
+    setting_from_row,
+    shadow_from_rows,
     version_from_row,
     version_values,
 )
@@ -41,6 +50,7 @@ from controlplane.storage.rows import (
     call_from_row,
     calls_from_rows,
     debug_event_from_row,
+    epoch,
     numbered,
     page_from_rows,
     position_from_row,
@@ -56,6 +66,8 @@ POOL_SIZE = 4
 _MIGRATION_LOCK = 0x6C7574686965_6E
 #: Held by an activation: one at a time, so activations are numbered without gaps or duplicates.
 _ACTIVATION_LOCK = _MIGRATION_LOCK + 1
+#: Held by a change of the shadow slot, for the same reason.
+_SHADOW_LOCK = _MIGRATION_LOCK + 2
 
 # asyncpg reports a dead socket as OSError or InterfaceError, the server's refusals (and lost
 # connections) as PostgresError, and timeouts as TimeoutError.
@@ -169,6 +181,56 @@ class PostgresStorage:
             rows = await connection.fetch(_POLICY_SQL.history, limit)
         return [activation_from_row(dict(row)) for row in rows]
 
+    async def set_shadow(self, version: PolicyVersion | None, by: str, note: str) -> ShadowSetting:
+        async with self._connection() as connection, connection.transaction():
+            return await _set_shadow(connection, version, by, note)
+
+    async def shadow_policy(self) -> ShadowPolicy | None:
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            last = await connection.fetchrow(_POLICY_SQL.last_shadow)
+            if last is None:
+                return None
+            version = None
+            if last["version"] is not None:
+                version = await connection.fetchrow(_POLICY_SQL.get_version, last["version"])
+        return shadow_from_rows(dict(last), None if version is None else dict(version))
+
+    async def promote_shadow(self, by: str, source: PolicySourceKind, note: str) -> PolicyActivation | None:
+        async with self._connection() as connection, connection.transaction():
+            # Activations first, then shadows: the order every change that takes both keeps.
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _ACTIVATION_LOCK)
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _SHADOW_LOCK)
+            last = await connection.fetchrow(_POLICY_SQL.last_shadow)
+            if last is None or last["version"] is None:
+                return None
+            await connection.execute(
+                _POLICY_SQL.insert_activation, last["version"], time.time(), by, source, note
+            )
+            await _set_shadow(connection, None, by, f"promoted {last['version']}")
+            return activation_from_row(dict(await connection.fetchrow(_POLICY_SQL.last_activation)))
+
+    async def shadow_history(self, limit: int) -> list[ShadowSetting]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(_POLICY_SQL.shadow_history, limit)
+        return [setting_from_row(dict(row)) for row in rows]
+
+    async def write_shadow_decisions(self, decisions: Sequence[ShadowDecision]) -> None:
+        rows = [decision_values(decision) for decision in decisions]
+        async with self._connection() as connection, connection.transaction():
+            await connection.executemany(_POLICY_SQL.insert_decision, rows)
+
+    async def shadow_decisions(self, call_ids: Sequence[str]) -> dict[str, ShadowDecision]:
+        if not call_ids:
+            return {}
+        async with self._connection() as connection:
+            rows = await connection.fetch(_POLICY_SQL.decisions_of(len(call_ids)), *call_ids)
+        return latest_decisions([dict(row) for row in rows])
+
+    async def shadow_counts(self, version: str, since: datetime) -> dict[ShadowOutcome, int]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(_POLICY_SQL.shadow_counts, version, epoch(since))
+        return {row["outcome"]: row["calls"] for row in rows}
+
     async def ping(self) -> None:
         async with self._connection() as connection:
             await connection.fetchval("SELECT 1")
@@ -208,3 +270,16 @@ class PostgresStorage:
                     command_timeout=COMMAND_TIMEOUT,
                 )
             return self._pool
+
+
+async def _set_shadow(
+    connection: asyncpg.Connection, version: PolicyVersion | None, by: str, note: str
+) -> ShadowSetting:
+    """In the caller's transaction."""
+    await connection.execute("SELECT pg_advisory_xact_lock($1)", _SHADOW_LOCK)
+    if version is not None:
+        await connection.execute(_POLICY_SQL.insert_version, *version_values(version))
+    await connection.execute(
+        _POLICY_SQL.insert_shadow, None if version is None else version.version, time.time(), by, note
+    )
+    return setting_from_row(dict(await connection.fetchrow(_POLICY_SQL.last_shadow)))

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from controlplane.recording.records import CallRecord, DebugEvent, Record
@@ -24,6 +25,10 @@ from controlplane.storage.base import (
     SessionPosition,
     SessionQuery,
     SessionSummary,
+    ShadowDecision,
+    ShadowOutcome,
+    ShadowPolicy,
+    ShadowSetting,
     StorageUnavailable,
 )
 from controlplane.storage.migrations import SCHEMA_MIGRATIONS, pending
@@ -31,6 +36,10 @@ from controlplane.storage.policy_rows import (
     PolicySql,
     activation_from_row,
     active_from_rows,
+    decision_values,
+    latest_decisions,
+    setting_from_row,
+    shadow_from_rows,
     version_from_row,
     version_values,
 )
@@ -39,6 +48,7 @@ from controlplane.storage.rows import (
     call_from_row,
     calls_from_rows,
     debug_event_from_row,
+    epoch,
     page_from_rows,
     position_from_row,
     qmark,
@@ -192,6 +202,73 @@ class SQLiteStorage:
 
         return await self._run(work)
 
+    async def set_shadow(self, version: PolicyVersion | None, by: str, note: str) -> ShadowSetting:
+        def work(connection: sqlite3.Connection) -> ShadowSetting:
+            with _transaction(connection):
+                return _set_shadow(connection, version, by, note)
+
+        return await self._run(work)
+
+    async def shadow_policy(self) -> ShadowPolicy | None:
+        def work(connection: sqlite3.Connection) -> ShadowPolicy | None:
+            with _transaction(connection, "BEGIN"):
+                last = connection.execute(_POLICY_SQL.last_shadow).fetchone()
+                if last is None:
+                    return None
+                version = None
+                if last["version"] is not None:
+                    version = connection.execute(_POLICY_SQL.get_version, (last["version"],)).fetchone()
+            return shadow_from_rows(dict(last), None if version is None else dict(version))
+
+        return await self._run(work)
+
+    async def promote_shadow(self, by: str, source: PolicySourceKind, note: str) -> PolicyActivation | None:
+        def work(connection: sqlite3.Connection) -> PolicyActivation | None:
+            with _transaction(connection):
+                last = connection.execute(_POLICY_SQL.last_shadow).fetchone()
+                if last is None or last["version"] is None:
+                    return None
+                connection.execute(
+                    _POLICY_SQL.insert_activation, (last["version"], time.time(), by, source, note)
+                )
+                _set_shadow(connection, None, by, f"promoted {last['version']}")
+                return activation_from_row(dict(connection.execute(_POLICY_SQL.last_activation).fetchone()))
+
+        return await self._run(work)
+
+    async def shadow_history(self, limit: int) -> list[ShadowSetting]:
+        def work(connection: sqlite3.Connection) -> list[ShadowSetting]:
+            rows = connection.execute(_POLICY_SQL.shadow_history, (limit,)).fetchall()
+            return [setting_from_row(dict(row)) for row in rows]
+
+        return await self._run(work)
+
+    async def write_shadow_decisions(self, decisions: Sequence[ShadowDecision]) -> None:
+        rows = [decision_values(decision) for decision in decisions]
+
+        def work(connection: sqlite3.Connection) -> None:
+            with _transaction(connection):
+                connection.executemany(_POLICY_SQL.insert_decision, rows)
+
+        await self._run(work)
+
+    async def shadow_decisions(self, call_ids: Sequence[str]) -> dict[str, ShadowDecision]:
+        if not call_ids:
+            return {}
+
+        def work(connection: sqlite3.Connection) -> dict[str, ShadowDecision]:
+            rows = connection.execute(_POLICY_SQL.decisions_of(len(call_ids)), tuple(call_ids)).fetchall()
+            return latest_decisions([dict(row) for row in rows])
+
+        return await self._run(work)
+
+    async def shadow_counts(self, version: str, since: datetime) -> dict[ShadowOutcome, int]:
+        def work(connection: sqlite3.Connection) -> dict[ShadowOutcome, int]:
+            rows = connection.execute(_POLICY_SQL.shadow_counts, (version, epoch(since))).fetchall()
+            return {row["outcome"]: row["calls"] for row in rows}
+
+        return await self._run(work)
+
     async def ping(self) -> None:
         await self._run(lambda connection: connection.execute("SELECT 1").fetchone())
 
@@ -249,6 +326,18 @@ def _enable_wal(connection: sqlite3.Connection) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def _set_shadow(
+    connection: sqlite3.Connection, version: PolicyVersion | None, by: str, note: str
+) -> ShadowSetting:
+    """In the caller's write transaction."""
+    if version is not None:
+        connection.execute(_POLICY_SQL.insert_version, version_values(version))
+    connection.execute(
+        _POLICY_SQL.insert_shadow, (None if version is None else version.version, time.time(), by, note)
+    )
+    return setting_from_row(dict(connection.execute(_POLICY_SQL.last_shadow).fetchone()))
 
 
 @contextmanager

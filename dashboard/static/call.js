@@ -1,5 +1,6 @@
-// One call: its facts, the conversation, the policy decisions, what policy changed, both sides
-// raw, headers and debug events. Everything comes from /api/calls/{id}, diffs included.
+// One call: its facts, the conversation, the policy decisions, what policy changed, what a shadow
+// policy would have done, both sides raw, headers and debug events. Everything comes from
+// /api/calls/{id}, diffs included.
 import {
   badge,
   blockBadge,
@@ -14,6 +15,7 @@ import {
   showProblem,
 } from "/static/common.js";
 import { diffBadge, diffTable } from "/static/diff.js";
+import { shadowSection } from "/static/shadow.js";
 
 const content = document.getElementById("content");
 const callId = decodeURIComponent(location.pathname.slice("/calls/".length));
@@ -256,6 +258,7 @@ try {
     conversation(call),
     decisions(call),
     diffs(call, detail.diffs),
+    ...[shadowSection(detail.shadow)].filter(Boolean),
     raw(call),
     headers(call),
     debugEvents(detail.debug_events),

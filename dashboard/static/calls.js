@@ -13,6 +13,7 @@ import {
   showProblem,
   showRange,
 } from "/static/common.js";
+import { shadowMark } from "/static/shadow.js";
 
 const DEFAULT_LIMIT = 50;
 // How often the page asks whether calls matching its filters were recorded since it loaded.
@@ -81,12 +82,13 @@ function stacked(main, sub, attrs = {}) {
   return el("td", attrs, el("div", {}, main), el("div", { class: "sub" }, sub));
 }
 
-function policyBadges(call) {
+function policyBadges(call, shadow) {
   const badges = [];
   if (call.blocked) badges.push(blockBadge(call.block_kind));
   if (call.request_modified) badges.push(badge("request modified", "warn"));
   if (call.response_modified) badges.push(badge("response modified", "warn"));
   if (call.decision_count) badges.push(el("span", { class: "muted" }, `${call.decision_count} decision${call.decision_count > 1 ? "s" : ""}`));
+  if (shadow && shadow.outcome !== "same") badges.push(shadowMark(shadow));
   return badges.flatMap((part) => [part, " "]);
 }
 
@@ -110,7 +112,7 @@ function costCell(call) {
   return el("td", { class: "num muted", title: NO_PRICE }, "unknown");
 }
 
-function row(call) {
+function row(call, shadow) {
   const href = `/calls/${encodeURIComponent(call.call_id)}`;
   const [date, time] = formatDateTime(call.started_at).split(" ");
   return el(
@@ -124,7 +126,7 @@ function row(call) {
       { class: "nowrap" },
     ),
     stacked(agentLabel(call.agent), sessionLabel(call.session_id), { class: "nowrap" }),
-    stacked([el("span", { class: "mono" }, call.status ?? "—"), " ", badge(call.outcome)], policyBadges(call)),
+    stacked([el("span", { class: "mono" }, call.status ?? "—"), " ", badge(call.outcome)], policyBadges(call, shadow)),
     el("td", { class: "num nowrap" }, formatMs(call.duration_ms)),
     el("td", { class: "num nowrap" }, formatMs(call.ttfb_ms)),
     el("td", { class: "num" }, formatTokens(call.usage)),
@@ -141,7 +143,7 @@ function totalsText({ total_tokens, cost_usd, unpriced_calls }) {
 }
 
 function show(page) {
-  document.querySelector("#calls tbody").replaceChildren(...page.calls.map(row));
+  document.querySelector("#calls tbody").replaceChildren(...page.calls.map((call) => row(call, page.shadow[call.call_id])));
   document.getElementById("empty").hidden = page.calls.length > 0;
   showRange(page, page.calls.length, "calls", "/calls", pageParams);
   document.getElementById("totals").textContent = page.total ? totalsText(page.totals) : "";

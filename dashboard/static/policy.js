@@ -1,8 +1,9 @@
-// The policy in force, its history, the difference between two versions, and (for an admin token,
-// with the database as the source of truth) editing with validation as you type, activation and
-// rollback. Everything comes from /api/policy*; ?version=V shows one stored version.
+// The policy in force, the shadow policy, its history, the difference between two versions, and
+// (for an admin token, with the database as the source of truth) editing with validation as you
+// type, activation and rollback. Everything comes from /api/policy*; ?version=V shows one stored version.
 import { badge, blockBadge, el, factList, formatDateTime, getJSON, sendJSON, showProblem } from "/static/common.js";
 import { diffBadge, diffTable } from "/static/diff.js";
+import { shadowCard } from "/static/shadow.js";
 
 const content = document.getElementById("content");
 const shownVersion = new URLSearchParams(location.search).get("version");
@@ -400,11 +401,19 @@ function dryRun(state, me) {
 
 async function render(message) {
   try {
-    const [me, state] = await Promise.all([getJSON("/api/me"), getJSON("/api/policy")]);
+    const [me, state, shadow] = await Promise.all([getJSON("/api/me"), getJSON("/api/policy"), getJSON("/api/policy/shadow")]);
     const parts = [];
     if (message) parts.push(el("div", { class: "done", role: "status" }, message));
     if (shownVersion) parts.push(await oneVersion(state, me, render));
-    parts.push(inForce(state), editor(state, me, render), dryRun(state, me), history(state, me, render), compare(state));
+    const edited = () => (editorCheck?.valid ? editorCheck.document : null);
+    parts.push(
+      inForce(state),
+      shadowCard(shadow, state, me, render, edited),
+      editor(state, me, render),
+      dryRun(state, me),
+      history(state, me, render),
+      compare(state),
+    );
     content.replaceChildren(...parts.filter(Boolean));
   } catch (error) {
     showProblem(content, error);
