@@ -115,14 +115,16 @@ async def policed_control_plane(
 async def shadow_runner(backends: "Backends") -> AsyncIterator["ShadowRunner"]:
     """The shadow of a control plane (``controlplane.shadow``), running until the block ends."""
     from controlplane.shadow import ShadowRunner
-    from luthien.dry_run import ShadowReplay
+    from luthien.shadow_process import ProcessReplay
 
-    shadow = ShadowRunner(backends.storage, ShadowReplay())
+    replayer = ProcessReplay(backends.storage)
+    shadow = ShadowRunner(backends.storage, replayer)
     shadow.start()
     try:
         yield shadow
     finally:
         await shadow.close()
+        replayer.close()
 
 
 def dashboard_tokens() -> "Tokens":
