@@ -137,14 +137,15 @@ def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, st
     from addon.proxy import ProxyConfig
     from addon.upstream import parse_upstreams
 
-    hosts = args.provider_host or env_list("LUTHIEN_PROVIDER_HOSTS") or list(DEFAULT_PROFILES)
+    # Before anything is made (the CA): a host Luthien cannot police stops start-up.
+    hosts = ProviderHosts.parse(args.provider_host or env_list("LUTHIEN_PROVIDER_HOSTS") or DEFAULT_PROFILES)
     files = ca_files(args)
     env = client_env(args, files)
     config = ProxyConfig(
         listen_host=args.host,
         listen_port=args.port,
         mitmproxy_confdir=files.mitmproxy_confdir,
-        provider_hosts=ProviderHosts.parse(hosts),
+        provider_hosts=hosts,
         upstreams=parse_upstreams(args.upstream),
         upstream_timeout=args.upstream_timeout,
         unknown_endpoints=UnknownEndpoints(args.unknown_endpoints),

@@ -8,6 +8,7 @@ import contextlib
 import re
 import ssl
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -459,12 +460,12 @@ def test_a_host_without_an_api_is_refused_naming_the_forms(spec: str, says: str)
     ],
 )
 def test_luthien_refuses_to_start_with_a_host_it_cannot_police(
-    args: list[str], env: dict[str, str], tmp_path: Any
+    args: list[str], env: dict[str, str], tmp_path: Path
 ) -> None:
     result = luthien("proxy", "--data-dir", str(tmp_path), "--port", "0", *args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--provider-host" in result.stderr
-    assert "listening" not in result.stdout
+    assert "listening" not in result.stdout and not (tmp_path / "ca").exists()  # nothing was made
 
 
 def test_azures_key_header_is_a_credential() -> None:
