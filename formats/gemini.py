@@ -14,6 +14,7 @@ The model is named by the path, not the body: policies see it as ``model`` (``Po
 it there), and may not change it. The stream's transcoder is in ``gemini_stream``.
 """
 
+import copy
 import json
 from typing import Any
 
@@ -80,6 +81,7 @@ class GeminiCodec:
     def render_request(self, original: JSON, before: NormalizedRequest, after: NormalizedRequest) -> JSON:
         if before.get("model") != after.get("model"):
             raise FormatError("a policy changed the model, which a Gemini call names in its path")
+        original, after = _with_history_arguments(original, before, after)
         rendered = patch_request(
             original,
             {k: v for k, v in before.items() if k not in _PARAMETERS},
@@ -182,6 +184,63 @@ class GeminiCountTokensCodec:
 
 
 _CALLS = GeminiCodec()
+
+
+def _with_history_arguments(
+    original: JSON, before: NormalizedRequest, after: NormalizedRequest
+) -> tuple[JSON, NormalizedRequest]:
+    """``original`` with the tool-call arguments a policy changed in the history written into
+    their ``functionCall`` parts, and ``after`` with those arguments as they were, so that
+    ``patch_request`` finds no other change in them. Gemini's calls need no id: a model turn is
+    one assistant message, and its n-th call is its n-th ``functionCall`` part."""
+    old_messages, new_messages = before.get("messages") or [], after.get("messages") or []
+    patched = copy.deepcopy(original)
+    turns = [c for c in field(patched, "contents") or [] if _role(c) == "model"]
+    if len(old_messages) != len(new_messages) or len(turns) != sum(_is_turn(m) for m in old_messages):
+        return original, after  # a change of structure: patch_request refuses it precisely
+    turns_left = iter(turns)
+    kept: list[Any] = []
+    for old, new in zip(old_messages, new_messages, strict=True):
+        if _is_turn(old) and _is_turn(new):
+            new = _written_back(old, new, next(turns_left))
+        kept.append(new)
+    return patched, {**after, "messages": kept}
+
+
+def _is_turn(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("role") == "assistant"
+
+
+def _role(content: Any) -> str:
+    return (canonical_keys(content, "a content").get("role") or "user") if isinstance(content, dict) else ""
+
+
+def _written_back(old: JSON, new: JSON, turn: JSON) -> JSON:
+    """``new``, its calls' changed arguments written into ``turn``'s parts and put back as they were."""
+    calls, new_calls = old.get("tool_calls") or [], new.get("tool_calls") or []
+    parts = [
+        p for p in field(turn, "parts") or [] if part_kind(canonical_keys(p, "a part")) == "functionCall"
+    ]
+    if len(calls) != len(new_calls) or len(calls) != len(parts):
+        return new
+    restored = []
+    for call, new_call, part in zip(calls, new_calls, parts, strict=True):
+        function = new_call.get("function") if isinstance(new_call, dict) else None
+        if isinstance(function, dict) and function.get("arguments") != call["function"]["arguments"]:
+            _set_args(part, function.get("arguments") or "{}")
+            new_call = {**new_call, "function": {**function, "arguments": call["function"]["arguments"]}}
+        restored.append(new_call)
+    return {**new, "tool_calls": restored}
+
+
+def _set_args(part: JSON, arguments: str) -> None:
+    """Writes ``arguments`` into a history part, under the spelling the part uses."""
+    try:
+        written = _with_arguments(canonical_keys(part, "a part"), "functionCall", arguments)
+    except json.JSONDecodeError as exc:
+        raise FormatError("a policy gave a function call arguments that are not JSON") from exc
+    key = "functionCall" if "functionCall" in part else "function_call"
+    part[key] = written["functionCall"]
 
 
 def _call_id(candidate: int, position: int) -> str:

@@ -1,7 +1,9 @@
 """The Gemini format's parts in themselves: the JSON-array framing, the request view under either
 spelling of each field, and a policy's change to a whole answer mapped back."""
 
+import copy
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -171,3 +173,47 @@ def test_an_event_without_data_carries_nothing_in_either_framing() -> None:
     replays as an SSE event of its own)."""
     for transcoder in (GeminiTranscoder(), GeminiTranscoder(json_array=True)):
         assert transcoder.decode(parse_event(b": keep-alive\r\n\r\n")) == []
+
+
+TWO_CALLS = {
+    "contents": [
+        {"role": "user", "parts": [{"text": "look around"}]},
+        {
+            "role": "model",
+            "parts": [
+                {"functionCall": {"name": "bash", "args": {"command": "ls"}}},
+                {"functionCall": {"name": "bash", "args": {"command": "pwd"}}},
+            ],
+        },
+        {"role": "user", "parts": [{"functionResponse": {"name": "bash", "response": {"out": "a"}}}]},
+    ]
+}
+
+
+@pytest.mark.parametrize(("body", "key"), [(CAMEL, "functionCall"), (SNAKE, "function_call")])
+def test_changed_arguments_in_the_history_are_written_into_their_call(body: dict[str, Any], key: str) -> None:
+    codec = GeminiCodec()
+    before = codec.normalize_request(body)
+    after = copy.deepcopy(before)
+    after["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"command": "ls -la"}'
+    rendered = codec.render_request(body, before, after)
+    assert codec.normalize_request(rendered) == after
+    assert rendered["contents"][1]["parts"][0][key] == {"name": "bash", "args": {"command": "ls -la"}}
+
+
+def test_of_two_calls_without_ids_only_the_changed_one_changes() -> None:
+    codec = GeminiCodec()
+    before = codec.normalize_request(TWO_CALLS)
+    after = copy.deepcopy(before)
+    after["messages"][1]["tool_calls"][1]["function"]["arguments"] = '{"command": "echo"}'
+    parts = codec.render_request(TWO_CALLS, before, after)["contents"][1]["parts"]
+    assert [p["functionCall"]["args"] for p in parts] == [{"command": "ls"}, {"command": "echo"}]
+
+
+def test_history_arguments_that_are_not_an_object_are_refused() -> None:
+    codec = GeminiCodec()
+    before = codec.normalize_request(TWO_CALLS)
+    after = copy.deepcopy(before)
+    after["messages"][1]["tool_calls"][0]["function"]["arguments"] = "[1]"
+    with pytest.raises(FormatError, match="not an object"):
+        codec.render_request(TWO_CALLS, before, after)
