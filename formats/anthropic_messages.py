@@ -2,6 +2,7 @@
 stream's transcoder is in ``anthropic_messages_stream``)."""
 
 import copy
+import json
 from typing import Any
 
 import httpx
@@ -20,6 +21,8 @@ from formats.anthropic_messages_stream import (
     block_name,
     is_tool_block,
     stop_reason_for,
+    unseen_block_fields,
+    unseen_call_id,
     with_block_arguments,
 )
 from formats.base import JSON, FormatError
@@ -59,16 +62,9 @@ class AnthropicMessagesCodec:
             model_response=ModelResponse(),
             json_mode=False,
         )
-        # Every block that is not text or thinking is a tool call to policies, whatever its type.
         message = response.choices[0].message  # type: ignore[union-attr]
         message.tool_calls = [
-            ChatCompletionMessageToolCall(
-                id=block_id(block, position),
-                type="function",
-                function=Function(name=block_name(block), arguments=block_arguments(block)),
-            )
-            for position, block in enumerate(content)
-            if is_tool_block(block)
+            call for position, block in enumerate(content) for call in _calls(position, block)
         ] or None
         return response
 
@@ -128,6 +124,22 @@ def _text_blocks(block: JSON) -> list[JSON]:
     return placed
 
 
+def _calls(position: int, block: JSON) -> list[ChatCompletionMessageToolCall]:
+    """Every block that is not text or thinking is a tool call to policies, whatever its type;
+    so is what a text block carries besides its text (its citations)."""
+    if is_tool_block(block):
+        function = Function(name=block_name(block), arguments=block_arguments(block))
+        return [
+            ChatCompletionMessageToolCall(id=block_id(block, position), type="function", function=function)
+        ]
+    if block.get("type") == "text" and (unseen := unseen_block_fields(block)):
+        function = Function(name="text", arguments=json.dumps(unseen))
+        return [
+            ChatCompletionMessageToolCall(id=unseen_call_id(position), type="function", function=function)
+        ]
+    return []
+
+
 def _render_content(original: list[JSON], text: str, tool_calls: list[Any]) -> list[JSON]:
     original_text = "".join(b.get("text", "") for b in original if b.get("type") == "text")
     kept_calls = {call.id: call for call in tool_calls}
@@ -135,6 +147,12 @@ def _render_content(original: list[JSON], text: str, tool_calls: list[Any]) -> l
     text_placed = text == original_text
     for position, block in enumerate(original):
         kind = block.get("type")
+        if (
+            kind == "text"
+            and (unseen := unseen_block_fields(block))
+            and unseen_call_id(position) not in kept_calls
+        ):
+            block = {k: v for k, v in block.items() if k not in unseen}  # the policy removed them
         if kind == "text":
             if text == original_text:
                 content.append(block)

@@ -3,11 +3,13 @@ events and normalised chunks, the API's error object, and how blocks are shown t
 data: the data plane imports it without LiteLLM."""
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
 from formats.base import JSON, FormatError, MalformedStream, count
 from formats.sse import SSEEvent, encode_event
+from formats.unseen import given_back, unseen_call
 
 _TO_FINISH = {
     "end_turn": "stop",
@@ -83,17 +85,60 @@ def with_block_arguments(block: JSON, arguments: str) -> JSON:
     return {**value, **{k: block[k] for k in ("type", "id") if k in block}}
 
 
+#: What the normalised view holds of each block type's start; the rest of a text or thinking
+#: block's start (citations given with it, a field still to come) is unseen content.
+_BLOCK_FIELDS = {"text": {"type", "text"}, "thinking": {"type", "thinking", "signature"}}
+_NOTHING: tuple[Any, ...] = (None, [], {}, "")
+_EMPTY_BLOCKS: dict[str, JSON] = {
+    "text": {"type": "text", "text": ""},
+    "thinking": {"type": "thinking", "thinking": "", "signature": ""},
+}
+
+
+def unseen_block_fields(block: JSON) -> JSON:
+    """What a text or thinking block carries besides what the normalised view holds of it
+    (citations, a field still to come): a tool call to policies, named after the block type."""
+    viewed = _BLOCK_FIELDS[str(block.get("type"))]
+    return {k: v for k, v in block.items() if k not in viewed and v not in _NOTHING}
+
+
+def unseen_call_id(position: int) -> str:
+    """The id policies know a block's unseen fields by, in a whole message."""
+    return f"luthien_unseen_{position}"
+
+
+@dataclass(frozen=True)
+class _Unseen:
+    """Content the normalised view has no place for (a delta of another type, such as
+    ``citations_delta``; an event of an unknown type; what a text block's start carries besides
+    its text), shown to policies as a tool call whose name is its type and whose arguments are
+    its JSON. Kept to write it back, with the policy's arguments, once the stream has diverged."""
+
+    data: JSON  # the event as it came
+    block_type: str | None = None  # a delta's or a block start's: the type of its block
+    tool_index: int | None = None  # a delta of a tool block: that block's tool call
+
+
 class AnthropicTranscoder:
+    """Every event reaches the policy: what the normalised view has no place for arrives as a
+    tool call (``_Unseen``), which is forwarded as it came when the policy gives it back, and
+    removed, with the policy's explanation, when it removes it. A NoOp stream is unaffected:
+    the passive path forwards every event as it came, so an event type Anthropic adds tomorrow
+    still passes there, and is judged wherever a policy inspects the stream."""
+
     def __init__(self) -> None:
         self._message_start: JSON | None = None
         self._upstream_delta: JSON = {}
+        self._tool_calls = 0  # tool calls shown to the policy: tool blocks and unseen content
         self._tool_blocks_upstream: dict[int, int] = {}  # content block index -> tool call index
+        self._upstream_types: dict[int, str] = {}  # content block index -> its block type
         self._upstream_blocks: dict[str, JSON] = {}  # tool-like blocks by id, as they began
+        self._unseen: dict[int, _Unseen] = {}  # by tool call index
         # What the client has seen:
         self._started = False
         self._open: tuple[int, str] | None = None
         self._next_index = 0
-        self._tool_blocks: dict[int, int] = {}
+        self._tool_blocks: dict[int, int] = {}  # tool call index -> the client's block index
         self._takes_input = True  # the open block is written with input_json_delta events
         self._delta_sent = False
         self._stopped = False
@@ -107,35 +152,53 @@ class AnthropicTranscoder:
         if event.event is not None and kind != event.event:
             # The SDKs dispatch on the event's name and read its data: both must say the same.
             raise MalformedStream(f"an event named {event.event!r} carries a {kind!r}")
+        if not isinstance(kind, str):
+            raise MalformedStream("an event whose type is not a string")
         data = {**data, "type": kind}  # the SDKs fill in a missing type from the name
         if kind == "message_start":
             self._message_start = data
             message = data.get("message")
             if isinstance(message, dict) and message.get("content"):
                 raise MalformedStream("message_start carries content, which arrives in content blocks")
-        elif kind == "message_delta":
+            return []
+        if kind == "message_delta":
             self._upstream_delta = data
-        elif kind == "content_block_start":
+            return [self._finish(data)]
+        if kind == "content_block_start":
             return self._block_started(data)
-        elif kind == "content_block_delta" and data.get("index") in self._tool_blocks_upstream:
-            return [self._tool_delta(data)]
-        elif kind == "content_block_delta" and (chunks := self._text_delta(data.get("delta"))) is not None:
-            return chunks
+        if kind == "content_block_delta":
+            return self._block_delta(data)
         if kind in _STRUCTURAL:
             return []
-        return self._parsed(data)
+        return [self._unseen_call(kind, _without(data, "type"), _Unseen(data))]
 
     def unsettled(self) -> list[StreamChunk]:
         return []
 
-    def _text_delta(self, delta: Any) -> list[StreamChunk] | None:
-        """The chunks of the most frequent deltas, text and thinking; None for any other."""
-        if not isinstance(delta, dict) or delta.get("type") not in ("text_delta", "thinking_delta"):
-            return None
-        field = "text" if delta["type"] == "text_delta" else "thinking"
+    def _block_delta(self, data: JSON) -> list[StreamChunk]:
+        index, delta = data.get("index"), data.get("delta")
+        if not isinstance(delta, dict) or not isinstance(delta.get("type"), str):
+            raise MalformedStream("a content_block_delta without a typed delta")
+        kind = delta["type"]
+        tool_index = self._tool_blocks_upstream.get(index) if isinstance(index, int) else None
+        if tool_index is not None:
+            if kind in ("text_delta", "thinking_delta"):
+                raise MalformedStream(f"a {kind} for the tool block {index}")
+            if kind == "input_json_delta":
+                return [self._tool_delta(tool_index, delta)]
+        elif kind in ("text_delta", "thinking_delta"):
+            return self._text_delta(kind, delta)
+        elif kind == "signature_delta":
+            return self._signature(delta)
+        block_type = self._upstream_types.get(index) if isinstance(index, int) else None
+        return [self._unseen_call(kind, _without(delta, "type"), _Unseen(data, block_type, tool_index))]
+
+    def _text_delta(self, kind: str, delta: JSON) -> list[StreamChunk]:
+        """The chunks of the most frequent deltas, text and thinking."""
+        field = "text" if kind == "text_delta" else "thinking"
         text = delta.get(field)
         if not isinstance(text, str):
-            raise MalformedStream(f"a {delta['type']} without its {field}")
+            raise MalformedStream(f"a {kind} without its {field}")
         if not text:
             return []
         if field == "text":
@@ -143,31 +206,24 @@ class AnthropicTranscoder:
         thinking = [{"type": "thinking", "thinking": text}]
         return [self._chunk({"reasoning_content": text, "thinking_blocks": thinking})]
 
-    def _parsed(self, data: JSON) -> list[StreamChunk]:
-        """The rarer events that carry content: the message's finish reason and usage, a thinking
-        block's signature, a redacted thinking block. Others (citations, a ping of a new kind)
-        carry none the normalised view holds."""
-        kind = data["type"]
-        if kind == "message_delta":
-            return [self._finish(data)]
-        if kind == "content_block_start":
-            block = data["content_block"]
-            if block.get("type") == "redacted_thinking":
-                return [
-                    self._chunk(
-                        {"thinking_blocks": [{"type": "redacted_thinking", "data": block.get("data")}]}
-                    )
-                ]
+    def _signature(self, delta: JSON) -> list[StreamChunk]:
+        signature = delta.get("signature")
+        if not isinstance(signature, str):
+            raise MalformedStream("a signature_delta without its signature")
+        if not signature:
             return []
-        delta = data.get("delta") if kind == "content_block_delta" else None
-        if isinstance(delta, dict) and delta.get("type") == "signature_delta":
-            signature = delta.get("signature")
-            if not isinstance(signature, str):
-                raise MalformedStream("a signature_delta without its signature")
-            if signature:
-                block = {"type": "thinking", "thinking": "", "signature": signature}
-                return [self._chunk({"reasoning_content": "", "thinking_blocks": [block]})]
-        return []
+        block = {"type": "thinking", "thinking": "", "signature": signature}
+        return [self._chunk({"reasoning_content": "", "thinking_blocks": [block]})]
+
+    def _unseen_call(self, name: str, content: JSON, unseen: _Unseen) -> StreamChunk:
+        """The content as a tool call of its own, whole in one chunk."""
+        tool_index = self._next_tool_call()
+        self._unseen[tool_index] = unseen
+        return self._chunk({"tool_calls": [unseen_call(tool_index, name, content)]})
+
+    def _next_tool_call(self) -> int:
+        self._tool_calls += 1
+        return self._tool_calls - 1
 
     def _finish(self, data: JSON) -> StreamChunk:
         delta, usage = data.get("delta") or {}, data.get("usage")
@@ -184,14 +240,17 @@ class AnthropicTranscoder:
         block, index = data.get("content_block"), data.get("index")
         if not isinstance(block, dict) or not isinstance(index, int):
             raise MalformedStream("content_block_start without a block and its index")
-        if not is_tool_block(block):
-            if block.get("type") == "text" and block.get("text"):
-                # Text given with the block's start: the SDKs keep it, so the policy sees it.
-                return [self._chunk({"content": block["text"]})]
-            return self._parsed(data)
-        if index in self._tool_blocks_upstream:
+        if index in self._upstream_types:
             raise MalformedStream(f"content block {index} was started twice")
-        tool_index = len(self._tool_blocks_upstream)
+        kind = str(block.get("type"))
+        self._upstream_types[index] = kind
+        if kind == "redacted_thinking":
+            return [
+                self._chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": block.get("data")}]})
+            ]
+        if not is_tool_block(block):
+            return self._text_block_started(data, kind, block)
+        tool_index = self._next_tool_call()
         self._tool_blocks_upstream[index] = tool_index
         self._upstream_blocks[block_id(block, index)] = block
         # Arguments given with the start (a tool's input, a server tool's whole result): the
@@ -205,17 +264,29 @@ class AnthropicTranscoder:
         }
         return [self._chunk({"tool_calls": [call]})]
 
-    def _tool_delta(self, data: JSON) -> StreamChunk:
-        """A delta of a tool block: its JSON input, or anything else, held with the call."""
-        delta = data.get("delta")
-        if isinstance(delta, dict) and delta.get("type") in ("text_delta", "thinking_delta"):
-            raise MalformedStream(f"a {delta['type']} for the tool block {data['index']}")
-        partial = delta.get("partial_json") if isinstance(delta, dict) else None
-        call: ToolCallDelta = {
-            "index": self._tool_blocks_upstream[data["index"]],
-            "type": "function",
-            "function": {"arguments": partial if isinstance(partial, str) else ""},
-        }
+    def _text_block_started(self, data: JSON, kind: str, block: JSON) -> list[StreamChunk]:
+        """Text or thinking given with a block's start, which the SDKs keep, as the deltas would
+        give it; the rest of the start (non-empty citations, say) is unseen content, first, so
+        that it is written back as the start of the block the text goes in."""
+        rest = unseen_block_fields(block)
+        chunks = [self._unseen_call(kind, rest, _Unseen(data, kind))] if rest else []
+        field = "text" if kind == "text" else "thinking"
+        text, signature = block.get(field) or "", block.get("signature") or ""
+        if not isinstance(text, str) or not isinstance(signature, str):
+            raise MalformedStream(f"a {kind} block whose {field} or signature is not text")
+        if kind == "text" and text:
+            chunks.append(self._chunk({"content": text}))
+        elif text or signature:
+            thinking = {"type": "thinking", "thinking": text, "signature": signature}
+            chunks.append(self._chunk({"reasoning_content": text, "thinking_blocks": [thinking]}))
+        return chunks
+
+    def _tool_delta(self, tool_index: int, delta: JSON) -> StreamChunk:
+        """A tool block's JSON input, in pieces."""
+        partial = delta.get("partial_json")
+        if not isinstance(partial, str):
+            raise MalformedStream("an input_json_delta without its partial_json")
+        call: ToolCallDelta = {"index": tool_index, "type": "function", "function": {"arguments": partial}}
         return self._chunk({"tool_calls": [call]})
 
     def _chunk(self, delta: ChunkDelta) -> StreamChunk:
@@ -247,7 +318,7 @@ class AnthropicTranscoder:
             self._open = (data["index"], block["type"])
             self._next_index = max(self._next_index, data["index"] + 1)
             if is_tool_block(block):
-                self._tool_blocks[len(self._tool_blocks)] = data["index"]
+                self._tool_blocks[self._tool_blocks_upstream[data["index"]]] = data["index"]
         elif kind == "content_block_stop":
             self._open = None
         elif kind == "message_delta":
@@ -325,6 +396,8 @@ class AnthropicTranscoder:
         out = b""
         function = call.get("function") or {}
         arguments = function.get("arguments") or ""
+        if (unseen := self._unseen.get(call["index"])) is not None:
+            return self._unseen_written(unseen, arguments)
         if call_id := call.get("id"):
             out += self._close_open()
             self._tool_blocks[call["index"]] = self._next_index
@@ -342,6 +415,26 @@ class AnthropicTranscoder:
         if arguments and self._takes_input and open_index == self._tool_blocks.get(call["index"]):
             out += self._delta({"type": "input_json_delta", "partial_json": arguments})
         return out
+
+    def _unseen_written(self, unseen: _Unseen, arguments: str) -> bytes:
+        """Unseen content the policy let through, written back with its arguments where the
+        client's stream has a place for it (raises FormatError where it has none)."""
+        data = unseen.data
+        content = given_back(arguments, f"unseen {data['type']}")
+        if data["type"] == "content_block_start":
+            assert unseen.block_type is not None
+            block = {**content, **_EMPTY_BLOCKS[unseen.block_type]}
+            return self._close_open() + self._start_block(unseen.block_type, block)
+        if data["type"] != "content_block_delta":
+            return encode_event({**content, "type": data["type"]}, data["type"])
+        delta = {**content, "type": data["delta"]["type"]}
+        if unseen.tool_index is not None:
+            if self._open is None or self._open[0] != self._tool_blocks.get(unseen.tool_index):
+                raise FormatError(f"a {delta['type']} for a tool block the client no longer has open")
+            return self._delta(delta)
+        if unseen.block_type not in _EMPTY_BLOCKS:
+            raise FormatError(f"a {delta['type']} for a {unseen.block_type} block cannot be written")
+        return self._ensure_open(unseen.block_type, _EMPTY_BLOCKS[unseen.block_type]) + self._delta(delta)
 
     def _ensure_open(self, block_type: str, block: JSON) -> bytes:
         if self._open is not None and self._open[1] == block_type:
@@ -384,6 +477,10 @@ class AnthropicTranscoder:
             "usage": upstream.get("usage") or {"output_tokens": 0},
         }
         return encode_event(payload, "message_delta")
+
+
+def _without(data: JSON, key: str) -> JSON:
+    return {k: v for k, v in data.items() if k != key}
 
 
 def chat_usage(usage: JSON) -> JSON:

@@ -6,7 +6,7 @@ import json
 from controlplane.llm import ModelResponse
 from controlplane.models import NormalizedRequest, WireFormat
 from formats.base import JSON
-from formats.openai_chat_stream import LEGACY_CALL_ID, policy_view
+from formats.openai_chat_stream import LEGACY_CALL_ID, UNSEEN_CALL_ID, field_value, policy_view, unseen_fields
 
 
 class OpenAIChatCodec:
@@ -58,10 +58,15 @@ def _render_choice(original: JSON, new: JSON) -> JSON:
             message["refusal"] = None
     originals = {c.get("id"): c for c in message.get("tool_calls") or [] if isinstance(c, dict)}
     legacy = message.pop("function_call", None)
+    unseen = {UNSEEN_CALL_ID + name: name for name in unseen_fields(message)}
+    for name in unseen.values():  # back only if the policy kept its call
+        del message[name]
     tool_calls = []
     for call in new_message.get("tool_calls") or []:
         function = {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}
-        if call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
+        if call["id"] in unseen:
+            message[unseen[call["id"]]] = field_value(unseen[call["id"]], function["arguments"])
+        elif call["id"] == LEGACY_CALL_ID and isinstance(legacy, dict):
             message["function_call"] = function
         elif isinstance((originals.get(call["id"]) or {}).get("custom"), dict):
             custom = {"name": function["name"], "input": function["arguments"]}

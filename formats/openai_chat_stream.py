@@ -4,18 +4,36 @@ imports it without LiteLLM.
 
 Three things the normalised view has no place for are shown to policies as what they are: a
 legacy ``function_call`` (requests with ``functions``) and a custom tool call are tool calls, and
-a refusal is text. Each choice of an ``n > 1`` stream is its own chunk, and the control plane runs
-the policy once per choice.
+a refusal is text. Any other field of a message or a delta that carries something (``audio``
+with its transcript, ``annotations``, a field still to come: the SDK keeps them in the message it
+accumulates) is a tool call named after the field, whose arguments are its JSON; in a stream,
+one call per field and choice, ending with the field's accumulated value, so that a command
+split across deltas is judged whole. Each choice of an ``n > 1`` stream is its own chunk, and
+the control plane runs the policy once per choice.
 """
 
+import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta, without_none
-from formats.base import JSON, MalformedStream, carries_error
+from formats.base import JSON, FormatError, MalformedStream, carries_error
 from formats.sse import SSEEvent, encode_event
 
 #: The id policies know a legacy ``function_call`` by (it has none of its own).
 LEGACY_CALL_ID = "call_luthien_function_call"
+
+
+#: The id policies know an unseen field's call by: this, then the field's name.
+UNSEEN_CALL_ID = "call_luthien_field_"
+#: What the normalised view holds of a message or a delta.
+_VIEWED = frozenset({"role", "content", "refusal", "tool_calls", "function_call", "reasoning_content"})
+_NOTHING: tuple[Any, ...] = (None, "", [], {})
+
+
+def unseen_fields(part: JSON) -> JSON:
+    """The fields of a message or a delta that carry what the normalised view has no place for."""
+    return {k: v for k, v in part.items() if k not in _VIEWED and v not in _NOTHING}
 
 
 _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 403: "policy_violation", 405: "invalid_request_error"}
@@ -58,7 +76,44 @@ def policy_view(part: JSON, *, streamed: bool) -> JSON:
         else:
             call["id"] = LEGACY_CALL_ID
         view["tool_calls"] = [*(view.get("tool_calls") or []), call]
+    if not streamed:  # a stream's unseen fields are the transcoder's (``_UnseenField``)
+        for name, value in unseen_fields(part).items():
+            del view[name]
+            unseen = {
+                "id": UNSEEN_CALL_ID + name,
+                "type": "function",
+                "function": _unseen_function(name, value),
+            }
+            view["tool_calls"] = [*(view.get("tool_calls") or []), unseen]
     return view
+
+
+def _unseen_function(name: str | None, value: Any) -> JSON:
+    function: JSON = {"arguments": json.dumps(value)}
+    return {"name": name, **function} if name is not None else function
+
+
+def _merged(into: Any, value: Any) -> Any:
+    """A field's value as the SDK accumulates its deltas: texts joined, objects merged."""
+    if isinstance(into, str) and isinstance(value, str):
+        return into + value
+    if isinstance(into, dict) and isinstance(value, dict):
+        return {**into, **{k: _merged(into[k], v) if k in into else v for k, v in value.items()}}
+    if isinstance(into, list) and isinstance(value, list):
+        return into + value
+    return value
+
+
+@dataclass
+class _UnseenField:
+    """A delta field the view has no place for, in one choice: a tool call of its own (at an
+    index no upstream call can have), whose pieces are each delta's value as JSON and whose last
+    piece, at the choice's finish, is the value the SDK accumulated (a newline first: it is
+    written nowhere)."""
+
+    index: int
+    value: Any = None
+    settled: bool = False
 
 
 def _checked(data: JSON) -> StreamChunk:
@@ -92,6 +147,10 @@ def _is_index(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _negative(value: Any) -> bool:
+    return isinstance(value, int) and value < 0
+
+
 def _optional_str(value: Any) -> bool:
     return value is None or isinstance(value, str)
 
@@ -100,7 +159,8 @@ def _has_other_forms(part: JSON) -> bool:
     """Whether a message or delta holds what policies see in another form (``_policy_view``)."""
     calls = part.get("tool_calls")
     custom = isinstance(calls, list) and any(isinstance(c, dict) and "custom" in c for c in calls)
-    return custom or "function_call" in part or bool(part.get("refusal"))
+    unseen = any(k not in _VIEWED and v not in _NOTHING for k, v in part.items())
+    return custom or "function_call" in part or bool(part.get("refusal")) or unseen
 
 
 class OpenAIChatTranscoder:
@@ -109,6 +169,8 @@ class OpenAIChatTranscoder:
         # What the upstream sent in forms policies see otherwise, to write them back the same way:
         self._legacy: set[int] = set()  # choices with a legacy function_call
         self._custom: set[tuple[int, int]] = set()  # (choice, tool index) of custom tool calls
+        self._unseen: dict[tuple[int, str], _UnseenField] = {}  # by choice and field name
+        self._unseen_names: dict[tuple[int, int], str] = {}  # (choice, tool index) -> field name
         # What the client has seen:
         self._tool_indexes: dict[tuple[int, int], int] = {}
         self._choices: set[int] = set()
@@ -142,21 +204,68 @@ class OpenAIChatTranscoder:
         """The choice as policies see it (the same object when that is how it came)."""
         if not isinstance(choice, dict) or not isinstance(choice.get("delta"), dict):
             return choice
-        if not _has_other_forms(choice["delta"]) and choice.get("finish_reason") != "function_call":
-            return choice
         index, delta = choice.get("index", 0), choice["delta"]
+        calls = delta.get("tool_calls")
+        if isinstance(calls, list) and any(isinstance(c, dict) and _negative(c.get("index")) for c in calls):
+            raise MalformedStream("a tool call whose index is negative")  # those are unseen fields' calls
+        finishes = choice.get("finish_reason") is not None
+        if (
+            not _has_other_forms(delta)
+            and choice.get("finish_reason") != "function_call"
+            and not (finishes and any(c == index for c, _ in self._unseen))
+        ):
+            return choice
         if isinstance(delta.get("function_call"), dict):
             self._legacy.add(index)
         for call in delta.get("tool_calls") or []:
             if isinstance(call, dict) and isinstance(call.get("custom"), dict):
                 self._custom.add((index, call.get("index", 0)))
         view = {**choice, "delta": policy_view(delta, streamed=True)}
+        unseen = [self._unseen_piece(index, name, value) for name, value in unseen_fields(delta).items()]
+        if finishes:
+            unseen += self._settled(index)
+        if unseen:
+            view["delta"] = {k: v for k, v in view["delta"].items() if k not in unseen_fields(delta)}
+            view["delta"]["tool_calls"] = [*(view["delta"].get("tool_calls") or []), *unseen]
         if view.get("finish_reason") == "function_call":
             view["finish_reason"] = "tool_calls"
         return view
 
+    def _unseen_piece(self, choice: int, name: str, value: Any) -> ToolCallDelta:
+        field = self._unseen.get((choice, name))
+        first = field is None
+        if field is None:
+            field = self._unseen[(choice, name)] = _UnseenField(
+                -1 - sum(c == choice for c, _ in self._unseen)
+            )
+            self._unseen_names[(choice, field.index)] = name
+        field.value = _merged(field.value, value)
+        call: ToolCallDelta = {
+            "index": field.index,
+            "function": cast(Any, _unseen_function(name if first else None, value)),
+        }
+        if first:
+            call.update({"id": UNSEEN_CALL_ID + name, "type": "function"})
+        return call
+
+    def _settled(self, choice: int) -> list[ToolCallDelta]:
+        """The accumulated value of each unseen field of the choice, as the last piece of its call."""
+        calls: list[ToolCallDelta] = []
+        for (c, _), field in self._unseen.items():
+            if c == choice and not field.settled:
+                field.settled = True
+                calls.append(
+                    {"index": field.index, "function": {"arguments": "\n" + json.dumps(field.value)}}
+                )
+        return calls
+
     def unsettled(self) -> list[StreamChunk]:
-        return []
+        choices = sorted({c for (c, _), f in self._unseen.items() if not f.settled})
+        chunks = []
+        for choice in choices:
+            rest: ChunkChoice = {"index": choice, "delta": {"tool_calls": self._settled(choice)}}
+            chunks.append(cast(StreamChunk, {**self._template, "choices": [rest]}))
+        return chunks
 
     def is_error(self, event: SSEEvent) -> bool:
         return carries_error(event)
@@ -231,7 +340,9 @@ class OpenAIChatTranscoder:
             rendered["reasoning_content"] = reasoning
         calls = []
         for call in delta.get("tool_calls") or []:
-            if index in self._legacy and call["index"] == 0:
+            if (name := self._unseen_names.get((index, call["index"]))) is not None:
+                rendered.update(_unseen_written(name, call))
+            elif index in self._legacy and call["index"] == 0:
                 rendered["function_call"] = self._function(call)
             else:
                 calls.append(self._render_tool_call(index, call))
@@ -274,3 +385,19 @@ class OpenAIChatTranscoder:
         key = (choice, upstream_index)
         used = sum(1 for c, _ in self._tool_indexes if c == choice)
         return self._tool_indexes.setdefault(key, used)
+
+
+def _unseen_written(name: str, call: ToolCallDelta) -> JSON:
+    """An unseen field's piece, as the delta field it came as; the accumulated value, nothing."""
+    arguments = (call.get("function") or {}).get("arguments") or ""
+    if not arguments or arguments.startswith("\n"):
+        return {}
+    return {name: field_value(name, arguments)}
+
+
+def field_value(name: str, arguments: str) -> Any:
+    """The value a policy gave back for an unseen field."""
+    try:
+        return json.loads(arguments)
+    except ValueError as exc:
+        raise FormatError(f"a policy gave the {name} field a value that is not JSON") from exc

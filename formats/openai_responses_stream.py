@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
-from formats.base import JSON, MalformedStream, count
+from formats.base import JSON, FormatError, MalformedStream, count
 from formats.responses_items import (
     ARGUMENT_DELTAS,
     append_arguments,
@@ -19,12 +19,54 @@ from formats.responses_items import (
     with_arguments,
 )
 from formats.sse import SSEEvent, encode_event
+from formats.unseen import given_back, unseen_call
 
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 _TEXT_DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta"})
 #: A part's text is done: the field holding its whole text.
 _TEXT_DONE = {"response.output_text.done": "text", "response.refusal.done": "refusal"}
 _REASONING_DELTAS = frozenset({"response.reasoning_summary_text.delta", "response.reasoning_text.delta"})
+#: Events whose content the transcoder shows the policy (or that carry none of their own: a part
+#: or an item begun, whose text is settled when it is done), and the events of tool items, held
+#: with their item until its final form is judged. Any other event (an annotation, an audio
+#: transcript, a type still to come) is unseen content: a tool call of its own.
+_KNOWN_EVENTS = frozenset(
+    {
+        "error",
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        *_FINAL_EVENTS,
+        "response.output_item.added",
+        "response.output_item.done",
+        "response.content_part.added",
+        "response.content_part.done",
+        *_TEXT_DELTAS,
+        *_TEXT_DONE,
+        *_REASONING_DELTAS,
+        "response.reasoning_summary_part.added",
+        "response.reasoning_summary_part.done",
+        "response.reasoning_summary_text.done",
+        "response.reasoning_text.done",
+        *ARGUMENT_DELTAS,
+        "response.function_call_arguments.done",
+        "response.custom_tool_call_input.done",
+        "response.mcp_call_arguments.done",
+    }
+)
+_TOOL_EVENTS = (
+    "response.web_search_call.",
+    "response.file_search_call.",
+    "response.code_interpreter_call.",
+    "response.code_interpreter_call_code.",
+    "response.image_generation_call.",
+    "response.mcp_call.",
+    "response.mcp_list_tools.",
+)
+
+
+def _known(kind: str) -> bool:
+    return kind in _KNOWN_EVENTS or kind.startswith(_TOOL_EVENTS)
 
 
 def _position(value: Any) -> int:
@@ -68,6 +110,8 @@ class OpenAIResponsesTranscoder:
         self._final: JSON | None = None
         # What the upstream has said:
         self._tools: dict[int, _UpstreamTool] = {}  # by output index
+        self._tool_calls = 0  # tool calls shown to the policy: tool items and unseen events
+        self._unseen: dict[int, JSON] = {}  # unseen events as they came, by tool call index
         self._texts: dict[tuple[int, int], str] = {}  # by output and content index
         # What the client has seen:
         self._sequence = -1
@@ -84,6 +128,10 @@ class OpenAIResponsesTranscoder:
         if not isinstance(data, dict):
             return []
         kind = data.get("type", "")
+        if not isinstance(kind, str):
+            raise MalformedStream("an event whose type is not a string")
+        if not _known(kind):
+            return [self._unseen_call(kind, data)]
         if kind in ("response.created", "response.in_progress") and isinstance(data.get("response"), dict):
             self._response = data["response"]
         elif kind in _FINAL_EVENTS and isinstance(data.get("response"), dict):
@@ -150,7 +198,7 @@ class OpenAIResponsesTranscoder:
     def _start_tool(self, position: int, item: JSON) -> StreamChunk:
         if position in self._tools:
             raise MalformedStream(f"the output item at {position} was begun twice")
-        tool = _UpstreamTool(len(self._tools), call_id(item, position), tool_name(item), item)
+        tool = _UpstreamTool(self._next_tool_call(), call_id(item, position), tool_name(item), item)
         # Text arguments stream in deltas; an item with JSON arguments is final at its done event
         # (what it shows when it begins is judged then, or by unsettled() if none comes).
         tool.seen = tool_arguments(item) if streams_arguments(item) else ""
@@ -162,6 +210,32 @@ class OpenAIResponsesTranscoder:
             "function": {"name": tool.name, "arguments": tool.seen},
         }
         return self._chunk({"tool_calls": [call]})
+
+    def _next_tool_call(self) -> int:
+        self._tool_calls += 1
+        return self._tool_calls - 1
+
+    def _unseen_call(self, kind: str, data: JSON) -> StreamChunk:
+        """An event the view has no place for, as a tool call whole in one chunk: its name is
+        the event's type, its arguments its JSON."""
+        index = self._next_tool_call()
+        self._unseen[index] = data
+        content = {k: v for k, v in data.items() if k not in ("type", "sequence_number")}
+        return self._chunk({"tool_calls": [unseen_call(index, kind, content)]})
+
+    def _unseen_written(self, data: JSON, arguments: str) -> bytes:
+        """An unseen event the policy let through, once the stream has diverged: with the next
+        sequence number, and one that names an output item (an annotation) in the item the
+        client has open (the client's items are the transcoder's); with none open, it cannot be
+        written, and the stream ends with an error."""
+        content = given_back(arguments, f"a {data['type']} event")
+        if "output_index" in content:
+            if self._open is None:
+                raise FormatError(f"a {data['type']} event for an output item the client does not have open")
+            content["output_index"] = self._open
+            if "item_id" in content:
+                content["item_id"] = self._items[self._open].get("id")
+        return self._emit({**content, "type": data["type"]})
 
     def _tool_chunk(self, tool: _UpstreamTool, arguments: str) -> StreamChunk:
         call: ToolCallDelta = {"index": tool.index, "type": "function", "function": {"arguments": arguments}}
@@ -401,6 +475,8 @@ class OpenAIResponsesTranscoder:
         out = b""
         function = call.get("function") or {}
         arguments = function.get("arguments") or ""
+        if (unseen := self._unseen.get(call["index"])) is not None:
+            return self._unseen_written(unseen, arguments)
         if call_id := call.get("id"):
             upstream = next((t.item for t in self._tools.values() if t.id == call_id), {})
             if upstream and upstream.get("type") != "function_call":

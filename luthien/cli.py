@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from certs import shell_exports
+from luthien.agent_routes import route_of
 from luthien.options import build_parser, ca_files, client_env, data_dir, existing_ca
 from luthien.servers import serve_control_plane, serve_dashboard, serve_proxy, serve_sidecar
 
@@ -19,6 +20,14 @@ def _run(args: argparse.Namespace) -> int:
     argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("luthien run: give a command, e.g. luthien run -- claude", file=sys.stderr)
+        return 2
+    route = route_of(argv, os.environ, Path.cwd())
+    if route is not None and route.problem is not None:
+        # First: an agent whose model calls would pass unseen is refused whatever else is ready.
+        print(
+            f"luthien run: refusing to run {route.agent}: {route.problem.detail}.\nfix: {route.problem.fix}",
+            file=sys.stderr,
+        )
         return 2
     env = client_env(args, existing_ca(args))
     if shutil.which(argv[0]) is None:

@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certs import ca_files, default_data_dir
+from luthien.agent_routes import ROUTES
+from luthien.model_route import Route
 
 DEFAULT_PROXY_URL = "http://127.0.0.1:8080"
 TIMEOUT = 1.0
@@ -209,6 +211,20 @@ def check_redis(url: str | None) -> Check:
     return Check("OK", "Redis", f"{shown} answers PING")
 
 
+def check_agents(cwd: Path) -> list[Check]:
+    """Whether each agent Luthien knows, run here, would send its model calls to a policed host."""
+    return [check_route(read(os.environ, cwd, ())) for read in ROUTES.values()]
+
+
+def check_route(route: Route) -> Check:
+    if route.problem is not None:
+        return Check("FAIL", route.agent, route.problem.detail, route.problem.fix)
+    if not route.configured:
+        return Check("SKIP", route.agent, "no way to reach a model is set up")
+    how = ", ".join(route.choices) or "no provider switch or base URL"
+    return Check("OK", route.agent, f"{how}: model calls go to {route.host}, which Luthien polices")
+
+
 def run_checks(
     data_dir: Path,
     proxy_url: str | None = None,
@@ -225,6 +241,7 @@ def run_checks(
     else:
         checks.append(Check("FAIL", "Python trust", "no usable CA", "see the CA check above"))
     checks += check_node_trust(data_dir, certs_env)
+    checks += check_agents(Path.cwd())
     checks.append(check_proxy(proxy))
     checks.append(check_control_plane(control_plane))
     checks.append(check_database(database_url or os.environ.get("DATABASE_URL") or None, data_dir))

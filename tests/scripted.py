@@ -354,6 +354,18 @@ def anthropic_message(content: list[dict[str, Any]], stop: str = "tool_use") -> 
     }
 
 
+def anthropic_citation(cited: str) -> dict[str, Any]:
+    """A citation of a document's characters, as a ``citations_delta`` or a text block carries it."""
+    return {
+        "type": "char_location",
+        "cited_text": cited,
+        "document_index": 0,
+        "document_title": "notes",
+        "start_char_index": 0,
+        "end_char_index": len(cited),
+    }
+
+
 def anthropic_events(
     blocks: list[dict[str, Any]], *, stop: str = "tool_use", piece: int = 4, prefilled: bool = False
 ) -> list[dict[str, Any]]:

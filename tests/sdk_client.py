@@ -161,6 +161,7 @@ def messages(call: dict[str, Any]) -> dict[str, Any]:
         "stop_reason": message.stop_reason,
         "thinking": "".join(b.thinking for b in message.content if b.type == "thinking"),
         "block_types": [b.type for b in message.content],
+        "citations": [c.cited_text for b in message.content if b.type == "text" for c in b.citations or []],
     }
 
 

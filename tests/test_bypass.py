@@ -38,6 +38,7 @@ from tests.fake_provider import FakeProvider, RecordedRequest, ScriptedReply, ma
 from tests.raw_client import RawResponse, TlsTunnel, http1_bytes, raw_h2_request, raw_request
 from tests.scripted import (
     anthropic_block,
+    anthropic_citation,
     anthropic_events,
     anthropic_message,
     anthropic_stream_lines,
@@ -1288,6 +1289,51 @@ def test_an_anthropic_event_whose_name_and_type_disagree_does_not_pass_the_comma
         provider_error(response, (400, 502), ANTHROPIC)
         return
     assert_no_tool_call("messages", response.body, True, "tool_use")
+
+
+def _cited_stream(text: str, cited: str) -> bytes:
+    """A Messages stream whose text block cites ``cited`` between two text deltas."""
+    events = anthropic_events([{"type": "text", "text": text}], stop="end_turn")
+    cite = {
+        "type": "content_block_delta",
+        "index": 0,
+        "delta": {"type": "citations_delta", "citation": anthropic_citation(cited)},
+    }
+    stop = next(n for n, e in enumerate(events) if e["type"] == "content_block_stop")
+    return frame(anthropic_stream_lines([*events[: stop - 1], cite, *events[stop - 1 :]]))
+
+
+@pytest.mark.parametrize(
+    ("proxy", "text", "cited", "shown"),
+    [
+        ("blocklist", "The capital is Paris.", "Paris", ["Paris"]),
+        ("blocklist", "Run this.", DANGER, []),
+        ("secrets", f"The key {SECRET} opens Paris.", "Paris", ["Paris"]),
+    ],
+    ids=["passed", "removed", "after-a-changed-text"],
+)
+def test_anthropic_citations_reach_the_policy_and_the_official_sdk_keeps_those_it_lets_through(
+    blocklist: RunningProxy,
+    secrets_proxy: RunningProxy,
+    fake: FakeProvider,
+    proxy: str,
+    text: str,
+    cited: str,
+    shown: list[str],
+) -> None:
+    call = Call(fake)
+    call.script(ScriptedReply.sse(_cited_stream(text, cited)))
+    running = blocklist if proxy == "blocklist" else secrets_proxy
+    (result,) = running.sdk(
+        {"api": "messages", "stream": True, "prompt": "cite", "headers": {PROBE: call.probe}}
+    )
+    call.received()
+    assert "error" not in result, result
+    assert result["citations"] == shown, (
+        "a citation the policy let through was lost, or one it removed passed"
+    )
+    assert SECRET not in result["text"]
+    assert (NOTE in result["text"]) == (not shown), result["text"]
 
 
 def test_chat_chunks_with_a_null_error_next_to_choices_do_not_pass_the_tool_call_unseen(

@@ -15,6 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from luthien.servers import control_plane_tokens
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 KUBERNETES_DIR = ROOT / "deploy" / "kubernetes"
@@ -30,6 +32,9 @@ COMPOSE_UNCHECKED = {
 ROOT_CONTAINERS = {"iptables-init": "iptables needs root with NET_ADMIN (transparent example)"}
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|API_KEY|_KEY$|AUTH", re.IGNORECASE)
 URL_PASSWORD = re.compile(r"://[^/@\s]*:([^/@\s]+)@")
+COMPOSE_VARIABLE = r"\$\{\w+(:?[-?][^}]*)?\}"
+# LUTHIEN_CONTROL_PLANE_TOKENS: NAME:ROLE:TOKEN entries, each token a ${VAR}.
+COMPOSE_TOKEN_LIST = re.compile(rf"\w+:\w+:{COMPOSE_VARIABLE}(,\w+:\w+:{COMPOSE_VARIABLE})*")
 
 
 def compose_schema() -> dict[str, Any]:
@@ -242,12 +247,59 @@ def test_compose_has_no_literal_secrets() -> None:
         assert isinstance(environment, dict), f"{name}: use the mapping form"
         for variable, value in environment.items():
             value = str(value)
-            if SECRET_NAME.search(variable):
-                assert re.fullmatch(r"\$\{\w+(:?[-?][^}]*)?\}", value), (
-                    f"{name}: {variable} is not a ${{VAR}}"
-                )
+            if variable == "LUTHIEN_CONTROL_PLANE_TOKENS":
+                assert COMPOSE_TOKEN_LIST.fullmatch(value), f"{name}: {variable} holds a literal token"
+            elif SECRET_NAME.search(variable):
+                assert re.fullmatch(COMPOSE_VARIABLE, value), f"{name}: {variable} is not a ${{VAR}}"
             for password in URL_PASSWORD.findall(value):
                 assert re.fullmatch(r"\$\{\w+\}", password), f"{name}: {variable} holds a literal password"
+
+
+def interpolated(environment: dict[str, Any]) -> dict[str, str]:
+    """A service's environment with each ``${VAR...}`` replaced by ``<VAR>``, as Compose would
+    substitute distinct secrets."""
+    return {key: re.sub(r"\$\{(\w+)[^}]*\}", r"<\1>", str(value)) for key, value in environment.items()}
+
+
+def test_the_compose_proxy_holds_a_proxy_role_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role the control plane, reading its environment as `luthien controlplane` does, gives
+    the token the proxy presents: proxy, not admin."""
+    services = load_compose()["services"]
+    presented = interpolated(services["proxy"]["environment"])["LUTHIEN_CONTROL_PLANE_TOKEN"]
+    for variable in ("LUTHIEN_CONTROL_PLANE_TOKEN", "LUTHIEN_CONTROL_PLANE_TOKENS"):
+        monkeypatch.delenv(variable, raising=False)
+    for variable, value in interpolated(services["controlplane"]["environment"]).items():
+        monkeypatch.setenv(variable, value)
+    credential = control_plane_tokens().who(presented)
+    assert credential is not None, f"the control plane does not accept the proxy's {presented}"
+    assert credential.role == "proxy", credential
+
+
+def secret_refs(container: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        variable["name"]: (ref["name"], ref["key"])
+        for variable in container.get("env", [])
+        if (ref := variable.get("valueFrom", {}).get("secretKeyRef"))
+    }
+
+
+def test_kubernetes_sidecars_hold_only_a_proxy_role_token() -> None:
+    """The sidecar proxies' token Secret is not the control plane's (which holds the admin token
+    and the database URL), and base/kustomization.yaml creates it with the same token as the
+    control plane's `proxy` entry."""
+    (control_plane,) = [c for where, name, c, _, _ in containers() if name == "controlplane"]
+    admin = secret_refs(control_plane)["LUTHIEN_CONTROL_PLANE_TOKEN"]
+    assert secret_refs(control_plane)["LUTHIEN_CONTROL_PLANE_TOKENS"] == ("luthien-controlplane", "tokens")
+    sidecars = [(where, c) for where, name, c, _, _ in containers() if name == "luthien-proxy"]
+    assert len(sidecars) == 2, sidecars
+    for where, sidecar in sidecars:
+        refs = secret_refs(sidecar)
+        assert refs == {"LUTHIEN_CONTROL_PLANE_TOKEN": ("luthien-proxy", "token")}, where
+        assert admin[0] != "luthien-proxy", where
+    steps = (KUBERNETES_DIR / "base" / "kustomization.yaml").read_text()
+    in_list = re.search(r'--from-literal=tokens="sidecars:proxy:\$(\w+)"', steps)
+    in_secret = re.search(r'luthien-proxy --from-literal=token="\$(\w+)"', steps)
+    assert in_list and in_secret and in_list.group(1) == in_secret.group(1), steps
 
 
 def test_env_example_names_every_variable_and_holds_no_secret() -> None:

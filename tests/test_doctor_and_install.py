@@ -172,7 +172,20 @@ def node_line() -> str:
 
 
 def client_env(ca: CAFiles) -> dict[str, str]:
-    return {"SSL_CERT_FILE": str(ca.bundle), "NODE_EXTRA_CA_CERTS": str(ca.cert)}
+    """The CA trusted, and a home with no Gemini CLI settings (tests/test_gemini_route.py has those)."""
+    return {
+        "SSL_CERT_FILE": str(ca.bundle),
+        "NODE_EXTRA_CA_CERTS": str(ca.cert),
+        "HOME": str(ca.cert.parent.parent),
+        "GEMINI_API_KEY": "",
+    }
+
+
+AGENT_LINES = [
+    "OK    Claude Code: no provider switch or base URL: model calls go to api.anthropic.com, which Luthien polices",
+    "OK    Codex: model provider openai (the default): model calls go to api.openai.com, which Luthien polices",
+    "SKIP  Gemini CLI: no way to reach a model is set up",
+]
 
 
 @pytest.fixture
@@ -201,6 +214,7 @@ def test_doctor_reports_each_missing_dependency_with_a_fix(ca: CAFiles) -> None:
         f"OK    Python trust: SSL_CERT_FILE={ca.bundle} trusts the Luthien CA",
         f"OK    Node trust: NODE_EXTRA_CA_CERTS={ca.cert}",
         node_line(),
+        *AGENT_LINES,
         f"FAIL  proxy: nothing accepts connections at http://127.0.0.1:{proxy} (connection refused)",
         f"      fix: start it with `luthien up` (or `luthien proxy --port {proxy}`), or set HTTPS_PROXY/--proxy",
         f"FAIL  control plane: http://127.0.0.1:{control_plane} is unreachable (connection refused)",
@@ -254,6 +268,7 @@ def test_doctor_passes_when_everything_answers(ca: CAFiles, listener: int, tmp_p
         f"OK    Python trust: SSL_CERT_FILE={ca.bundle} trusts the Luthien CA",
         f"OK    Node trust: NODE_EXTRA_CA_CERTS={ca.cert}",
         node_line(),
+        *AGENT_LINES,
         f"OK    proxy: http://127.0.0.1:{listener} accepts connections",
         "SKIP  control plane: not configured (LUTHIEN_CONTROL_PLANE_URL)",
         f"OK    database: sqlite://{database} answers",

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from addon.session_identity import claude_code_session
+from certs import ensure_ca
 from tests.conftest import ROOT, RunningProxy
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.server import RecordedRequest
@@ -164,6 +166,33 @@ def gemini(proxy: RunningProxy, home: Path, bin_dir: Path, prompt: str) -> str:
     done = luthien_run(proxy, home, [*argv, "--output-format", "text"], GEMINI_API_KEY="AIza-test-key")
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{proxy.log()[-2000:]}"
     return done.stdout
+
+
+def test_luthien_run_leaves_trusting_the_workspace_to_the_user(tmp_path: Path, agent_bin: Path) -> None:
+    """Without --skip-trust, headless Gemini CLI in a workspace it does not trust exits 55 with
+    its own explanation: `luthien run` does not trust the workspace for the user. It stops
+    before any call, so a bare listening socket stands in for the proxy."""
+    home, workspace = tmp_path / "home", tmp_path / "work"
+    (home / ".gemini").mkdir(parents=True)
+    workspace.mkdir()
+    (home / ".gemini" / "settings.json").write_text(json.dumps(GEMINI_SETTINGS))
+    ca = ensure_ca(tmp_path / "data")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        luthien = ["-m", "luthien", "run", "--port", str(port), "--data-dir", str(ca.cert.parent.parent)]
+        gemini = [str(agent_bin / "gemini"), "-p", "Say hello", "--approval-mode", "yolo"]
+        done = subprocess.run(
+            [sys.executable, *luthien, "--", *gemini],
+            env={"PATH": "/usr/bin:/bin", "HOME": str(home), "GEMINI_API_KEY": "AIza-test-key"},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=workspace,
+        )
+    assert done.returncode == 55, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    assert "--skip-trust" in done.stderr and "GEMINI_CLI_TRUST_WORKSPACE" in done.stderr, done.stderr
 
 
 def scratch(home: Path) -> Path:
