@@ -6,11 +6,13 @@ only paths that carry no model content are forwarded as they are. A path the tab
 know is forwarded and recorded as unpoliced, or refused with ``--unknown-endpoints refuse``.
 
 The table is the union of the OpenAI, Anthropic and Gemini APIs (each entry says whose it is):
-their paths do not collide, so every provider host (including OpenAI-compatible ones added with
-``--provider-host``) gets the same table. docs/architecture.md shows it; a test keeps the two in step.
+their paths do not collide, so the providers' own hosts get the whole table. Other hosts serve
+one API, somewhere on the host: their profile (addon/provider_profiles.py) says where, and their
+paths are looked up among that API's entries only. docs/architecture.md shows the table; a test
+keeps the two in step.
 """
 
-import functools
+import dataclasses
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -207,12 +209,8 @@ class Route:
     treatment: Treatment | None
     endpoint: Endpoint | None = None
     wrong_method: bool = False  # a known path, with a method the provider does not serve there
-
-
-def family_for_host(host: str) -> Family:
-    if host.endswith("googleapis.com"):
-        return Family.GOOGLE
-    return Family.ANTHROPIC if "anthropic" in host else Family.OPENAI
+    family: Family | None = None  # whose error format a refusal is in (None: the host's)
+    model: str | None = None  # the model the path names (an Azure deployment, a Vertex AI model)
 
 
 def error_format(family: Family) -> WireFormat:
@@ -265,8 +263,9 @@ def _decoded(raw: str) -> str:
     return "".join(out)
 
 
-def _matches(template: list[str], segments: list[str]) -> list[str] | None:
-    """The segments as the table spells them (ids as given), or None."""
+def matches(template: list[str], segments: list[str]) -> list[str] | None:
+    """The segments as ``template`` spells them (what its ``{name}`` parts match as given), or
+    None. A trailing ``**`` takes the rest, which keeps its spelling."""
     spelled: list[str] = []
     for index, part in enumerate(template):
         if part == "**":
@@ -274,15 +273,16 @@ def _matches(template: list[str], segments: list[str]) -> list[str] | None:
         if index >= len(segments):
             return None
         segment = segments[index]
-        if part.startswith("{id}:"):
+        name_end = part.find("}:") if part.startswith("{") else -1
+        if name_end > 0:
             model, colon, method = segment.rpartition(":")
-            wanted = part.removeprefix("{id}:")
+            wanted = part[name_end + 2 :]
             if not colon or not _SEGMENT.fullmatch(model) or not method:
                 return None
             if wanted != "*" and wanted.lower() != method.lower():
                 return None
             spelled.append(f"{model}:{method if wanted == '*' else wanted}")
-        elif part == "{id}":
+        elif part.startswith("{") and part.endswith("}"):
             if not _SEGMENT.fullmatch(segment):
                 return None
             spelled.append(segment)
@@ -302,31 +302,32 @@ def _rank(template: str) -> int:
     return 0 if "}:" in template else 2
 
 
-#: Paths up to this long have their routes remembered (the table is walked once per path, not
-#: once per call), the last _REMEMBERED of them: a bounded cache whatever clients send.
-_REMEMBERED_PATH, _REMEMBERED = 256, 512
+def path_segments(raw_path: str) -> tuple[str, list[str]]:
+    """The canonical path of ``raw_path`` (query string included) and its segments. Raises UnsafePath."""
+    canonical = canonical_path(raw_path.partition("?")[0])
+    return canonical, [s for s in canonical.split("/") if s]
 
 
-def resolve(method: str, raw_path: str) -> Route:
-    """The route of ``method raw_path`` (query string included). Raises UnsafePath."""
-    if len(raw_path) <= _REMEMBERED_PATH:
-        return _remembered(method, raw_path)
-    return _resolved(method, raw_path)
+def resolve(method: str, raw_path: str, families: frozenset[Family] | None = None) -> Route:
+    """The route of ``method raw_path`` (query string included), among the endpoints of
+    ``families`` (None: the whole table). Raises UnsafePath."""
+    _, question, query = raw_path.partition("?")
+    canonical, segments = path_segments(raw_path)
+    route = lookup(method, segments, families)
+    if route is None:
+        return Route(canonical + question + query, None)
+    return dataclasses.replace(route, path=route.path + question + query)
 
 
-@functools.lru_cache(maxsize=_REMEMBERED)
-def _remembered(method: str, raw_path: str) -> Route:
-    return _resolved(method, raw_path)  # a Route is frozen: one can be shared by calls
-
-
-def _resolved(method: str, raw_path: str) -> Route:
-    path, question, query = raw_path.partition("?")
-    canonical = canonical_path(path)
-    segments = [s for s in canonical.split("/") if s]
+def lookup(method: str, segments: list[str], families: frozenset[Family] | None = None) -> Route | None:
+    """The route of ``method`` on a canonical path's ``segments``, its path without a query
+    string; None when the table does not know the path."""
     method = method.upper()
     known: list[tuple[Endpoint, list[str]]] = []
     for endpoint in ENDPOINTS:
-        spelled = _matches(endpoint.segments(), segments)
+        if families is not None and endpoint.family not in families:
+            continue
+        spelled = matches(endpoint.segments(), segments)
         if spelled is not None:
             known.append((endpoint, spelled))
     # A named method beats any method, and an exact template a `/**` prefix:
@@ -334,11 +335,10 @@ def _resolved(method: str, raw_path: str) -> Route:
     known.sort(key=lambda pair: _rank(pair[0].template))
     for endpoint, spelled in known:
         if endpoint.method in (method, "*"):
-            return Route("/" + "/".join(spelled) + question + query, endpoint.treatment, endpoint)
-    if known:
-        endpoint, spelled = known[0]
-        route_path = "/" + "/".join(spelled) + question + query
-        if method in _BODILESS:
-            return Route(route_path, Treatment.FORWARDED, endpoint)
-        return Route(route_path, Treatment.REFUSED, endpoint, wrong_method=True)
-    return Route(canonical + question + query, None)
+            return Route("/" + "/".join(spelled), endpoint.treatment, endpoint)
+    if not known:
+        return None
+    endpoint, spelled = known[0]
+    if method in _BODILESS:
+        return Route("/" + "/".join(spelled), Treatment.FORWARDED, endpoint)
+    return Route("/" + "/".join(spelled), Treatment.REFUSED, endpoint, wrong_method=True)

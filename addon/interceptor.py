@@ -13,7 +13,8 @@ import logging
 
 from mitmproxy import http
 
-from addon.endpoints import error_format, family_for_host
+from addon.endpoints import error_format
+from addon.provider_profiles import ProviderHosts
 from formats import error_body
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _without_port(authority: str) -> str:
 class ProviderInterceptor:
     """Marks every request to a provider host as Luthien's, or refuses it."""
 
-    def __init__(self, provider_hosts: frozenset[str]) -> None:
+    def __init__(self, provider_hosts: ProviderHosts) -> None:
         self._provider_hosts = provider_hosts
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -60,12 +61,12 @@ class ProviderInterceptor:
         host = canonical_host(flow.request.host)
         if host is None:
             flow.response = http.Response.make(400, b"Luthien: unreadable host name in CONNECT")
-        elif host in self._provider_hosts:
+        elif self._provider_hosts.profile_for(host) is not None:
             flow.request.host = host
 
     def request(self, flow: http.HTTPFlow) -> None:
         names = self._names(flow)
-        providers = sorted(name for name in names if name in self._provider_hosts)
+        providers = sorted(name for name in names if self._provider_hosts.profile_for(name) is not None)
         decrypted = flow.client_conn.tls_established
         if not providers and not decrypted:
             # A plain-HTTP request to another host: an ordinary proxy request, minus any trailers,
@@ -108,9 +109,10 @@ class ProviderInterceptor:
         """The canonical names; one that cannot be read counts as a name of its own."""
         return {canonical_host(value) or f"unreadable:{value}" for _, value in self._spellings(flow)}
 
-    @staticmethod
-    def _refuse(flow: http.HTTPFlow, host: str, status: int, message: str, kind: str | None = None) -> None:
-        body = error_body(error_format(family_for_host(host)), status, message)
+    def _refuse(
+        self, flow: http.HTTPFlow, host: str, status: int, message: str, kind: str | None = None
+    ) -> None:
+        body = error_body(error_format(self._provider_hosts.family_for(host)), status, message)
         if kind is not None and isinstance(body.get("error"), dict) and "code" in body["error"]:
             body["error"].update(type=kind, code=kind)
         flow.response = http.Response.make(

@@ -20,17 +20,10 @@ import httpx
 from opentelemetry import trace as otel
 
 from addon.call_trace import CallTrace, StreamCapture, body_for_record
-from addon.endpoints import (
-    Route,
-    Treatment,
-    UnknownEndpoints,
-    UnsafePath,
-    error_format,
-    family_for_host,
-    resolve,
-)
+from addon.endpoints import Family, Route, Treatment, UnknownEndpoints, UnsafePath, error_format
 from addon.joined_reads import joined_reads
 from addon.metrics import ProxyMetrics
+from addon.provider_profiles import ANY_HOST, KNOWN_HOSTS, ProviderHosts
 from addon.stream_relay import StreamRelay, relay_for
 from addon.upstream import Sender
 from controlplane.interface import ControlPlaneUnavailable, PolicingService, ResponseVerdict, Unpoliceable
@@ -133,6 +126,7 @@ def credential_hash(request: ProxyRequest) -> str:
     credential = (
         request.header("authorization")
         or request.header("x-api-key")
+        or request.header("api-key")  # Azure OpenAI
         or request.header("x-goog-api-key")
         or _query_key(request.path)
     )
@@ -183,11 +177,14 @@ def _response_headers(upstream: httpx.Response, call_id: str) -> list[tuple[str,
 _Answer = Callable[[httpx.Response, NormalizedRequest], Awaitable[ProxyResponse]]
 
 
-def _route(request: ProxyRequest) -> Route | UnsafePath:
+def _route(request: ProxyRequest, hosts: ProviderHosts) -> tuple[Route | UnsafePath, Family]:
+    """Where the request goes on its host, and whose error format its refusals are in."""
+    profile = hosts.profile_for(request.host) or ANY_HOST
     try:
-        return resolve(request.method, request.path)
+        route = profile.route(request.method, request.path)
     except UnsafePath as exc:
-        return exc
+        return exc, profile.family
+    return route, route.family or profile.family
 
 
 def _passed_unread(
@@ -223,8 +220,10 @@ class Pipeline:
         upstream: Sender,
         metrics: ProxyMetrics | None = None,
         unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD,
+        hosts: ProviderHosts = KNOWN_HOSTS,
     ) -> None:
         self._control_plane = control_plane
+        self._hosts = hosts
         self._upstream = upstream
         self.metrics = metrics if metrics is not None else ProxyMetrics()
         self._unknown_endpoints = unknown_endpoints
@@ -233,7 +232,7 @@ class Pipeline:
         self.stopping = False  # the proxy is shutting down: what is cut now, it cut
 
     async def handle(self, request: ProxyRequest) -> ProxyResponse:
-        route = _route(request)
+        route, family = _route(request, self._hosts)
         if isinstance(route, Route):  # the path that was looked up is the one the provider gets
             request = dataclasses.replace(request, path=route.path)
         call_id = uuid.uuid4().hex
@@ -244,6 +243,7 @@ class Pipeline:
             host=request.host,
             path=request.path,
             user_agent=request.header("user-agent"),
+            model=route.model if isinstance(route, Route) else None,
         )
         trace = CallTrace(request.method, request.headers, metadata)
         trace.original_request = body_for_record(request.body) if request.body else None
@@ -259,7 +259,7 @@ class Pipeline:
         )
         try:
             with otel.use_span(trace.span, end_on_exit=False):
-                response = await self._dispatch(request, route, trace)
+                response = await self._dispatch(request, route, error_format(family), trace)
         except asyncio.CancelledError:
             # The client left before the answer (or the proxy is stopping): the relay stops the
             # call, and it is recorded.
@@ -276,10 +276,10 @@ class Pipeline:
         return response
 
     async def _dispatch(
-        self, request: ProxyRequest, route: Route | UnsafePath, trace: CallTrace
+        self, request: ProxyRequest, route: Route | UnsafePath, errors: WireFormat, trace: CallTrace
     ) -> ProxyResponse:
-        """Does with the call what the endpoint table says (addon/endpoints.py)."""
-        errors = error_format(family_for_host(request.host))  # the client speaks the host's SDK
+        """Does with the call what the endpoint table says (addon/endpoints.py); a refusal is in
+        ``errors``, the format of the host's SDK."""
         if isinstance(route, UnsafePath):
             return await self._refuse(errors, trace, _Refusal(400, f"Luthien refuses this path: {route}"))
         endpoint = route.endpoint
@@ -569,8 +569,8 @@ class Pipeline:
             metadata.model, method = model_call(request.path)
             metadata.stream = method == "streamGenerateContent"
             return body
-        # The other formats name these alike.
-        metadata.model = body.get("model")
+        # The other formats name these alike; Azure and Vertex AI may name the model in the path.
+        metadata.model = body.get("model") or metadata.model
         metadata.stream = bool(body.get("stream"))
         return body
 

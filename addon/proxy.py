@@ -3,7 +3,6 @@
 import asyncio
 import gc
 import logging
-import re
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,13 +17,13 @@ from addon.interceptor import ProviderInterceptor
 from addon.metrics import ProxyMetrics
 from addon.pipeline import Pipeline
 from addon.provider_calls import ProviderCalls
+from addon.provider_profiles import DEFAULT_PROFILES, ProviderHosts
 from addon.relay_server import RelayServer
 from addon.upstream import DEFAULT_UPSTREAM_TIMEOUT, Upstream
 from controlplane.interface import PolicingService
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROVIDER_HOSTS = ("api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com")
 #: On SIGTERM, once calls in progress had their grace period, the ones cut get this long to be
 #: recorded (each is, as it winds down).
 _RECORDING_GRACE = 5.0
@@ -36,16 +35,10 @@ class ProxyConfig:
     listen_port: int
     mitmproxy_confdir: Path
     shutdown_grace: float  # on SIGTERM, how long calls in progress may take to finish
-    provider_hosts: frozenset[str] = frozenset(DEFAULT_PROVIDER_HOSTS)
+    provider_hosts: ProviderHosts = field(default_factory=lambda: ProviderHosts.parse(DEFAULT_PROFILES))
     upstreams: dict[str, str] = field(default_factory=dict)
     upstream_timeout: float = DEFAULT_UPSTREAM_TIMEOUT
     unknown_endpoints: UnknownEndpoints = UnknownEndpoints.FORWARD
-
-
-def allow_hosts_pattern(hosts: frozenset[str]) -> str:
-    """Only these hosts are decrypted; mitmproxy tunnels every other connection untouched."""
-    # Any case and a trailing dot: the interceptor then refuses a flow whose names disagree.
-    return "^(" + "|".join(re.escape(h) for h in sorted(hosts)) + r")\.?:\d+$"
 
 
 class _Ready:
@@ -76,7 +69,7 @@ async def run_proxy(
 ) -> None:
     keep_http1_trailers()
     upstream = Upstream(config.upstreams, config.upstream_timeout)
-    pipeline = Pipeline(control_plane, upstream, metrics, config.unknown_endpoints)
+    pipeline = Pipeline(control_plane, upstream, metrics, config.unknown_endpoints, config.provider_hosts)
     relay = RelayServer()
     await relay.start()
     calls = ProviderCalls(pipeline, relay)
@@ -93,7 +86,7 @@ async def run_proxy(
         _Ready(on_ready),
     )
     options.update(
-        allow_hosts=[allow_hosts_pattern(config.provider_hosts)],
+        allow_hosts=[config.provider_hosts.allow_pattern()],
         # lazy: a CONNECT does not dial the destination; provider flows are answered by Luthien.
         connection_strategy="lazy",
         upstream_cert=False,

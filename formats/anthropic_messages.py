@@ -40,8 +40,10 @@ class AnthropicMessagesCodec:
     wire_format = WireFormat.ANTHROPIC_MESSAGES
 
     def normalize_request(self, body: JSON) -> NormalizedRequest:
+        # Vertex AI names the model in the path, not the body; LiteLLM wants one.
+        named = body if "model" in body else {"model": "", **body}
         request, _ = LiteLLMAnthropicMessagesAdapter().translate_anthropic_to_openai(
-            anthropic_message_request=_with_texts_placed(body)  # type: ignore[arg-type]
+            anthropic_message_request=_with_texts_placed(named)  # type: ignore[arg-type]
         )
         return completed(body, dict(request), _CONSUMED)
 

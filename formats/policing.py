@@ -63,7 +63,8 @@ class Policing:
         codec_ = request_codec(wire_format)
         try:
             normalized = codec_.normalize_request(body)
-            if "model" not in normalized and metadata.model:  # named by the path (Gemini)
+            if not normalized.get("model") and metadata.model:
+                # Named by the path (Gemini, an Azure deployment, a Vertex AI model).
                 normalized = {**normalized, "model": metadata.model}
         except UNREADABLE as exc:
             message = f"Luthien could not read this request: {exc}"
@@ -73,6 +74,8 @@ class Policing:
         if not result.allowed or result.value is None or result.value == normalized:
             return verdict
         try:
+            if "model" not in body and result.value.get("model") != normalized.get("model"):
+                raise FormatError("a policy changed the model, which this call names in its path")
             rendered = codec_.render_request(body, normalized, result.value)
         except FormatError as exc:
             message = f"Luthien could not apply the policy's change to this request: {exc}"

@@ -141,17 +141,6 @@ class DryRun:
         )
 
 
-class ShadowReplay:
-    """``Replayer`` for the shadow (``controlplane.shadow``): one live call at a time, its judge
-    asked for real."""
-
-    def __init__(self) -> None:
-        self._bus = InMemoryBus(retain=1)  # activity no one watches
-
-    async def replay(self, record: CallRecord, policy: PolicyHandler, version: str) -> CallReplay:
-        return await replay_call(record, policy, version, self._bus)
-
-
 async def replay_call(
     record: CallRecord, policy: PolicyHandler, version: str, bus: InMemoryBus
 ) -> CallReplay:

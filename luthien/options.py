@@ -179,9 +179,11 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         "--provider-host",
         action="append",
         default=None,
-        metavar="HOST",
-        help="a host to intercept and police; repeatable (env LUTHIEN_PROVIDER_HOSTS, comma-separated; "
-        "default api.openai.com, api.anthropic.com and generativelanguage.googleapis.com)",
+        metavar="PROFILE|HOST|HOST=FORMAT[/PREFIX]",
+        help="a provider to intercept and police: a profile (openai, anthropic, gemini, openrouter, "
+        "groq, together, mistral, deepseek, xai, azure, vertex), a host of one, or a host with its "
+        "FORMAT (openai, anthropic or gemini) and PREFIX (its base URL's path); repeatable "
+        "(env LUTHIEN_PROVIDER_HOSTS, comma-separated; default openai, anthropic and gemini)",
     )
     parser.add_argument(
         "--metrics-port",

@@ -115,14 +115,16 @@ async def policed_control_plane(
 async def shadow_runner(backends: "Backends") -> AsyncIterator["ShadowRunner"]:
     """The shadow of a control plane (``controlplane.shadow``), running until the block ends."""
     from controlplane.shadow import ShadowRunner
-    from luthien.dry_run import ShadowReplay
+    from luthien.shadow_process import ProcessReplay
 
-    shadow = ShadowRunner(backends.storage, ShadowReplay())
+    replayer = ProcessReplay(backends.storage)
+    shadow = ShadowRunner(backends.storage, replayer)
     shadow.start()
     try:
         yield shadow
     finally:
         await shadow.close()
+        replayer.close()
 
 
 def dashboard_tokens() -> "Tokens":
@@ -154,17 +156,19 @@ def _announce_dashboard(host: str, port: int, token: "TokenSource") -> None:
 
 def _proxy_config(args: argparse.Namespace) -> tuple["ProxyConfig", dict[str, str]]:
     from addon.endpoints import UnknownEndpoints
-    from addon.proxy import DEFAULT_PROVIDER_HOSTS, ProxyConfig
+    from addon.provider_profiles import DEFAULT_PROFILES, ProviderHosts
+    from addon.proxy import ProxyConfig
     from addon.upstream import parse_upstreams
 
-    hosts = args.provider_host or env_list("LUTHIEN_PROVIDER_HOSTS") or list(DEFAULT_PROVIDER_HOSTS)
+    # Before anything is made (the CA): a host Luthien cannot police stops start-up.
+    hosts = ProviderHosts.parse(args.provider_host or env_list("LUTHIEN_PROVIDER_HOSTS") or DEFAULT_PROFILES)
     files = ca_files(args)
     env = client_env(args, files)
     config = ProxyConfig(
         listen_host=args.host,
         listen_port=args.port,
         mitmproxy_confdir=files.mitmproxy_confdir,
-        provider_hosts=frozenset(h.lower() for h in hosts),
+        provider_hosts=hosts,
         upstreams=parse_upstreams(args.upstream),
         upstream_timeout=args.upstream_timeout,
         unknown_endpoints=UnknownEndpoints(args.unknown_endpoints),
@@ -186,7 +190,7 @@ def _metrics_server(args: argparse.Namespace, registry: "CollectorRegistry") -> 
 
 def _proxy_ready(args: argparse.Namespace, config: "ProxyConfig", policing: str) -> None:
     print(f"Luthien proxy listening on http://{args.host}:{args.port}", flush=True)
-    print(f"Policy: {policing}; intercepting {', '.join(sorted(config.provider_hosts))}", flush=True)
+    print(f"Policy: {policing}; intercepting {', '.join(config.provider_hosts.names())}", flush=True)
 
 
 def serve_proxy(args: argparse.Namespace, with_dashboard: bool) -> int:

@@ -207,7 +207,7 @@ def start_proxy(
     # A provider host whose upstream is down (nothing listens on that port).
     args += [
         "--provider-host",
-        DEAD_PROVIDER,
+        f"{DEAD_PROVIDER}=openai",
         "--upstream",
         f"{DEAD_PROVIDER}=http://127.0.0.1:{free_port()}",
     ]

@@ -8,6 +8,9 @@ Streaming calls use the SDKs' stream helpers, which reject malformed event seque
 may also carry what an agent sends besides its prompt: ``history`` (the conversation before the
 prompt, in the API's own message or item format), ``headers`` (Codex's ``session_id``, a
 user agent), ``user`` (Chat and Responses) and ``metadata`` (Messages: Claude Code's user id).
+The client is the provider's own unless the call names another host: ``base_url`` (an
+OpenAI-compatible host), ``azure`` (``AzureOpenAI``: endpoint, deployment, api_version) or
+``vertex`` (``AnthropicVertex``, or google-genai with ``vertexai=True``: project, location).
 """
 
 import json
@@ -19,6 +22,7 @@ import openai
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from google.oauth2.credentials import Credentials
 
 BASH_TOOL = {
     "name": "bash",
@@ -37,8 +41,34 @@ def conversation(call: dict[str, Any]) -> list[dict[str, Any]]:
     return [*call.get("history", []), {"role": "user", "content": call["prompt"]}]
 
 
+def openai_client(call: dict[str, Any]) -> openai.OpenAI:
+    key = call.get("key", "sk-test-key")
+    if "azure" in call:
+        azure = call["azure"]
+        return openai.AzureOpenAI(
+            api_key=key,
+            azure_endpoint=azure["endpoint"],
+            azure_deployment=azure.get("deployment"),
+            api_version=azure["api_version"],
+            max_retries=0,
+        )
+    return openai.OpenAI(api_key=key, base_url=call.get("base_url"), max_retries=0)
+
+
+def anthropic_client(call: dict[str, Any]) -> anthropic.Anthropic | anthropic.AnthropicVertex:
+    if "vertex" in call:  # a Google access token given: no Google sign-in is asked
+        vertex = call["vertex"]
+        return anthropic.AnthropicVertex(
+            region=vertex["location"],
+            project_id=vertex["project"],
+            access_token=call.get("key", "ya29.test-token"),
+            max_retries=0,
+        )
+    return anthropic.Anthropic(api_key=call.get("key", "sk-ant-test-key"), max_retries=0)
+
+
 def chat(call: dict[str, Any]) -> dict[str, Any]:
-    client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
+    client = openai_client(call)
     kwargs: dict[str, Any] = {
         **extras(call, "user"),
         "model": call.get("model", "gpt-4o"),
@@ -71,7 +101,7 @@ def chat(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def responses(call: dict[str, Any]) -> dict[str, Any]:
-    client = openai.OpenAI(api_key=call.get("key", "sk-test-key"), max_retries=0)
+    client = openai_client(call)
     kwargs: dict[str, Any] = {
         **extras(call, "user"),
         "model": call.get("model", "gpt-5"),
@@ -102,7 +132,7 @@ def responses(call: dict[str, Any]) -> dict[str, Any]:
 
 
 def messages(call: dict[str, Any]) -> dict[str, Any]:
-    client = anthropic.Anthropic(api_key=call.get("key", "sk-ant-test-key"), max_retries=0)
+    client = anthropic_client(call)
     kwargs: dict[str, Any] = {
         **extras(call, "metadata"),
         "model": call.get("model", "claude-sonnet-4-6"),
@@ -141,7 +171,17 @@ def gemini(call: dict[str, Any]) -> dict[str, Any]:
     options = genai_types.HttpOptions(
         api_version=call.get("version", "v1beta"), retry_options=genai_types.HttpRetryOptions(attempts=1)
     )
-    client = genai.Client(api_key=call.get("key", "AIza-test-key"), http_options=options)
+    if "vertex" in call:  # a Google access token given: no Google sign-in is asked
+        vertex = call["vertex"]
+        client = genai.Client(
+            vertexai=True,
+            project=vertex["project"],
+            location=vertex["location"],
+            credentials=Credentials(token=call.get("key", "ya29.test-token")),
+            http_options=options,
+        )
+    else:
+        client = genai.Client(api_key=call.get("key", "AIza-test-key"), http_options=options)
     model = call.get("model", "gemini-2.5-flash")
     if call.get("count"):
         counted = client.models.count_tokens(model=model, contents=call["prompt"])

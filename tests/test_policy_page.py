@@ -18,7 +18,7 @@ from controlplane.shadow import shadow_decision
 from controlplane.storage import SQLiteStorage
 from controlplane.storage.base import CallQuery
 from dashboard.app import create_app
-from luthien.dry_run import DryRun, ShadowReplay
+from luthien.dry_run import DryRun, replay_call
 from tests.background_server import BackgroundServer
 from tests.test_dashboard_api import TOKEN, call_record, sample_calls
 from tests.test_dashboard_browser import Site, browser, watched_page
@@ -235,7 +235,7 @@ def test_a_shadow_is_set_from_the_editor_marks_a_call_it_would_block_and_is_prom
     record = site.run(site.storage.get_call("sh-1"))
     assert record is not None
     policy = policy_from_document(shadow.version.document, "shadow")
-    replay = site.run(ShadowReplay().replay(record, policy, version))
+    replay = site.run(replay_call(record, policy, version, InMemoryBus(retain=1)))
     site.run(site.storage.write_shadow_decisions([shadow_decision(replay, version)]))
 
     page.reload()

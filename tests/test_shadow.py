@@ -17,9 +17,13 @@ import httpx
 import pytest
 import yaml
 
+from controlplane.activity.memory import InMemoryBus
+from controlplane.dry_run import CallReplay
+from controlplane.policies.base import PolicyHandler
+from controlplane.recording.records import CallRecord
 from controlplane.shadow import BUSY, ShadowRunner
 from controlplane.storage import SQLiteStorage
-from luthien.dry_run import ShadowReplay
+from luthien.dry_run import replay_call
 from tests.conftest import RunningProxy, free_port, luthien, start_proxy, wait_until_listening
 from tests.databases import fresh_postgres_database, require_service
 from tests.fake_provider import FakeProvider
@@ -38,7 +42,7 @@ BLOCKLIST: dict[str, Any] = {
 RM = "[scenario:tool_call rm -rf /tmp/x]"
 LS = "[scenario:tool_call ls -la]"
 #: Generous for a loaded two-core machine: the shadow decides in the background.
-WAIT = 20.0
+WAIT = 60.0  # the first replay starts the shadow's process, which imports LiteLLM
 
 
 def eventually[T](read: Callable[[], T | None], what: str) -> T:
@@ -262,10 +266,18 @@ def _two_replicas(database_url: str, fake: FakeProvider, root: Path) -> None:
             plane.stop()
 
 
+class InLoopReplay:
+    """The shadow's replay on the test's own event loop (the control plane's runs in a child
+    process, for a version it reads from storage)."""
+
+    async def replay(self, record: CallRecord, policy: PolicyHandler, version: str) -> CallReplay:
+        return await replay_call(record, policy, version, InMemoryBus(retain=1))
+
+
 async def test_a_full_queue_skips_calls_and_marks_them_busy_without_waiting(tmp_path: Path) -> None:
     storage = SQLiteStorage(tmp_path / "calls.db")
     await storage.migrate()
-    shadow = ShadowRunner(storage, ShadowReplay(), queue_limit=1)
+    shadow = ShadowRunner(storage, InLoopReplay(), queue_limit=1)
     policy = BlockRequestsContaining(BlockRequestsContaining.Config(word="forbidden-word"))
     shadow.observe(policy, "v1", seq=1)
     records = [call_record(f"c{n}", "say forbidden-word", "No.") for n in range(3)]

@@ -17,6 +17,7 @@ from fastapi.responses import StreamingResponse
 from tests.background_server import BackgroundServer
 
 from . import anthropic_messages, gemini, openai_chat, openai_responses
+from .hosted import served_path
 from .scenarios import (
     Plan,
     UnknownScenarioError,
@@ -252,6 +253,7 @@ class FakeProvider:
 
     def _reply(self, record: RecordedRequest, index: int) -> tuple[Reply, Plan | None]:
         path, _, query = record.path.partition("?")
+        path = served_path(path)
         if (call := gemini.call_for(record.method, path, query)) is not None:
             dialect = _Dialect(
                 gemini.user_text, functools.partial(gemini.render, call), gemini.invalid_request
