@@ -132,6 +132,26 @@ async def test_a_store_returns_once_the_records_are_on_disk_not_once_stored(tmp_
     assert writer.spooled == 0 and not spool.path.exists()
 
 
+async def test_under_a_steady_load_the_replay_ends_and_new_records_are_queued(tmp_path: Path) -> None:
+    """Records journalled while the spool is replayed wait in memory behind the replay: the
+    writer does not re-read the spool for each record that arrives meanwhile."""
+    spool = Spool(tmp_path)
+    storage = SQLiteStorage(tmp_path / "calls.db")
+    writer = RecordWriter(storage, spool)
+    await asyncio.gather(*(writer.store([call(n)]) for n in range(50)))  # left to replay at start
+    writer.start()
+    queued = 0
+    for n in range(50, 500):  # one after another, from before the replay to after it
+        await writer.store([call(n)])
+        queued = max(queued, writer.queued)
+    await writer.flush()
+    await writer.close()
+    page = await storage.list_calls(CallQuery(search="spooled", limit=500))
+    await storage.close()
+    assert queued > 0, "every record of the load was read back from the spool"
+    assert sorted(c.call_id for c in page.calls) == [f"call-{n:04d}" for n in range(500)]
+
+
 @pytest.fixture
 async def postgres() -> AsyncIterator[str]:
     async with fresh_postgres_database() as url:

@@ -70,6 +70,7 @@ class RecordWriter:
         self._task: asyncio.Task[None] | None = None
         self._migrated = False
         self._behind = True  # left by an earlier process, perhaps: replay the spool first
+        self._replaying = False
         self.database_ok = True
         self.stored = 0
 
@@ -112,8 +113,11 @@ class RecordWriter:
     async def flush(self) -> None:
         """Returns once everything journalled so far is stored, or waits in the spool for a sink
         that is down."""
-        await self._queue.join()
-        while self._behind and self._spool and self.database_ok:  # a replay to come, or under way
+        while True:
+            await self._queue.join()
+            # A replay to come, or under way (what it stores was not queued):
+            if not ((self._behind or self._replaying) and self._spool and self.database_ok):
+                return
             await asyncio.sleep(0.01)
 
     async def close(self, timeout: float = 10.0) -> None:
@@ -150,23 +154,26 @@ class RecordWriter:
             if not self._migrated:
                 await self._storage.migrate()
                 self._migrated = True
-            await self._replay()
+            # Records journalled from now on are queued, behind the replay of those before them:
+            # under a steady load the replay ends, rather than chasing the newest record.
+            self._behind, self._replaying = False, True
+            await self._replay(upto=self._spool.confirmed + len(self._spool))
         except StorageUnavailable as exc:
+            self._behind = True
             self._database_down(exc)
             return
-        self._behind = False
+        finally:
+            self._replaying = False
         self._sink_reachable()
 
-    async def _replay(self) -> None:
-        """Stores the spool's records in order until none is left unstored, those journalled
-        during the replay included (none is queued while the writer is behind)."""
+    async def _replay(self, upto: int) -> None:
+        """Stores the spool's records before sequence number ``upto``, in order."""
         replayed = 0
-        while self._spool:
-            records = self._spool.unconfirmed()
-            while chunk := list(itertools.islice(records, self._batch_size)):
-                await self._write([record for _, record in chunk if record is not None])
-                self._spool.confirm(chunk[-1][0] + 1)
-                replayed += len(chunk)
+        records = itertools.takewhile(lambda item: item[0] < upto, self._spool.unconfirmed())
+        while chunk := list(itertools.islice(records, self._batch_size)):
+            await self._write([record for _, record in chunk if record is not None])
+            self._spool.confirm(chunk[-1][0] + 1)
+            replayed += len(chunk)
         if replayed:
             log.info("replayed %d spooled records", replayed)
 
