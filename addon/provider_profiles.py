@@ -13,6 +13,7 @@ spelling the table looked up. docs/architecture.md shows the table; a test keeps
 ``HOST=FORMAT[/PREFIX]`` for a host no profile names; any other host is refused at start-up.
 """
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -79,8 +80,16 @@ class Profile:
 
     def route(self, method: str, raw_path: str) -> Route:
         """Where ``method raw_path`` (query string included) goes on this host. Raises UnsafePath."""
-        _, question, query = raw_path.partition("?")
-        canonical, segments = path_segments(raw_path)
+        path, question, query = raw_path.partition("?")
+        # Routes are remembered by path, without the query string (which may hold a credential).
+        route = (
+            _remembered(self, method, path) if len(path) <= _REMEMBERED_PATH else self._route(method, path)
+        )
+        return replace(route, path=route.path + question + query) if question else route
+
+    def _route(self, method: str, path: str) -> Route:
+        """The route of a path without its query string."""
+        canonical, segments = path_segments(path)
         for mount in self.mounts:
             found = mount.match(segments)
             if found is None:
@@ -90,18 +99,31 @@ class Profile:
             model = mount.model(spelled)
             if mount.target is None:
                 refused = Endpoint("*", mount.pattern, Treatment.REFUSED, family, mount.note)
-                path = "/" + "/".join(spelled + rest) + question + query
-                return Route(path, Treatment.REFUSED, refused, family=family, model=model)
+                return Route(
+                    "/" + "/".join(spelled + rest), Treatment.REFUSED, refused, family=family, model=model
+                )
             target = [s for s in mount.target.split("/") if s]
             fixed = target[:-1] if target and target[-1] == "**" else target
             families = None if mount.family is None else frozenset({mount.family, Family.BOTH})
             route = lookup(method, fixed + rest, families)
             if route is None:
-                return Route(canonical + question + query, None, family=family)
+                return Route(canonical, None, family=family)
             table = [s for s in route.path.split("/") if s]
-            path = "/" + "/".join(spelled + table[len(fixed) :]) + question + query
-            return replace(route, path=path, family=family, model=model)
-        return Route(canonical + question + query, None, family=self.family)
+            return replace(
+                route, path="/" + "/".join(spelled + table[len(fixed) :]), family=family, model=model
+            )
+        return Route(canonical, None, family=self.family)
+
+
+#: Paths up to this long have their routes remembered, the last _REMEMBERED of them: the
+#: table is walked once per path (a tenth of a whole call's CPU when it was walked per call),
+#: and the memory stays bounded whatever clients send.
+_REMEMBERED_PATH, _REMEMBERED = 256, 512
+
+
+@functools.lru_cache(maxsize=_REMEMBERED)
+def _remembered(profile: Profile, method: str, path: str) -> Route:
+    return profile._route(method, path)  # a Route is frozen: calls can share one
 
 
 #: A provider's own host: every API's paths, where the providers keep them.
