@@ -171,13 +171,26 @@ def test_the_models_list_is_forwarded_and_other_methods_refused(
     ],
 )
 def test_what_a_policy_cannot_see_is_refused(
-    raw: httpx.Client, fake: FakeProvider, request_body: dict
+    gproxies: dict[str, RunningProxy], fake: FakeProvider, request_body: dict
 ) -> None:
     fake.reset()
-    response = raw.post(f"{HOST}/v1beta/models/{MODEL}:generateContent", json=request_body)
+    with raw_client(gproxies["rewrite_request"]) as client:  # a policy that reads requests
+        response = client.post(f"{HOST}/v1beta/models/{MODEL}:generateContent", json=request_body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert not fake.requests
+
+
+@pytest.mark.parametrize("request_body", [{"contents": [{"parts": [{"mysteryPart": {"text": "rm -rf /"}}]}]}])
+def test_a_request_no_policy_reads_is_sent_as_it_came(
+    raw: httpx.Client, fake: FakeProvider, request_body: dict
+) -> None:
+    """NoOp reads no request (docs/writing-policies.md, "What a policy inspects"): nothing is
+    refused for want of a place in the view no policy looks at."""
+    fake.reset()
+    sent = json.dumps(request_body).encode()
+    raw.post(f"{HOST}/v1beta/models/{MODEL}:generateContent", content=sent)
+    assert fake.requests[-1].body == sent
 
 
 @pytest.mark.parametrize("sse", [True, False])
