@@ -9,7 +9,7 @@ from typing import Any
 from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
 from formats.base import JSON, FormatError, MalformedStream, count
 from formats.sse import SSEEvent, encode_event
-from formats.unseen import given_back, unseen_call
+from formats.unseen import given_back, holds_content, unseen_call
 
 TO_FINISH = {
     "end_turn": "stop",
@@ -88,7 +88,6 @@ def with_block_arguments(block: JSON, arguments: str) -> JSON:
 #: What the normalised view holds of each block type's start; the rest of a text or thinking
 #: block's start (citations given with it, a field still to come) is unseen content.
 _BLOCK_FIELDS = {"text": {"type", "text"}, "thinking": {"type", "thinking", "signature"}}
-_NOTHING: tuple[Any, ...] = (None, [], {}, "")
 _EMPTY_BLOCKS: dict[str, JSON] = {
     "text": {"type": "text", "text": ""},
     "thinking": {"type": "thinking", "thinking": "", "signature": ""},
@@ -99,7 +98,7 @@ def unseen_block_fields(block: JSON) -> JSON:
     """What a text or thinking block carries besides what the normalised view holds of it
     (citations, a field still to come): a tool call to policies, named after the block type."""
     viewed = _BLOCK_FIELDS[str(block.get("type"))]
-    return {k: v for k, v in block.items() if k not in viewed and v not in _NOTHING}
+    return {k: v for k, v in block.items() if k not in viewed and holds_content(v)}
 
 
 def unseen_call_id(position: int) -> str:

@@ -19,6 +19,7 @@ from typing import Any, cast
 from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta, without_none
 from formats.base import JSON, FormatError, MalformedStream, carries_error
 from formats.sse import SSEEvent, encode_event
+from formats.unseen import holds_content
 
 #: The id policies know a legacy ``function_call`` by (it has none of its own).
 LEGACY_CALL_ID = "call_luthien_function_call"
@@ -28,12 +29,11 @@ LEGACY_CALL_ID = "call_luthien_function_call"
 UNSEEN_CALL_ID = "call_luthien_field_"
 #: What the normalised view holds of a message or a delta.
 _VIEWED = frozenset({"role", "content", "refusal", "tool_calls", "function_call", "reasoning_content"})
-_NOTHING: tuple[Any, ...] = (None, "", [], {})
 
 
 def unseen_fields(part: JSON) -> JSON:
     """The fields of a message or a delta that carry what the normalised view has no place for."""
-    return {k: v for k, v in part.items() if k not in _VIEWED and v not in _NOTHING}
+    return {k: v for k, v in part.items() if k not in _VIEWED and holds_content(v)}
 
 
 _OPENAI_ERROR_TYPES = {400: "invalid_request_error", 403: "policy_violation", 405: "invalid_request_error"}
@@ -159,7 +159,7 @@ def _has_other_forms(part: JSON) -> bool:
     """Whether a message or delta holds what policies see in another form (``_policy_view``)."""
     calls = part.get("tool_calls")
     custom = isinstance(calls, list) and any(isinstance(c, dict) and "custom" in c for c in calls)
-    unseen = any(k not in _VIEWED and v not in _NOTHING for k, v in part.items())
+    unseen = any(k not in _VIEWED and holds_content(v) for k, v in part.items())
     return custom or "function_call" in part or bool(part.get("refusal")) or unseen
 
 

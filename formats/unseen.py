@@ -5,9 +5,21 @@ that judge tool calls (a blocklist, a judge) thus see it; one that removes it re
 its explanation; one that gives it back has it forwarded as it came."""
 
 import json
+from typing import Any
 
 from controlplane.chunks import ToolCallDelta
 from formats.base import JSON, FormatError
+
+
+def holds_content(value: Any) -> bool:
+    """Whether a field's value carries anything a policy could judge: not None, an empty string,
+    or a list or object of only such values (LiteLLM-shaped bodies carry
+    ``"provider_specific_fields": {"citations": null}``)."""
+    if isinstance(value, dict):
+        return any(holds_content(v) for v in value.values())
+    if isinstance(value, list):
+        return any(holds_content(v) for v in value)
+    return value is not None and value != ""
 
 
 def unseen_call(index: int, name: str, content: JSON) -> ToolCallDelta:

@@ -446,3 +446,25 @@ def test_an_anthropic_text_blocks_citations_are_a_tool_call_in_a_whole_response(
     assert codec.render_response(body, response)["content"] == body["content"]
     response.choices[0].message.tool_calls = None  # type: ignore[union-attr]
     assert codec.render_response(body, response)["content"][0] == {"type": "text", "text": "As cited."}
+
+
+@pytest.mark.parametrize(
+    ("fields", "calls"),
+    [
+        ({"provider_specific_fields": {"citations": None, "thinking_blocks": None}}, 0),
+        ({"annotations": [], "audio": None}, 0),
+        ({"provider_specific_fields": {"citations": [{"cited_text": DANGER}]}}, 1),
+    ],
+)
+def test_a_chat_field_that_holds_nothing_is_no_call(fields: dict[str, Any], calls: int) -> None:
+    codec = codec_for("POST", "/v1/chat/completions")
+    assert codec is not None
+    message = {"role": "assistant", "content": "hi", **fields}
+    body = {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": message}],
+    }
+    seen = codec.parse_response(body).choices[0].message.tool_calls or []  # type: ignore[union-attr]
+    assert len(seen) == calls
