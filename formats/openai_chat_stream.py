@@ -221,11 +221,12 @@ class OpenAIChatTranscoder:
             if isinstance(call, dict) and isinstance(call.get("custom"), dict):
                 self._custom.add((index, call.get("index", 0)))
         view = {**choice, "delta": policy_view(delta, streamed=True)}
-        unseen = [self._unseen_piece(index, name, value) for name, value in unseen_fields(delta).items()]
+        fields = unseen_fields(delta)
+        unseen = [self._unseen_piece(index, name, value) for name, value in fields.items()]
         if finishes:
             unseen += self._settled(index)
         if unseen:
-            view["delta"] = {k: v for k, v in view["delta"].items() if k not in unseen_fields(delta)}
+            view["delta"] = {k: v for k, v in view["delta"].items() if k not in fields}
             view["delta"]["tool_calls"] = [*(view["delta"].get("tool_calls") or []), *unseen]
         if view.get("finish_reason") == "function_call":
             view["finish_reason"] = "tool_calls"
