@@ -150,8 +150,10 @@ class CallTrace:
         self.response_modified = False
         self.policy_version: str | None = None
         self.unpoliced = False
-        # Whether the policy that took the request inspects a whole response (RequestVerdict).
+        # Whether the policy that took the request inspects a whole response, a stream's chunks
+        # (RequestVerdict).
         self.inspects_response = True
+        self.inspects_stream = True
         self.original_output: Output | None = None
         self.final_output: Output | None = None
         self.usage: Usage | None = None

@@ -33,6 +33,7 @@ from controlplane.models import (
     NormalizedRequest,
     PolicyResult,
     RequestMetadata,
+    StreamingContext,
     WireFormat,
     unread_request,
 )
@@ -530,7 +531,7 @@ class Pipeline:
             trace.stream_span = tracer.start_span("luthien.stream", attributes={CALL_ID: metadata.call_id})
             try:
                 with otel.use_span(trace.stream_span, end_on_exit=False):
-                    context = await self._control_plane.create_streaming_context(policed, metadata)
+                    context = await self._stream_context(policed, trace)
             except BaseException:
                 trace.stream_span.end()
                 raise
@@ -543,6 +544,20 @@ class Pipeline:
             streamed = await _started(self._streamed(upstream, relay, trace))
             return ProxyResponse(upstream.status_code, headers, streamed)
         return await self._whole_response(upstream, wire_format, trace)
+
+    async def _stream_context(self, policed: NormalizedRequest, trace: CallTrace) -> StreamingContext:
+        """The stream's context: opened on the control plane when the policy that took the
+        request inspects chunks; else passive, under that decision, with nothing to open."""
+        if trace.inspects_stream:
+            return await self._control_plane.create_streaming_context(policed, trace.metadata)
+        return StreamingContext(
+            stream_id=uuid.uuid4().hex,
+            call_id=trace.metadata.call_id,
+            metadata=trace.metadata,
+            request_data=policed,
+            policy_version=trace.policy_version,
+            inspects_chunks=False,
+        )
 
     @staticmethod
     def _read_request(request: ProxyRequest, wire_format: WireFormat, trace: CallTrace) -> dict[str, Any]:
@@ -585,7 +600,7 @@ class Pipeline:
         ):
             verdict = await self._control_plane.police_request(wire_format, body, trace.metadata)
         result = verdict.result
-        trace.inspects_response = verdict.inspects_response
+        trace.inspects_response, trace.inspects_stream = verdict.inspects_response, verdict.inspects_stream
         if result is not None:
             trace.decide("request", result)
             trace.policy_version, trace.unpoliced = result.policy_version, result.unpoliced

@@ -61,6 +61,9 @@ class RequestVerdict(BaseModel):
     # reads the call's answer for the record itself and sends it on without asking (no round
     # trip for a sidecar).
     inspects_response: bool = True
+    # False: nor does it inspect stream chunks; a streamed answer takes the passive path under this
+    # decision, with no stream opened on the control plane (no round trip before the first byte).
+    inspects_stream: bool = True
 
 
 class ResponseVerdict(BaseModel):

@@ -59,7 +59,9 @@ class Policing:
             # Nothing reads the request: it is sent as it came, not normalised.
             passed = PolicyResult.allow(unread_request())
             passed.policy_version = inspection.policy_version
-            return RequestVerdict(result=passed, inspects_response=inspection.responses)
+            return RequestVerdict(
+                result=passed, inspects_response=inspection.responses, inspects_stream=False
+            )
         codec_ = request_codec(wire_format)
         try:
             normalized = codec_.normalize_request(body)
@@ -70,7 +72,9 @@ class Policing:
             message = f"Luthien could not read this request: {exc}"
             return RequestVerdict(unpoliceable=Unpoliceable(status=400, message=message))
         result = await self.control_plane.apply_request_policies(copy.deepcopy(normalized), metadata)
-        verdict = RequestVerdict(result=result, inspects_response=inspection.responses)
+        verdict = RequestVerdict(
+            result=result, inspects_response=inspection.responses, inspects_stream=inspection.streams
+        )
         if not result.allowed or result.value is None or result.value == normalized:
             return verdict
         try:

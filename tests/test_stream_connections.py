@@ -3,12 +3,17 @@ time on each: a finished stream's connection carries the next, and one that died
 control plane restarted, the network cut it) is replaced without the stream noticing."""
 
 import asyncio
+import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
+from addon.pipeline import Pipeline, ProxyRequest
+from addon.upstream import Upstream
 from controlplane.local import ControlPlaneLocal
 from controlplane.policies.base import PolicyHandler
 from controlplane.policies.chunks import chunk_text, text_chunk
@@ -18,6 +23,8 @@ from controlplane.remote.client import ControlPlaneHTTP
 from controlplane.remote.server import create_control_plane_app
 from formats.policing import Policing
 from tests.control_planes import TOKEN, delivered, plain, service_host, text_of
+from tests.fake_provider import FakeProvider
+from tests.fake_provider.scenarios import DEFAULT_TEXT
 from tests.policies import PassEveryChunk
 from tests.tcp_relay import TcpRelay
 from tests.test_control_plane import LIKE, METADATA, Triples
@@ -124,3 +131,25 @@ async def test_a_chunk_passed_unchanged_comes_back_as_a_verdict_not_a_copy() -> 
         assert [text_of(r.value) for r in results if r.value] == ["samea", "sameb", "samec"]
         assert not any(r.unchanged for r in results)
         assert [text_of(r.value) async for r in client.close_streaming_context(context) if r.value] == ["end"]
+
+
+@pytest.mark.parametrize(("policy", "connections"), [(NoOpPolicy(), 1), (PassEveryChunk(), 2)])
+async def test_a_stream_whose_request_verdict_says_no_chunk_is_inspected_opens_nothing(
+    fake: FakeProvider, policy: PolicyHandler, connections: int
+) -> None:
+    """The request's verdict says whether the policy that took it reads the stream: when not, the
+    stream is passive under that decision, and no WebSocket is opened before its first byte (one
+    connection: the request's POST)."""
+    body = json.dumps({"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    headers = [("content-type", "application/json"), ("authorization", "Bearer sk-test")]
+    request = ProxyRequest("POST", "api.openai.com", "/v1/chat/completions", headers, body.encode())
+    async with through_relay(policy) as (client, served, relay):
+        upstream = Upstream({"api.openai.com": fake.url})
+        try:
+            response = await Pipeline(client, upstream).handle(request)
+            streamed = b"".join([piece async for piece in response.body])
+        finally:
+            await upstream.aclose()
+        assert response.status == 200 and DEFAULT_TEXT.split()[0].encode() in streamed
+        assert streamed.rstrip().endswith(b"data: [DONE]")
+        assert relay.connections == connections and served.open_streams == 0
