@@ -1,9 +1,8 @@
 """Where provider traffic really goes, and the one HTTP client that sends it there."""
 
-import http.cookiejar
 import ssl
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 
@@ -44,18 +43,6 @@ def forwardable(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     ]
 
 
-class _NoCookies(http.cookiejar.CookieJar):
-    """One client sends every agent's calls: a cookie a provider sets in answer to one agent must
-    never ride along on another's request. Set-Cookie reaches the agent, whose own Cookie header
-    is forwarded as it is."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        pass
-
-    def add_cookie_header(self, request: Any) -> None:
-        pass
-
-
 #: How long a provider may stay silent (before its answer, or between two reads of a stream):
 #: the OpenAI and Anthropic SDKs' own default, so Luthien never gives up before the agent does.
 DEFAULT_UPSTREAM_TIMEOUT = 600.0
@@ -71,18 +58,21 @@ class Sender(Protocol):
 
 
 class Upstream:
-    """Sends requests to the provider (or to the base URL configured for its host)."""
+    """Sends requests to the provider (or to the base URL configured for its host).
+
+    Through httpx's connection pool (its transport) and not through an ``httpx.AsyncClient``: a
+    client adds what a proxy must not. Its default headers (``user-agent: python-httpx``,
+    ``accept-encoding``) would reach the provider in place of the agent's absent ones; its cookie
+    jar would carry a cookie a provider set for one agent on another's request (one pool sends
+    every agent's calls; Set-Cookie reaches the agent, whose own Cookie header is forwarded as
+    it is); and its cookie, redirect and auth steps cost CPU on every call. The transport never
+    reads a proxy variable (the proxy must not send its own traffic through HTTPS_PROXY, itself)
+    and follows no redirect."""
 
     def __init__(self, overrides: dict[str, str], timeout: float = DEFAULT_UPSTREAM_TIMEOUT) -> None:
         self._overrides = overrides
-        # trust_env=False: the proxy must never send its own traffic through HTTPS_PROXY (itself).
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=15.0, read=timeout, write=60.0, pool=15.0),
-            verify=ssl.create_default_context(),
-            trust_env=False,
-            follow_redirects=False,
-            cookies=_NoCookies(),
-        )
+        self._timeouts = httpx.Timeout(connect=15.0, read=timeout, write=60.0, pool=15.0).as_dict()
+        self._transport = httpx.AsyncHTTPTransport(verify=ssl.create_default_context())
 
     def url_for(self, host: str, path: str) -> str:
         return self._overrides.get(host.lower(), f"https://{host}") + path
@@ -90,10 +80,16 @@ class Upstream:
     async def send(
         self, method: str, host: str, path: str, headers: list[tuple[str, str]], content: bytes
     ) -> httpx.Response:
-        request = self._client.build_request(
-            method, self.url_for(host, path), headers=forwardable(headers), content=content
+        request = httpx.Request(
+            method,
+            self.url_for(host, path),
+            headers=forwardable(headers),
+            content=content,
+            extensions={"timeout": self._timeouts},
         )
-        return await self._client.send(request, stream=True)
+        response = await self._transport.handle_async_request(request)
+        response.request = request
+        return response
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

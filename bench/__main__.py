@@ -294,8 +294,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=PATH",
-        help="also measure noop@NAME, regex@NAME and regex-network@NAME run from the source tree at PATH "
-        "(e.g. a git worktree of an earlier commit), taking turns with the others",
+        help="also measure noop@NAME, noop-network@NAME, regex@NAME and regex-network@NAME run from "
+        "the source tree at PATH (e.g. a git worktree of an earlier commit), taking turns with the others",
     )
     parser.add_argument(
         "--json", type=Path, default=ROOT / ".bench" / "results.json", help="where to write the figures"

@@ -308,10 +308,11 @@ def judge_policy(setup: Setup) -> dict[str, Any]:
 
 
 def tree_targets(name: str, tree: Path) -> list[Target]:
-    """NoOp and the regex policy run from another source tree (a worktree of an earlier commit,
-    say), to measure a change against what it changes in one run."""
+    """NoOp and the regex policy, in-process and as sidecars, run from another source tree (a
+    worktree of an earlier commit, say), to measure a change against what it changes in one run."""
     return [
         LuthienInProcess(f"noop@{name}", f"Luthien from {tree}, NoOpPolicy, in-process", tree=tree),
+        LuthienSidecar(f"noop-network@{name}", f"Luthien from {tree}, NoOpPolicy, sidecar", tree=tree),
         LuthienInProcess(f"regex@{name}", f"Luthien from {tree}, the regex policy", regex_policy, tree),
         LuthienSidecar(
             f"regex-network@{name}", f"Luthien from {tree}, the regex policy, sidecar", regex_policy, tree

@@ -36,6 +36,26 @@ class SSEEvent:
 
 
 def parse_event(raw: bytes) -> SSEEvent:
+    return _simple_event(raw) or _parsed_event(raw)
+
+
+def _simple_event(raw: bytes) -> SSEEvent | None:
+    """The shape nearly every provider event has, read without splitting it into lines: one
+    ``data: `` line, or an ``event: `` line and one, each ending in LF, then the blank line."""
+    if not raw.endswith(b"\n\n") or b"\r" in raw:
+        return None
+    lines = raw.count(b"\n")
+    if lines == 2 and raw.startswith(b"data: "):
+        return SSEEvent(raw=raw, event=None, data=raw[6:-2].decode("utf-8", errors="replace"))
+    if lines == 3 and raw.startswith(b"event: "):
+        end = raw.index(b"\n")
+        if raw.startswith(b"data: ", end + 1):
+            name = raw[7:end].decode("utf-8", errors="replace")
+            return SSEEvent(raw=raw, event=name, data=raw[end + 7 : -2].decode("utf-8", errors="replace"))
+    return None
+
+
+def _parsed_event(raw: bytes) -> SSEEvent:
     event: str | None = None
     data: list[str] = []
     # Only CR and LF end SSE lines; str.splitlines would also break at U+2028, which JSON may carry.

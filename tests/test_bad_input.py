@@ -106,6 +106,36 @@ def test_sse_events_parse_alike_for_every_line_ending_and_split(
     assert rest == partial
 
 
+def _whatwg_event(raw: bytes) -> tuple[str | None, str]:
+    """An event's type and data by the WHATWG grammar, line by line: what ``parse_event``'s
+    shortcut for the usual one-line shapes must agree with."""
+    name: str | None = None
+    data: list[str] = []
+    text = raw.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        field, _, value = line.partition(":")
+        if not line or not field:
+            continue
+        value = value.removeprefix(" ")
+        if field == "event":
+            name = value
+        elif field == "data":
+            data.append(value)
+    return name, "\n".join(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    head=st.sampled_from([b"data: ", b"data:", b"event: ", b"event: x\ndata: ", b"\xef\xbb\xbfdata: ", b""]),
+    body=_framing_bytes,
+    end=st.sampled_from([b"\n\n", b"\r\n\r\n", b"\n", b""]),
+)
+def test_an_event_reads_alike_whatever_its_shape(head: bytes, body: bytes, end: bytes) -> None:
+    raw = head + body + end
+    event = parse_event(raw)
+    assert (event.event, event.data) == _whatwg_event(raw) and event.raw == raw
+
+
 def test_sse_data_may_contain_unicode_line_separators() -> None:
     payload = '{"text":"a\u2028b\x0cc"}'
     (event,) = SSEParser().feed(f"data: {payload}\n\n".encode())

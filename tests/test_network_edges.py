@@ -225,3 +225,16 @@ def test_a_cookie_a_provider_sets_for_one_agent_never_reaches_another(
     _chat_through(noop, {"authorization": "Bearer sk-agent-three", "cookie": "own=1"})
     sent = [request.headers.get("cookie") for request in fake.requests]
     assert sent == [None, None, "own=1"]
+
+
+def test_the_provider_gets_the_agents_headers_and_none_of_the_proxys_own(
+    noop: RunningProxy, fake: FakeProvider
+) -> None:
+    """What the agent leaves out stays out: the proxy's HTTP client adds no user-agent, accept or
+    accept-encoding of its own (http.client sends no user-agent, and ``identity`` encoding)."""
+    fake.reset()
+    assert _chat_through(noop, {"authorization": "Bearer sk-agent", "x-agent": "mine"}).status == 200
+    (request,) = fake.requests
+    assert request.headers["x-agent"] == "mine" and request.headers["authorization"] == "Bearer sk-agent"
+    assert "user-agent" not in request.headers and "accept" not in request.headers
+    assert request.headers["accept-encoding"] == "identity"

@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,8 +15,10 @@ import pytest
 
 from addon.pipeline import Pipeline, ProxyRequest
 from addon.upstream import Upstream
+from controlplane.llm import ModelResponseStream
 from controlplane.local import ControlPlaneLocal
-from controlplane.policies.base import PolicyHandler
+from controlplane.models import PolicyResult, StreamingContext
+from controlplane.policies.base import ChunkResult, PolicyHandler
 from controlplane.policies.chunks import chunk_text, text_chunk
 from controlplane.policies.noop import NoOpPolicy
 from controlplane.recording.spool import Spool
@@ -153,3 +156,36 @@ async def test_a_stream_whose_request_verdict_says_no_chunk_is_inspected_opens_n
         assert response.status == 200 and DEFAULT_TEXT.split()[0].encode() in streamed
         assert streamed.rstrip().endswith(b"data: [DONE]")
         assert relay.connections == connections and served.open_streams == 0
+
+
+class WaitsBetweenResults(PolicyHandler):
+    """Answers a chunk with "first", then waits (as on a judge) until the test has "first", then
+    answers "second"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_arrived = threading.Event()
+
+    async def apply_streaming_chunk_policy(
+        self, chunk: ModelResponseStream, context: StreamingContext
+    ) -> AsyncIterator[ChunkResult]:
+        yield PolicyResult.allow(text_chunk(chunk, "first"))
+        assert await asyncio.to_thread(self.first_arrived.wait, 10), "the first result never arrived"
+        yield PolicyResult.allow(text_chunk(chunk, "second"))
+
+
+async def test_a_result_is_sent_before_the_policy_awaits_what_comes_next() -> None:
+    """Results travel together only when the policy yields them without waiting in between: one
+    yielded before a wait reaches the proxy during it."""
+    policy = WaitsBetweenResults()
+    async with through_relay(policy) as (client, _, _):
+        context = await client.create_streaming_context({"messages": []}, METADATA)
+        given = plain(text_chunk(LIKE, "x"))
+        texts = []
+        async for result in client.process_streaming_chunks(given, context):
+            delivered_chunk = delivered(result, given)
+            assert delivered_chunk is not None
+            texts.append(chunk_text(delivered_chunk))
+            policy.first_arrived.set()
+        assert texts == ["first", "second"]
+        assert [r async for r in client.close_streaming_context(context)] == []

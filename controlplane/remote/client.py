@@ -55,6 +55,7 @@ from controlplane.remote.wire import (
     StreamOpen,
     StreamOpened,
     StreamResult,
+    StreamResults,
 )
 from controlplane.tracing import trace_headers
 
@@ -271,16 +272,19 @@ class ControlPlaneHTTP:
         unanswered = 0  # the first of ``chunks`` the policy has not answered yet
         try:
             while stream.unread:  # what the consumer left unread answers earlier messages: skip it
-                if (await _answer(connection))["type"] == "done":
+                if (await _answer(connection)).get("done"):
                     stream.unread -= 1
             await connection.send(message.model_dump_json())
             stream.unread += 1
-            while (reply := await _answer(connection))["type"] == "result":
-                answer = StreamResult.model_validate(reply)
-                if answer.index is not None:
-                    unanswered = answer.index + 1
-                yield _result(answer)
-            stream.unread -= 1
+            done = False
+            while not done:
+                reply = StreamResults.model_validate(await _answer(connection))
+                if done := reply.done:  # read: the consumer may stop amid its results
+                    stream.unread -= 1
+                for answer in reply.results:
+                    if answer.index is not None:
+                        unanswered = answer.index + 1
+                    yield _result(answer)
         except (OSError, TimeoutError, WebSocketException) as exc:
             self._streams.pop(context.stream_id, None)
             lost = ControlPlaneUnavailable(f"the stream's connection broke: {type(exc).__name__}")

@@ -7,9 +7,10 @@ bearer token guards everything but the health checks and ``/metrics`` (Prometheu
 inside the cluster); its credential's role (``controlplane.access``) says what it may do: proxies
 need ``proxy``, changing the policy needs ``admin``."""
 
+import asyncio
 import contextlib
 import json
-from collections.abc import Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import AbstractContextManager
 from typing import Annotated, Any, Literal
 
@@ -40,7 +41,7 @@ from controlplane.metrics import (
     register_recording_metrics,
     register_shadow_metrics,
 )
-from controlplane.models import ChunkVerdict, PolicyResult, StreamingContext
+from controlplane.models import PolicyResult, StreamingContext
 from controlplane.policy_nudge import NoNudge
 from controlplane.policy_versions import PolicyKeeper, PolicySource, PolicyVersions, UnknownVersion
 from controlplane.recording.writer import RecordWriter
@@ -59,10 +60,10 @@ from controlplane.remote.wire import (
     PoliceCall,
     PoliceResponseCall,
     RecordBatch,
-    StreamDone,
     StreamOpen,
     StreamOpened,
     StreamResult,
+    StreamResults,
     WireResult,
 )
 from controlplane.shadow import ShadowRunner
@@ -389,15 +390,48 @@ async def _answer(
     message: dict[str, Any],
     decisions: PolicyDecisionMetrics,
 ) -> None:
-    async def send(result: ChunkVerdict) -> None:
-        decisions.observe("stream", result)
-        answer = StreamResult(result=WireResult.of(result), index=result.answers, passed=result.unchanged)
+    if message.get("type") == "chunks":
+        results = control_plane.process_streaming_chunks(message["chunks"], context)
+    else:
+        results = control_plane.close_streaming_context(context)
+    async for batch, done in _gathered(results):
+        for result in batch:
+            decisions.observe("stream", result)
+        answer = StreamResults.model_construct(  # the control plane's own results, serialised at once
+            results=[
+                StreamResult.model_construct(result=WireResult.of(r), index=r.answers, passed=r.unchanged)
+                for r in batch
+            ],
+            done=done,
+        )
         await websocket.send_text(answer.model_dump_json())
 
-    if message.get("type") == "chunks":
-        async for result in control_plane.process_streaming_chunks(message["chunks"], context):
-            await send(result)
-    else:
-        async for result in control_plane.close_streaming_context(context):
-            await send(result)
-    await websocket.send_text(StreamDone().model_dump_json())
+
+async def _gathered[T](results: AsyncIterator[T]) -> AsyncIterator[tuple[list[T], bool]]:
+    """``results`` in lists of what the policy yielded while the last list was being sent, and
+    whether it is the last: the policy runs in a task of its own, which adds to the list until it
+    awaits something (a judge) or ends, so nothing it yielded waits for what it awaits next."""
+    queue: asyncio.Queue[T] = asyncio.Queue()
+    producing = asyncio.create_task(_fill(queue, results))
+    try:
+        while True:
+            waiting = asyncio.ensure_future(queue.get())
+            await asyncio.wait((waiting, producing), return_when=asyncio.FIRST_COMPLETED)
+            batch = [waiting.result()] if waiting.done() else []
+            waiting.cancel()
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            if producing.done():
+                producing.result()  # the policy's failure, should it have raised
+                yield batch, True
+                return
+            yield batch, False
+    finally:
+        producing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producing
+
+
+async def _fill[T](queue: "asyncio.Queue[T]", results: AsyncIterator[T]) -> None:
+    async for result in results:
+        queue.put_nowait(result)

@@ -117,20 +117,24 @@ class StreamOpened(BaseModel):
 
 
 class StreamResult(BaseModel):
-    """One result the policy yielded for the last ``chunks`` or ``close``, sent as soon as it is
-    yielded (a policy may yield, then await a judge, then yield again).
+    """One result the policy yielded for the last ``chunks`` or ``close``.
 
     A result that passes the chunk it answers unchanged is a verdict: ``passed`` is set and the
     value left out, and the proxy uses the chunk it sent. Echoing whole chunks back, and building
     them again on both sides, was most of the wire's cost per event."""
 
-    type: Literal["result"] = "result"
     result: WireResult
     index: int | None = None  # which of the ``chunks`` it answers; None for ``close``
     passed: bool = False  # the value is the answered chunk, unchanged
 
 
-class StreamDone(BaseModel):
-    """The policy has finished with the last ``chunks`` or ``close``."""
+class StreamResults(BaseModel):
+    """The results the policy yielded since the last message, sent as soon as the control plane's
+    loop comes back to them: a policy that awaits nothing answers a whole ``chunks`` in one
+    message, one that awaits a judge between two results has those before the wait sent at once.
+    One message per result was most of the wire's cost per event under a policy that reads
+    every chunk. ``done``: the policy has finished with the last ``chunks`` or ``close``."""
 
-    type: Literal["done"] = "done"
+    type: Literal["results"] = "results"
+    results: list[StreamResult] = Field(default_factory=list)
+    done: bool = False
