@@ -25,6 +25,7 @@ from litellm.completion_extras.litellm_responses_transformation.transformation i
     LiteLLMResponsesTransformationHandler,
     OpenAiResponsesToChatCompletionStreamIterator,
 )
+from litellm.litellm_core_utils.core_helpers import map_finish_reason
 from litellm.llms.anthropic.chat.handler import (
     ModelResponseIterator as AnthropicStreamParser,
 )
@@ -46,6 +47,8 @@ from litellm.types.utils import (
     Message,
     StreamingChoices,
     Usage,
+    generate_id,
+    is_custom_tool_call_dict,
 )
 
 # Otherwise LiteLLM prints a "Give Feedback / Get Help" banner to stdout on every failed call.
@@ -71,7 +74,10 @@ __all__ = [
     "StreamingChoices",
     "Usage",
     "acompletion",
+    "generate_id",
     "get_llm_provider",
+    "is_custom_tool_call_dict",
+    "map_finish_reason",
     "model_cost",
     "openai_compatible_providers",
 ]
