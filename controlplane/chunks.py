@@ -3,10 +3,10 @@
 
 Policies see LiteLLM's ``ModelResponseStream``, but building one costs a good part of what the
 proxy does with an event (LiteLLM's constructors more than all the rest of it), and most streams
-go to no policy that reads chunks (the passive path). So the wire formats decode events into these dicts, which the record is assembled from,
-the control plane is given and gives back; it builds a ``ModelResponseStream`` from one only when
-a policy is about to see it (``controlplane.chunk_views``). Nothing here imports LiteLLM: a
-sidecar proxy never loads it.
+go to no policy that reads chunks (the passive path). So the wire formats decode events into
+these dicts, which the record is assembled from, the control plane is given and gives back; it
+builds a ``ModelResponseStream`` from one only when a policy is about to see it
+(``controlplane.chunk_views``). Nothing here imports LiteLLM: a sidecar proxy never loads it.
 """
 
 from typing import Any, NotRequired, TypedDict
