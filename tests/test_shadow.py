@@ -188,9 +188,11 @@ def test_a_cleared_shadow_decides_nothing_and_a_file_shadow_is_set_from_the_cli(
 
     assert shadow_cli("--clear") == "shadow cleared\n"
     eventually(lambda: _unshadowed(dashboard, model), "the proxy seeing the shadow cleared")
+    before = len(dashboard.calls(model)["calls"])
     (result,) = up.sdk({"api": "chat", "stream": True, "prompt": RM, "model": model})
     assert result["ok"]
-    calls = eventually(lambda: stored(len(dashboard.calls(model)["calls"])), "the call stored")
+    # Stored in the database behind the answer (the journal has it first): waited for.
+    calls = eventually(lambda: stored(before + 1), "the call stored")
     unshadowed = calls[0]["call_id"]
     # A shadow set again decides the next call; the call made without one has no decision.
     dashboard.call("POST", "/api/policy/shadow", json={"version": version})
