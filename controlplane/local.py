@@ -23,7 +23,7 @@ from controlplane.models import (
     StreamingContext,
 )
 from controlplane.policies.base import ChunkResult, PolicyHandler
-from controlplane.policies.chunks import text_chunk
+from controlplane.policies.chunks import field_of, text_chunk
 from controlplane.recording.records import CallRecord, DebugEvent, Decision, Record
 from controlplane.recording.redact import redact_record
 from controlplane.recording.writer import Recorder
@@ -53,12 +53,12 @@ class _Stream:
 
 
 def _choice_of(chunk: ModelResponseStream) -> int:
-    return chunk.choices[0].index if chunk.choices else 0
+    return field_of(chunk.choices[0], "index") if chunk.choices else 0
 
 
 def _as_choice(chunk: ModelResponseStream | None, choice: int) -> ModelResponseStream | None:
     """``chunk`` as the ``choice``-th choice: policies are written for one choice, the first."""
-    if chunk is None or all(c.index == choice for c in chunk.choices):
+    if chunk is None or all(field_of(c, "index") == choice for c in chunk.choices):
         return chunk
     moved = chunk.model_copy(deep=True)
     for item in moved.choices:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from controlplane.chunk_views import _response, chunk_data, chunk_model
 from controlplane.chunks import StreamChunk
 from controlplane.llm import ModelResponseStream
-from controlplane.policies.chunks import chunk_text, finish_reason, tool_call_deltas, with_text
+from controlplane.policies.chunks import chunk_text, field_of, finish_reason, tool_call_deltas, with_text
 
 TEXT = st.text(max_size=12)
 NAMES = st.sampled_from(["service_tier", "obfuscation", "refusal", "extra_field"])
@@ -303,3 +303,29 @@ def test_any_chunk_is_what_litellm_builds(chunk: dict[str, Any]) -> None:
         assert state(ours) == state(theirs)
     else:
         assert ours == theirs
+
+
+_FIELDS = (
+    "choices", "usage", "id", "model", "delta", "index", "finish_reason", "logprobs", "content",
+    "role", "tool_calls", "function_call", "audio", "reasoning_content", "thinking_blocks",
+    "function", "arguments", "name", "type", "prompt_tokens", "absent_field",
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunk=CHUNKS)
+def test_a_field_is_read_where_pydantic_keeps_it_as_an_attribute_read_finds_it(chunk: StreamChunk) -> None:
+    """``field_of``, the policy helpers' shortcut, reads every field of every object of a chunk
+    (built directly or by LiteLLM) as ``getattr`` does, before and after policies change it."""
+    for built in (chunk_model(copy.deepcopy(chunk)), ModelResponseStream(**copy.deepcopy(chunk))):
+        for _ in range(2):
+            objects: list[Any] = [built, built.usage if hasattr(built, "usage") else None]
+            for choice in built.choices:
+                delta = choice.delta
+                objects += [choice, delta]
+                for call in getattr(delta, "tool_calls", None) or []:
+                    objects += [call, call.function]
+            for item in objects:
+                for name in _FIELDS:
+                    assert field_of(item, name) == getattr(item, name, None), (type(item).__name__, name)
+            mutate(built)

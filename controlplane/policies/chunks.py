@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from controlplane.llm import (
     ChatCompletionDeltaToolCall,
     Delta,
@@ -15,11 +17,26 @@ from controlplane.llm import (
 )
 
 
+def field_of(model: Any, name: str) -> Any:
+    """A field of a LiteLLM object (None when it is not set), as ``getattr(model, name, None)``
+    reads it. Most of a chunk's fields (a choice's ``delta``, a delta's ``content``) are extra
+    fields of pydantic's, and those LiteLLM leaves out when None are not set at all: an attribute
+    read finds either only after failing through pydantic's ``__getattr__``. Read where pydantic
+    keeps them, each is a dict lookup (a policy that reads every chunk does a dozen a chunk)."""
+    if not isinstance(model, BaseModel):
+        return getattr(model, name, None)
+    values = model.__dict__
+    if name in values:
+        return values[name]
+    extra = model.__pydantic_extra__
+    return extra.get(name) if extra is not None else None
+
+
 def chunk_text(chunk: ModelResponseStream) -> str:
     """The assistant text a chunk adds (empty when it carries none)."""
     if not chunk.choices:
         return ""
-    return chunk.choices[0].delta.content or ""
+    return field_of(field_of(chunk.choices[0], "delta"), "content") or ""
 
 
 def with_text(chunk: ModelResponseStream, text: str) -> ModelResponseStream:
@@ -38,7 +55,7 @@ def tool_call_deltas(chunk: ModelResponseStream) -> list[ChatCompletionDeltaTool
 
 
 def finish_reason(chunk: ModelResponseStream) -> str | None:
-    return chunk.choices[0].finish_reason if chunk.choices else None
+    return field_of(chunk.choices[0], "finish_reason") if chunk.choices else None
 
 
 def text_chunk(like: ModelResponseStream, text: str) -> ModelResponseStream:

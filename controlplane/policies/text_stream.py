@@ -25,7 +25,7 @@ from controlplane.models import (
     StreamingContext,
 )
 from controlplane.policies.base import ChunkResult, PolicyHandler
-from controlplane.policies.chunks import chunk_text, finish_reason, text_chunk, with_text
+from controlplane.policies.chunks import chunk_text, field_of, finish_reason, text_chunk, with_text
 
 #: A pure text transformation.
 Transform = Callable[[str], str]
@@ -283,18 +283,18 @@ def _rewrite_function(function: Any, arguments: Transform) -> Any:
 
 def _carries_more_than_text(chunk: ModelResponseStream) -> bool:
     """The chunk ends the text or carries something else (tool calls, reasoning, usage)."""
-    if getattr(chunk, "usage", None) is not None:
+    if field_of(chunk, "usage") is not None:
         return True
     if not chunk.choices:
         return False
-    delta = chunk.choices[0].delta
+    delta = field_of(chunk.choices[0], "delta")
     return bool(
         finish_reason(chunk) is not None
-        or delta.tool_calls
-        or delta.function_call
-        or getattr(delta, "reasoning_content", None) is not None
-        or getattr(delta, "thinking_blocks", None)
-        or getattr(delta, "audio", None)
+        or field_of(delta, "tool_calls")
+        or field_of(delta, "function_call")
+        or field_of(delta, "reasoning_content") is not None
+        or field_of(delta, "thinking_blocks")
+        or field_of(delta, "audio")
     )
 
 
