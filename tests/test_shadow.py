@@ -206,13 +206,15 @@ def test_a_cleared_shadow_decides_nothing_and_a_file_shadow_is_set_from_the_cli(
 
 
 def _shadowed_call(up: RunningProxy, dashboard: Dashboard, model: str) -> dict[str, Any] | None:
-    """Makes a call; its shadow decision once made (None while no shadow decides it)."""
+    """Makes a call; its shadow decision once made (None while no shadow decides it). The call's
+    record reaches the database behind its answer (the journal has it first): waited for."""
+    before = len(dashboard.calls(model)["calls"])
     (result,) = up.sdk({"api": "chat", "stream": False, "prompt": RM, "model": model})
     assert result["ok"]
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        call_id = dashboard.calls(model)["calls"][0]["call_id"]
-        if (shadow := dashboard.shadow_of(call_id)) is not None:
+        calls = dashboard.calls(model)["calls"]
+        if len(calls) > before and (shadow := dashboard.shadow_of(calls[0]["call_id"])) is not None:
             return shadow
         time.sleep(0.2)
     return None
