@@ -254,8 +254,7 @@ def chunk_data(chunk: ModelResponseStream) -> StreamChunk:
     the record keeps."""
     choices: list[ChunkChoice] = []
     for choice in chunk.choices:
-        fields = _fields(choice)
-        delta = _fields(fields.get("delta"))
+        delta = field_of(choice, "delta")
         calls: list[ToolCallDelta] = [
             {
                 "index": call.index or 0,
@@ -264,34 +263,38 @@ def chunk_data(chunk: ModelResponseStream) -> StreamChunk:
                 if call.function is not None
                 else {},
             }
-            for call in delta.get("tool_calls") or []
+            for call in field_of(delta, "tool_calls") or []
         ]
         choices.append(
             {
-                "index": fields.get("index", 0),
+                "index": field_of(choice, "index") or 0,
                 "delta": {
-                    "role": delta.get("role"),
-                    "content": delta.get("content"),
-                    "reasoning_content": delta.get("reasoning_content"),
-                    "thinking_blocks": _plain_blocks(delta.get("thinking_blocks")),
+                    "role": field_of(delta, "role"),
+                    "content": field_of(delta, "content"),
+                    "reasoning_content": field_of(delta, "reasoning_content"),
+                    "thinking_blocks": _plain_blocks(field_of(delta, "thinking_blocks")),
                     "tool_calls": calls,
                 },
-                "finish_reason": fields.get("finish_reason"),
+                "finish_reason": field_of(choice, "finish_reason"),
             }
         )
-    usage = _fields(chunk).get("usage")
+    usage = field_of(chunk, "usage")
     return {"choices": choices, "usage": usage.model_dump() if usage is not None else None}
 
 
-def _fields(model: Any) -> dict[str, Any]:
-    """A LiteLLM object's fields as they are set. Pydantic keeps the declared ones in ``__dict__``
-    and LiteLLM most of a delta's in ``__pydantic_extra__``, dropping those that are None: read
-    there, an absent field costs no attribute lookup failing through pydantic's ``__getattr__``
-    (most of this function's time when it did)."""
-    if model is None:
-        return {}
+def field_of(model: Any, name: str) -> Any:
+    """A field of a LiteLLM object (None when it is not set), as ``getattr(model, name, None)``
+    reads it. Most of a chunk's fields (a choice's ``delta``, a delta's ``content``) are extra
+    fields of pydantic's, and those LiteLLM leaves out when None are not set at all: an attribute
+    read finds either only after failing through pydantic's ``__getattr__``. Read where pydantic
+    keeps them, each is a dict lookup (a policy that reads every chunk does a dozen a chunk)."""
+    if not isinstance(model, BaseModel):
+        return getattr(model, name, None)
+    values = model.__dict__
+    if name in values:
+        return values[name]
     extra = model.__pydantic_extra__
-    return {**model.__dict__, **extra} if extra else model.__dict__
+    return extra.get(name) if extra is not None else None
 
 
 def _plain_blocks(blocks: Any) -> list[dict[str, Any]] | None:

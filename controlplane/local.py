@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from controlplane.activity.bus import ActivityBus
 from controlplane.activity.memory import InMemoryBus
-from controlplane.chunk_views import chunk_data, chunk_model
+from controlplane.chunk_views import chunk_data, chunk_model, field_of
 from controlplane.chunks import StreamChunk
 from controlplane.credentials import scrub_strings
 from controlplane.llm import ModelResponse, ModelResponseStream
@@ -23,7 +23,7 @@ from controlplane.models import (
     StreamingContext,
 )
 from controlplane.policies.base import ChunkResult, PolicyHandler
-from controlplane.policies.chunks import field_of, text_chunk
+from controlplane.policies.chunks import text_chunk
 from controlplane.recording.records import CallRecord, DebugEvent, Decision, Record
 from controlplane.recording.redact import redact_record
 from controlplane.recording.writer import Recorder

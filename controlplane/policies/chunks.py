@@ -5,8 +5,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
+from controlplane.chunk_views import field_of
 from controlplane.llm import (
     ChatCompletionDeltaToolCall,
     Delta,
@@ -15,21 +14,6 @@ from controlplane.llm import (
     StreamingChoices,
     Usage,
 )
-
-
-def field_of(model: Any, name: str) -> Any:
-    """A field of a LiteLLM object (None when it is not set), as ``getattr(model, name, None)``
-    reads it. Most of a chunk's fields (a choice's ``delta``, a delta's ``content``) are extra
-    fields of pydantic's, and those LiteLLM leaves out when None are not set at all: an attribute
-    read finds either only after failing through pydantic's ``__getattr__``. Read where pydantic
-    keeps them, each is a dict lookup (a policy that reads every chunk does a dozen a chunk)."""
-    if not isinstance(model, BaseModel):
-        return getattr(model, name, None)
-    values = model.__dict__
-    if name in values:
-        return values[name]
-    extra = model.__pydantic_extra__
-    return extra.get(name) if extra is not None else None
 
 
 def chunk_text(chunk: ModelResponseStream) -> str:
