@@ -3,6 +3,7 @@ planes (local and over HTTP) the policy and pipeline tests run against."""
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -109,10 +110,29 @@ def luthien(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below Linux's ephemeral range (32768 and up), never given twice in a run.
+
+    A port from ``bind(("127.0.0.1", 0))`` lies in the range the OS hands out to outgoing
+    connections, so in a suite that opens thousands of them one could take it between this check
+    and the bind of the process it is meant for; a port below the range can only be taken by a
+    listener, and this run's listeners all get their ports here. A service restarted on its port
+    keeps it for the same reason."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randrange(20000, 32000)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
 
 
 @dataclass

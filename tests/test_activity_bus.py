@@ -3,7 +3,6 @@ has to survive (a connection cut under a subscriber or a publisher, a Redis that
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 from uuid import uuid4
@@ -20,6 +19,7 @@ from controlplane.activity import (
     open_bus,
 )
 from controlplane.models import ActivityEvent, ActivityType
+from tests.conftest import free_port
 from tests.databases import require_service
 from tests.tcp_relay import TcpRelay
 
@@ -383,15 +383,8 @@ async def test_a_full_queue_drops_the_oldest_events(stream: str) -> None:
     await direct.close()
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 async def test_a_redis_that_is_not_there_breaks_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    bus = RedisStreamBus(f"redis://luthien:s3cret@127.0.0.1:{unused_port()}/0")
+    bus = RedisStreamBus(f"redis://luthien:s3cret@127.0.0.1:{free_port()}/0")
     listener = Listener(bus.subscribe())
     with caplog.at_level(logging.WARNING, logger="controlplane.activity"):
         for call_id in names("e", 100):

@@ -25,7 +25,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import ROOT, STARTUP_TIMEOUT
+from tests.conftest import ROOT, STARTUP_TIMEOUT, free_port
 from tests.databases import fresh_postgres_database
 from tests.fake_provider import FakeProvider
 from tests.tcp_relay import TcpRelay
@@ -61,21 +60,6 @@ SETTLE_LIMIT = 25.0
 #: The error of a record made at a restart for a call in flight when its proxy was killed.
 INTERRUPTED = re.compile(r"stopped before", re.I)
 RELEVANT = re.compile(r"WARNING|ERROR|CRITICAL|Traceback|Error|spool|journal|flight|replay|record", re.I)
-
-
-def steady_port() -> int:
-    """A free port below the ephemeral range (32768 and up on Linux): a service keeps its port
-    across restarts, and a port the OS hands out to outgoing connections (and to other tests'
-    ``free_port()``) could be taken between a kill and the restart."""
-    rng = random.SystemRandom()
-    while True:
-        port = rng.randrange(20000, 32000)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def through(relay: TcpRelay, url: str) -> str:
@@ -433,7 +417,7 @@ async def run_round(
 def split_layout(
     name: str, letter: str, kill: str, root: Path, fake: FakeProvider, database: str, relay: TcpRelay
 ) -> Layout:
-    cp_port, proxy_port = steady_port(), steady_port()
+    cp_port, proxy_port = free_port(), free_port()
     cp_data, sidecar_data = root / "cp-data", root / "sidecar-data"
     cp_args = ["--port", str(cp_port), "--data-dir", str(cp_data), "--database-url", through(relay, database)]
     control_plane = Service(
@@ -452,8 +436,8 @@ def split_layout(
 def up_layout(
     name: str, letter: str, root: Path, fake: FakeProvider, database: str, relay: TcpRelay
 ) -> Layout:
-    port, data = steady_port(), root / "up-data"
-    args = ["--port", str(port), "--dashboard-port", str(steady_port()), "--data-dir", str(data)]
+    port, data = free_port(), root / "up-data"
+    args = ["--port", str(port), "--dashboard-port", str(free_port()), "--data-dir", str(data)]
     args += ["--database-url", through(relay, database), *provider_args(fake)]
     up = Service(f"{letter}-up", ["up", *args], root / "up.log")
     return Layout(name, letter, database, relay, [up], up, port, data)

@@ -2,7 +2,6 @@
 plus the outage behaviour of PostgreSQL through a relay the test cuts."""
 
 import asyncio
-import socket
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,6 +42,7 @@ from controlplane.storage import (
     open_storage,
 )
 from controlplane.storage.migrations import MIGRATIONS
+from tests.conftest import free_port
 from tests.databases import POSTGRES_ADMIN_URL, database_url, fresh_postgres_database, require_service
 from tests.tcp_relay import TcpRelay
 
@@ -848,16 +848,10 @@ async def test_an_empty_batch_is_a_no_op(storage: Storage) -> None:
     assert await ids(storage) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize("target", ["nothing listens", "no such database"])
 async def test_postgres_failures_are_storage_unavailable(target: str) -> None:
     if target == "nothing listens":
-        url = f"postgresql://postgres@127.0.0.1:{_free_port()}/luthien"
+        url = f"postgresql://postgres@127.0.0.1:{free_port()}/luthien"
     else:
         require_service("PostgreSQL", "127.0.0.1", 5432)
         url = database_url(POSTGRES_ADMIN_URL, "luthien_test_missing")
@@ -981,7 +975,7 @@ def test_a_missing_service_fails_in_ci_and_skips_elsewhere(
     monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
 ) -> None:
     monkeypatch.setenv("CI", ci)
-    port = _free_port()
+    port = free_port()
     with pytest.raises(outcome, match=f"PostgreSQL is not reachable at 127.0.0.1:{port}"):
         require_service("PostgreSQL", "127.0.0.1", port)
 

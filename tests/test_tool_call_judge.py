@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from controlplane.policy_file import policy_from_document
 from formats import transcoder as new_transcoder
 from formats.sse import SSEParser
 from tests.codecs import codec_for
+from tests.conftest import free_port
 from tests.control_planes import Kind, control_plane_for, response_decision
 from tests.fake_judge import FakeJudge
 from tests.fake_provider.scenarios import find_scenario, plan_for
@@ -387,16 +387,10 @@ async def test_a_custom_prompt_is_sent(judge: FakeJudge) -> None:
 # --- the judge's call never goes through a proxy -----------------------------------------------
 
 
-def dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def dead_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every proxy variable points at a port nobody listens on; nothing is exempt."""
-    proxy = f"http://127.0.0.1:{dead_port()}"
+    proxy = f"http://127.0.0.1:{free_port()}"
     for name in PROXY_VARS:
         monkeypatch.setenv(name, proxy)
     for name in ("NO_PROXY", "no_proxy"):
