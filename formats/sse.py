@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Protocol
 
+from pydantic_core import from_json
+
 # An event ends at a blank line: two line ends in a row, each CRLF, LF or CR (the WHATWG grammar),
 # so `\n\r\n` and `\r\n\n` end events too.
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")
@@ -30,9 +32,20 @@ class SSEEvent:
     @cached_property
     def _parsed(self) -> Any:
         try:
-            return json.loads(self.data)
+            return read_json(self.data)
         except ValueError:
             return None
+
+
+def read_json(text: str) -> Any:
+    """``json.loads(text)``, at less than half its cost per event: pydantic-core's parser reads
+    what ``json.loads`` reads, to the same values (NaN and big numbers included), and refuses
+    what it refuses, but for a few texts (a lone surrogate escape, nesting deeper than its
+    limit) that ``json.loads`` then reads as it always did."""
+    try:
+        return from_json(text, cache_strings="keys")
+    except ValueError:
+        return json.loads(text)
 
 
 def parse_event(raw: bytes) -> SSEEvent:
@@ -87,10 +100,21 @@ class SSEParser:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._searched = 0  # no event ends before this offset of the buffer
+        self._saw_cr = False  # lines may end in CR or CRLF, not only LF, from here on
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         buffer = self._buffer
         buffer += data
+        self._saw_cr = self._saw_cr or b"\r" in data
+        if self._saw_cr:
+            start, events = self._cut(buffer)
+        else:  # lines end in LF alone, as providers write them: an event ends at the first LF LF
+            start, events = self._cut_at_lf_lf(buffer)
+        del buffer[:start]
+        self._searched = max(0, len(buffer) - self._OVERLAP)
+        return events
+
+    def _cut(self, buffer: bytearray) -> tuple[int, list[SSEEvent]]:
         events = []
         start = 0
         while match := _EVENT_END.search(buffer, max(start, self._searched)):
@@ -98,9 +122,15 @@ class SSEParser:
                 break  # that CR may be the first half of a CRLF: the event ends where that says
             events.append(parse_event(bytes(buffer[start : match.end()])))
             start = match.end()
-        del buffer[:start]
-        self._searched = max(0, len(buffer) - self._OVERLAP)
-        return events
+        return start, events
+
+    def _cut_at_lf_lf(self, buffer: bytearray) -> tuple[int, list[SSEEvent]]:
+        events = []
+        start = 0
+        while (end := buffer.find(b"\n\n", max(start, self._searched))) >= 0:
+            events.append(parse_event(bytes(buffer[start : end + 2])))
+            start = end + 2
+        return start, events
 
     def flush(self) -> bytes:
         """Bytes after the last complete event: the stream ended there, mid-event or not."""

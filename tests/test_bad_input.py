@@ -6,14 +6,17 @@ import gzip
 import importlib.util
 import itertools
 import json
+import math
+import re
 import zlib
+from typing import Any
 
 import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from formats.sse import SSEEvent, SSEParser, parse_event
+from formats.sse import SSEEvent, SSEParser, parse_event, read_json
 from tests.conftest import RunningProxy
 from tests.fake_provider import FakeProvider
 from tests.fake_provider.server import HEADER_LIMIT
@@ -67,6 +70,42 @@ def test_sse_events_do_not_depend_on_how_the_bytes_are_split(data: bytes, cuts: 
     assert b"".join(e.raw for e in split) + split_rest == data
     # Byte by byte, the most extreme split.
     assert _feed([data[i : i + 1] for i in range(len(data))]) == (whole, rest)
+
+
+_BLANK_LINE = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r|\n)")  # two line ends in a row
+
+
+def _reference_feed(pieces: list[bytes]) -> tuple[list[bytes], bytes]:
+    """Events' raw bytes as the grammar cuts them, searching the whole buffer after each piece
+    (quadratic, and plainly right): what SSEParser's shortcut for LF-only streams must agree with."""
+    buffer, raws = b"", []
+    for piece in pieces:
+        buffer += piece
+        start = 0
+        while match := _BLANK_LINE.search(buffer, start):
+            if match.end() == len(buffer) and buffer.endswith(b"\r"):
+                break  # that CR may be the first half of a CRLF
+            raws.append(buffer[start : match.end()])
+            start = match.end()
+        buffer = buffer[start:]
+    return raws, buffer
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lf_only=_framing_bytes.map(lambda b: b.replace(b"\r", b"")),
+    rest=_framing_bytes,
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+)
+def test_sse_events_are_cut_by_the_grammar_before_and_after_a_cr(
+    lf_only: bytes, rest: bytes, cuts: list[int]
+) -> None:
+    """A stream is cut alike whether its lines end in LF alone (as providers write them), or a
+    CR turns up at any point."""
+    for data in (lf_only, lf_only + rest):
+        pieces = _split(data, cuts)
+        events, left = _feed(pieces)
+        assert ([e.raw for e in events], left) == _reference_feed(pieces)
 
 
 @settings(max_examples=200, deadline=None)
@@ -134,6 +173,85 @@ def test_an_event_reads_alike_whatever_its_shape(head: bytes, body: bytes, end: 
     raw = head + body + end
     event = parse_event(raw)
     assert (event.event, event.data) == _whatwg_event(raw) and event.raw == raw
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equal and of the same types throughout (1 is not 1.0), NaN equal to NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same_json(a[k], b[k]) for k in a)
+    return bool(a == b)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+# Texts near JSON: valid documents, then bits of its syntax, numbers and escapes in any order.
+_json_texts = st.one_of(
+    st.builds(json.dumps, _json_values, ensure_ascii=st.booleans()),
+    st.lists(
+        st.sampled_from(
+            [
+                "{",
+                "}",
+                "[",
+                "]",
+                ",",
+                ":",
+                '"',
+                "\\",
+                "u",
+                "d800",
+                "00",
+                "-",
+                "0",
+                "1",
+                ".",
+                "e",
+                "E",
+                "+",
+                "NaN",
+                "Infinity",
+                "true",
+                "nul",
+                " ",
+                "\t",
+                "\n",
+                "\x01",
+                "\ufeff",
+                "\u2028",
+                "é",
+                '"a"',
+            ]
+        ),
+        max_size=30,
+    ).map("".join),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(text=_json_texts)
+def test_an_events_json_is_read_as_json_loads_reads_it(text: str) -> None:
+    try:
+        expected = json.loads(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            read_json(text)
+        return
+    assert _same_json(read_json(text), expected)
+
+
+def test_json_that_its_fast_parser_refuses_is_still_read() -> None:
+    deep = "[" * 300 + "]" * 300
+    for text in ['"\\ud800"', '{"a": "x\\udc00y"}', deep]:
+        assert _same_json(read_json(text), json.loads(text))
 
 
 def test_sse_data_may_contain_unicode_line_separators() -> None:
