@@ -10,7 +10,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 
 from addon.session_identity import session_id
 from controlplane.chunks import StreamChunk
-from controlplane.models import PolicyResult, RequestMetadata, utcnow
+from controlplane.models import ChunkVerdict, PolicyResult, RequestMetadata, utcnow
 from controlplane.recording.records import (
     CallOutcome,
     CallRecord,
@@ -167,7 +167,7 @@ class CallTrace:
         if self.ttfb_ms is None:
             self.ttfb_ms = self._elapsed_ms()
 
-    def decide(self, stage: str, result: PolicyResult[Any]) -> None:
+    def decide(self, stage: str, result: PolicyResult[Any] | ChunkVerdict) -> None:
         """Keeps a decision that said something: a block or a reason."""
         if result.reason is not None or not result.allowed:
             self.decisions.append(

@@ -58,7 +58,12 @@ def _choice_of(chunk: ModelResponseStream) -> int:
 
 def _as_choice(chunk: ModelResponseStream | None, choice: int) -> ModelResponseStream | None:
     """``chunk`` as the ``choice``-th choice: policies are written for one choice, the first."""
-    if chunk is None or all(field_of(c, "index") == choice for c in chunk.choices):
+    if chunk is None:
+        return chunk
+    choices = chunk.choices
+    if (len(choices) == 1 and field_of(choices[0], "index") == choice) or all(
+        field_of(c, "index") == choice for c in choices
+    ):
         return chunk
     moved = chunk.model_copy(deep=True)
     for item in moved.choices:
@@ -75,7 +80,7 @@ def _verdict(
 ) -> ChunkVerdict:
     """The policy's result as the data plane gets it: its chunk as plain data, or none when it
     gives back the chunk it answers as it was."""
-    return ChunkVerdict.model_construct(  # built here from the policy's own result: not validated again
+    return ChunkVerdict(
         value=value,
         allowed=result.allowed,
         reason=result.reason,

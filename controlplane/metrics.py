@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controlplane.models import PolicyResult
+from controlplane.models import ChunkVerdict, PolicyResult
 from controlplane.recording.records import Decision
 from controlplane.recording.writer import RecordWriter
 
@@ -116,7 +116,9 @@ class PolicyDecisionMetrics:
         allowed = "true" if decision.allowed else "false"
         self._decisions.labels(decision.stage, allowed, decision.block or "none").inc()
 
-    def observe(self, stage: Literal["request", "response", "stream"], result: PolicyResult[Any]) -> None:
+    def observe(
+        self, stage: Literal["request", "response", "stream"], result: PolicyResult[Any] | ChunkVerdict
+    ) -> None:
         if result.reason is not None or not result.allowed:
             self.count(
                 Decision(stage=stage, allowed=result.allowed, reason=result.reason, metadata=result.metadata)

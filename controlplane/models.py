@@ -1,10 +1,13 @@
 """Plain data that crosses the ControlPlaneService boundary.
 
 Everything here is a Pydantic model that serialises to JSON, so a network implementation of the
-interface can carry it unchanged. Live objects (policy instances, held chunks) never cross.
+interface can carry it unchanged, but ``ChunkVerdict``: one is made per stream chunk, and the
+network control plane carries it as its own wire model. Live objects (policy instances, held
+chunks) never cross.
 """
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -96,10 +99,6 @@ class PolicyResult[T](BaseModel):
     # Set by the control plane, not by policies: which policy decided, and whether none could.
     policy_version: str | None = None
     unpoliced: bool = False
-    # Of a stream chunk's result: which of the chunks given it answers (their index), and whether
-    # it gives that chunk back unchanged (then ``value`` may be left out: the caller has it).
-    answers: int | None = None
-    unchanged: bool = False
 
     @classmethod
     def allow(cls, value: T, reason: str | None = None, **metadata: Any) -> "PolicyResult[T]":
@@ -110,8 +109,22 @@ class PolicyResult[T](BaseModel):
         return cls(value=value, allowed=False, reason=reason, metadata=metadata)
 
 
-#: What the control plane answers for a stream chunk: plain data, whatever the policy saw.
-ChunkVerdict = PolicyResult[StreamChunk]
+@dataclass(slots=True)
+class ChunkVerdict:
+    """What the control plane answers for a stream chunk: a policy's ``PolicyResult`` with its
+    chunk as plain data, whatever the policy saw. A plain dataclass, not a model: one is built
+    per chunk, from a result that was validated when the policy made it (or off the wire)."""
+
+    value: StreamChunk | None = None
+    allowed: bool = True
+    reason: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    policy_version: str | None = None
+    unpoliced: bool = False
+    #: Which of the chunks given it answers (their index), if one.
+    answers: int | None = None
+    #: It gives that chunk back unchanged: ``value`` may then be left out (the caller has it).
+    unchanged: bool = False
 
 
 class StreamingContext(BaseModel):

@@ -460,7 +460,8 @@ class StreamingTextPolicy(PolicyHandler):
 
     def _results(self, state: _StreamState, chunks: list[ModelResponseStream]) -> list[ChunkResult]:
         results: list[ChunkResult] = [PolicyResult.allow(chunk) for chunk in chunks]
-        new = state.counts - state.reported
+        # Counts only grow: equal totals say nothing was replaced since the last report.
+        new = state.counts - state.reported if state.counts.total() != state.reported.total() else None
         described = self.describe(new) if new else None
         if described is not None:
             state.reported = state.counts.copy()

@@ -61,7 +61,7 @@ class WireResult(BaseModel):
         )
 
     def chunk(self, answers: int | None, unchanged: bool) -> ChunkVerdict:
-        return ChunkVerdict.model_construct(
+        return ChunkVerdict(
             value=cast(StreamChunk | None, self.value),
             allowed=self.allowed,
             reason=self.reason,
