@@ -105,8 +105,17 @@ _SCRUBS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+#: What every scrub above needs in a text to match it: a key's prefix, ``:`` or ``=`` (every
+#: context pattern has one), or an authorization scheme's name. A text without any, as most of
+#: Luthien's own words are (methods, paths, model names, reasons), is scrubbed with one search
+#: of a tenth of the cost of trying each scrub in turn.
+_SCRUB_HINT = re.compile(r"-----|sk-|AIza|AKIA|ASIA|gh|github_pat_|xox|eyJ|[:=]|(?i:bearer|basic)")
+
+
 def scrub_credentials(text: str) -> str:
     """``text`` with every credential-shaped part replaced by ``[redacted]``."""
+    if _SCRUB_HINT.search(text) is None:
+        return text
     for pattern, replacement in _SCRUBS:
         text = pattern.sub(replacement, text)
     return text

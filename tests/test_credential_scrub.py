@@ -14,11 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from addon.call_trace import CallTrace
 from addon.metrics import ProxyMetrics
-from controlplane.credentials import REDACTED, redact_query, scrub_body, scrub_credentials
+from controlplane.credentials import _SCRUBS, REDACTED, redact_query, scrub_body, scrub_credentials
 from controlplane.local import ControlPlaneLocal
 from controlplane.models import ActivityEvent, ActivityType, RequestMetadata
 from controlplane.policies import NoOpPolicy
@@ -152,6 +154,49 @@ def test_key_shaped_strings_are_scrubbed(kind: str) -> None:
     scrubbed = scrub_credentials(text)
     assert secret not in scrubbed and REDACTED in scrubbed and scrubbed.startswith("Blocked the tool call")
     assert scrub_credentials(scrubbed) == scrubbed
+
+
+#: Credentials in plain words, with no ``:`` or ``=`` near them.
+BARE = {
+    **SHAPES,
+    "aws_session": "ASIA" + "IOSFODNN7EXAMPLE",
+    "bearer": "Bearer opaque-token-value",
+    "basic": "Basic dXNlcjE2MzQ1",
+    "basic_long_s": "ba\u017fic dXNlcjE2MzQ1",  # matches "basic" case-insensitively
+}
+
+
+@pytest.mark.parametrize("kind", BARE)
+def test_a_bare_key_is_scrubbed(kind: str) -> None:
+    scrubbed = scrub_credentials(f"use {BARE[kind]} now")
+    assert BARE[kind] not in scrubbed and REDACTED in scrubbed
+
+
+def _every_scrub(text: str) -> str:
+    for pattern, replacement in _SCRUBS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+# Bits of every key shape and context, and letters that match others case-insensitively.
+_SCRUB_BITS = [
+    *SHAPES.values(),
+    *(text for text, _ in CONTEXTS.values()),
+    *PLAIN,
+    *("sk-", "AIza", "AKIA", "ghp_", "github_pat_", "xoxb-", "eyJ", "-----BEGIN ", "PRIVATE KEY-----"),
+    *BARE.values(),
+    "BEARER\tabcd",
+    *("Bearer ", "Basic ", "token", "key", "=", ":", " ", "\n", "a1B2c3D4e5"),
+    *("\u0130", "\u0131", "\u212a", "x", "_", "-", ".", "/", "?", "&", "'", '"'),
+]
+_scrub_text = st.lists(st.sampled_from(_SCRUB_BITS), max_size=12).map("".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=_scrub_text)
+def test_the_quick_check_never_skips_a_scrub(text: str) -> None:
+    """A text the one search finds nothing in is one no scrub would change."""
+    assert scrub_credentials(text) == _every_scrub(text)
 
 
 @pytest.mark.parametrize("kind", CONTEXTS)
