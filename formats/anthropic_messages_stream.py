@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
-from formats.base import JSON, FormatError, MalformedStream, count
+from formats.base import JSON, FormatError, MalformedStream, count, event_object
 from formats.sse import SSEEvent, encode_event
 from formats.unseen import given_back, holds_content, unseen_call
 
@@ -144,8 +144,8 @@ class AnthropicTranscoder:
         self._ended = False  # the client has seen the stream end (message_stop or an error)
 
     def decode(self, event: SSEEvent) -> list[StreamChunk]:
-        data = event.json()
-        if not isinstance(data, dict):
+        data = event_object(event)
+        if data is None:
             return []
         kind = data.get("type", event.event)
         if event.event is not None and kind != event.event:

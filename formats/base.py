@@ -15,6 +15,19 @@ def count(counts: JSON, name: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def event_object(event: SSEEvent) -> JSON | None:
+    """An event's data as the JSON object a provider sends, or None for an event that carries
+    nothing: no data (a keep-alive, comments alone) or ``[DONE]``. Any other data (text, an
+    array, a number) has no place in the normalised view, so no policy could see it: raises
+    MalformedStream, and the stream ends with an error rather than pass it on."""
+    data = event.json()
+    if isinstance(data, dict):
+        return data
+    if not event.data or event.data == "[DONE]":
+        return None
+    raise MalformedStream("an event whose data is not a JSON object")
+
+
 def carries_error(event: SSEEvent) -> bool:
     """Whether an event is an error object (``{"error": {...}}``, as OpenAI and Google send one
     mid-stream); ``"error": null`` is none."""

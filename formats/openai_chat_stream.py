@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta, without_none
-from formats.base import JSON, FormatError, MalformedStream, carries_error
+from formats.base import JSON, FormatError, MalformedStream, carries_error, event_object
 from formats.sse import SSEEvent, encode_event
 from formats.unseen import holds_content
 
@@ -178,8 +178,8 @@ class OpenAIChatTranscoder:
         self._done = False
 
     def decode(self, event: SSEEvent) -> list[StreamChunk]:
-        data = event.json()
-        if not isinstance(data, dict) or data.get("error"):
+        data = event_object(event)
+        if data is None or data.get("error"):
             return []
         if "error" in data:  # `"error": null` is no error
             data = {k: v for k, v in data.items() if k != "error"}
@@ -283,7 +283,7 @@ class OpenAIChatTranscoder:
         if isinstance(data, dict) and data.get("error"):
             self._end()  # the provider's stream ends at its error: no finish_reason, no [DONE]
             return
-        for choice in (data or {}).get("choices") or []:
+        for choice in (data if isinstance(data, dict) else {}).get("choices") or []:
             index = choice.get("index", 0)
             self._choices.add(index)
             delta = choice.get("delta") or {}

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controlplane.chunks import ChunkDelta, StreamChunk, ToolCallDelta
-from formats.base import JSON, FormatError, MalformedStream, count
+from formats.base import JSON, FormatError, MalformedStream, count, event_object
 from formats.responses_items import (
     ARGUMENT_DELTAS,
     append_arguments,
@@ -124,8 +124,8 @@ class OpenAIResponsesTranscoder:
 
     # -- upstream ---------------------------------------------------------------------------
     def decode(self, event: SSEEvent) -> list[StreamChunk]:
-        data = event.json()
-        if not isinstance(data, dict):
+        data = event_object(event)
+        if data is None:
             return []
         kind = data.get("type", "")
         if not isinstance(kind, str):

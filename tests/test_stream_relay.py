@@ -113,6 +113,31 @@ async def test_noop_relay_is_byte_identical_however_the_bytes_arrive(
         assert await relay(path, policy(), pieces(original, seed), kind=control_plane_kind) == original
 
 
+ROGUE = "rogue-text-no-policy-saw"
+
+
+@pytest.mark.parametrize("policy", [NoOpPolicy, PassEveryChunk], ids=["passive", "inspected"])
+@pytest.mark.parametrize("path", RENDERERS)
+@pytest.mark.parametrize(
+    "data",
+    [ROGUE, f'["{ROGUE}"]', f'"{ROGUE}"', f"[DONE] {ROGUE}", "42", "null", "[" * 400 + "]" * 400],
+    ids=["text", "array", "string", "after-done", "number", "null", "deep"],
+)
+async def test_an_event_whose_data_is_not_a_json_object_ends_the_stream_unforwarded(
+    path: str, data: str, policy: type[PolicyHandler], control_plane_kind: Kind
+) -> None:
+    """Data no normalised view has a place for is seen by no policy, so it does not pass: the
+    client gets what came before it and an error in the provider's own format."""
+    original = provider_stream(path, "text")
+    first = original.index(b"\n\n") + 2
+    name = b"event: content_block_delta\n" if path == "/v1/messages" else b""
+    rogue = name + f"data: {data}\n\n".encode()
+    out = await relay(path, policy(), [original[:first] + rogue + original[first:]], kind=control_plane_kind)
+    assert out.startswith(original[:first])
+    assert ROGUE.encode() not in out and b"[[[" not in out
+    assert b"not a JSON object" in out[first:]
+
+
 @pytest.mark.parametrize("path", RENDERERS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
 async def test_held_and_released_unchanged_is_still_byte_identical(

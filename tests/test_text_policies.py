@@ -565,6 +565,36 @@ async def test_no_secret_survives_a_request(control_plane_kind: Kind) -> None:
     assert str(request).count(openai) == 1  # the input is not changed in place
 
 
+async def test_a_secret_in_an_assistants_reasoning_does_not_survive_a_request(
+    control_plane_kind: Kind,
+) -> None:
+    """Reasoning sent back in a conversation (Gemini's thought parts, Anthropic's thinking
+    blocks) is text the provider reads: redacted like the message's content, names left alone."""
+    openai = SECRETS["openai_api_key"][1]
+    github = SECRETS["github_token"][1]
+    request = {
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hello"},
+            {
+                "role": "assistant",
+                "content": "done",
+                "reasoning_content": f"the key is {openai}",
+                "thinking_blocks": [{"type": "thinking", "thinking": f"use {github}", "signature": "c2ln"}],
+            },
+            {"role": "user", "content": "thanks"},
+        ],
+    }
+    result = await request_decision(SecretRedactionPolicy(), request, METADATA, control_plane_kind)
+    assert result.allowed and result.value is not None
+    assistant = result.value["messages"][1]
+    assert assistant["reasoning_content"] == "the key is [REDACTED:openai_api_key]"
+    assert assistant["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "use [REDACTED:github_token]", "signature": "c2ln"}
+    ]
+    assert result.metadata == {"redacted": {"github_token": 1, "openai_api_key": 1}}
+
+
 async def test_a_request_without_secrets_is_the_same_object() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": BENIGN[0]}]}
     result = await SecretRedactionPolicy().apply_request_policies(request, METADATA)

@@ -183,6 +183,8 @@ _TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text"})
 _NAMED_FIELDS = frozenset({"model", "messages"})
 #: Keys whose string values are names (types, roles, ids), not text.
 _NAME_KEYS = frozenset({"type", "role", "id", "call_id", "tool_call_id", "tool_use_id", "name"})
+#: A message's tool calls: JSON arguments, rewritten (if at all) by the ``arguments`` transform.
+_MESSAGE_CALLS = frozenset({"tool_calls", "function_call"})
 
 
 def rewrite_request_texts(
@@ -191,8 +193,9 @@ def rewrite_request_texts(
     arguments: Transform | None = None,
 ) -> NormalizedRequest | None:
     """A copy of ``request`` with every text passed through ``rewrite``: each message text
-    (string content and text parts, in every role: system, user, assistant, tool results), and
-    every string of the other fields (tools, ``extra_body``, ``unmapped_text``...) that is not a
+    (string content and text parts, in every role: system, user, assistant, tool results; every
+    other string of a message but its names and tool calls, such as an assistant's reasoning),
+    and every string of the other fields (tools, ``extra_body``, ``unmapped_text``...) that is not a
     name. If given, every assistant tool call's arguments go through ``arguments``. Returns None
     when nothing changed. Only string values change, so Luthien can map the result onto the
     provider's body.
@@ -233,6 +236,13 @@ def _rewrite_message(message: Any, rewrite: Transform, arguments: Transform | No
     new_content = _rewrite_content(content, rewrite)
     if new_content is not content:
         new = {**new, "content": new_content}
+    # Every other string of the message but its names (an assistant's reasoning, its thinking
+    # blocks, what a format adds): text a provider reads is text a policy rewrites.
+    for key, value in message.items():
+        if key not in _NAME_KEYS and key not in _MESSAGE_CALLS and key != "content":
+            new_value = _rewrite_strings(value, rewrite)
+            if new_value is not value:
+                new = {**new, key: new_value}
     if arguments is not None:
         calls = message.get("tool_calls")
         if isinstance(calls, list):
