@@ -595,6 +595,35 @@ async def test_a_secret_in_an_assistants_reasoning_does_not_survive_a_request(
     assert result.metadata == {"redacted": {"github_token": 1, "openai_api_key": 1}}
 
 
+async def test_a_secret_in_an_image_or_file_url_does_not_survive_a_request(control_plane_kind: Kind) -> None:
+    """The provider fetches such a URL: a key in it would leave through the provider. Inline
+    data (a base64 data URL) is left byte for byte: the provider decodes it, and its base64 may
+    spell a key's shape by chance."""
+    key = SECRETS["openai_api_key"][1]
+    inline = "data:image/png;base64," + base64.b64encode(f"png {key}".encode()).decode()
+    request = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": f"https://example.com/a.png?k={key}"}},
+                    {"type": "file", "file": {"file_id": f"https://example.com/b.pdf?{key}"}},
+                    {"type": "image_url", "image_url": {"url": inline}},
+                    {"type": "text", "text": "describe them"},
+                ],
+            }
+        ],
+    }
+    result = await request_decision(SecretRedactionPolicy(), request, METADATA, control_plane_kind)
+    assert result.allowed and result.value is not None
+    parts = result.value["messages"][0]["content"]
+    assert parts[0]["image_url"]["url"] == "https://example.com/a.png?k=[REDACTED:openai_api_key]"
+    assert parts[1]["file"]["file_id"] == "https://example.com/b.pdf?[REDACTED:openai_api_key]"
+    assert parts[2] == request["messages"][0]["content"][2]  # inline data: as it was
+    assert result.metadata == {"redacted": {"openai_api_key": 2}}
+
+
 async def test_a_request_without_secrets_is_the_same_object() -> None:
     request = {"model": "m", "messages": [{"role": "user", "content": BENIGN[0]}]}
     result = await SecretRedactionPolicy().apply_request_policies(request, METADATA)

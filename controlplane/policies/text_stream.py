@@ -269,8 +269,16 @@ def _rewrite_content(content: Any, rewrite: Transform) -> Any:
             new_text = rewrite(text)
             if new_text != text:
                 part = {**part, "text": new_text}
+        elif isinstance(part, dict):  # an image or a file: its URL is fetched by the provider
+            part = _rewrite_strings(part, lambda value: value if _inline_data(value) else rewrite(value))
         parts.append(part)
     return content if all(a is b for a, b in zip(parts, content, strict=True)) else parts
+
+
+def _inline_data(value: str) -> bool:
+    """A base64 ``data:`` URL: a payload the provider decodes, never fetches nor reads as text,
+    whose base64 may spell a key's shape by chance (and is long to search)."""
+    return value.startswith("data:") and ";base64," in value[:128]
 
 
 def _rewrite_call(call: Any, arguments: Transform) -> Any:
