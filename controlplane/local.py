@@ -58,12 +58,7 @@ def _choice_of(chunk: ModelResponseStream) -> int:
 
 def _as_choice(chunk: ModelResponseStream | None, choice: int) -> ModelResponseStream | None:
     """``chunk`` as the ``choice``-th choice: policies are written for one choice, the first."""
-    if chunk is None:
-        return chunk
-    choices = chunk.choices
-    if (len(choices) == 1 and field_of(choices[0], "index") == choice) or all(
-        field_of(c, "index") == choice for c in choices
-    ):
+    if chunk is None or all(field_of(c, "index") == choice for c in chunk.choices):
         return chunk
     moved = chunk.model_copy(deep=True)
     for item in moved.choices:

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from controlplane.chunks import ChunkChoice, StreamChunk, ToolCallDelta
-from formats.base import JSON, FormatError, MalformedStream, carries_error, count
+from formats.base import JSON, FormatError, MalformedStream, carries_error, count, event_object
 from formats.sse import SSEEvent
 
 _STATUS = {
@@ -180,12 +180,8 @@ class GeminiTranscoder:
         self._done = False
 
     def decode(self, event: SSEEvent) -> list[StreamChunk]:
-        if not event.data:
-            return []  # the array's `]`, or an SSE event of comments alone (a keep-alive)
-        data = event.json()
-        if not isinstance(data, dict):
-            raise MalformedStream("an event that is not a JSON object")
-        if data.get("error"):
+        data = event_object(event)  # None for the array's `]`, or a keep-alive
+        if data is None or data.get("error"):
             return []
         try:
             return self._decoded(data)

@@ -283,7 +283,7 @@ class OpenAIChatTranscoder:
         if isinstance(data, dict) and data.get("error"):
             self._end()  # the provider's stream ends at its error: no finish_reason, no [DONE]
             return
-        for choice in (data if isinstance(data, dict) else {}).get("choices") or []:
+        for choice in (data or {}).get("choices") or []:
             index = choice.get("index", 0)
             self._choices.add(index)
             delta = choice.get("delta") or {}
